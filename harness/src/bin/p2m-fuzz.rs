@@ -1,0 +1,336 @@
+//! `p2m-fuzz`: reproduce, format, hunt, minimize and benchmark p2m/IOMMU scenarios.
+
+use clap::{Parser, Subcommand};
+use harness::generate::Swarm;
+use harness::minimize::minimize;
+use harness::scenario::{decode, encode, parse_trace, to_trace, Scenario, TRACE_MAGIC};
+use harness::{revision_by_name, run, RunStats};
+use p2m_core::{Mode, Revision, REVISIONS};
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+#[derive(Parser)]
+#[command(
+    name = "p2m-fuzz",
+    about = "Differential fuzzing of Xen's p2m/IOMMU sync"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Replay files (text traces or fuzz-input bytes); exit 1 on a divergence.
+    Repro {
+        /// Revision to model (default: $P2M_REVISION, else fixed).
+        #[arg(long)]
+        revision: Option<String>,
+        /// Files to replay.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+    /// Print the decoded scenario as a text trace.
+    Fmt {
+        /// File to decode.
+        file: PathBuf,
+    },
+    /// Random swarm search on stable Rust; writes a reproducer on divergence.
+    Hunt {
+        /// p2m mode (ept, npt, shadow); default: all.
+        #[arg(long)]
+        mode: Option<String>,
+        /// Revision to model.
+        #[arg(long, default_value = "fixed")]
+        revision: String,
+        /// Time budget in seconds.
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+        /// RNG seed.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Directory for reproducers.
+        #[arg(long, default_value = "hunt-out")]
+        out: PathBuf,
+    },
+    /// Shrink a diverging file to a minimal op sequence (same divergence class).
+    Minimize {
+        /// Revision to model.
+        #[arg(long)]
+        revision: Option<String>,
+        /// File to shrink (rewritten as a text trace unless --out is given).
+        file: PathBuf,
+        /// Output file.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// List revisions and their switch values.
+    Revisions,
+    /// Measure ops/s for a 4 KiB-only and a mixed-order workload.
+    Bench {
+        /// Seconds per workload.
+        #[arg(long, default_value_t = 3)]
+        seconds: u64,
+    },
+}
+
+fn fail(msg: impl std::fmt::Display) -> ExitCode {
+    eprintln!("p2m-fuzz: {msg}");
+    ExitCode::from(2)
+}
+
+/// Loads a scenario from a text trace or fuzz-input bytes, with a one-line error.
+fn load(path: &Path) -> Result<Scenario, String> {
+    let meta = std::fs::metadata(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    if meta.is_dir() {
+        return Err(format!(
+            "{}: is a directory, expected a file",
+            path.display()
+        ));
+    }
+    let data = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    if data.is_empty() {
+        return Err(format!("{}: empty file", path.display()));
+    }
+    let looks_text = data.starts_with(b"#") || data.starts_with(b"config");
+    if looks_text {
+        let text = std::str::from_utf8(&data)
+            .map_err(|_| format!("{}: trace is not UTF-8", path.display()))?;
+        return parse_trace(text).map_err(|e| format!("{}: {e}", path.display()));
+    }
+    decode(&data).ok_or_else(|| {
+        format!(
+            "{}: truncated input ({} bytes; a scenario needs a 1-byte header and at least one 12-byte op)",
+            path.display(),
+            data.len()
+        )
+    })
+}
+
+fn pick_revision(name: Option<String>) -> Result<Revision, String> {
+    match name {
+        Some(n) => revision_by_name(&n),
+        None => harness::revision_from_env(),
+    }
+}
+
+fn repro(revision: Option<String>, files: Vec<PathBuf>) -> ExitCode {
+    let rev = match pick_revision(revision) {
+        Ok(r) => r,
+        Err(e) => return fail(e),
+    };
+    let mut any = false;
+    for f in files {
+        let s = match load(&f) {
+            Ok(s) => s,
+            Err(e) => return fail(e),
+        };
+        println!("== {} (revision {})", f.display(), rev.name);
+        print!("{}", to_trace(&s));
+        let out = run(&s, rev);
+        match out.divergence {
+            Some(d) => {
+                any = true;
+                println!("{d}");
+            }
+            None => println!("verdict: clean ({} ops)", out.stats.ops),
+        }
+    }
+    if any {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+fn parse_mode(m: &str) -> Result<Mode, String> {
+    Mode::from_name(m).ok_or_else(|| format!("unknown mode '{m}' (known: ept, npt, shadow)"))
+}
+
+fn write_reproducer(out: &Path, s: &Scenario, name: &str) -> Result<PathBuf, String> {
+    std::fs::create_dir_all(out).map_err(|e| format!("{}: {e}", out.display()))?;
+    let trace = out.join(format!("{name}.trace"));
+    std::fs::write(&trace, to_trace(s)).map_err(|e| format!("{}: {e}", trace.display()))?;
+    let bin = out.join(format!("{name}.bin"));
+    std::fs::write(&bin, encode(s)).map_err(|e| format!("{}: {e}", bin.display()))?;
+    Ok(trace)
+}
+
+fn hunt(mode: Option<String>, revision: String, seconds: u64, seed: u64, out: PathBuf) -> ExitCode {
+    let rev = match revision_by_name(&revision) {
+        Ok(r) => r,
+        Err(e) => return fail(e),
+    };
+    let mode = match mode.as_deref().map(parse_mode).transpose() {
+        Ok(m) => m,
+        Err(e) => return fail(e),
+    };
+    let mut rng = SmallRng::seed_from_u64(seed);
+    let start = Instant::now();
+    let budget = Duration::from_secs(seconds);
+    let mut last = Instant::now();
+    let mut total = RunStats::default();
+    let mut scenarios = 0u64;
+    while start.elapsed() < budget {
+        let swarm = Swarm::new(&mut rng, mode);
+        for _ in 0..64 {
+            let s = swarm.scenario(&mut rng);
+            let o = run(&s, rev);
+            scenarios += 1;
+            total.add(&o.stats);
+            if let Some(d) = o.divergence {
+                let class = d.class();
+                let small = minimize(&s, rev);
+                let name = format!("{}-{}-{}", rev.name, class.name(), s.config.mode);
+                let path = match write_reproducer(&out, &small, &name) {
+                    Ok(p) => p,
+                    Err(e) => return fail(e),
+                };
+                let d2 = run(&small, rev).divergence.unwrap_or(d);
+                eprintln!(
+                    "hunt: divergence after {:.2}s, {} scenarios",
+                    start.elapsed().as_secs_f64(),
+                    scenarios
+                );
+                println!("{d2}");
+                println!("reproducer: {} (and .bin)", path.display());
+                return ExitCode::from(1);
+            }
+        }
+        if last.elapsed() >= Duration::from_secs(1) {
+            last = Instant::now();
+            eprintln!(
+                "hunt: {:>4}s {} scenarios, {} ops, {} splits, {} replaced, {} frees, {} records",
+                start.elapsed().as_secs(),
+                scenarios,
+                total.ops,
+                total.splits,
+                total.intermediate_replaced,
+                total.frees,
+                total.records_created
+            );
+        }
+    }
+    eprintln!(
+        "hunt: clean after {}s: {} scenarios, {} ops (revision {})",
+        seconds, scenarios, total.ops, rev.name
+    );
+    ExitCode::SUCCESS
+}
+
+fn minimize_cmd(revision: Option<String>, file: PathBuf, out: Option<PathBuf>) -> ExitCode {
+    let rev = match pick_revision(revision) {
+        Ok(r) => r,
+        Err(e) => return fail(e),
+    };
+    let s = match load(&file) {
+        Ok(s) => s,
+        Err(e) => return fail(e),
+    };
+    let Some(d) = run(&s, rev).divergence else {
+        return fail(format!(
+            "{}: no divergence under revision {}: nothing to minimize",
+            file.display(),
+            rev.name
+        ));
+    };
+    let small = minimize(&s, rev);
+    let dest = out.unwrap_or_else(|| file.with_extension("trace"));
+    if let Err(e) = std::fs::write(&dest, to_trace(&small)) {
+        return fail(format!("{}: {e}", dest.display()));
+    }
+    println!(
+        "minimized {} → {} ops ({}), written to {}",
+        s.ops.len(),
+        small.ops.len(),
+        d.class(),
+        dest.display()
+    );
+    print!("{}", to_trace(&small));
+    ExitCode::SUCCESS
+}
+
+fn revisions() -> ExitCode {
+    for r in REVISIONS {
+        println!("{:<12} {}", r.name, r.summary);
+        println!("             {}", r.switches);
+    }
+    ExitCode::SUCCESS
+}
+
+fn bench(seconds: u64) -> ExitCode {
+    let rev = Revision::fixed();
+    for (label, orders) in [
+        ("4k-only", &[0u32][..]),
+        ("mixed (0/9/18)", &[0u32, 9, 18][..]),
+    ] {
+        let mut rng = SmallRng::seed_from_u64(7);
+        let start = Instant::now();
+        let mut ops = 0u64;
+        while start.elapsed() < Duration::from_secs(seconds) {
+            let mode = *[Mode::Ept, Mode::Npt, Mode::Shadow]
+                .get(rng.gen_range(0..3))
+                .unwrap_or(&Mode::Ept);
+            let mut s = Swarm::new(&mut rng, Some(mode)).scenario(&mut rng);
+            for op in &mut s.ops {
+                let harness::Op::SetEntry(e) = op;
+                e.order = orders[rng.gen_range(0..orders.len())];
+                e.gfn &= !((1u64 << e.order) - 1);
+                if let harness::scenario::MfnSel::Frame(m) = &mut e.mfn {
+                    *m &= !((1u64 << e.order) - 1);
+                }
+            }
+            ops += run(&s, rev).stats.ops;
+        }
+        let secs = start.elapsed().as_secs_f64();
+        println!(
+            "{label:<16} {:>10.0} ops/s ({ops} ops in {secs:.1}s)",
+            ops as f64 / secs
+        );
+    }
+    ExitCode::SUCCESS
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            use clap::error::ErrorKind;
+            if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
+                print!("{e}");
+                return ExitCode::SUCCESS;
+            }
+            let first = e.to_string();
+            let line = first.lines().next().unwrap_or("usage error");
+            return fail(line.trim_start_matches("error: "));
+        }
+    };
+    let _ = TRACE_MAGIC;
+    match cli.cmd {
+        Cmd::Repro { revision, files } => repro(revision, files),
+        Cmd::Fmt { file } => match load(&file) {
+            Ok(s) => {
+                print!("{}", to_trace(&s));
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail(e),
+        },
+        Cmd::Hunt {
+            mode,
+            revision,
+            seconds,
+            seed,
+            out,
+        } => hunt(mode, revision, seconds, seed, out),
+        Cmd::Minimize {
+            revision,
+            file,
+            out,
+        } => minimize_cmd(revision, file, out),
+        Cmd::Revisions => revisions(),
+        Cmd::Bench { seconds } => bench(seconds),
+    }
+}

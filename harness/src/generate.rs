@@ -1,0 +1,113 @@
+//! Swarm-style random scenario generator for `hunt` (stable Rust, no fuzzer).
+//!
+//! Each [`Swarm`] picks a random subset of orders, types, accesses and frame kinds
+//! to favour; scenarios drawn from it are short sequences over a handful of gfns
+//! placed at 4 KiB / 2 MiB / 1 GiB boundaries, so that ops overlap and replace
+//! each other's tables.
+
+use crate::scenario::{MfnSel, Op, Scenario, SetEntryOp, MFN_POOL_BASE};
+use p2m_core::{Config, Mode, P2mAccess, P2mType, Vendor, PAGE_ORDERS};
+use rand::rngs::SmallRng;
+use rand::seq::SliceRandom;
+use rand::Rng;
+
+/// One swarm configuration: which parts of the op space to draw from.
+#[derive(Clone, Debug)]
+pub struct Swarm {
+    /// Configuration of every scenario of this swarm.
+    pub config: Config,
+    orders: Vec<u32>,
+    types: Vec<P2mType>,
+    accesses: Vec<P2mAccess>,
+    mfn_kinds: Vec<u8>,
+    max_ops: usize,
+}
+
+fn subset<T: Copy>(rng: &mut SmallRng, all: &[T]) -> Vec<T> {
+    let mut v: Vec<T> = all.iter().copied().filter(|_| rng.gen_bool(0.5)).collect();
+    if v.is_empty() {
+        v.push(*all.choose(rng).expect("non-empty"));
+    }
+    v
+}
+
+impl Swarm {
+    /// Draws a swarm; `mode` fixes the p2m mode if given.
+    pub fn new(rng: &mut SmallRng, mode: Option<Mode>) -> Swarm {
+        let mode = mode.unwrap_or(*Mode::ALL.choose(rng).expect("modes"));
+        let vendor = if rng.gen_bool(0.5) {
+            Vendor::Vtd
+        } else {
+            Vendor::Amd
+        };
+        let config = Config {
+            mode,
+            vendor,
+            iommu_hap_pt_share: rng.gen_bool(0.5),
+        }
+        .normalized();
+        let mut types = subset(rng, P2mType::ALL);
+        // Always keep one type that maps something, so scenarios do something.
+        if !types
+            .iter()
+            .any(|t| matches!(t, P2mType::RamRw | P2mType::RamRo))
+        {
+            types.push(P2mType::RamRw);
+        }
+        let mut accesses = subset(rng, P2mAccess::ALL);
+        accesses.push(P2mAccess::Rwx);
+        Swarm {
+            config,
+            orders: subset(rng, &PAGE_ORDERS),
+            types,
+            accesses,
+            mfn_kinds: subset(rng, &[0u8, 1, 2, 3]),
+            max_ops: rng.gen_range(2..=12),
+        }
+    }
+
+    /// Draws one scenario from the swarm.
+    pub fn scenario(&self, rng: &mut SmallRng) -> Scenario {
+        let n = rng.gen_range(1..=self.max_ops);
+        let mut ops = Vec::with_capacity(n);
+        let mut last_mfn = MFN_POOL_BASE;
+        for _ in 0..n {
+            let order = *self.orders.choose(rng).expect("orders");
+            let region = rng.gen_range(0..4u64) << 18;
+            let mid = *[0u64, 1, 2, 511].choose(rng).expect("mid") << 9;
+            let low = *[0u64, 1, 511].choose(rng).expect("low");
+            let mask = !((1u64 << order) - 1);
+            let gfn = (region + mid + low) & mask;
+            let mfn = match *self.mfn_kinds.choose(rng).expect("kinds") {
+                0 => {
+                    let m = (MFN_POOL_BASE
+                        + (rng.gen_range(0..8u64) << 18)
+                        + (rng.gen_range(0..4u64) << 9)
+                        + rng.gen_range(0..4u64))
+                        & mask;
+                    last_mfn = m;
+                    MfnSel::Frame(m)
+                }
+                1 => MfnSel::Frame(last_mfn & mask),
+                2 => MfnSel::Invalid,
+                _ => MfnSel::TableFrame(rng.gen_range(0..8)),
+            };
+            ops.push(Op::SetEntry(SetEntryOp {
+                gfn,
+                mfn,
+                order,
+                p2mt: *self.types.choose(rng).expect("types"),
+                access: if rng.gen_bool(0.7) {
+                    P2mAccess::Rwx
+                } else {
+                    *self.accesses.choose(rng).expect("accesses")
+                },
+            }));
+        }
+        Scenario {
+            config: self.config,
+            allow_under_permissive: false,
+            ops,
+        }
+    }
+}

@@ -1,0 +1,32 @@
+//! The harness: scenario language, runner, differential oracle, reports, generator.
+//!
+//! `p2m-core` (the model of Xen) and `reference-model` (the flat reference) know
+//! nothing of each other; this crate joins them.
+
+pub mod generate;
+pub mod minimize;
+pub mod oracle;
+pub mod runner;
+pub mod scenario;
+
+pub use oracle::{DivergenceClass, Finding};
+pub use runner::{run, Divergence, RunOutcome, RunStats};
+pub use scenario::{Op, Scenario};
+
+/// Resolves a revision by name, or explains which names exist.
+pub fn revision_by_name(name: &str) -> Result<p2m_core::Revision, String> {
+    p2m_core::Revision::by_name(name).ok_or_else(|| {
+        format!(
+            "unknown revision '{name}' (known: {})",
+            p2m_core::Revision::names().join(", ")
+        )
+    })
+}
+
+/// The revision named by `P2M_REVISION`, else `fixed`.
+pub fn revision_from_env() -> Result<p2m_core::Revision, String> {
+    match std::env::var("P2M_REVISION") {
+        Ok(n) if !n.is_empty() => revision_by_name(&n),
+        _ => Ok(p2m_core::Revision::fixed()),
+    }
+}

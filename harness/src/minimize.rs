@@ -1,0 +1,98 @@
+//! Op-level delta debugging: shrink a diverging scenario while it still shows the
+//! same divergence class.
+
+use crate::oracle::DivergenceClass;
+use crate::runner::run;
+use crate::scenario::{MfnSel, Op, Scenario};
+use p2m_core::{P2mAccess, P2mType, Revision};
+
+fn class_of(s: &Scenario, rev: Revision) -> Option<DivergenceClass> {
+    run(s, rev).divergence.map(|d| d.class())
+}
+
+/// Candidate simplifications of one op, simplest first.
+fn simpler_ops(op: &Op) -> Vec<Op> {
+    let Op::SetEntry(e) = op;
+    let mut v = Vec::new();
+    if e.order > 0 && e.order != 9 && e.order != 18 {
+        v.push(Op::SetEntry(p2m_core_order(e, 0)));
+    }
+    if e.order == 18 {
+        v.push(Op::SetEntry(p2m_core_order(e, 9)));
+    }
+    if e.order >= 9 {
+        v.push(Op::SetEntry(p2m_core_order(e, 0)));
+    }
+    if e.access != P2mAccess::Rwx {
+        let mut s = *e;
+        s.access = P2mAccess::Rwx;
+        v.push(Op::SetEntry(s));
+    }
+    for t in [P2mType::RamRw, P2mType::Invalid, P2mType::RamRo] {
+        if e.p2mt != t {
+            let mut s = *e;
+            s.p2mt = t;
+            v.push(Op::SetEntry(s));
+        }
+    }
+    if !matches!(e.mfn, MfnSel::Invalid) {
+        let mut s = *e;
+        s.mfn = MfnSel::Invalid;
+        v.push(Op::SetEntry(s));
+    }
+    v
+}
+
+fn p2m_core_order(e: &crate::scenario::SetEntryOp, order: u32) -> crate::scenario::SetEntryOp {
+    let mut s = *e;
+    s.order = order;
+    s
+}
+
+/// Shrinks `s` to a 1-minimal op sequence (no single op can be dropped) that still
+/// diverges with the same class under `rev`; then simplifies each op. Returns `s`
+/// unchanged when it does not diverge.
+pub fn minimize(s: &Scenario, rev: Revision) -> Scenario {
+    let Some(class) = class_of(s, rev) else {
+        return s.clone();
+    };
+    let mut cur = s.clone();
+    // Truncate after the observing op.
+    if let Some(d) = run(&cur, rev).divergence {
+        cur.ops.truncate(d.observed_op + 1);
+    }
+    loop {
+        let mut changed = false;
+        // Drop chunks, then single ops (ddmin-style, halving chunk size).
+        let mut chunk = cur.ops.len() / 2;
+        while chunk >= 1 {
+            let mut i = 0;
+            while i < cur.ops.len() && cur.ops.len() > 1 {
+                let mut t = cur.clone();
+                let end = (i + chunk).min(t.ops.len());
+                t.ops.drain(i..end);
+                if !t.ops.is_empty() && class_of(&t, rev) == Some(class) {
+                    cur = t;
+                    changed = true;
+                } else {
+                    i += chunk;
+                }
+            }
+            chunk /= 2;
+        }
+        for i in 0..cur.ops.len() {
+            for cand in simpler_ops(&cur.ops[i]) {
+                let mut t = cur.clone();
+                t.ops[i] = cand;
+                if class_of(&t, rev) == Some(class) {
+                    cur = t;
+                    changed = true;
+                    break;
+                }
+            }
+        }
+        if !changed {
+            return cur;
+        }
+    }
+}

@@ -1,0 +1,222 @@
+//! The runner: applies each op to the model and the reference, then runs the oracle.
+
+use crate::oracle::{check_cpu, check_range, merge_ranges, DivergenceClass, Finding};
+use crate::scenario::{MfnSel, Op, Scenario};
+use p2m_core::{Config, Domain, GfnRange, Mfn, Revision, INVALID_MFN};
+use reference_model::{IommuPolicy, RefModel};
+use std::fmt;
+
+/// Counters of what a run exercised, so that a target that checks nothing shows.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RunStats {
+    /// Ops applied.
+    pub ops: u64,
+    /// Ops both sides accepted.
+    pub ops_ok: u64,
+    /// Ops both sides refused.
+    pub ops_err: u64,
+    /// Accepted ops of order 0 / 9 / 18.
+    pub by_order: [u64; 3],
+    /// Superpage splits.
+    pub splits: u64,
+    /// Intermediate entries replaced by a leaf.
+    pub intermediate_replaced: u64,
+    /// Table frames freed.
+    pub frees: u64,
+    /// VT-d page-selective invalidations.
+    pub vtd_psi: u64,
+    /// VT-d PSIs skipped (old entry not present).
+    pub vtd_psi_skipped: u64,
+    /// AMD order-0 page invalidations.
+    pub amd_pages_4k: u64,
+    /// AMD order-9/18 page invalidations.
+    pub amd_pages_large: u64,
+    /// AMD all-pages invalidations.
+    pub amd_all: u64,
+    /// Pages passed to `iommu_map_page`.
+    pub map_pages: u64,
+    /// Pages passed to `iommu_unmap_page`.
+    pub unmap_pages: u64,
+    /// Cache records created (stale state that may exist).
+    pub records_created: u64,
+    /// Oracle range checks made.
+    pub range_checks: u64,
+}
+
+impl RunStats {
+    /// Adds another run's counters.
+    pub fn add(&mut self, o: &RunStats) {
+        self.ops += o.ops;
+        self.ops_ok += o.ops_ok;
+        self.ops_err += o.ops_err;
+        for i in 0..3 {
+            self.by_order[i] += o.by_order[i];
+        }
+        self.splits += o.splits;
+        self.intermediate_replaced += o.intermediate_replaced;
+        self.frees += o.frees;
+        self.vtd_psi += o.vtd_psi;
+        self.vtd_psi_skipped += o.vtd_psi_skipped;
+        self.amd_pages_4k += o.amd_pages_4k;
+        self.amd_pages_large += o.amd_pages_large;
+        self.amd_all += o.amd_all;
+        self.map_pages += o.map_pages;
+        self.unmap_pages += o.unmap_pages;
+        self.records_created += o.records_created;
+        self.range_checks += o.range_checks;
+    }
+}
+
+/// A divergence with everything a Xen developer needs to read it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Divergence {
+    /// What the oracle found.
+    pub finding: Finding,
+    /// Index of the op after which it was observed.
+    pub observed_op: usize,
+    /// Index of the op that left the stale state (if a cache record is to blame).
+    pub stale_op: Option<usize>,
+    /// Configuration.
+    pub config: Config,
+    /// Revision name.
+    pub revision: &'static str,
+    /// The scenario's ops up to and including the observing one, numbered.
+    pub trace: Vec<String>,
+}
+
+impl Divergence {
+    /// Class of the divergence.
+    pub fn class(&self) -> DivergenceClass {
+        self.finding.class
+    }
+}
+
+impl fmt::Display for Divergence {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let d = &self.finding;
+        writeln!(f, "DIVERGENCE: {} at gfn {:#x}", d.class, d.gfn)?;
+        writeln!(f, "  config:    {} revision={}", self.config, self.revision)?;
+        writeln!(f, "  device:    {}", d.device)?;
+        writeln!(f, "  reference: {}", d.reference)?;
+        match self.stale_op {
+            Some(i) => writeln!(f, "  stale state left by op #{i}: {}", self.trace[i])?,
+            None => writeln!(f, "  state left by the observing op itself")?,
+        }
+        writeln!(
+            f,
+            "  observed after op #{}: {}",
+            self.observed_op, self.trace[self.observed_op]
+        )?;
+        writeln!(f, "  trace:")?;
+        for (i, l) in self.trace.iter().enumerate() {
+            writeln!(f, "    #{i:<3} {l}")?;
+        }
+        Ok(())
+    }
+}
+
+/// The outcome of running one scenario.
+#[derive(Clone, Debug)]
+pub struct RunOutcome {
+    /// The first divergence, if any.
+    pub divergence: Option<Divergence>,
+    /// What the run exercised.
+    pub stats: RunStats,
+}
+
+/// Resolves an op's frame selector against the model's machine memory.
+pub fn resolve_mfn(dom: &Domain, sel: MfnSel) -> Mfn {
+    match sel {
+        MfnSel::Frame(m) => Mfn(m),
+        MfnSel::Invalid => INVALID_MFN,
+        MfnSel::TableFrame(k) => {
+            let ever = dom.mem.ever_allocated();
+            if ever.is_empty() {
+                INVALID_MFN
+            } else {
+                Mfn(ever[k as usize % ever.len()])
+            }
+        }
+    }
+}
+
+/// Runs a scenario under a revision, stopping at the first divergence.
+pub fn run(s: &Scenario, revision: Revision) -> RunOutcome {
+    let cfg = s.config.normalized();
+    let mut dom = Domain::new(cfg, revision);
+    let mut refm = RefModel::new(cfg, IommuPolicy::Xen46);
+    let mut stats = RunStats::default();
+    let mut trace: Vec<String> = Vec::with_capacity(s.ops.len());
+    let mut divergence = None;
+    for (i, op) in s.ops.iter().enumerate() {
+        let Op::SetEntry(e) = op;
+        let mfn = resolve_mfn(&dom, e.mfn);
+        trace.push(match e.mfn {
+            MfnSel::TableFrame(_) => format!("{op}  (ptf = {mfn})"),
+            _ => format!("{op}"),
+        });
+        stats.ops += 1;
+        let real = dom.set_entry(e.gfn, mfn, e.order, e.p2mt, e.access);
+        let reference = refm.set_entry(e.gfn, mfn, e.order, e.p2mt, e.access);
+        if real.is_ok() {
+            stats.ops_ok += 1;
+            if let Some(k) = p2m_core::PAGE_ORDERS.iter().position(|&o| o == e.order) {
+                stats.by_order[k] += 1;
+            }
+        } else if reference.is_err() {
+            stats.ops_err += 1;
+        }
+        let op_range = if e.order < 64 {
+            GfnRange {
+                start: e.gfn,
+                end: e.gfn.saturating_add(1u64 << e.order.min(40)),
+            }
+        } else {
+            GfnRange::of_order(e.gfn, 0)
+        };
+        let mut finding = check_cpu(&dom, &refm, real, reference, op_range);
+        if finding.is_none() {
+            let mut ranges: Vec<GfnRange> = dom.cache_records().iter().map(|r| r.range).collect();
+            let cache_count = ranges.len();
+            if real.is_ok() {
+                ranges.push(op_range);
+            }
+            let merged = merge_ranges(ranges);
+            for r in merged {
+                stats.range_checks += 1;
+                // Under-permissive is judged on the op's own range only.
+                let check_under = real.is_ok() && r.intersect(&op_range).is_some();
+                finding = check_range(&dom, &refm, r, s.allow_under_permissive, check_under);
+                if finding.is_some() {
+                    break;
+                }
+            }
+            let _ = cache_count;
+        }
+        if let Some(f) = finding {
+            let stale_op = f.stale_seq.map(|q| (q - 1) as usize);
+            divergence = Some(Divergence {
+                finding: f,
+                observed_op: i,
+                stale_op,
+                config: cfg,
+                revision: revision.name,
+                trace: trace.clone(),
+            });
+            break;
+        }
+    }
+    let io = dom.iommu_stats();
+    stats.splits = dom.stats.superpage_splits;
+    stats.intermediate_replaced = dom.stats.intermediate_replaced;
+    stats.frees = dom.stats.tables_freed;
+    stats.vtd_psi = io.vtd_psi;
+    stats.vtd_psi_skipped = io.vtd_psi_skipped;
+    stats.amd_pages_4k = io.amd_pages_4k;
+    stats.amd_pages_large = io.amd_pages_large;
+    stats.amd_all = io.amd_all;
+    stats.map_pages = io.map_pages;
+    stats.unmap_pages = io.unmap_pages;
+    stats.records_created = dom.iommu.caches.created;
+    RunOutcome { divergence, stats }
+}

@@ -1,0 +1,537 @@
+//! The byte format: the fuzzer's input, decoded into a [`Scenario`].
+//!
+//! Every byte string of at least [`HEADER_SIZE`] + [`OP_SIZE`] bytes decodes; the decoder
+//! biases towards legal, colliding operations (gfns inside [`GFN_WINDOW`], frames from the
+//! pool, orders aligned) while keeping an escape for every illegal input Xen must refuse.
+//!
+//! # Layout
+//!
+//! Header, 1 byte:
+//! - bits 0-1: mode, `value % 3` (0 `ept`, 1 `npt`, 2 `shadow`; 3 reads as `ept`);
+//! - bit 2: vendor (0 `vtd`, 1 `amd`); bit 3: `iommu_hap_pt_share`;
+//! - bit 4: `allow_under_permissive`; bits 5-7: ignored.
+//!
+//! The config is then [`Config::normalized`] (EPT forces VT-d, NPT forces AMD-Vi).
+//!
+//! Then ops of [`OP_SIZE`] = 12 bytes each; a trailing partial op is ignored and ops past
+//! [`MAX_OPS`] are dropped:
+//! - `b0` bits 0-1: order selector: 0 → order 0, 1 → order 9, 2 → order 18, 3 → raw order
+//!   given in bits 2-7 (0..=63, no alignment applied).
+//!   For selectors 0-2, bit 2 is "keep misaligned": when clear the decoder aligns the gfn and
+//!   a `Frame` mfn down to the order; bits 3-7 are ignored.
+//! - `b1..=b3`: 24-bit little-endian gfn field `g`.
+//! - `b4` bits 0-1: mfn kind (`b4 % 4`); bit 2: gfn escape; bits 3-7 ignored.
+//!   gfn = `g & (GFN_WINDOW - 1)` without the escape, `g << 16` with it (so multiples of
+//!   0x10000 up to 2^40 - 0x10000 reach the out-of-range gfns Xen must refuse).
+//! - `b5..=b9`: 40-bit little-endian value `v`. Mfn by kind:
+//!   0 → `Frame(MFN_POOL_BASE + (v & (MFN_POOL_SIZE - 1)))`, 1 → `Frame(v)`,
+//!   2 → `Invalid`, 3 → `TableFrame(v as u16)` (the low 16 bits).
+//! - `b10`: p2m type, `value % 16` (Xen's numbering); `b11`: access, `value % 10`.
+//!
+//! # Canonical scenarios
+//!
+//! A scenario is *canonical* ([`is_canonical`]) when
+//! - its config equals `config.normalized()`,
+//! - it has 1 to [`MAX_OPS`] ops, and every `set_entry` has
+//! - a gfn below [`GFN_WINDOW`], or a multiple of 0x10000 below 2^40,
+//! - an order of at most 63,
+//! - a `Frame` mfn below 2^40 ([`MFN_LITERAL_LIMIT`]) (any `Invalid` / `TableFrame` is fine).
+//!
+//! `decode(&encode(s)) == Some(s)` for every canonical `s`. [`super::parse_trace`] only
+//! returns canonical scenarios, except that it keeps orders above 63 (`encode` saturates them
+//! to 63: Xen refuses both alike).
+
+use arbitrary::{Arbitrary, Unstructured};
+use p2m_core::{Config, Mode, P2mAccess, P2mType, Vendor};
+
+use super::{
+    MfnSel, Op, Scenario, SetEntryOp, GFN_WINDOW, MAX_OPS, MFN_LITERAL_LIMIT, MFN_POOL_BASE,
+    MFN_POOL_SIZE,
+};
+
+/// Size of the header in bytes.
+pub const HEADER_SIZE: usize = 1;
+/// Size of one encoded op in bytes.
+pub const OP_SIZE: usize = 12;
+/// Shift applied to the 24-bit gfn field when the gfn escape bit is set.
+pub const GFN_ESCAPE_SHIFT: u32 = 16;
+
+const HDR_AMD: u8 = 1 << 2;
+const HDR_SHARE: u8 = 1 << 3;
+const HDR_ALLOW: u8 = 1 << 4;
+const B0_KEEP_MISALIGNED: u8 = 1 << 2;
+const B4_GFN_ESCAPE: u8 = 1 << 2;
+const MAX_RAW_ORDER: u32 = 63;
+const ORDERS: [u32; 3] = [0, 9, 18];
+
+/// Why [`try_encode`] refused a scenario.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct EncodeError {
+    /// Index of the offending op, `None` for the config or the op count.
+    pub op: Option<usize>,
+    /// What cannot be represented, on one line.
+    pub msg: String,
+}
+
+impl std::fmt::Display for EncodeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.op {
+            Some(i) => write!(f, "op {i}: {}", self.msg),
+            None => f.write_str(&self.msg),
+        }
+    }
+}
+
+impl std::error::Error for EncodeError {}
+
+/// True when `gfn` has the escaped form: a multiple of 2^16 below 2^40.
+pub(super) fn gfn_escape_ok(gfn: u64) -> bool {
+    gfn & ((1 << GFN_ESCAPE_SHIFT) - 1) == 0 && gfn >> GFN_ESCAPE_SHIFT < 1 << 24
+}
+
+/// Why `s` is not canonical (see the module docs), or `Ok` when it is.
+fn check(s: &Scenario) -> Result<(), EncodeError> {
+    let whole = |msg: String| EncodeError { op: None, msg };
+    if s.config != s.config.normalized() {
+        return Err(whole(format!("config `{}` is not normalized", s.config)));
+    }
+    if s.ops.is_empty() || s.ops.len() > MAX_OPS {
+        return Err(whole(format!(
+            "{} ops (1..={MAX_OPS} allowed)",
+            s.ops.len()
+        )));
+    }
+    for (i, op) in s.ops.iter().enumerate() {
+        let Op::SetEntry(e) = op;
+        let bad = |msg: String| EncodeError { op: Some(i), msg };
+        if e.gfn >= GFN_WINDOW && !gfn_escape_ok(e.gfn) {
+            return Err(bad(format!("gfn {:#x} not representable", e.gfn)));
+        }
+        if e.order > MAX_RAW_ORDER {
+            return Err(bad(format!("order {} above {MAX_RAW_ORDER}", e.order)));
+        }
+        if let MfnSel::Frame(x) = e.mfn {
+            if x >= MFN_LITERAL_LIMIT {
+                return Err(bad(format!("mfn {x:#x} does not fit 40 bits")));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// True when `decode(&encode(s)) == Some(s)` is guaranteed (see the module docs).
+pub fn is_canonical(s: &Scenario) -> bool {
+    check(s).is_ok()
+}
+
+/// [`encode`] for canonical scenarios only; says what is not representable otherwise.
+pub fn try_encode(s: &Scenario) -> Result<Vec<u8>, EncodeError> {
+    check(s)?;
+    Ok(encode(s))
+}
+
+/// The bytes that [`decode`] reads back as `s`, when `s` is canonical.
+///
+/// Non-canonical input is encoded lossily, never panicking: the config as
+/// [`Config::normalized`] does, ops past [`MAX_OPS`] dropped (an empty op list gives a
+/// header-only string, which `decode` refuses), orders above 63 saturated to 63,
+/// unrepresentable gfns rounded down to a multiple of 0x10000 (saturated to the largest
+/// escaped gfn from 2^40 up), `Frame` mfns truncated to 40 bits.
+pub fn encode(s: &Scenario) -> Vec<u8> {
+    let c = s.config.normalized();
+    let mut out = Vec::with_capacity(HEADER_SIZE + OP_SIZE * s.ops.len().min(MAX_OPS));
+    let mut h = c.mode as u8;
+    if c.vendor == Vendor::Amd {
+        h |= HDR_AMD;
+    }
+    if c.iommu_hap_pt_share {
+        h |= HDR_SHARE;
+    }
+    if s.allow_under_permissive {
+        h |= HDR_ALLOW;
+    }
+    out.push(h);
+    for op in s.ops.iter().take(MAX_OPS) {
+        let Op::SetEntry(e) = op;
+        out.extend_from_slice(&encode_set_entry(e));
+    }
+    out
+}
+
+fn encode_set_entry(e: &SetEntryOp) -> [u8; OP_SIZE] {
+    let mut b = [0u8; OP_SIZE];
+    // gfn
+    let (g, escape) = if e.gfn < GFN_WINDOW {
+        (e.gfn, false)
+    } else {
+        ((e.gfn >> GFN_ESCAPE_SHIFT).min((1 << 24) - 1), true)
+    };
+    b[1..4].copy_from_slice(&g.to_le_bytes()[..3]);
+    let gfn = if escape { g << GFN_ESCAPE_SHIFT } else { g };
+    // mfn
+    let (kind, v, frame) = match e.mfn {
+        MfnSel::Frame(x) => {
+            let x = x & (MFN_LITERAL_LIMIT - 1);
+            if (MFN_POOL_BASE..MFN_POOL_BASE + MFN_POOL_SIZE).contains(&x) {
+                (0u8, x - MFN_POOL_BASE, Some(x))
+            } else {
+                (1, x, Some(x))
+            }
+        }
+        MfnSel::Invalid => (2, 0, None),
+        MfnSel::TableFrame(k) => (3, u64::from(k), None),
+    };
+    b[4] = kind | if escape { B4_GFN_ESCAPE } else { 0 };
+    b[5..10].copy_from_slice(&v.to_le_bytes()[..5]);
+    // order
+    b[0] = match ORDERS.iter().position(|&o| o == e.order) {
+        Some(sel) => {
+            let mask = (1u64 << e.order) - 1;
+            let misaligned = gfn & mask != 0 || frame.is_some_and(|x| x & mask != 0);
+            sel as u8 | if misaligned { B0_KEEP_MISALIGNED } else { 0 }
+        }
+        None => 3 | (e.order.min(MAX_RAW_ORDER) as u8) << 2,
+    };
+    b[10] = e.p2mt as u8;
+    b[11] = e.access as u8;
+    b
+}
+
+/// The scenario `data` describes, or `None` when it holds less than a header and one op.
+pub fn decode(data: &[u8]) -> Option<Scenario> {
+    let (&h, rest) = data.split_first()?;
+    if rest.len() < OP_SIZE {
+        return None;
+    }
+    let config = Config {
+        mode: Mode::from_raw((h & 3) % 3)?,
+        vendor: if h & HDR_AMD != 0 {
+            Vendor::Amd
+        } else {
+            Vendor::Vtd
+        },
+        iommu_hap_pt_share: h & HDR_SHARE != 0,
+    }
+    .normalized();
+    let ops = rest
+        .chunks_exact(OP_SIZE)
+        .take(MAX_OPS)
+        .map(|c| Op::SetEntry(decode_set_entry(c.try_into().expect("chunk of OP_SIZE"))))
+        .collect();
+    Some(Scenario {
+        config,
+        allow_under_permissive: h & HDR_ALLOW != 0,
+        ops,
+    })
+}
+
+/// [`decode`], with the header's mode replaced by `mode` (for per-mode fuzz targets).
+pub fn decode_with_mode(data: &[u8], mode: Mode) -> Option<Scenario> {
+    let mut s = decode(data)?;
+    s.config.mode = mode;
+    s.config = s.config.normalized();
+    Some(s)
+}
+
+fn le(bytes: &[u8]) -> u64 {
+    bytes
+        .iter()
+        .rev()
+        .fold(0u64, |acc, &b| acc << 8 | u64::from(b))
+}
+
+fn decode_set_entry(b: &[u8; OP_SIZE]) -> SetEntryOp {
+    let sel = b[0] & 3;
+    let (order, align) = if sel < 3 {
+        (ORDERS[sel as usize], b[0] & B0_KEEP_MISALIGNED == 0)
+    } else {
+        (u32::from(b[0] >> 2), false)
+    };
+    let g = le(&b[1..4]);
+    let mut gfn = if b[4] & B4_GFN_ESCAPE != 0 {
+        g << GFN_ESCAPE_SHIFT
+    } else {
+        g & (GFN_WINDOW - 1)
+    };
+    let v = le(&b[5..10]);
+    let mut mfn = match b[4] & 3 {
+        0 => MfnSel::Frame(MFN_POOL_BASE + (v & (MFN_POOL_SIZE - 1))),
+        1 => MfnSel::Frame(v),
+        2 => MfnSel::Invalid,
+        _ => MfnSel::TableFrame(v as u16),
+    };
+    if align {
+        let mask = (1u64 << order) - 1;
+        gfn &= !mask;
+        if let MfnSel::Frame(x) = &mut mfn {
+            *x &= !mask;
+        }
+    }
+    SetEntryOp {
+        gfn,
+        mfn,
+        order,
+        p2mt: P2mType::from_raw(b[10] % 16).expect("16 p2m types"),
+        access: P2mAccess::from_raw(b[11] % 10).expect("10 p2m accesses"),
+    }
+}
+
+/// Reads the whole remaining input with [`decode`]; too short an input is `IncorrectFormat`.
+impl<'a> Arbitrary<'a> for Scenario {
+    fn arbitrary(u: &mut Unstructured<'a>) -> arbitrary::Result<Self> {
+        let data = u.bytes(u.len())?;
+        decode(data).ok_or(arbitrary::Error::IncorrectFormat)
+    }
+
+    fn arbitrary_take_rest(u: Unstructured<'a>) -> arbitrary::Result<Self> {
+        decode(u.take_rest()).ok_or(arbitrary::Error::IncorrectFormat)
+    }
+
+    fn size_hint(_depth: usize) -> (usize, Option<usize>) {
+        (HEADER_SIZE + OP_SIZE, None)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct XorShift(u64);
+    impl XorShift {
+        fn next(&mut self) -> u64 {
+            let mut x = self.0;
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            self.0 = x;
+            x
+        }
+        fn below(&mut self, n: u64) -> u64 {
+            self.next() % n
+        }
+    }
+
+    fn op(gfn: u64, mfn: MfnSel, order: u32) -> Op {
+        Op::SetEntry(SetEntryOp {
+            gfn,
+            mfn,
+            order,
+            p2mt: P2mType::RamRw,
+            access: P2mAccess::Rwx,
+        })
+    }
+
+    #[test]
+    fn short_inputs_are_refused() {
+        assert_eq!(decode(&[]), None);
+        assert_eq!(decode(&[0; HEADER_SIZE + OP_SIZE - 1]), None);
+        let s = decode(&[0; HEADER_SIZE + OP_SIZE + OP_SIZE - 1]).unwrap();
+        assert_eq!(s.ops.len(), 1, "trailing partial op ignored");
+        let Op::SetEntry(e) = s.ops[0];
+        assert_eq!(
+            (e.gfn, e.mfn, e.order, e.p2mt, e.access),
+            (
+                0,
+                MfnSel::Frame(MFN_POOL_BASE),
+                0,
+                P2mType::RamRw,
+                P2mAccess::N
+            ),
+            "all-zero op: 4K ram_rw map, access n, of the pool's first frame at gfn 0"
+        );
+    }
+
+    #[test]
+    fn ops_truncated_at_max() {
+        let data = vec![0u8; HEADER_SIZE + OP_SIZE * (MAX_OPS + 5)];
+        assert_eq!(decode(&data).unwrap().ops.len(), MAX_OPS);
+    }
+
+    #[test]
+    fn header_fields() {
+        let mut data = vec![0u8; HEADER_SIZE + OP_SIZE];
+        for h in 0..=255u8 {
+            data[0] = h;
+            let s = decode(&data).unwrap();
+            assert_eq!(s.config, s.config.normalized());
+            assert_eq!(s.config.mode as u8, (h & 3) % 3);
+            assert_eq!(s.config.iommu_hap_pt_share, h & 8 != 0);
+            assert_eq!(s.allow_under_permissive, h & 16 != 0);
+            if s.config.mode == Mode::Shadow {
+                assert_eq!(s.config.vendor == Vendor::Amd, h & 4 != 0);
+            }
+        }
+        let s = decode_with_mode(&data, Mode::Ept).unwrap();
+        assert_eq!((s.config.mode, s.config.vendor), (Mode::Ept, Vendor::Vtd));
+        data[0] = 0;
+        let s = decode_with_mode(&data, Mode::Npt).unwrap();
+        assert_eq!((s.config.mode, s.config.vendor), (Mode::Npt, Vendor::Amd));
+    }
+
+    #[test]
+    fn op_fields() {
+        let mut b = [0u8; OP_SIZE];
+        // order 9, aligned: gfn 0x12345 -> 0x12200, pool value 0x3ff -> 0x100200.
+        b[0] = 1;
+        b[1..4].copy_from_slice(&[0x45, 0x23, 0xf1]); // masked to 20 bits: 0x12345
+        b[5..10].copy_from_slice(&[0xff, 0x03, 0, 0, 0]);
+        b[10] = 16 + 3;
+        b[11] = 10 + 7;
+        let e = decode_set_entry(&b);
+        assert_eq!(
+            (e.gfn, e.mfn, e.order, e.p2mt, e.access),
+            (
+                0x12200,
+                MfnSel::Frame(0x100200),
+                9,
+                P2mType::RamRo,
+                P2mAccess::Rwx
+            )
+        );
+        // keep misaligned.
+        b[0] = 1 | 4;
+        let e = decode_set_entry(&b);
+        assert_eq!((e.gfn, e.mfn), (0x12345, MfnSel::Frame(0x1003ff)));
+        // raw order 33, raw mfn, gfn escape.
+        b[0] = 3 | 33 << 2;
+        b[4] = 1 | 4 | 0xf0;
+        b[5..10].copy_from_slice(&[1, 2, 3, 4, 0xff]);
+        let e = decode_set_entry(&b);
+        assert_eq!(e.order, 33);
+        assert_eq!(e.gfn, 0xf12345 << 16);
+        assert_eq!(e.mfn, MfnSel::Frame(0xff04030201));
+        b[4] = 2;
+        assert_eq!(decode_set_entry(&b).mfn, MfnSel::Invalid);
+        b[4] = 3;
+        assert_eq!(decode_set_entry(&b).mfn, MfnSel::TableFrame(0x0201));
+    }
+
+    #[test]
+    fn decode_never_panics_and_reencodes() {
+        let mut rng = XorShift(0x9e37_79b9_7f4a_7c15);
+        for i in 0..100_000 {
+            let len = rng.below(if i % 100 == 0 { 1000 } else { 64 }) as usize;
+            let data: Vec<u8> = (0..len).map(|_| rng.next() as u8).collect();
+            let mode = Mode::ALL[i % 3];
+            let _ = decode_with_mode(&data, mode);
+            if let Some(s) = decode(&data) {
+                assert!(is_canonical(&s), "{s}");
+                assert!(s.ops.len() == (len - 1) / OP_SIZE || s.ops.len() == MAX_OPS);
+                assert_eq!(decode(&encode(&s)).as_ref(), Some(&s));
+                let u = Unstructured::new(&data);
+                assert_eq!(Scenario::arbitrary_take_rest(u).unwrap(), s);
+                let mut u = Unstructured::new(&data);
+                assert_eq!(Scenario::arbitrary(&mut u).unwrap(), s);
+                assert!(u.is_empty());
+            } else {
+                assert!(len < HEADER_SIZE + OP_SIZE);
+                let u = Unstructured::new(&data);
+                assert!(Scenario::arbitrary_take_rest(u).is_err());
+            }
+        }
+    }
+
+    fn random_canonical(rng: &mut XorShift) -> Scenario {
+        let config = Config {
+            mode: Mode::ALL[rng.below(3) as usize],
+            vendor: Vendor::ALL[rng.below(2) as usize],
+            iommu_hap_pt_share: rng.below(2) == 1,
+        }
+        .normalized();
+        let n = 1 + rng.below(MAX_OPS as u64) as usize;
+        let ops = (0..n)
+            .map(|_| {
+                let order = match rng.below(5) {
+                    0 => 0,
+                    1 => 9,
+                    2 => 18,
+                    _ => rng.below(64) as u32,
+                };
+                let gfn = match rng.below(4) {
+                    0 => rng.below(1 << 24) << 16,
+                    1 => rng.below(GFN_WINDOW) & !((1 << order.min(18)) - 1),
+                    _ => rng.below(GFN_WINDOW),
+                };
+                let mfn = match rng.below(5) {
+                    0 => MfnSel::Invalid,
+                    1 => MfnSel::TableFrame(rng.next() as u16),
+                    2 => MfnSel::Frame(rng.below(MFN_LITERAL_LIMIT)),
+                    _ => MfnSel::Frame(MFN_POOL_BASE + rng.below(MFN_POOL_SIZE)),
+                };
+                Op::SetEntry(SetEntryOp {
+                    gfn,
+                    mfn,
+                    order,
+                    p2mt: P2mType::ALL[rng.below(16) as usize],
+                    access: P2mAccess::ALL[rng.below(10) as usize],
+                })
+            })
+            .collect();
+        Scenario {
+            config,
+            allow_under_permissive: rng.below(2) == 1,
+            ops,
+        }
+    }
+
+    #[test]
+    fn canonical_round_trip() {
+        let mut rng = XorShift(0x1234_5678_9abc_def1);
+        for _ in 0..20_000 {
+            let s = random_canonical(&mut rng);
+            assert!(is_canonical(&s));
+            let b = try_encode(&s).unwrap();
+            assert_eq!(b.len(), HEADER_SIZE + OP_SIZE * s.ops.len());
+            assert_eq!(decode(&b).as_ref(), Some(&s), "{s}");
+            let t = super::super::to_trace(&s);
+            assert_eq!(super::super::parse_trace(&t).as_ref(), Ok(&s), "{t}");
+        }
+    }
+
+    #[test]
+    fn non_canonical_is_reported_and_encoded_lossily() {
+        let base = Scenario {
+            config: Config {
+                mode: Mode::Ept,
+                vendor: Vendor::Vtd,
+                iommu_hap_pt_share: false,
+            },
+            allow_under_permissive: false,
+            ops: vec![op(0, MfnSel::Invalid, 0)],
+        };
+        assert!(is_canonical(&base));
+        let mut s = base.clone();
+        s.config.vendor = Vendor::Amd;
+        assert_eq!(try_encode(&s).unwrap_err().op, None);
+        assert_eq!(decode(&encode(&s)).unwrap().config, base.config);
+        let mut s = base.clone();
+        s.ops.clear();
+        assert!(try_encode(&s).is_err());
+        assert_eq!(decode(&encode(&s)), None);
+        for (o, back) in [
+            (
+                op(0x123456, MfnSel::Invalid, 0),
+                op(0x120000, MfnSel::Invalid, 0),
+            ),
+            (
+                op(u64::MAX, MfnSel::Invalid, 0),
+                op(0xffffff << 16, MfnSel::Invalid, 0),
+            ),
+            (op(0, MfnSel::Invalid, 1000), op(0, MfnSel::Invalid, 63)),
+            (
+                op(0, MfnSel::Frame(u64::MAX), 0),
+                op(0, MfnSel::Frame(MFN_LITERAL_LIMIT - 1), 0),
+            ),
+        ] {
+            let mut s = base.clone();
+            s.ops = vec![o];
+            let e = try_encode(&s).unwrap_err();
+            assert_eq!(e.op, Some(0), "{e}");
+            assert_eq!(decode(&encode(&s)).unwrap().ops, vec![back]);
+        }
+        let mut s = base.clone();
+        s.ops = vec![op(0, MfnSel::Invalid, 0); MAX_OPS + 1];
+        assert!(try_encode(&s).is_err());
+        assert_eq!(decode(&encode(&s)).unwrap().ops.len(), MAX_OPS);
+    }
+}

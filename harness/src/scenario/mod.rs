@@ -1,0 +1,212 @@
+//! The scenario language: a domain configuration plus a short list of p2m operations.
+//!
+//! A [`Scenario`] has three faces:
+//! - [`Display`](fmt::Display): a Xen-trace look, one line per operation
+//!   (`set_entry gfn=0x200 mfn=0x1a00 order=9 ram_ro rwx`);
+//! - the text trace ([`trace`]): that display behind a version comment, parsed back by
+//!   [`parse_trace`], for reproducers and hand-written seeds;
+//! - the byte format ([`bytes`]): what the fuzzer mutates, read by [`decode`] and written by
+//!   [`encode`]; see that module for the layout and for which scenarios are *canonical*
+//!   (exactly representable in bytes).
+
+use std::fmt;
+
+use p2m_core::{Config, P2mAccess, P2mType};
+
+pub mod bytes;
+pub mod trace;
+
+pub use bytes::{
+    decode, decode_with_mode, encode, is_canonical, try_encode, EncodeError, HEADER_SIZE, OP_SIZE,
+};
+pub use trace::{parse_trace, to_trace, TraceError, TRACE_MAGIC};
+
+/// Guest frames the fuzzer aims at by default: 4 GiB, i.e. four 1 GiB regions.
+pub const GFN_WINDOW: u64 = 1 << 20;
+/// First machine frame of the pool that plain (kind 0) frames are drawn from.
+pub const MFN_POOL_BASE: u64 = 0x100000;
+/// Number of machine frames in that pool.
+pub const MFN_POOL_SIZE: u64 = 1 << 20;
+/// Most operations one scenario holds (the decoder drops the rest).
+pub const MAX_OPS: usize = 64;
+/// Exclusive upper bound of a literal machine frame (the 40-bit frame field of a PTE).
+pub const MFN_LITERAL_LIMIT: u64 = 1 << 40;
+
+/// Which frame an op maps.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+pub enum MfnSel {
+    /// A literal machine frame number (below [`MFN_LITERAL_LIMIT`] in a canonical scenario).
+    Frame(u64),
+    /// Xen's `INVALID_MFN`.
+    Invalid,
+    /// The k-th page-table frame ever allocated (mod the count), resolved by the runner.
+    TableFrame(u16),
+}
+
+impl fmt::Display for MfnSel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            MfnSel::Frame(x) => write!(f, "{x:#x}"),
+            MfnSel::Invalid => f.write_str("INVALID_MFN"),
+            MfnSel::TableFrame(k) => write!(f, "ptf:{k}"),
+        }
+    }
+}
+
+/// One `p2m_set_entry(gfn, mfn, order, p2mt, access)` call.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+pub struct SetEntryOp {
+    /// First guest frame of the range.
+    pub gfn: u64,
+    /// Frame to map at `gfn`.
+    pub mfn: MfnSel,
+    /// Page order (0, 9 and 18 are valid; anything else must yield `-EINVAL`).
+    pub order: u32,
+    /// p2m type of the new entry.
+    pub p2mt: P2mType,
+    /// p2m access of the new entry.
+    pub access: P2mAccess,
+}
+
+impl fmt::Display for SetEntryOp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "set_entry gfn={:#x} mfn={} order={} {} {}",
+            self.gfn, self.mfn, self.order, self.p2mt, self.access
+        )
+    }
+}
+
+/// One operation of a scenario.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+pub enum Op {
+    /// `p2m->set_entry(...)`.
+    SetEntry(SetEntryOp),
+}
+
+impl fmt::Display for Op {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Op::SetEntry(s) => s.fmt(f),
+        }
+    }
+}
+
+/// A configuration, an oracle flag and the operations to run on a fresh domain.
+#[derive(Clone, PartialEq, Eq, Hash, Debug)]
+pub struct Scenario {
+    /// Domain configuration (normalized in every scenario the parsers return).
+    pub config: Config,
+    /// Tolerate under-permissive IOMMU views (Xen documents them as intended here).
+    pub allow_under_permissive: bool,
+    /// The operations, in order.
+    pub ops: Vec<Op>,
+}
+
+impl Scenario {
+    /// The header line: `config mode=npt vendor=amd share=on[ allow-under-permissive]`.
+    pub fn config_line(&self) -> String {
+        let mut s = format!("config {}", self.config);
+        if self.allow_under_permissive {
+            s.push_str(" allow-under-permissive");
+        }
+        s
+    }
+}
+
+/// The config line, then one op per line (no trailing newline).
+impl fmt::Display for Scenario {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.config_line())?;
+        for op in &self.ops {
+            write!(f, "\n{op}")?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use p2m_core::{Mode, Vendor};
+
+    fn op(gfn: u64, mfn: MfnSel, order: u32, p2mt: P2mType, access: P2mAccess) -> Op {
+        Op::SetEntry(SetEntryOp {
+            gfn,
+            mfn,
+            order,
+            p2mt,
+            access,
+        })
+    }
+
+    #[test]
+    fn op_display_matches_trace_look() {
+        let o = op(
+            0x200,
+            MfnSel::Frame(0x1a00),
+            9,
+            P2mType::RamRo,
+            P2mAccess::Rwx,
+        );
+        assert_eq!(
+            o.to_string(),
+            "set_entry gfn=0x200 mfn=0x1a00 order=9 ram_ro rwx"
+        );
+        let o = op(0, MfnSel::Invalid, 18, P2mType::Invalid, P2mAccess::N);
+        assert_eq!(
+            o.to_string(),
+            "set_entry gfn=0x0 mfn=INVALID_MFN order=18 invalid n"
+        );
+        let o = op(
+            0x1234,
+            MfnSel::TableFrame(3),
+            0,
+            P2mType::MmioDirect,
+            P2mAccess::Rx2rw,
+        );
+        assert_eq!(
+            o.to_string(),
+            "set_entry gfn=0x1234 mfn=ptf:3 order=0 mmio_direct rx2rw"
+        );
+    }
+
+    #[test]
+    fn scenario_display_matches_trace_look() {
+        let mut s = Scenario {
+            config: Config {
+                mode: Mode::Npt,
+                vendor: Vendor::Amd,
+                iommu_hap_pt_share: true,
+            },
+            allow_under_permissive: false,
+            ops: vec![
+                op(
+                    0x200,
+                    MfnSel::Frame(0x100200),
+                    0,
+                    P2mType::RamRw,
+                    P2mAccess::Rwx,
+                ),
+                op(0x200, MfnSel::Invalid, 9, P2mType::Invalid, P2mAccess::Rwx),
+            ],
+        };
+        assert_eq!(
+            s.to_string(),
+            "config mode=npt vendor=amd share=on\n\
+             set_entry gfn=0x200 mfn=0x100200 order=0 ram_rw rwx\n\
+             set_entry gfn=0x200 mfn=INVALID_MFN order=9 invalid rwx"
+        );
+        s.allow_under_permissive = true;
+        s.config = Config {
+            mode: Mode::Shadow,
+            vendor: Vendor::Vtd,
+            iommu_hap_pt_share: false,
+        };
+        assert_eq!(
+            s.config_line(),
+            "config mode=shadow vendor=vtd share=off allow-under-permissive"
+        );
+    }
+}

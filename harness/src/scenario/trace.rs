@@ -1,0 +1,523 @@
+//! The text trace format: a human-readable, diff-friendly form of a [`Scenario`].
+//!
+//! ```text
+//! # p2m-fuzz trace v1
+//! config mode=npt vendor=amd share=on
+//! set_entry gfn=0x200 mfn=0x100200 order=0 ram_rw rwx
+//! set_entry gfn=0x200 mfn=INVALID_MFN order=9 invalid rwx
+//! ```
+//!
+//! Grammar, line by line (blank lines and `#` comments are allowed anywhere, also after a
+//! statement on the same line):
+//! - `config mode=M [vendor=V] [share=on|off] [allow-under-permissive]`, exactly once and
+//!   before the first op. `vendor` may be left out for `ept` (→ `vtd`) and `npt` (→ `amd`) and
+//!   must agree with the mode when given; it is required for `shadow`. `share` defaults to
+//!   `off`. Keys may come in any order.
+//! - `set_entry gfn=G mfn=F order=O TYPE ACCESS`: `gfn=`, `mfn=`, `order=` in any order, then
+//!   the p2m type name and the access name (in that order) as bare words. Numbers are hex with
+//!   `0x` or decimal. `mfn` is a literal below 2^40, `INVALID_MFN`, or `ptf:K` (the K-th
+//!   page-table frame, K < 65536). `order` is any u32: invalid orders are kept (Xen returns
+//!   `-EINVAL` for them). `gfn` must be representable in the byte format: below
+//!   [`GFN_WINDOW`], or a multiple of 0x10000 below 2^40 (this covers the out-of-range gfns
+//!   from 2^36 up that Xen must refuse).
+//! - A comment `# p2m-fuzz trace vN` with N other than 1 is refused (unknown version).
+//!
+//! At least one and at most [`MAX_OPS`] ops are required. Every scenario [`parse_trace`]
+//! returns is canonical in the sense of [`super::bytes`], except that orders above 63 are
+//! accepted here but saturate to 63 in bytes.
+
+use std::fmt;
+use std::str::FromStr;
+
+use p2m_core::{Config, Mode, P2mAccess, P2mType, Vendor};
+
+use super::bytes::{gfn_escape_ok, GFN_ESCAPE_SHIFT};
+use super::{MfnSel, Op, Scenario, SetEntryOp, GFN_WINDOW, MAX_OPS, MFN_LITERAL_LIMIT};
+
+/// First line of every trace [`to_trace`] writes.
+pub const TRACE_MAGIC: &str = "# p2m-fuzz trace v1";
+
+const MAGIC_PREFIX: &str = "# p2m-fuzz trace v";
+
+/// A parse error: 1-based line number and a one-line message.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct TraceError {
+    /// 1-based line the error was found on (the last line for "missing ..." errors).
+    pub line: usize,
+    /// What is wrong, on one line.
+    pub msg: String,
+}
+
+impl fmt::Display for TraceError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "line {}: {}", self.line, self.msg)
+    }
+}
+
+impl std::error::Error for TraceError {}
+
+/// The trace of `s`: [`TRACE_MAGIC`], the config line, one op per line, final newline.
+pub fn to_trace(s: &Scenario) -> String {
+    format!("{TRACE_MAGIC}\n{s}\n")
+}
+
+/// Parses a trace in the format [`to_trace`] writes (see the module docs for the grammar).
+pub fn parse_trace(text: &str) -> Result<Scenario, TraceError> {
+    let mut config: Option<(usize, Config, bool)> = None;
+    let mut ops = Vec::new();
+    let mut last_line = 1;
+    for (idx, raw) in text.lines().enumerate() {
+        let line = idx + 1;
+        last_line = line;
+        let err = |msg: String| TraceError { line, msg };
+        let trimmed = raw.trim();
+        if let Some(v) = trimmed.strip_prefix(MAGIC_PREFIX) {
+            if v.trim() != "1" {
+                return Err(err(format!(
+                    "unsupported trace version `v{}` (this parser reads v1)",
+                    v.trim()
+                )));
+            }
+        }
+        let body = match trimmed.find('#') {
+            Some(i) => &trimmed[..i],
+            None => trimmed,
+        };
+        let mut words = body.split_whitespace();
+        let Some(head) = words.next() else { continue };
+        match head {
+            "config" => {
+                if let Some((first, _, _)) = config {
+                    return Err(err(format!("second config line (first on line {first})")));
+                }
+                if !ops.is_empty() {
+                    return Err(err("config line after the first op".into()));
+                }
+                let (c, allow) = parse_config(words).map_err(err)?;
+                config = Some((line, c, allow));
+            }
+            "set_entry" => {
+                if config.is_none() {
+                    return Err(err("set_entry before the config line".into()));
+                }
+                if ops.len() == MAX_OPS {
+                    return Err(err(format!("more than {MAX_OPS} ops")));
+                }
+                ops.push(Op::SetEntry(parse_set_entry(words).map_err(err)?));
+            }
+            other => {
+                return Err(err(format!(
+                    "unknown statement `{other}` (expected `config` or `set_entry`)"
+                )))
+            }
+        }
+    }
+    let Some((_, config, allow_under_permissive)) = config else {
+        return Err(TraceError {
+            line: last_line,
+            msg: "missing config line".into(),
+        });
+    };
+    if ops.is_empty() {
+        return Err(TraceError {
+            line: last_line,
+            msg: "no ops (a scenario needs at least one set_entry)".into(),
+        });
+    }
+    Ok(Scenario {
+        config,
+        allow_under_permissive,
+        ops,
+    })
+}
+
+/// Parses a trace ([`parse_trace`]).
+impl FromStr for Scenario {
+    type Err = TraceError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        parse_trace(s)
+    }
+}
+
+fn set_once<T>(slot: &mut Option<T>, key: &str, v: T) -> Result<(), String> {
+    if slot.is_some() {
+        return Err(format!("`{key}=` given twice"));
+    }
+    *slot = Some(v);
+    Ok(())
+}
+
+fn parse_config<'a>(words: impl Iterator<Item = &'a str>) -> Result<(Config, bool), String> {
+    let (mut mode, mut vendor, mut share, mut allow) = (None, None, None, false);
+    for w in words {
+        if w == "allow-under-permissive" {
+            if allow {
+                return Err("`allow-under-permissive` given twice".into());
+            }
+            allow = true;
+            continue;
+        }
+        let Some((k, v)) = w.split_once('=') else {
+            return Err(format!("unexpected word `{w}` in config line"));
+        };
+        match k {
+            "mode" => {
+                let m = Mode::from_name(v)
+                    .ok_or_else(|| format!("unknown mode `{v}` (ept, npt or shadow)"))?;
+                set_once(&mut mode, k, m)?;
+            }
+            "vendor" => {
+                let m = Vendor::from_name(v)
+                    .ok_or_else(|| format!("unknown vendor `{v}` (vtd or amd)"))?;
+                set_once(&mut vendor, k, m)?;
+            }
+            "share" => {
+                let b = match v {
+                    "on" => true,
+                    "off" => false,
+                    _ => return Err(format!("bad share value `{v}` (on or off)")),
+                };
+                set_once(&mut share, k, b)?;
+            }
+            _ => return Err(format!("unknown config key `{k}`")),
+        }
+    }
+    let mode = mode.ok_or("config line without `mode=`")?;
+    let implied = match mode {
+        Mode::Ept => Some(Vendor::Vtd),
+        Mode::Npt => Some(Vendor::Amd),
+        Mode::Shadow => None,
+    };
+    let vendor = match (vendor, implied) {
+        (Some(v), Some(i)) if v != i => {
+            return Err(format!(
+                "vendor={v} contradicts mode={mode} (which implies {i})"
+            ))
+        }
+        (Some(v), _) | (None, Some(v)) => v,
+        (None, None) => return Err("mode=shadow needs `vendor=` (vtd or amd)".into()),
+    };
+    let config = Config {
+        mode,
+        vendor,
+        iommu_hap_pt_share: share.unwrap_or(false),
+    };
+    debug_assert_eq!(config, config.normalized());
+    Ok((config, allow))
+}
+
+fn parse_u64(s: &str) -> Option<u64> {
+    match s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")) {
+        Some(h) if !h.is_empty() && !h.starts_with('+') => u64::from_str_radix(h, 16).ok(),
+        Some(_) => None,
+        None if !s.starts_with('+') => s.parse().ok(),
+        None => None,
+    }
+}
+
+fn parse_gfn(v: &str) -> Result<u64, String> {
+    let g = parse_u64(v).ok_or_else(|| format!("bad gfn `{v}` (hex 0x.. or decimal)"))?;
+    if g < GFN_WINDOW || gfn_escape_ok(g) {
+        Ok(g)
+    } else {
+        Err(format!(
+            "gfn {g:#x} not representable: must be below {GFN_WINDOW:#x} or a multiple of {:#x} below 2^40",
+            1u64 << GFN_ESCAPE_SHIFT
+        ))
+    }
+}
+
+fn parse_mfn(v: &str) -> Result<MfnSel, String> {
+    if v.eq_ignore_ascii_case("INVALID_MFN") {
+        return Ok(MfnSel::Invalid);
+    }
+    if let Some(k) = v.strip_prefix("ptf:") {
+        return parse_u64(k)
+            .and_then(|k| u16::try_from(k).ok())
+            .map(MfnSel::TableFrame)
+            .ok_or_else(|| format!("bad table-frame index `{k}` (0..65535)"));
+    }
+    let x = parse_u64(v)
+        .ok_or_else(|| format!("bad mfn `{v}` (hex 0x.., decimal, INVALID_MFN or ptf:K)"))?;
+    if x >= MFN_LITERAL_LIMIT {
+        return Err(format!(
+            "mfn {x:#x} does not fit the 40-bit frame field (write INVALID_MFN for ~0)"
+        ));
+    }
+    Ok(MfnSel::Frame(x))
+}
+
+fn parse_set_entry<'a>(words: impl Iterator<Item = &'a str>) -> Result<SetEntryOp, String> {
+    let (mut gfn, mut mfn, mut order, mut p2mt, mut access) = (None, None, None, None, None);
+    for w in words {
+        if let Some((k, v)) = w.split_once('=') {
+            match k {
+                "gfn" => set_once(&mut gfn, k, parse_gfn(v)?)?,
+                "mfn" => set_once(&mut mfn, k, parse_mfn(v)?)?,
+                "order" => {
+                    let o = parse_u64(v)
+                        .and_then(|o| u32::try_from(o).ok())
+                        .ok_or_else(|| format!("bad order `{v}` (a u32)"))?;
+                    set_once(&mut order, k, o)?;
+                }
+                _ => return Err(format!("unknown set_entry key `{k}`")),
+            }
+        } else if p2mt.is_none() {
+            p2mt = Some(P2mType::from_name(w).ok_or_else(|| format!("unknown p2m type `{w}`"))?);
+        } else if access.is_none() {
+            access =
+                Some(P2mAccess::from_name(w).ok_or_else(|| format!("unknown p2m access `{w}`"))?);
+        } else {
+            return Err(format!("unexpected word `{w}` after the access"));
+        }
+    }
+    Ok(SetEntryOp {
+        gfn: gfn.ok_or("set_entry without `gfn=`")?,
+        mfn: mfn.ok_or("set_entry without `mfn=`")?,
+        order: order.ok_or("set_entry without `order=`")?,
+        p2mt: p2mt.ok_or("set_entry without a p2m type")?,
+        access: access.ok_or("set_entry without a p2m access")?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{decode, encode, is_canonical};
+    use super::*;
+
+    const GEORGE: &str = "# p2m-fuzz trace v1\n\
+        config mode=npt vendor=amd share=on\n\
+        set_entry gfn=0x200 mfn=0x100200 order=0 ram_rw rwx\n\
+        set_entry gfn=0x200 mfn=INVALID_MFN order=9 invalid rwx\n";
+
+    const TRACES: &[&str] = &[
+        GEORGE,
+        "# p2m-fuzz trace v1\n\
+         config mode=ept vendor=vtd share=off\n\
+         set_entry gfn=0x1000 mfn=0x101000 order=0 ram_rw rwx\n\
+         set_entry gfn=0x1000 mfn=0x101000 order=0 ram_ro rwx\n",
+        "# p2m-fuzz trace v1\n\
+         config mode=shadow vendor=amd share=on allow-under-permissive\n\
+         set_entry gfn=0x0 mfn=0x1c0000 order=18 ram_rw rw\n\
+         set_entry gfn=0x3 mfn=0x7 order=9 mmio_direct n2rwx\n\
+         set_entry gfn=0xfffff mfn=ptf:7 order=0 grant_map_ro rx2rw\n\
+         set_entry gfn=0x1000000000 mfn=0xffffffffff order=0 map_foreign x\n\
+         set_entry gfn=0xffffff0000 mfn=0x0 order=1 mmio_write_dm wx\n\
+         set_entry gfn=0x40000 mfn=0x1 order=63 populate_on_demand r\n\
+         set_entry gfn=0x201 mfn=0x100000 order=9 ram_shared w\n\
+         set_entry gfn=0x200 mfn=0x100001 order=9 ram_logdirty rx\n\
+         set_entry gfn=0x10000 mfn=ptf:65535 order=18 ram_broken rwx\n\
+         set_entry gfn=0x40000 mfn=0x200000 order=18 ram_paged rwx\n\
+         set_entry gfn=0x80000 mfn=0xfffff order=18 ram_paging_in rwx\n",
+        "# p2m-fuzz trace v1\n\
+         config mode=npt vendor=amd share=off\n\
+         set_entry gfn=0xc0000 mfn=INVALID_MFN order=18 invalid n\n",
+    ];
+
+    #[test]
+    fn text_bytes_text_round_trip() {
+        for t in TRACES {
+            let s = parse_trace(t).unwrap_or_else(|e| panic!("{e}\n{t}"));
+            assert!(is_canonical(&s), "{t}");
+            assert_eq!(to_trace(&s), *t);
+            let b = encode(&s);
+            let s2 = decode(&b).expect("decodes");
+            assert_eq!(s2, s);
+            assert_eq!(to_trace(&s2), *t);
+        }
+    }
+
+    #[test]
+    fn george_case_parses() {
+        let s = parse_trace(GEORGE).unwrap();
+        assert_eq!(
+            s.config,
+            Config {
+                mode: Mode::Npt,
+                vendor: Vendor::Amd,
+                iommu_hap_pt_share: true
+            }
+        );
+        assert!(!s.allow_under_permissive);
+        assert_eq!(
+            s.ops,
+            vec![
+                Op::SetEntry(SetEntryOp {
+                    gfn: 0x200,
+                    mfn: MfnSel::Frame(0x100200),
+                    order: 0,
+                    p2mt: P2mType::RamRw,
+                    access: P2mAccess::Rwx
+                }),
+                Op::SetEntry(SetEntryOp {
+                    gfn: 0x200,
+                    mfn: MfnSel::Invalid,
+                    order: 9,
+                    p2mt: P2mType::Invalid,
+                    access: P2mAccess::Rwx
+                }),
+            ]
+        );
+        // The byte form needs no "keep misaligned" flag: both ops are aligned.
+        let b = encode(&s);
+        assert_eq!(b.len(), 1 + 2 * 12);
+        assert_eq!(b[1 + 12] & 0b111, 1);
+    }
+
+    #[test]
+    fn lenient_forms() {
+        let t = "\n  # leading comment\n\
+                 config share=on mode=npt   # vendor implied\n\
+                 \n\
+                 set_entry order=9 mfn=1048576 gfn=512 ram_rw rwx # trailing\n\
+                 # between\n\
+                 set_entry gfn=0X10 mfn=ptf:0x10 order=0 ram_ro r\n";
+        let s = parse_trace(t).unwrap();
+        assert_eq!(s.config.vendor, Vendor::Amd);
+        assert!(s.config.iommu_hap_pt_share);
+        assert_eq!(
+            s.to_string(),
+            "config mode=npt vendor=amd share=on\n\
+             set_entry gfn=0x200 mfn=0x100000 order=9 ram_rw rwx\n\
+             set_entry gfn=0x10 mfn=ptf:16 order=0 ram_ro r"
+        );
+        let s = parse_trace("config mode=ept\nset_entry gfn=1 mfn=2 order=4000000000 ram_rw n")
+            .unwrap();
+        assert_eq!(s.config.vendor, Vendor::Vtd);
+        assert!(!s.config.iommu_hap_pt_share);
+        let Op::SetEntry(o) = s.ops[0];
+        assert_eq!(o.order, 4_000_000_000);
+        assert!(!is_canonical(&s));
+        // Saturates to order 63: still an invalid order.
+        let Op::SetEntry(o2) = decode(&encode(&s)).unwrap().ops[0];
+        assert_eq!(o2.order, 63);
+        assert_eq!(
+            "config mode=ept\nset_entry gfn=1 mfn=2 order=0 ram_rw n"
+                .parse::<Scenario>()
+                .unwrap()
+                .ops
+                .len(),
+            1
+        );
+    }
+
+    fn err_of(t: &str) -> TraceError {
+        match parse_trace(t) {
+            Ok(s) => panic!("accepted:\n{t}\nas\n{s}"),
+            Err(e) => e,
+        }
+    }
+
+    #[test]
+    fn errors_carry_line_numbers() {
+        let cases: &[(&str, usize, &str)] = &[
+            (
+                "# c\nconfig mode=npt\nset_entry gfn=0 mfn=0 order=0 ram_xx rwx\n",
+                3,
+                "unknown p2m type `ram_xx`",
+            ),
+            (
+                "config mode=npt\n\n\nset_entry gfn=0 mfn=0 order=0 ram_rw rwxx\n",
+                4,
+                "unknown p2m access `rwxx`",
+            ),
+            (
+                "config mode=hap\nset_entry gfn=0 mfn=0 order=0 ram_rw rwx\n",
+                1,
+                "unknown mode `hap`",
+            ),
+            (
+                "# nothing\nset_entry gfn=0 mfn=0 order=0 ram_rw rwx\n",
+                2,
+                "set_entry before the config line",
+            ),
+            ("# a\n# b\n", 2, "missing config line"),
+            ("config mode=ept\n# c\n", 2, "no ops"),
+            ("config mode=npt vendor=vtd\n", 1, "contradicts"),
+            ("config mode=shadow\n", 1, "needs `vendor=`"),
+            (
+                "config mode=ept\nconfig mode=ept\n",
+                2,
+                "second config line (first on line 1)",
+            ),
+            (
+                "config mode=ept\nset_entry gfn=0 mfn=0x10000000000 order=0 ram_rw rwx\n",
+                2,
+                "40-bit",
+            ),
+            (
+                "config mode=ept\nset_entry gfn=0 mfn=0xffffffffffffffff order=0 ram_rw rwx\n",
+                2,
+                "INVALID_MFN",
+            ),
+            (
+                "config mode=ept\nset_entry gfn=0x100001 mfn=0 order=0 ram_rw rwx\n",
+                2,
+                "not representable",
+            ),
+            (
+                "config mode=ept\nset_entry gfn=0x10000000000 mfn=0 order=0 ram_rw rwx\n",
+                2,
+                "not representable",
+            ),
+            (
+                "config mode=ept\nset_entry gfn=0 mfn=0 order=-1 ram_rw rwx\n",
+                2,
+                "bad order",
+            ),
+            (
+                "config mode=ept\nset_entry gfn=0 mfn=ptf:65536 order=0 ram_rw rwx\n",
+                2,
+                "table-frame",
+            ),
+            (
+                "config mode=ept\nset_entry gfn=0 gfn=0 mfn=0 order=0 ram_rw rwx\n",
+                2,
+                "given twice",
+            ),
+            (
+                "config mode=ept\nset_entry gfn=0 order=0 ram_rw rwx\n",
+                2,
+                "without `mfn=`",
+            ),
+            (
+                "config mode=ept\nset_entry gfn=0 mfn=0 order=0 ram_rw\n",
+                2,
+                "without a p2m access",
+            ),
+            (
+                "config mode=ept\nset_entry gfn=0 mfn=0 order=0 ram_rw rwx extra\n",
+                2,
+                "unexpected word",
+            ),
+            ("config mode=ept\nget_entry gfn=0\n", 2, "unknown statement"),
+            (
+                "# p2m-fuzz trace v2\nconfig mode=ept\n",
+                1,
+                "unsupported trace version",
+            ),
+            (
+                "config mode=ept\nset_entry gfn=zz mfn=0 order=0 ram_rw rwx\n",
+                2,
+                "bad gfn",
+            ),
+        ];
+        for (t, line, needle) in cases {
+            let e = err_of(t);
+            assert_eq!(e.line, *line, "{t}: {e}");
+            assert!(e.msg.contains(needle), "{t}: {e}");
+            assert!(!e.to_string().contains('\n'));
+            assert!(e.to_string().starts_with(&format!("line {line}: ")));
+        }
+    }
+
+    #[test]
+    fn too_many_ops() {
+        let mut t = String::from("config mode=ept\n");
+        for i in 0..=MAX_OPS {
+            t.push_str(&format!("set_entry gfn={i} mfn=0 order=0 ram_rw rwx\n"));
+        }
+        let e = err_of(&t);
+        assert_eq!(e.line, MAX_OPS + 2);
+    }
+}

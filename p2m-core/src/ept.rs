@@ -1,0 +1,399 @@
+//! EPT: `xen/arch/x86/mm/p2m-ept.c`.
+//!
+//! Levels are numbered 1..=4 here (1 holds 4 KiB entries); Xen's EPT level `i`
+//! (0..=3) is our level `i + 1`.
+
+use crate::domain::{Cx, P2mEntry};
+use crate::iommu::note_overwrite;
+use crate::iommu::walk::{IoEntry, IoTables};
+use crate::machine::{MachineMemory, TableOwner};
+use crate::policy::p2m_get_iommu_flags;
+use crate::table::{index_of, pages_per_entry, Pte, TableStore};
+use crate::types::*;
+
+/// An `ept_entry_t` with the fields that matter (emt, ipat, snp, suppress_ve,
+/// A/D and recalc are summarized away).
+#[derive(Clone, Copy, PartialEq, Eq, Default, Debug)]
+pub struct EptEntry {
+    /// Read bit (also VT-d's read bit when the tables are shared).
+    pub r: bool,
+    /// Write bit (also VT-d's write bit when the tables are shared).
+    pub w: bool,
+    /// Execute bit.
+    pub x: bool,
+    /// Superpage bit.
+    pub sp: bool,
+    /// 40-bit frame field.
+    pub mfn: u64,
+    /// `sa_p2mt`: the p2m type kept in software-available bits (0 = `ram_rw`).
+    pub sa_p2mt: u8,
+    /// `access`.
+    pub access: u8,
+}
+
+impl EptEntry {
+    /// `is_epte_present()`: any of r, w, x.
+    pub fn is_present(&self) -> bool {
+        self.r || self.w || self.x
+    }
+    /// `is_epte_valid()`: non-zero and not `p2m_invalid`.
+    pub fn is_valid(&self) -> bool {
+        *self != EptEntry::default() && self.sa_p2mt != P2mType::Invalid as u8
+    }
+}
+
+impl Pte for EptEntry {
+    fn nth(&self, k: u64, level: u8) -> Self {
+        if (self.sp || level == 1) && *self != EptEntry::default() {
+            EptEntry {
+                mfn: (self.mfn + k * pages_per_entry(level)) & PTE_MFN_MASK,
+                ..*self
+            }
+        } else {
+            *self
+        }
+    }
+}
+
+/// Models `ept_p2m_type_to_flags()` (no PML, no `mmio_ro_ranges`): the r/w/x bits.
+pub fn ept_p2m_type_to_flags(e: &mut EptEntry, t: P2mType, a: P2mAccess) {
+    use P2mType::*;
+    let (r, w, x) = match t {
+        RamRw => (true, true, true),
+        MmioDirect => (true, true, true),
+        RamLogdirty | RamRo | RamShared => (true, false, true),
+        GrantMapRw | MapForeign => (true, true, false),
+        GrantMapRo | MmioWriteDm => (true, false, false),
+        Invalid | MmioDm | PopulateOnDemand | RamPagingOut | RamPaged | RamPagingIn | RamBroken => {
+            (false, false, false)
+        }
+    };
+    let (mr, mw, mx) = match a {
+        P2mAccess::N | P2mAccess::N2rwx => (false, false, false),
+        P2mAccess::R => (true, false, false),
+        P2mAccess::W => (false, true, false),
+        P2mAccess::X => (false, false, true),
+        P2mAccess::Rx | P2mAccess::Rx2rw => (true, false, true),
+        P2mAccess::Wx => (false, true, true),
+        P2mAccess::Rw => (true, true, false),
+        P2mAccess::Rwx => (true, true, true),
+    };
+    e.r = r && mr;
+    e.w = w && mw;
+    e.x = x && mx;
+}
+
+/// The EPT of a host p2m.
+#[derive(Clone, Debug)]
+pub struct Ept {
+    /// Tables by frame.
+    pub tables: TableStore<EptEntry>,
+    /// `pagetable_get_pfn(p2m_get_pagetable(p2m))`.
+    pub root: u64,
+}
+
+impl Ept {
+    /// A fresh, empty 4-level EPT (`ept_get_wl() == 3`).
+    pub fn new(mem: &mut MachineMemory) -> Self {
+        let root = mem.alloc(TableOwner::P2m, 4);
+        let mut tables = TableStore::new();
+        tables.insert(root, 4);
+        Ept { tables, root }
+    }
+
+    fn entry(&self, t: u64, idx: u16) -> EptEntry {
+        self.tables.get(t).map(|x| x.get(idx)).unwrap_or_default()
+    }
+
+    /// Models `atomic_write_ept_entry()`; with shared tables the old content
+    /// becomes a cache record.
+    fn write(&mut self, cx: &mut Cx, t: u64, level: u8, gfn: u64, new: EptEntry) {
+        let idx = index_of(gfn, level);
+        if cx.cfg.iommu_hap_pt_share {
+            let old = self.entry(t, idx);
+            let io = ept_io_entry(old, level);
+            let per = pages_per_entry(level);
+            let range = GfnRange::of_order(gfn / per * per, 9 * (level as u32 - 1));
+            note_overwrite(
+                &mut cx.iommu.caches,
+                &*self,
+                cx.mem,
+                range,
+                level,
+                io,
+                cx.seq,
+            );
+        }
+        if let Some(tab) = self.tables.get_mut(t) {
+            tab.set(idx, new);
+        }
+    }
+
+    /// Models `ept_set_middle_entry()`: a new zeroed table and an rwx entry to it.
+    fn set_middle_entry(&mut self, cx: &mut Cx, t: u64, level: u8, gfn: u64) -> u64 {
+        let nt = cx.mem.alloc(TableOwner::P2m, level - 1);
+        self.tables.insert(nt, level - 1);
+        let e = EptEntry {
+            r: true,
+            w: true,
+            x: true,
+            mfn: nt,
+            access: P2mAccess::Rwx as u8,
+            ..Default::default()
+        };
+        self.write(cx, t, level, gfn, e);
+        nt
+    }
+
+    /// Models `ept_split_super_page()`: builds the subtree under a new middle entry
+    /// (split down to `target`) and returns that entry; not yet installed.
+    fn split_super_page(&mut self, cx: &mut Cx, sp: EptEntry, level: u8, target: u8) -> EptEntry {
+        cx.stats.superpage_splits += 1;
+        let nt = cx.mem.alloc(TableOwner::P2m, level - 1);
+        self.tables.insert(nt, level - 1);
+        let child_level = level - 1;
+        let mut child = EptEntry {
+            sp: child_level > 1,
+            ..sp
+        };
+        let t = P2mType::from_raw(sp.sa_p2mt).unwrap_or(P2mType::Invalid);
+        let a = P2mAccess::from_raw(sp.access).unwrap_or(P2mAccess::N);
+        ept_p2m_type_to_flags(&mut child, t, a);
+        if child_level == target {
+            if let Some(tab) = self.tables.get_mut(nt) {
+                tab.fill(0, 512, child);
+            }
+        } else {
+            for i in 0..512u16 {
+                let c = child.nth(i as u64, child_level);
+                let sub = self.split_super_page(cx, c, child_level, target);
+                if let Some(tab) = self.tables.get_mut(nt) {
+                    tab.set(i, sub);
+                }
+            }
+        }
+        EptEntry {
+            r: true,
+            w: true,
+            x: true,
+            mfn: nt,
+            access: P2mAccess::Rwx as u8,
+            ..Default::default()
+        }
+    }
+
+    /// Models `ept_free_entry()`: frees the subtree under a non-leaf entry.
+    fn free_entry(&mut self, mem: &mut MachineMemory, e: EptEntry, level: u8, freed: &mut u64) {
+        if level == 1 || !e.is_present() || e.sp {
+            return;
+        }
+        if level > 2 {
+            if let Some(tab) = self.tables.get(e.mfn) {
+                let children: Vec<EptEntry> = tab
+                    .runs_in(0, 512)
+                    .into_iter()
+                    .filter(|(_, _, c)| c.is_present() && !c.sp)
+                    .flat_map(|(s, l, c)| (0..l).map(move |k| (s + k, c)))
+                    .map(|(_, c)| c)
+                    .collect();
+                for c in children {
+                    self.free_entry(mem, c, level - 1, freed);
+                }
+            }
+        }
+        self.tables.remove(e.mfn);
+        mem.free(e.mfn);
+        *freed += 1;
+    }
+
+    /// Models `ept_set_entry()` for the host p2m of a domain with an IOMMU.
+    pub fn set_entry(
+        &mut self,
+        cx: &mut Cx,
+        gfn: u64,
+        mfn: Mfn,
+        order: u32,
+        p2mt: P2mType,
+        p2ma: P2mAccess,
+    ) -> Result<(), P2mError> {
+        let sw = *cx.sw;
+        if !PAGE_ORDERS.contains(&order) {
+            return Err(P2mError::BadOrder);
+        }
+        if (gfn | mfn.0) & ((1u64 << order) - 1) != 0 {
+            return Err(P2mError::Misaligned);
+        }
+        if gfn >> GFN_BITS != 0 {
+            return Err(P2mError::GfnOutOfRange);
+        }
+        let is_foreign = p2mt == P2mType::MapForeign;
+        let foreign_not_present = matches!(p2ma, P2mAccess::N | P2mAccess::N2rwx | P2mAccess::X);
+        if is_foreign && (order != 0 || !mfn.is_valid() || foreign_not_present) {
+            // ASSERT(!p2m_is_foreign(p2mt) || target == 0) and the -EINVAL of
+            // atomic_write_ept_entry for a foreign entry without a valid frame.
+            return Err(P2mError::ForeignRejected);
+        }
+        let target = (order / 9) as u8 + 1;
+        let iommu_flags = p2m_get_iommu_flags(p2mt);
+        let mut need_modify_vtd_table = true;
+
+        // Walk down, creating middle entries, stopping at a superpage or PoD entry.
+        let mut t = self.root;
+        let mut level = 4u8;
+        while level > target {
+            let e = self.entry(t, index_of(gfn, level));
+            if !e.is_present() {
+                if e.sa_p2mt == P2mType::PopulateOnDemand as u8 {
+                    break;
+                }
+                t = self.set_middle_entry(cx, t, level, gfn);
+            } else if e.sp {
+                break;
+            } else {
+                t = e.mfn;
+            }
+            level -= 1;
+        }
+        let mut cur = self.entry(t, index_of(gfn, level));
+        let vtd_pte_present = cur.is_present();
+        let mut old_entry = EptEntry::default();
+        if level == target {
+            old_entry = cur;
+        } else {
+            let split = self.split_super_page(cx, cur, level, target);
+            self.write(cx, t, level, gfn, split);
+            while level > target {
+                t = self.entry(t, index_of(gfn, level)).mfn;
+                level -= 1;
+            }
+            cur = self.entry(t, index_of(gfn, level));
+        }
+
+        let mut new_entry = EptEntry::default();
+        let keeps_frame = mfn.is_valid()
+            || p2mt == P2mType::MmioDirect
+            || p2mt == P2mType::RamPaged
+            || p2mt == P2mType::RamPagingIn;
+        if keeps_frame {
+            new_entry.sp = target > 1;
+            new_entry.sa_p2mt = p2mt as u8;
+            new_entry.access = p2ma as u8;
+            new_entry.mfn = mfn.0 & PTE_MFN_MASK;
+            ept_p2m_type_to_flags(&mut new_entry, p2mt, p2ma);
+            let same_mfn = cur.mfn == new_entry.mfn;
+            let old_flags =
+                p2m_get_iommu_flags(P2mType::from_raw(cur.sa_p2mt).unwrap_or(P2mType::Invalid));
+            let same_flags = !sw.ept_need_modify_checks_iommu_flags || old_flags == iommu_flags;
+            let unchanged = if sw.ept_need_modify_requires_present_leaf {
+                let leaf = level == 1 || cur.sp;
+                let same_device_view = if cx.cfg.iommu_hap_pt_share {
+                    (cur.r, cur.w) == (new_entry.r, new_entry.w)
+                } else {
+                    old_flags == iommu_flags
+                };
+                cur.is_present() && leaf && same_mfn && same_device_view
+            } else {
+                same_mfn && same_flags
+            };
+            if unchanged {
+                need_modify_vtd_table = false;
+                cx.stats.need_modify_cleared += 1;
+            }
+        }
+        self.write(cx, t, level, gfn, new_entry);
+        if old_entry.is_present() && !old_entry.sp && target > 1 {
+            cx.stats.intermediate_replaced += 1;
+        }
+
+        if need_modify_vtd_table {
+            cx.stats.iommu_steps += 1;
+            if cx.cfg.iommu_hap_pt_share {
+                cx.iommu.iommu_pte_flush(gfn, order, vtd_pte_present);
+            } else {
+                let flags = if sw.iommu_flags_require_present_entry && !keeps_frame {
+                    IommuPerm::NONE
+                } else {
+                    iommu_flags
+                };
+                if !flags.is_none() {
+                    cx.iommu
+                        .iommu_map_pages(cx.mem, cx.sw, gfn, 1 << order, mfn.0, flags, cx.seq);
+                } else {
+                    cx.iommu.iommu_unmap_pages(cx.mem, gfn, 1 << order, cx.seq);
+                }
+            }
+        }
+
+        // Release the old intermediate tables last, after the IOMMU step.
+        let mut freed = 0;
+        self.free_entry(cx.mem, old_entry, target, &mut freed);
+        cx.stats.tables_freed += freed;
+        Ok(())
+    }
+
+    /// Models `ept_get_entry()` (query only): the entry covering `gfn`, if valid.
+    pub fn get_entry(&self, gfn: u64) -> Option<P2mEntry> {
+        let mut t = self.root;
+        let mut level = 4u8;
+        loop {
+            let e = self.entry(t, index_of(gfn, level));
+            if level == 1 || e.sp || !e.is_present() {
+                if !e.is_valid() {
+                    return None;
+                }
+                let off = gfn & (pages_per_entry(level) - 1);
+                let mfn = if e.mfn == PTE_MFN_MASK {
+                    INVALID_MFN
+                } else {
+                    Mfn(e.mfn + off)
+                };
+                return Some(P2mEntry {
+                    mfn,
+                    p2mt: P2mType::from_raw(e.sa_p2mt).unwrap_or(P2mType::Invalid),
+                    access: P2mAccess::from_raw(e.access).unwrap_or(P2mAccess::N),
+                });
+            }
+            t = e.mfn;
+            level -= 1;
+        }
+    }
+}
+
+/// How VT-d reads an EPT entry at `level` when it shares the tables: present when
+/// r or w is set, a leaf at level 1 or with the superpage bit.
+pub fn ept_io_entry(e: EptEntry, level: u8) -> IoEntry {
+    let perm = IommuPerm {
+        read: e.r,
+        write: e.w,
+    };
+    if perm.is_none() {
+        IoEntry::NotPresent
+    } else if level == 1 || e.sp {
+        IoEntry::Leaf { mfn: e.mfn, perm }
+    } else {
+        IoEntry::Next {
+            table: e.mfn,
+            level: level - 1,
+            perm,
+        }
+    }
+}
+
+impl IoTables for Ept {
+    fn owner(&self) -> TableOwner {
+        TableOwner::P2m
+    }
+    fn io_root(&self) -> (u64, u8) {
+        (self.root, 4)
+    }
+    fn io_runs(&self, t: u64, lo: u16, hi: u16) -> Option<Vec<(u16, u16, IoEntry)>> {
+        let tab = self.tables.get(t)?;
+        let level = tab.level;
+        Some(
+            tab.runs_in(lo, hi)
+                .into_iter()
+                .map(|(s, l, e)| (s, l, ept_io_entry(e, level)))
+                .collect(),
+        )
+    }
+}

@@ -1,0 +1,280 @@
+//! IOTLB and paging-structure caches, kept conservatively.
+//!
+//! Rule: *any translation that was reachable at any instant since the last
+//! invalidation covering it may still be cached.* A translation that is still in
+//! the current tables needs no record (the device view reads the tables); the moment
+//! an IOMMU-visible entry is overwritten, its old content (and, for a non-leaf entry,
+//! everything reachable below it at that instant) becomes a record. Non-present
+//! entries are never cached.
+//!
+//! What each invalidation command removes (record kinds: 4 KiB leaves, large-page
+//! leaves, non-leaf entries):
+//!
+//! | command | 4 KiB leaves | large leaves | non-leaf | source |
+//! |---|---|---|---|---|
+//! | VT-d page-selective (PSI) `addr`/`AM=order`, `IH=0` | those intersecting the `2^order`-aligned range | same | same | VT-d spec §6.5.1.2 (IOTLB invalidate descriptor: IH clear also invalidates paging-structure caches for the range); Xen 4.6 `flush_iotlb_reg` / `flush_iotlb_qi` never set IH |
+//! | VT-d PSI with `IH=1` | intersecting | intersecting | kept | same section |
+//! | VT-d domain-selective (DSI) / global | all | all | all | same section |
+//! | AMD `INVALIDATE_IOMMU_PAGES` order 0 (`S=0, PDE=0`) | the 4 KiB page | those containing it | kept | AMD IOMMU spec §2.4.3 (S: size, PDE: also page-directory entries) |
+//! | AMD `INVALIDATE_IOMMU_PAGES` order 9/18 (`S=1, PDE=1`) | intersecting the range | intersecting | intersecting | same section |
+//! | AMD all pages (`S=1, PDE=1`, all-ones address) | all | all | all | same section |
+//!
+//! A large-page leaf record is removed by an invalidation of any address it
+//! translates (the hardware looks the address up and drops the entry that hits).
+
+use crate::types::{GfnRange, IommuPerm};
+
+/// An invalidation command as Xen issues it.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Invalidation {
+    /// VT-d page-selective-within-domain invalidation (`DMA_TLB_PSI_FLUSH`).
+    VtdPsi {
+        /// First gfn (aligned down to the order by the hardware).
+        gfn: u64,
+        /// Address mask (`AM`).
+        order: u32,
+        /// Invalidation hint: keep paging-structure caches.
+        ih: bool,
+    },
+    /// VT-d domain-selective invalidation (`DMA_TLB_DSI_FLUSH`).
+    VtdDsi,
+    /// AMD `INVALIDATE_IOMMU_PAGES` for `2^order` pages (order 0: `S=0, PDE=0`).
+    AmdPages {
+        /// First gfn.
+        gfn: u64,
+        /// 0, 9 or 18.
+        order: u32,
+    },
+    /// AMD `INVALIDATE_IOMMU_PAGES` with the all-pages address (`amd_iommu_flush_all_pages`).
+    AmdAllPages,
+}
+
+impl Invalidation {
+    /// Which records it removes: `(range or None for all, leaves, non-leaves)`.
+    fn scope(&self) -> (Option<GfnRange>, bool) {
+        match *self {
+            Invalidation::VtdPsi { gfn, order, ih } => {
+                let start = gfn & !((1u64 << order) - 1);
+                (Some(GfnRange::of_order(start, order)), !ih)
+            }
+            Invalidation::VtdDsi | Invalidation::AmdAllPages => (None, true),
+            Invalidation::AmdPages { gfn, order } => {
+                let start = gfn & !((1u64 << order) - 1);
+                (Some(GfnRange::of_order(start, order)), order != 0)
+            }
+        }
+    }
+}
+
+/// What a cache record holds.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum RecordKind {
+    /// IOTLB: leaves of `leaf_pages` frames each, mapping `range` linearly from `mfn`.
+    Leaf {
+        /// Frame of `range.start`.
+        mfn: u64,
+        /// Permission.
+        perm: IommuPerm,
+        /// Size of each cached leaf in frames.
+        leaf_pages: u64,
+    },
+    /// Paging-structure cache: `range` is translated by the table in `table`.
+    NonLeaf {
+        /// Frame of the next-level table.
+        table: u64,
+        /// Its level.
+        level: u8,
+        /// Its allocation generation when the pointer was cached.
+        generation: u32,
+        /// Permission accumulated down to this entry.
+        perm: IommuPerm,
+    },
+}
+
+/// One record that may still be cached.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct CacheRecord {
+    /// Guest frames it covers.
+    pub range: GfnRange,
+    /// Content.
+    pub kind: RecordKind,
+    /// Sequence number of the `set_entry` that overwrote the entry.
+    pub seq: u64,
+}
+
+/// The IOTLB plus paging-structure caches of one domain.
+#[derive(Clone, Debug, Default)]
+pub struct IommuCaches {
+    records: Vec<CacheRecord>,
+    /// Records created so far.
+    pub created: u64,
+}
+
+impl IommuCaches {
+    /// Adds a record.
+    pub fn push(&mut self, r: CacheRecord) {
+        self.created += 1;
+        self.records.push(r);
+    }
+
+    /// Live records.
+    pub fn records(&self) -> &[CacheRecord] {
+        &self.records
+    }
+
+    /// Applies an invalidation command.
+    pub fn invalidate(&mut self, cmd: Invalidation) {
+        let (range, nonleaf_too) = cmd.scope();
+        match range {
+            None => self.records.clear(),
+            Some(inv) => self.invalidate_pages(inv, nonleaf_too),
+        }
+    }
+
+    /// Removes what one per-page command for each page of `inv` removes: the leaves
+    /// touching `inv`, and the non-leaf records touching it when `nonleaf_too`.
+    pub fn invalidate_pages(&mut self, inv: GfnRange, nonleaf_too: bool) {
+        let mut kept = Vec::with_capacity(self.records.len());
+        for r in self.records.drain(..) {
+            let Some(hit) = r.range.intersect(&inv) else {
+                kept.push(r);
+                continue;
+            };
+            match r.kind {
+                RecordKind::NonLeaf { .. } => {
+                    if !nonleaf_too {
+                        kept.push(r);
+                    }
+                }
+                RecordKind::Leaf {
+                    mfn,
+                    perm,
+                    leaf_pages,
+                } => {
+                    // Drop the whole leaves the invalidated range touches.
+                    let off_lo = (hit.start - r.range.start) / leaf_pages * leaf_pages;
+                    let off_hi = (hit.end - r.range.start).div_ceil(leaf_pages) * leaf_pages;
+                    let cut_lo = r.range.start + off_lo;
+                    let cut_hi = (r.range.start + off_hi).min(r.range.end);
+                    if cut_lo > r.range.start {
+                        kept.push(CacheRecord {
+                            range: GfnRange {
+                                start: r.range.start,
+                                end: cut_lo,
+                            },
+                            ..r
+                        });
+                    }
+                    if cut_hi < r.range.end {
+                        kept.push(CacheRecord {
+                            range: GfnRange {
+                                start: cut_hi,
+                                end: r.range.end,
+                            },
+                            kind: RecordKind::Leaf {
+                                mfn: mfn.wrapping_add(cut_hi - r.range.start),
+                                perm,
+                                leaf_pages,
+                            },
+                            seq: r.seq,
+                        });
+                    }
+                }
+            }
+        }
+        self.records = kept;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn leaf(start: u64, len: u64, mfn: u64, leaf_pages: u64) -> CacheRecord {
+        CacheRecord {
+            range: GfnRange {
+                start,
+                end: start + len,
+            },
+            kind: RecordKind::Leaf {
+                mfn,
+                perm: IommuPerm::RW,
+                leaf_pages,
+            },
+            seq: 1,
+        }
+    }
+
+    fn nonleaf(start: u64) -> CacheRecord {
+        CacheRecord {
+            range: GfnRange::of_order(start, 9),
+            kind: RecordKind::NonLeaf {
+                table: 0x40000,
+                level: 1,
+                generation: 1,
+                perm: IommuPerm::RW,
+            },
+            seq: 1,
+        }
+    }
+
+    #[test]
+    fn amd_order0_keeps_pde_records() {
+        let mut c = IommuCaches::default();
+        c.push(nonleaf(0x200));
+        c.push(leaf(0x200, 512, 0x1000, 1));
+        c.invalidate(Invalidation::AmdPages {
+            gfn: 0x201,
+            order: 0,
+        });
+        // The non-leaf record survives; the 4 KiB run loses page 0x201 only.
+        assert_eq!(c.records().len(), 3);
+        assert!(c
+            .records()
+            .iter()
+            .all(|r| !r.range.contains(0x201) || matches!(r.kind, RecordKind::NonLeaf { .. })));
+        let tail = c.records().iter().find(|r| r.range.start == 0x202).unwrap();
+        assert_eq!(
+            tail.kind,
+            RecordKind::Leaf {
+                mfn: 0x1002,
+                perm: IommuPerm::RW,
+                leaf_pages: 1
+            }
+        );
+        c.invalidate(Invalidation::AmdPages {
+            gfn: 0x200,
+            order: 9,
+        });
+        assert!(c.records().is_empty());
+    }
+
+    #[test]
+    fn vtd_psi_drops_large_leaf_and_nonleaf_unless_hinted() {
+        let mut c = IommuCaches::default();
+        c.push(leaf(0x200, 512, 0x1000, 512));
+        c.push(nonleaf(0x200));
+        c.invalidate(Invalidation::VtdPsi {
+            gfn: 0x3ff,
+            order: 0,
+            ih: true,
+        });
+        assert_eq!(c.records().len(), 1);
+        c.invalidate(Invalidation::VtdPsi {
+            gfn: 0x3ff,
+            order: 0,
+            ih: false,
+        });
+        assert!(c.records().is_empty());
+    }
+
+    #[test]
+    fn domain_selective_drops_all() {
+        let mut c = IommuCaches::default();
+        c.push(leaf(0, 1, 5, 1));
+        c.push(nonleaf(0x200));
+        c.invalidate(Invalidation::VtdDsi);
+        assert!(c.records().is_empty());
+        assert_eq!(c.created, 2);
+    }
+}

@@ -1,0 +1,216 @@
+//! The IOMMU the p2m must keep in sync: separate VT-d / AMD-Vi tables, the shared
+//! flush entry points, and the caches.
+
+pub mod cache;
+pub mod separate;
+pub mod walk;
+
+use crate::machine::MachineMemory;
+use crate::revision::Switches;
+use crate::types::{GfnRange, Vendor};
+use cache::{CacheRecord, Invalidation, IommuCaches, RecordKind};
+use separate::SeparateTables;
+use walk::{walk, IoEntry, IoTables, WalkResult};
+
+/// Counters of what the IOMMU side did (for "did this run exercise anything").
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct IommuStats {
+    /// VT-d page-selective invalidations issued (one per page or per range command).
+    pub vtd_psi: u64,
+    /// VT-d page-selective invalidations skipped because the old PTE was not present.
+    pub vtd_psi_skipped: u64,
+    /// VT-d domain-selective invalidations.
+    pub vtd_dsi: u64,
+    /// AMD `INVALIDATE_IOMMU_PAGES` with order 0.
+    pub amd_pages_4k: u64,
+    /// AMD `INVALIDATE_IOMMU_PAGES` with order 9 or 18.
+    pub amd_pages_large: u64,
+    /// AMD all-pages invalidations.
+    pub amd_all: u64,
+    /// `iommu_map_page` calls (pages).
+    pub map_pages: u64,
+    /// `iommu_unmap_page` calls (pages).
+    pub unmap_pages: u64,
+}
+
+/// One domain's IOMMU: vendor, separate tables (unused while sharing), caches.
+#[derive(Clone, Debug)]
+pub struct Iommu {
+    /// Vendor.
+    pub vendor: Vendor,
+    /// The IOMMU's own tables (`hd->arch.pgd_maddr` / `hd->arch.root_table`).
+    pub separate: SeparateTables,
+    /// IOTLB and paging-structure caches.
+    pub caches: IommuCaches,
+    /// Counters.
+    pub stats: IommuStats,
+}
+
+impl Iommu {
+    /// A fresh IOMMU domain with an empty root table.
+    pub fn new(vendor: Vendor, mem: &mut MachineMemory) -> Self {
+        Iommu {
+            vendor,
+            separate: SeparateTables::new(vendor, mem),
+            caches: IommuCaches::default(),
+            stats: IommuStats::default(),
+        }
+    }
+
+    /// Issues one invalidation command.
+    pub fn invalidate(&mut self, cmd: Invalidation) {
+        match cmd {
+            Invalidation::VtdPsi { .. } => self.stats.vtd_psi += 1,
+            Invalidation::VtdDsi => self.stats.vtd_dsi += 1,
+            Invalidation::AmdPages { order: 0, .. } => self.stats.amd_pages_4k += 1,
+            Invalidation::AmdPages { .. } => self.stats.amd_pages_large += 1,
+            Invalidation::AmdAllPages => self.stats.amd_all += 1,
+        }
+        self.caches.invalidate(cmd);
+    }
+
+    /// Issues the order-0 command `per_page` for every page of `range`, as a loop of
+    /// per-page flushes would (one command per page; counted per page).
+    pub fn invalidate_each_page(&mut self, range: GfnRange, per_page: Invalidation) {
+        let pages = range.len();
+        match per_page {
+            Invalidation::VtdPsi { ih, .. } => {
+                self.stats.vtd_psi += pages;
+                self.caches.invalidate_pages(range, !ih);
+            }
+            Invalidation::AmdPages { .. } => {
+                self.stats.amd_pages_4k += pages;
+                self.caches.invalidate_pages(range, false);
+            }
+            other => self.invalidate(other),
+        }
+    }
+
+    /// Models `iommu_pte_flush()` (VT-d with EPT shared): a page-selective flush of
+    /// `(gfn, order)` with `flush_non_present_entry = !present`, which the
+    /// register/queued flush skips when the old entry was not present (no caching mode).
+    pub fn iommu_pte_flush(&mut self, gfn: u64, order: u32, present: bool) {
+        if !present {
+            self.stats.vtd_psi_skipped += 1;
+            return;
+        }
+        self.invalidate(Invalidation::VtdPsi {
+            gfn,
+            order,
+            ih: false,
+        });
+    }
+
+    /// Models `amd_iommu_flush_pages()` (AMD with NPT shared).
+    pub fn amd_iommu_flush_pages(&mut self, gfn: u64, order: u32) {
+        self.invalidate(Invalidation::AmdPages { gfn, order });
+    }
+
+    /// Models the `iommu_map_page()` loop over `pages` pages (separate tables only).
+    #[allow(clippy::too_many_arguments)]
+    pub fn iommu_map_pages(
+        &mut self,
+        mem: &mut MachineMemory,
+        sw: &Switches,
+        gfn: u64,
+        pages: u64,
+        mfn: u64,
+        perm: crate::types::IommuPerm,
+        seq: u64,
+    ) {
+        self.stats.map_pages += pages;
+        let mut sep = std::mem::take(&mut self.separate);
+        sep.map_pages(self, mem, sw, gfn, pages, mfn, perm, seq);
+        self.separate = sep;
+    }
+
+    /// Models the `iommu_unmap_page()` loop over `pages` pages (separate tables only).
+    pub fn iommu_unmap_pages(&mut self, mem: &mut MachineMemory, gfn: u64, pages: u64, seq: u64) {
+        self.stats.unmap_pages += pages;
+        let mut sep = std::mem::take(&mut self.separate);
+        sep.unmap_pages(self, mem, gfn, pages, seq);
+        self.separate = sep;
+    }
+}
+
+/// Turns the old content of an IOMMU-visible entry that is being overwritten into
+/// cache records: a leaf becomes an IOTLB record; a non-leaf entry becomes a
+/// paging-structure record plus records for everything reachable below it now.
+pub fn note_overwrite(
+    caches: &mut IommuCaches,
+    tables: &dyn IoTables,
+    mem: &MachineMemory,
+    entry_range: GfnRange,
+    entry_level: u8,
+    old: IoEntry,
+    seq: u64,
+) {
+    match old {
+        IoEntry::NotPresent => {}
+        IoEntry::Leaf { mfn, perm } => caches.push(CacheRecord {
+            range: entry_range,
+            kind: RecordKind::Leaf {
+                mfn,
+                perm,
+                leaf_pages: crate::table::pages_per_entry(entry_level),
+            },
+            seq,
+        }),
+        IoEntry::Next { table, level, perm } => {
+            if level == 0 || level >= entry_level {
+                return;
+            }
+            let generation = mem.info(table).map(|i| i.generation).unwrap_or(0);
+            caches.push(CacheRecord {
+                range: entry_range,
+                kind: RecordKind::NonLeaf {
+                    table,
+                    level,
+                    generation,
+                    perm,
+                },
+                seq,
+            });
+            let mut below = WalkResult::default();
+            walk(
+                tables,
+                mem,
+                table,
+                level,
+                entry_range.start,
+                entry_range,
+                perm,
+                None,
+                &mut below,
+            );
+            records_from_walk(caches, &below, seq);
+        }
+    }
+}
+
+/// Records every translation and non-leaf entry of a walk as possibly cached.
+pub fn records_from_walk(caches: &mut IommuCaches, w: &WalkResult, seq: u64) {
+    for t in &w.translations {
+        caches.push(CacheRecord {
+            range: t.range,
+            kind: RecordKind::Leaf {
+                mfn: t.mfn,
+                perm: t.perm,
+                leaf_pages: t.leaf_pages,
+            },
+            seq,
+        });
+    }
+    for &(range, table, level, generation, perm) in &w.nonleaf {
+        caches.push(CacheRecord {
+            range,
+            kind: RecordKind::NonLeaf {
+                table,
+                level,
+                generation,
+                perm,
+            },
+            seq,
+        });
+    }
+}

@@ -1,0 +1,146 @@
+//! Machine memory: the allocator of page-table frames and the state of each frame.
+//!
+//! Models `p2m_alloc_ptp` / `p2m_free_ptp` (the HAP/shadow pool) and the IOMMU's
+//! `alloc_pgtable_maddr` / `alloc_amd_iommu_pgtable` / `free_amd_iommu_pgtable`:
+//! one frame space shared with guest memory, and LIFO reuse of freed frames so that
+//! a freed table is quickly handed out again, as on a busy host.
+
+use std::collections::BTreeMap;
+
+/// First frame of the page-table pool.
+pub const TABLE_POOL_BASE: u64 = 0x40000;
+/// Distance between fresh pool frames: keeps table frames 2 MiB-aligned, so that a
+/// table frame can also be a legal order-9 `mfn` argument.
+pub const TABLE_POOL_STRIDE: u64 = 512;
+
+/// Who owns a table frame.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum TableOwner {
+    /// A p2m (EPT or p2m-pt) table.
+    P2m,
+    /// A separate IOMMU (VT-d or AMD-Vi) table.
+    Iommu,
+}
+
+/// State of a pool frame.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum FrameState {
+    /// Back in the pool.
+    Free,
+    /// Holds a table of `owner` at `level` (1 = 4 KiB leaves).
+    Table {
+        /// Which structure it belongs to.
+        owner: TableOwner,
+        /// Level of the table.
+        level: u8,
+    },
+}
+
+/// Bookkeeping of one frame that has ever been a table.
+#[derive(Clone, Copy, Debug)]
+pub struct FrameInfo {
+    /// Current state.
+    pub state: FrameState,
+    /// Bumped at every allocation: a cache record naming an older generation
+    /// points at a frame that was freed (and perhaps reused) since.
+    pub generation: u32,
+}
+
+/// The frame allocator and the per-frame state.
+#[derive(Clone, Debug, Default)]
+pub struct MachineMemory {
+    frames: BTreeMap<u64, FrameInfo>,
+    free_list: Vec<u64>,
+    next_fresh: u64,
+    ever: Vec<u64>,
+    frees: u64,
+}
+
+impl MachineMemory {
+    /// An empty pool.
+    pub fn new() -> Self {
+        MachineMemory {
+            next_fresh: TABLE_POOL_BASE,
+            ..Default::default()
+        }
+    }
+
+    /// Allocates a table frame: the most recently freed one, else a fresh one.
+    pub fn alloc(&mut self, owner: TableOwner, level: u8) -> u64 {
+        let mfn = match self.free_list.pop() {
+            Some(m) => m,
+            None => {
+                let m = self.next_fresh;
+                self.next_fresh += TABLE_POOL_STRIDE;
+                self.ever.push(m);
+                m
+            }
+        };
+        let info = self.frames.entry(mfn).or_insert(FrameInfo {
+            state: FrameState::Free,
+            generation: 0,
+        });
+        info.state = FrameState::Table { owner, level };
+        info.generation += 1;
+        mfn
+    }
+
+    /// Returns a table frame to the pool (pushed on the LIFO free list).
+    pub fn free(&mut self, mfn: u64) {
+        if let Some(info) = self.frames.get_mut(&mfn) {
+            if info.state != FrameState::Free {
+                info.state = FrameState::Free;
+                self.free_list.push(mfn);
+                self.frees += 1;
+            }
+        }
+    }
+
+    /// State and generation of a frame that has been a table, `None` for any other frame.
+    pub fn info(&self, mfn: u64) -> Option<FrameInfo> {
+        self.frames.get(&mfn).copied()
+    }
+
+    /// True when `mfn` currently holds a live table of `owner`.
+    pub fn is_live_table(&self, mfn: u64, owner: TableOwner) -> bool {
+        matches!(self.info(mfn), Some(FrameInfo { state: FrameState::Table { owner: o, .. }, .. }) if o == owner)
+    }
+
+    /// Every frame ever handed out, in first-allocation order.
+    pub fn ever_allocated(&self) -> &[u64] {
+        &self.ever
+    }
+
+    /// Frames currently holding a table.
+    pub fn live_tables(&self) -> usize {
+        self.frames
+            .values()
+            .filter(|i| i.state != FrameState::Free)
+            .count()
+    }
+
+    /// How many frees happened so far.
+    pub fn free_count(&self) -> u64 {
+        self.frees
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lifo_reuse_bumps_generation() {
+        let mut m = MachineMemory::new();
+        let a = m.alloc(TableOwner::P2m, 4);
+        let b = m.alloc(TableOwner::P2m, 3);
+        assert_eq!(b, a + TABLE_POOL_STRIDE);
+        m.free(a);
+        m.free(b);
+        assert_eq!(m.alloc(TableOwner::Iommu, 1), b);
+        assert_eq!(m.info(b).unwrap().generation, 2);
+        assert_eq!(m.alloc(TableOwner::P2m, 1), a);
+        assert!(m.is_live_table(b, TableOwner::Iommu));
+        assert_eq!(m.ever_allocated(), &[a, b]);
+    }
+}

@@ -1,0 +1,518 @@
+//! p2m-pt: `xen/arch/x86/mm/p2m-pt.c`, used by NPT (HAP on AMD) and shadow mode.
+//!
+//! Entries keep Xen's "flags" word: bits 0-11 are PTE bits 0-11, bits 12-23 are
+//! PTE bits 52-63. The p2m type sits in flags bits 12-18, the AMD IOMMU next-level
+//! field in bits 9-11 and the AMD IR/IW bits in flags bits 21-22 (PTE bits 61-62).
+
+use crate::domain::{Cx, P2mEntry};
+use crate::iommu::note_overwrite;
+use crate::iommu::walk::{IoEntry, IoTables};
+use crate::machine::{MachineMemory, TableOwner};
+use crate::policy::{iommu_flags_of_raw_type, p2m_get_iommu_flags};
+use crate::revision::PtIommuConditions;
+use crate::table::{index_of, pages_per_entry, Pte, TableStore};
+use crate::types::*;
+
+/// `_PAGE_PRESENT`.
+pub const PAGE_PRESENT: u32 = 0x001;
+/// `_PAGE_RW`.
+pub const PAGE_RW: u32 = 0x002;
+/// `_PAGE_USER`.
+pub const PAGE_USER: u32 = 0x004;
+/// `_PAGE_PCD`.
+pub const PAGE_PCD: u32 = 0x010;
+/// `_PAGE_ACCESSED`.
+pub const PAGE_ACCESSED: u32 = 0x020;
+/// `_PAGE_DIRTY`.
+pub const PAGE_DIRTY: u32 = 0x040;
+/// `_PAGE_PSE`.
+pub const PAGE_PSE: u32 = 0x080;
+/// `_PAGE_NX_BIT` (PTE bit 63 as a flag).
+pub const PAGE_NX_BIT: u32 = 1 << 23;
+/// `P2M_BASE_FLAGS`.
+pub const P2M_BASE_FLAGS: u32 = PAGE_PRESENT | PAGE_USER | PAGE_DIRTY | PAGE_ACCESSED;
+
+/// An `l1_pgentry_t` of the p2m (any level): frame and flags.
+#[derive(Clone, Copy, PartialEq, Eq, Default, Debug)]
+pub struct PtEntry {
+    /// `l1e_get_pfn()`: 40-bit frame.
+    pub pfn: u64,
+    /// `l1e_get_flags()`: 24-bit flags word.
+    pub flags: u32,
+}
+
+impl PtEntry {
+    /// `l1e_from_pfn(pfn, flags)`.
+    pub fn from_pfn(pfn: u64, flags: u32) -> Self {
+        PtEntry {
+            pfn: pfn & PTE_MFN_MASK,
+            flags,
+        }
+    }
+    fn present(&self) -> bool {
+        self.flags & PAGE_PRESENT != 0
+    }
+    fn pse(&self) -> bool {
+        self.flags & PAGE_PSE != 0
+    }
+}
+
+impl Pte for PtEntry {
+    fn nth(&self, k: u64, level: u8) -> Self {
+        let leaf = level == 1 || self.pse() || !self.present();
+        if leaf && *self != PtEntry::default() {
+            PtEntry {
+                pfn: (self.pfn + k * pages_per_entry(level)) & PTE_MFN_MASK,
+                ..*self
+            }
+        } else {
+            *self
+        }
+    }
+}
+
+/// Models `p2m_type_to_flags()` (no `mmio_ro_ranges`).
+pub fn p2m_type_to_flags(t: P2mType) -> u32 {
+    use P2mType::*;
+    let flags = ((t as u32) & 0x7f) << 12;
+    flags
+        | match t {
+            GrantMapRo | MmioWriteDm => P2M_BASE_FLAGS | PAGE_NX_BIT,
+            RamRo | RamLogdirty | RamShared => P2M_BASE_FLAGS,
+            RamRw => P2M_BASE_FLAGS | PAGE_RW,
+            GrantMapRw | MapForeign => P2M_BASE_FLAGS | PAGE_RW | PAGE_NX_BIT,
+            MmioDirect => P2M_BASE_FLAGS | PAGE_PCD | PAGE_RW,
+            Invalid | MmioDm | PopulateOnDemand | RamPagingOut | RamPaged | RamPagingIn
+            | RamBroken => PAGE_NX_BIT,
+        }
+}
+
+/// Models `p2m_flags_to_type()`: 0 for empty flags means `invalid`, else bits 12-18
+/// (so `~0` gives 127, which is no type).
+pub fn p2m_flags_to_type(flags: u32) -> u32 {
+    if flags == 0 {
+        P2mType::Invalid as u32
+    } else {
+        (flags >> 12) & 0x7f
+    }
+}
+
+/// Models `iommu_nlevel_to_flags(nl, f)`.
+pub fn iommu_nlevel_to_flags(nlevel: u32, f: IommuPerm) -> u32 {
+    ((nlevel & 7) << 9) | ((f.bits() & 3) << 21)
+}
+
+/// The p2m-pt tables of a host p2m.
+#[derive(Clone, Debug)]
+pub struct P2mPt {
+    /// Tables by frame.
+    pub tables: TableStore<PtEntry>,
+    /// The L4 root.
+    pub root: u64,
+}
+
+/// What `p2m_pt_set_entry` learnt about the entry it replaces.
+struct OldEntry {
+    /// `iommu_old_flags` (or, for the posted patch, the converted old PTE flags).
+    iommu_flags: u32,
+    /// `old_mfn`.
+    mfn: u64,
+    /// `intermediate_entry`: a present non-leaf entry to free.
+    intermediate: PtEntry,
+}
+
+impl P2mPt {
+    /// A fresh 4-level p2m with an empty root.
+    pub fn new(mem: &mut MachineMemory) -> Self {
+        let root = mem.alloc(TableOwner::P2m, 4);
+        let mut tables = TableStore::new();
+        tables.insert(root, 4);
+        P2mPt { tables, root }
+    }
+
+    fn entry(&self, t: u64, idx: u16) -> PtEntry {
+        self.tables.get(t).map(|x| x.get(idx)).unwrap_or_default()
+    }
+
+    /// Models `p2m_add_iommu_flags()`: keyed on the *global* `iommu_hap_pt_share`.
+    fn add_iommu_flags(cx: &Cx, e: &mut PtEntry, nlevel: u32, f: IommuPerm) {
+        if cx.cfg.iommu_hap_pt_share {
+            e.flags |= iommu_nlevel_to_flags(nlevel, f);
+        }
+    }
+
+    /// Models `p2m->write_p2m_entry()`; when the IOMMU walks these tables the old
+    /// content becomes a cache record.
+    fn write(&mut self, cx: &mut Cx, t: u64, level: u8, gfn: u64, new: PtEntry) {
+        let idx = index_of(gfn, level);
+        if cx.cfg.iommu_use_hap_pt() {
+            let old = self.entry(t, idx);
+            let per = pages_per_entry(level);
+            let range = GfnRange::of_order(gfn / per * per, 9 * (level as u32 - 1));
+            note_overwrite(
+                &mut cx.iommu.caches,
+                &*self,
+                cx.mem,
+                range,
+                level,
+                amd_io_entry(old, level),
+                cx.seq,
+            );
+        }
+        if let Some(tab) = self.tables.get_mut(t) {
+            tab.set(idx, new);
+        }
+    }
+
+    /// Models `p2m_next_level()`: allocates a missing table or splits a superpage,
+    /// and returns the next table's frame.
+    fn next_level(&mut self, cx: &mut Cx, t: u64, level: u8, gfn: u64) -> u64 {
+        let idx = index_of(gfn, level);
+        let e = self.entry(t, idx);
+        let child = level - 1;
+        if e.flags == 0 {
+            let nt = cx.mem.alloc(TableOwner::P2m, child);
+            self.tables.insert(nt, child);
+            let mut ne = PtEntry::from_pfn(nt, P2M_BASE_FLAGS | PAGE_RW);
+            Self::add_iommu_flags(cx, &mut ne, child as u32, IommuPerm::RW);
+            self.write(cx, t, level, gfn, ne);
+            return nt;
+        }
+        if e.pse() && (level == 3 || level == 2) {
+            cx.stats.superpage_splits += 1;
+            let nt = cx.mem.alloc(TableOwner::P2m, child);
+            self.tables.insert(nt, child);
+            let (mut pfn, mut flags) = (e.pfn, e.flags);
+            let mut first;
+            if level == 3 {
+                // 1 GiB → 512 × 2 MiB: inherited flags, then next-level 1 ORed in.
+                first = PtEntry::from_pfn(pfn, flags);
+                if !cx.sw.pt_split_1g_keeps_leaf_nlevel {
+                    Self::add_iommu_flags(cx, &mut first, 1, IommuPerm::RW);
+                }
+            } else {
+                // 2 MiB → 512 × 4 KiB: `_PAGE_PSE` becomes `_PAGE_PAT` when the
+                // frame's low bit (`_PAGE_PSE_PAT`) was set.
+                if pfn & 1 != 0 {
+                    pfn -= 1;
+                } else {
+                    flags &= !PAGE_PSE;
+                }
+                first = PtEntry::from_pfn(pfn, flags);
+                Self::add_iommu_flags(cx, &mut first, 0, IommuPerm::NONE);
+            }
+            if let Some(tab) = self.tables.get_mut(nt) {
+                tab.fill(0, 512, first);
+            }
+            let mut ne = PtEntry::from_pfn(nt, P2M_BASE_FLAGS | PAGE_RW);
+            Self::add_iommu_flags(cx, &mut ne, child as u32, IommuPerm::RW);
+            self.write(cx, t, level, gfn, ne);
+            return nt;
+        }
+        e.pfn
+    }
+
+    /// Models `p2m_free_entry()`.
+    fn free_entry(&mut self, mem: &mut MachineMemory, e: PtEntry, order: u32, freed: &mut u64) {
+        if order == 0 || !e.present() || e.pse() {
+            return;
+        }
+        if order > 9 {
+            if let Some(tab) = self.tables.get(e.pfn) {
+                let children: Vec<PtEntry> = tab
+                    .runs_in(0, 512)
+                    .into_iter()
+                    .filter(|(_, _, c)| c.present() && !c.pse())
+                    .map(|(_, _, c)| c)
+                    .collect();
+                for c in children {
+                    self.free_entry(mem, c, order - 9, freed);
+                }
+            }
+        }
+        self.tables.remove(e.pfn);
+        mem.free(e.pfn);
+        *freed += 1;
+    }
+
+    /// Reads the old superpage-level entry as `p2m_pt_set_entry` does for orders 9/18.
+    fn old_superpage_entry(cond: PtIommuConditions, old: PtEntry) -> OldEntry {
+        let mut o = OldEntry {
+            iommu_flags: 0,
+            mfn: match cond {
+                PtIommuConditions::Pre => 0,
+                _ => INVALID_MFN.0,
+            },
+            intermediate: PtEntry::default(),
+        };
+        if old.present() {
+            if old.pse() {
+                match cond {
+                    PtIommuConditions::Pre => {}
+                    PtIommuConditions::PatchV1 => {
+                        o.iommu_flags =
+                            iommu_flags_of_raw_type(p2m_flags_to_type(old.flags)).bits();
+                        o.mfn = old.pfn;
+                    }
+                    PtIommuConditions::Committed => {
+                        o.iommu_flags =
+                            iommu_flags_of_raw_type(p2m_flags_to_type(old.flags)).bits();
+                        o.mfn = old.pfn;
+                    }
+                }
+            } else {
+                o.intermediate = old;
+                o.iommu_flags = match cond {
+                    PtIommuConditions::Pre => 0,
+                    // `old_flags = ~0` converted by p2m_flags_to_type → 127 → nothing.
+                    PtIommuConditions::PatchV1 => {
+                        iommu_flags_of_raw_type(p2m_flags_to_type(!0)).bits()
+                    }
+                    PtIommuConditions::Committed => !0,
+                };
+            }
+        }
+        o
+    }
+
+    /// Models `p2m_pt_set_entry()` for the host p2m of a domain with an IOMMU.
+    pub fn set_entry(
+        &mut self,
+        cx: &mut Cx,
+        gfn: u64,
+        mfn: Mfn,
+        order: u32,
+        p2mt: P2mType,
+        _p2ma: P2mAccess,
+    ) -> Result<(), P2mError> {
+        let sw = *cx.sw;
+        if p2mt == P2mType::MapForeign {
+            return Err(P2mError::ForeignOnP2mPt);
+        }
+        if !PAGE_ORDERS.contains(&order) {
+            return Err(P2mError::BadOrder);
+        }
+        let mask = (1u64 << order) - 1;
+        if gfn & mask != 0 || (mfn != INVALID_MFN && mfn.0 & mask != 0) {
+            return Err(P2mError::Misaligned);
+        }
+        if gfn >> GFN_BITS != 0 {
+            return Err(P2mError::GfnOutOfRange);
+        }
+        let cond = sw.pt_iommu_conditions;
+        let iommu_pte_flags = p2m_get_iommu_flags(p2mt);
+        let type_flags = p2m_type_to_flags(p2mt);
+        let l4 = self.root;
+        let l3 = self.next_level(cx, l4, 4, gfn);
+
+        let (old, wrote_empty) = if order == 18 {
+            let cur = self.entry(l3, index_of(gfn, 3));
+            let mut o = Self::old_superpage_entry(cond, cur);
+            let mut content = if mfn.is_valid() {
+                PtEntry::from_pfn(mfn.0, type_flags | PAGE_PSE)
+            } else {
+                PtEntry::default()
+            };
+            if content != PtEntry::default() {
+                Self::add_iommu_flags(cx, &mut content, 0, iommu_pte_flags);
+                if cond == PtIommuConditions::Pre {
+                    o.mfn = cur.pfn;
+                }
+            }
+            self.write(cx, l3, 3, gfn, content);
+            self.maybe_free_now(cx, &mut o, order);
+            (o, content == PtEntry::default())
+        } else {
+            let l2 = self.next_level(cx, l3, 3, gfn);
+            if order == 0 {
+                let l1 = self.next_level(cx, l2, 2, gfn);
+                let cur = self.entry(l1, index_of(gfn, 1));
+                let mut o = OldEntry {
+                    iommu_flags: 0,
+                    mfn: 0,
+                    intermediate: PtEntry::default(),
+                };
+                if cond != PtIommuConditions::Pre {
+                    o.iommu_flags = iommu_flags_of_raw_type(p2m_flags_to_type(cur.flags)).bits();
+                    o.mfn = cur.pfn;
+                }
+                let keeps = mfn.is_valid()
+                    || p2mt == P2mType::MmioDirect
+                    || matches!(
+                        p2mt,
+                        P2mType::RamPagingOut | P2mType::RamPaged | P2mType::RamPagingIn
+                    );
+                let mut content = if keeps {
+                    PtEntry::from_pfn(mfn.0, type_flags)
+                } else {
+                    PtEntry::default()
+                };
+                if content != PtEntry::default() {
+                    Self::add_iommu_flags(cx, &mut content, 0, iommu_pte_flags);
+                    if cond == PtIommuConditions::Pre {
+                        o.mfn = cur.pfn;
+                    }
+                }
+                self.write(cx, l1, 1, gfn, content);
+                (o, content == PtEntry::default())
+            } else {
+                let cur = self.entry(l2, index_of(gfn, 2));
+                let mut o = Self::old_superpage_entry(cond, cur);
+                let mut content = if mfn.is_valid() || p2mt == P2mType::PopulateOnDemand {
+                    PtEntry::from_pfn(mfn.0, type_flags | PAGE_PSE)
+                } else {
+                    PtEntry::default()
+                };
+                if content != PtEntry::default() {
+                    Self::add_iommu_flags(cx, &mut content, 0, iommu_pte_flags);
+                    if cond == PtIommuConditions::Pre {
+                        o.mfn = cur.pfn;
+                    }
+                }
+                self.write(cx, l2, 2, gfn, content);
+                self.maybe_free_now(cx, &mut o, order);
+                (o, content == PtEntry::default())
+            }
+        };
+        if old.intermediate.present() {
+            cx.stats.intermediate_replaced += 1;
+        }
+
+        // The IOMMU step.
+        let shared = if sw.pt_shadow_ignores_share {
+            cx.cfg.iommu_use_hap_pt()
+        } else {
+            cx.cfg.iommu_hap_pt_share
+        };
+        let new_flags = iommu_pte_flags.bits();
+        let run_step = match cond {
+            PtIommuConditions::Pre => true,
+            _ => old.iommu_flags != new_flags || old.mfn != mfn.0,
+        };
+        if run_step {
+            cx.stats.iommu_steps += 1;
+            if shared {
+                let flush = match cond {
+                    PtIommuConditions::Pre => old.mfn != 0 && old.mfn != mfn.0,
+                    PtIommuConditions::PatchV1 => true,
+                    PtIommuConditions::Committed => old.iommu_flags != 0,
+                };
+                if flush {
+                    cx.iommu.amd_iommu_flush_pages(gfn, order);
+                }
+            } else {
+                let flags = if sw.iommu_flags_require_present_entry && wrote_empty {
+                    IommuPerm::NONE
+                } else {
+                    iommu_pte_flags
+                };
+                if !flags.is_none() {
+                    cx.iommu
+                        .iommu_map_pages(cx.mem, cx.sw, gfn, 1 << order, mfn.0, flags, cx.seq);
+                } else {
+                    cx.iommu.iommu_unmap_pages(cx.mem, gfn, 1 << order, cx.seq);
+                }
+            }
+        }
+
+        // Free old intermediate tables last (960265fbd8), after the IOMMU step.
+        if sw.pt_delay_intermediate_free {
+            let mut freed = 0;
+            self.free_entry(cx.mem, old.intermediate, order, &mut freed);
+            cx.stats.tables_freed += freed;
+        }
+        Ok(())
+    }
+
+    /// Before 960265fbd8 the replaced subtree was freed right after the write.
+    fn maybe_free_now(&mut self, cx: &mut Cx, o: &mut OldEntry, order: u32) {
+        if !cx.sw.pt_delay_intermediate_free {
+            let mut freed = 0;
+            self.free_entry(cx.mem, o.intermediate, order, &mut freed);
+            cx.stats.tables_freed += freed;
+        }
+    }
+
+    /// Models `p2m_pt_get_entry()` (query only): the entry covering `gfn`, if any.
+    pub fn get_entry(&self, gfn: u64) -> Option<P2mEntry> {
+        let mut t = self.root;
+        let mut level = 4u8;
+        loop {
+            let e = self.entry(t, index_of(gfn, level));
+            if level == 1 || e.pse() || !e.present() {
+                if e.flags == 0 {
+                    return None;
+                }
+                let raw = p2m_flags_to_type(e.flags);
+                let p2mt = P2mType::from_raw(raw as u8).unwrap_or(P2mType::Invalid);
+                if p2mt == P2mType::Invalid {
+                    return None;
+                }
+                let off = gfn & (pages_per_entry(level) - 1);
+                let mfn = if e.pfn == PTE_MFN_MASK || e.pfn == PTE_MFN_MASK - 1 {
+                    INVALID_MFN
+                } else {
+                    Mfn(e.pfn + off)
+                };
+                return Some(P2mEntry {
+                    mfn,
+                    p2mt,
+                    access: P2mAccess::Rwx,
+                });
+            }
+            t = e.pfn;
+            level -= 1;
+        }
+    }
+}
+
+/// How a shared AMD IOMMU reads a p2m-pt entry at `level`: present bit, next-level
+/// field (0 = leaf of this level's size), IR/IW bits.
+pub fn amd_io_entry(e: PtEntry, level: u8) -> IoEntry {
+    if !e.present() {
+        return IoEntry::NotPresent;
+    }
+    let nl = ((e.flags >> 9) & 7) as u8;
+    let perm = IommuPerm::from_bits((e.flags >> 21) & 3);
+    if nl == 0 {
+        IoEntry::Leaf { mfn: e.pfn, perm }
+    } else if level == 1 || nl >= level {
+        // Next-level 7 (or any value not below this level) is not a valid walk.
+        IoEntry::NotPresent
+    } else {
+        IoEntry::Next {
+            table: e.pfn,
+            level: nl,
+            perm,
+        }
+    }
+}
+
+impl IoTables for P2mPt {
+    fn owner(&self) -> TableOwner {
+        TableOwner::P2m
+    }
+    fn io_root(&self) -> (u64, u8) {
+        (self.root, 4)
+    }
+    fn io_runs(&self, t: u64, lo: u16, hi: u16) -> Option<Vec<(u16, u16, IoEntry)>> {
+        let tab = self.tables.get(t)?;
+        let level = tab.level;
+        Some(
+            tab.runs_in(lo, hi)
+                .into_iter()
+                .flat_map(|(s, l, e)| {
+                    // A run of pointers (split 1 GiB with next-level bits) must be
+                    // expanded: each entry points at a different frame.
+                    let io = amd_io_entry(e, level);
+                    match io {
+                        IoEntry::Next { .. } if l > 1 => (0..l)
+                            .map(|k| (s + k, 1, amd_io_entry(e.nth(k as u64, level), level)))
+                            .collect::<Vec<_>>(),
+                        _ => vec![(s, l, io)],
+                    }
+                })
+                .collect(),
+        )
+    }
+}

@@ -1,0 +1,224 @@
+//! Xen revisions as sets of named switches.
+//!
+//! Every behaviour that differs between the Xen revisions we model is one field of
+//! [`Switches`]; a named [`Revision`] is a set of values. The upstream commits are
+//! those of the series "x86/p2m: tighten conditions of IOMMU mapping updates"
+//! (Jan Beulich, Sept/Oct 2015), committed before Xen 4.6.0.
+
+use std::fmt;
+
+/// How `p2m_pt_set_entry` decides whether the IOMMU needs updating or flushing.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum PtIommuConditions {
+    /// Before 660fd65d55: `old_mfn` is 0 unless the *new* entry is non-empty, then the
+    /// old entry's frame; the IOMMU step always runs; shared tables flush when
+    /// `old_mfn && old_mfn != mfn`.
+    Pre,
+    /// The patch as posted (seed thread): `old_flags` keeps the old entry's PTE flags
+    /// (`~0` for a present intermediate entry) and converts them with
+    /// `p2m_get_iommu_flags(p2m_flags_to_type(old_flags))`; `~0` converts to type 127,
+    /// i.e. no permission. The step runs only when those flags or the mfn differ;
+    /// shared tables flush when the converted old flags are non-zero.
+    PatchV1,
+    /// 660fd65d55: `iommu_old_flags` is 0 for a non-present old entry, the real flags
+    /// for a present leaf and `~0` (unequal to anything) for a present intermediate
+    /// entry; `old_mfn` comes from the old leaf whatever the new entry is; the step
+    /// runs only when flags or mfn differ; shared tables flush when
+    /// `iommu_old_flags != 0`.
+    Committed,
+}
+
+/// Every revision-dependent behaviour of the model, one field each.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct Switches {
+    /// 6c0e4ad608 "x86/EPT: tighten conditions of IOMMU mapping updates": keep
+    /// `need_modify_vtd_table` when the IOMMU flags of the old entry's type differ,
+    /// not only when the mfn differs.
+    pub ept_need_modify_checks_iommu_flags: bool,
+    /// 960265fbd8 "x86/p2m-pt: delay freeing of intermediate page tables": free the
+    /// replaced subtree after the IOMMU step instead of right after the write.
+    pub pt_delay_intermediate_free: bool,
+    /// c0a85795d8 "x86/p2m-pt: ignore pt-share flag for shadow mode guests": use
+    /// `iommu_use_hap_pt(d)` instead of the global `iommu_hap_pt_share`.
+    pub pt_shadow_ignores_share: bool,
+    /// 660fd65d55 "x86/p2m-pt: tighten conditions of IOMMU mapping updates" (and the
+    /// posted variant of it). edb9531263 only reuses the pre-computed flags: no
+    /// behaviour change, so it has no switch of its own.
+    pub pt_iommu_conditions: PtIommuConditions,
+    /// Not in Xen (closes a hole the harness found in `committed`): `ept_set_entry`
+    /// clears `need_modify_vtd_table` only when the old entry is a *present leaf*
+    /// with the same mfn and the same device-visible permission. Xen compares the
+    /// mfn field and `sa_p2mt` of whatever entry is there: an intermediate entry
+    /// (whose mfn is its table frame and whose `sa_p2mt` is 0, `ram_rw`) or a
+    /// zeroed non-present entry (mfn 0, `ram_rw`) then looks "unchanged", and with
+    /// shared tables an access-only change is never flushed.
+    pub ept_need_modify_requires_present_leaf: bool,
+    /// Not in Xen 4.6 (closes a hole the harness found in every revision):
+    /// `p2m_next_level` splitting a 1 GiB page ORs next-level 1 into the inherited
+    /// flags of each 2 MiB leaf, so a shared AMD IOMMU walks guest data as an L1
+    /// table. Fixed: the split leaves keep next-level 0.
+    pub pt_split_1g_keeps_leaf_nlevel: bool,
+    /// Not in Xen 4.6 (closes a hole the harness found in every revision):
+    /// `amd_iommu_map_page` flushes only when the PTE's address changes
+    /// (`set_iommu_pde_present` returns `need_flush` for that alone), so a
+    /// permission reduction on the same frame stays in the IOTLB. Fixed: flush when
+    /// the old PTE was present and differs in address or permission.
+    pub amd_map_flush_on_perm_change: bool,
+    /// Not in Xen (closes a hole the harness found in every revision): the separate
+    /// IOMMU step maps with `p2m_get_iommu_flags(p2mt)` even when the p2m wrote an
+    /// empty entry (e.g. `ram_rw` with `INVALID_MFN`), so the IOMMU maps a bogus
+    /// frame the CPU side does not. Fixed: an empty new entry is unmapped.
+    pub iommu_flags_require_present_entry: bool,
+}
+
+/// A named set of switch values.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct Revision {
+    /// Name used on the command line and in reports.
+    pub name: &'static str,
+    /// One-line description.
+    pub summary: &'static str,
+    /// The switch values.
+    pub switches: Switches,
+}
+
+const PRE: Switches = Switches {
+    ept_need_modify_checks_iommu_flags: false,
+    pt_delay_intermediate_free: false,
+    pt_shadow_ignores_share: false,
+    pt_iommu_conditions: PtIommuConditions::Pre,
+    ept_need_modify_requires_present_leaf: false,
+    pt_split_1g_keeps_leaf_nlevel: false,
+    amd_map_flush_on_perm_change: false,
+    iommu_flags_require_present_entry: false,
+};
+
+const COMMITTED: Switches = Switches {
+    ept_need_modify_checks_iommu_flags: true,
+    pt_delay_intermediate_free: true,
+    pt_shadow_ignores_share: true,
+    pt_iommu_conditions: PtIommuConditions::Committed,
+    ..PRE
+};
+
+/// Every named revision, oldest first.
+pub const REVISIONS: &[Revision] = &[
+    Revision {
+        name: "xen-4.6-pre",
+        summary: "master just before 6c0e4ad608 (the '-' side of the seed's diff)",
+        switches: PRE,
+    },
+    Revision {
+        name: "6c0e4ad608",
+        summary: "+ x86/EPT: tighten conditions of IOMMU mapping updates",
+        switches: Switches {
+            ept_need_modify_checks_iommu_flags: true,
+            ..PRE
+        },
+    },
+    Revision {
+        name: "960265fbd8",
+        summary: "+ x86/p2m-pt: delay freeing of intermediate page tables",
+        switches: Switches {
+            ept_need_modify_checks_iommu_flags: true,
+            pt_delay_intermediate_free: true,
+            ..PRE
+        },
+    },
+    Revision {
+        name: "c0a85795d8",
+        summary: "+ x86/p2m-pt: ignore pt-share flag for shadow mode guests",
+        switches: Switches {
+            ept_need_modify_checks_iommu_flags: true,
+            pt_delay_intermediate_free: true,
+            pt_shadow_ignores_share: true,
+            ..PRE
+        },
+    },
+    Revision {
+        name: "660fd65d55",
+        summary: "+ x86/p2m-pt: tighten conditions of IOMMU mapping updates",
+        switches: COMMITTED,
+    },
+    Revision {
+        name: "edb9531263",
+        summary: "+ x86/p2m-pt: use pre-calculated IOMMU flags (no behaviour change)",
+        switches: COMMITTED,
+    },
+    Revision {
+        name: "patch-v1",
+        summary: "the series as posted in the seed thread (old PTE flags converted late)",
+        switches: Switches {
+            pt_iommu_conditions: PtIommuConditions::PatchV1,
+            ..COMMITTED
+        },
+    },
+    Revision {
+        name: "committed",
+        summary: "after all five upstream commits (= edb9531263)",
+        switches: COMMITTED,
+    },
+    Revision {
+        name: "fixed",
+        summary: "committed plus every hole known to this harness closed",
+        switches: Switches {
+            ept_need_modify_requires_present_leaf: true,
+            pt_split_1g_keeps_leaf_nlevel: true,
+            amd_map_flush_on_perm_change: true,
+            iommu_flags_require_present_entry: true,
+            ..COMMITTED
+        },
+    },
+];
+
+impl Revision {
+    /// Looks a revision up by name.
+    pub fn by_name(name: &str) -> Option<Revision> {
+        REVISIONS.iter().copied().find(|r| r.name == name)
+    }
+    /// The revision with no known hole.
+    pub fn fixed() -> Revision {
+        Revision::by_name("fixed").expect("fixed is in REVISIONS")
+    }
+    /// Names of all revisions, for error messages.
+    pub fn names() -> Vec<&'static str> {
+        REVISIONS.iter().map(|r| r.name).collect()
+    }
+}
+
+impl fmt::Display for Switches {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "ept_need_modify_checks_iommu_flags={} pt_delay_intermediate_free={} \
+             pt_shadow_ignores_share={} pt_iommu_conditions={:?} \
+             ept_need_modify_requires_present_leaf={} pt_split_1g_keeps_leaf_nlevel={} \
+             amd_map_flush_on_perm_change={} iommu_flags_require_present_entry={}",
+            self.ept_need_modify_checks_iommu_flags,
+            self.pt_delay_intermediate_free,
+            self.pt_shadow_ignores_share,
+            self.pt_iommu_conditions,
+            self.ept_need_modify_requires_present_leaf,
+            self.pt_split_1g_keeps_leaf_nlevel,
+            self.amd_map_flush_on_perm_change,
+            self.iommu_flags_require_present_entry
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_unique_and_known() {
+        let names = Revision::names();
+        for (i, n) in names.iter().enumerate() {
+            assert!(!names[i + 1..].contains(n), "duplicate {n}");
+        }
+        for n in ["xen-4.6-pre", "patch-v1", "committed", "fixed"] {
+            assert!(Revision::by_name(n).is_some());
+        }
+        assert!(Revision::by_name("nope").is_none());
+    }
+}

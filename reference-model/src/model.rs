@@ -1,0 +1,650 @@
+//! The flat reference map: extents of `(mfn, type, access)` and the device view they give.
+
+use std::collections::BTreeMap;
+
+use p2m_core::{Config, GfnRange, IommuPerm, Mfn, P2mAccess, P2mError, P2mType, INVALID_MFN};
+
+use crate::entry::{validate, writes_real_entry};
+use crate::permissions::{column_for, device_perm, Column, IommuPolicy};
+
+/// A run of `len` guest frames with one type and access; frame `i` maps `mfn + i`.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct Extent {
+    /// Number of frames (at least 1).
+    pub len: u64,
+    /// Frame of the first gfn; `INVALID_MFN` stays invalid for every frame.
+    pub mfn: Mfn,
+    /// p2m type of every frame.
+    pub p2mt: P2mType,
+    /// p2m access of every frame.
+    pub access: P2mAccess,
+}
+
+impl Extent {
+    /// The frame `off` pages into the extent.
+    fn mfn_at(&self, off: u64) -> Mfn {
+        if self.mfn == INVALID_MFN {
+            INVALID_MFN
+        } else {
+            self.mfn.plus(off)
+        }
+    }
+
+    /// The tail of this extent starting `off` frames in.
+    fn tail(&self, off: u64) -> Extent {
+        Extent {
+            len: self.len - off,
+            mfn: self.mfn_at(off),
+            ..*self
+        }
+    }
+}
+
+/// A piece of the device view: every gfn in `range` maps linearly from `mfn` with `perm`.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct RefView {
+    /// The gfns covered.
+    pub range: GfnRange,
+    /// Frame of `range.start` (`INVALID_MFN` when `perm` is none).
+    pub mfn: Mfn,
+    /// What a device may do.
+    pub perm: IommuPerm,
+}
+
+/// The reference p2m: a flat map of extents keyed by their first gfn, no tables, no caches.
+#[derive(Clone, Debug)]
+pub struct RefModel {
+    config: Config,
+    policy: IommuPolicy,
+    column: Column,
+    extents: BTreeMap<u64, Extent>,
+}
+
+impl RefModel {
+    /// An empty p2m for `config`, judged with the permission policy `policy`.
+    pub fn new(config: Config, policy: IommuPolicy) -> Self {
+        RefModel {
+            config,
+            policy,
+            column: column_for(&config),
+            extents: BTreeMap::new(),
+        }
+    }
+
+    /// The configuration the model was built for.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// The permission policy revision in use.
+    pub fn policy(&self) -> IommuPolicy {
+        self.policy
+    }
+
+    /// The permission column devices see through (see [`column_for`]).
+    pub fn column(&self) -> Column {
+        self.column
+    }
+
+    /// Sets `2^order` frames from `gfn` to `(mfn + i, p2mt, access)`, or to empty when Xen
+    /// would write an empty entry; on error nothing changes. O(log n + extents overlapped).
+    pub fn set_entry(
+        &mut self,
+        gfn: u64,
+        mfn: Mfn,
+        order: u32,
+        p2mt: P2mType,
+        access: P2mAccess,
+    ) -> Result<(), P2mError> {
+        validate(self.config.mode, gfn, mfn, order, p2mt, access)?;
+        let range = GfnRange::of_order(gfn, order);
+        self.carve(range);
+        if writes_real_entry(self.config.mode, mfn, order, p2mt) {
+            self.extents.insert(
+                gfn,
+                Extent {
+                    len: range.len(),
+                    mfn,
+                    p2mt,
+                    access,
+                },
+            );
+        }
+        Ok(())
+    }
+
+    /// Removes every mapping in `range`, splitting extents that straddle its ends.
+    fn carve(&mut self, range: GfnRange) {
+        // An extent starting before the range and reaching into it.
+        if let Some((&start, &ext)) = self.extents.range(..range.start).next_back() {
+            let end = start + ext.len;
+            if end > range.start {
+                self.extents.get_mut(&start).expect("present").len = range.start - start;
+                if end > range.end {
+                    self.extents.insert(range.end, ext.tail(range.end - start));
+                }
+            }
+        }
+        // Extents starting inside the range.
+        let inside: Vec<u64> = self
+            .extents
+            .range(range.start..range.end)
+            .map(|(&s, _)| s)
+            .collect();
+        for start in inside {
+            let ext = self.extents.remove(&start).expect("present");
+            let end = start + ext.len;
+            if end > range.end {
+                self.extents.insert(range.end, ext.tail(range.end - start));
+            }
+        }
+    }
+
+    /// The extent holding `gfn`, with the offset of `gfn` in it.
+    fn lookup(&self, gfn: u64) -> Option<(u64, &Extent)> {
+        let (&start, ext) = self.extents.range(..=gfn).next_back()?;
+        (gfn - start < ext.len).then_some((gfn - start, ext))
+    }
+
+    /// The CPU view of `gfn`: `(mfn, type, access)`; unmapped or empty gives
+    /// `(INVALID_MFN, invalid, rwx)`.
+    pub fn get_entry(&self, gfn: u64) -> (Mfn, P2mType, P2mAccess) {
+        match self.lookup(gfn) {
+            Some((off, ext)) => (ext.mfn_at(off), ext.p2mt, ext.access),
+            None => (INVALID_MFN, P2mType::Invalid, P2mAccess::Rwx),
+        }
+    }
+
+    /// What a device may do through an entry of this type and access, in this configuration.
+    pub fn perm_of(&self, p2mt: P2mType, access: P2mAccess) -> IommuPerm {
+        device_perm(self.column, self.policy, p2mt, access)
+    }
+
+    /// The device view of `gfn`: `(mfn, perm)`, `(INVALID_MFN, none)` when nothing is granted.
+    pub fn device_entry(&self, gfn: u64) -> (Mfn, IommuPerm) {
+        match self.lookup(gfn) {
+            Some((off, ext)) => {
+                let perm = self.perm_of(ext.p2mt, ext.access);
+                if perm.is_none() {
+                    (INVALID_MFN, IommuPerm::NONE)
+                } else {
+                    (ext.mfn_at(off), perm)
+                }
+            }
+            None => (INVALID_MFN, IommuPerm::NONE),
+        }
+    }
+
+    /// The device view of `range`, in order, covering all of it; gaps and entries granting
+    /// nothing appear as `(INVALID_MFN, none)`. Neighbours that continue each other linearly
+    /// with the same permission are merged.
+    pub fn device_extents(&self, range: GfnRange) -> Vec<RefView> {
+        let mut out: Vec<RefView> = Vec::new();
+        let mut push = |v: RefView| {
+            if let Some(last) = out.last_mut() {
+                let same_mfn = if v.perm.is_none() {
+                    true
+                } else {
+                    last.mfn != INVALID_MFN && last.mfn.plus(last.range.len()) == v.mfn
+                };
+                if last.range.end == v.range.start && last.perm == v.perm && same_mfn {
+                    last.range.end = v.range.end;
+                    return;
+                }
+            }
+            out.push(v);
+        };
+        if range.is_empty() {
+            return Vec::new();
+        }
+        let first = self
+            .extents
+            .range(..range.start)
+            .next_back()
+            .filter(|(&s, e)| s + e.len > range.start);
+        let mut cursor = range.start;
+        for (&start, ext) in first
+            .into_iter()
+            .chain(self.extents.range(range.start..range.end))
+        {
+            let ext_range = GfnRange {
+                start,
+                end: start + ext.len,
+            };
+            let Some(clip) = ext_range.intersect(&range) else {
+                continue;
+            };
+            if clip.start > cursor {
+                push(RefView {
+                    range: GfnRange {
+                        start: cursor,
+                        end: clip.start,
+                    },
+                    mfn: INVALID_MFN,
+                    perm: IommuPerm::NONE,
+                });
+            }
+            let perm = self.perm_of(ext.p2mt, ext.access);
+            let mfn = if perm.is_none() {
+                INVALID_MFN
+            } else {
+                ext.mfn_at(clip.start - start)
+            };
+            push(RefView {
+                range: clip,
+                mfn,
+                perm,
+            });
+            cursor = clip.end;
+        }
+        if cursor < range.end {
+            push(RefView {
+                range: GfnRange {
+                    start: cursor,
+                    end: range.end,
+                },
+                mfn: INVALID_MFN,
+                perm: IommuPerm::NONE,
+            });
+        }
+        out
+    }
+
+    /// Number of stored (non-empty) extents.
+    pub fn extent_count(&self) -> usize {
+        self.extents.len()
+    }
+
+    /// The stored extents in gfn order, as `(first gfn, extent)`.
+    pub fn extents(&self) -> impl Iterator<Item = (u64, &Extent)> + '_ {
+        self.extents.iter().map(|(&s, e)| (s, e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use p2m_core::{Mode, Vendor, MAX_PAGE};
+
+    const RWX: P2mAccess = P2mAccess::Rwx;
+
+    fn cfg(mode: Mode, share: bool) -> Config {
+        Config {
+            mode,
+            vendor: if mode == Mode::Npt {
+                Vendor::Amd
+            } else {
+                Vendor::Vtd
+            },
+            iommu_hap_pt_share: share,
+        }
+    }
+
+    fn model(mode: Mode, share: bool) -> RefModel {
+        RefModel::new(cfg(mode, share), IommuPolicy::Xen46)
+    }
+
+    fn view(start: u64, end: u64, mfn: Mfn, perm: IommuPerm) -> RefView {
+        RefView {
+            range: GfnRange { start, end },
+            mfn,
+            perm,
+        }
+    }
+
+    #[test]
+    fn errors_change_nothing() {
+        let mut m = model(Mode::Ept, false);
+        m.set_entry(0, Mfn(0), 18, P2mType::RamRw, RWX).unwrap();
+        assert_eq!(
+            m.set_entry(0x200, INVALID_MFN, 9, P2mType::Invalid, RWX),
+            Err(P2mError::Misaligned)
+        );
+        assert_eq!(
+            m.set_entry(0, Mfn(0), 3, P2mType::Invalid, RWX),
+            Err(P2mError::BadOrder)
+        );
+        assert_eq!(
+            m.set_entry(1 << 36, Mfn(0), 0, P2mType::RamRw, RWX),
+            Err(P2mError::GfnOutOfRange)
+        );
+        assert_eq!(m.extent_count(), 1);
+        assert_eq!(m.get_entry(0x201).0, Mfn(0x201));
+    }
+
+    #[test]
+    fn overwrite_splits_1g_4k_2m() {
+        let mut m = model(Mode::Ept, false);
+        let base = 1u64 << 18; // gfn 0x40000
+        let mbase = 3u64 << 18;
+        m.set_entry(base, Mfn(mbase), 18, P2mType::RamRw, RWX)
+            .unwrap();
+        assert_eq!(m.extent_count(), 1);
+        // 4 KiB read-only page inside.
+        m.set_entry(base + 0x1234, Mfn(7), 0, P2mType::RamRo, RWX)
+            .unwrap();
+        assert_eq!(m.extent_count(), 3);
+        assert_eq!(
+            m.get_entry(base + 0x1233),
+            (Mfn(mbase + 0x1233), P2mType::RamRw, RWX)
+        );
+        assert_eq!(m.get_entry(base + 0x1234), (Mfn(7), P2mType::RamRo, RWX));
+        assert_eq!(
+            m.get_entry(base + 0x1235),
+            (Mfn(mbase + 0x1235), P2mType::RamRw, RWX)
+        );
+        // 2 MiB grant mapping covering that page.
+        m.set_entry(
+            base + 0x1200,
+            Mfn(0x8000),
+            9,
+            P2mType::GrantMapRo,
+            P2mAccess::R,
+        )
+        .unwrap();
+        assert_eq!(m.extent_count(), 3);
+        assert_eq!(
+            m.get_entry(base + 0x1234),
+            (Mfn(0x8034), P2mType::GrantMapRo, P2mAccess::R)
+        );
+        assert_eq!(m.get_entry(base + 0x1400).0, Mfn(mbase + 0x1400));
+        let r = GfnRange {
+            start: base + 0x11ff,
+            end: base + 0x1401,
+        };
+        assert_eq!(
+            m.device_extents(r),
+            vec![
+                view(
+                    base + 0x11ff,
+                    base + 0x1200,
+                    Mfn(mbase + 0x11ff),
+                    IommuPerm::RW
+                ),
+                view(base + 0x1200, base + 0x1400, Mfn(0x8000), IommuPerm::R),
+                view(
+                    base + 0x1400,
+                    base + 0x1401,
+                    Mfn(mbase + 0x1400),
+                    IommuPerm::RW
+                ),
+            ]
+        );
+        // Empty 2 MiB entry in the middle (RAM type above max_page): a gap.
+        m.set_entry(base + 0x1200, Mfn(MAX_PAGE), 9, P2mType::RamRw, RWX)
+            .unwrap();
+        assert_eq!(m.extent_count(), 2);
+        assert_eq!(
+            m.get_entry(base + 0x1234),
+            (INVALID_MFN, P2mType::Invalid, RWX)
+        );
+        assert_eq!(
+            m.device_extents(r),
+            vec![
+                view(
+                    base + 0x11ff,
+                    base + 0x1200,
+                    Mfn(mbase + 0x11ff),
+                    IommuPerm::RW
+                ),
+                view(base + 0x1200, base + 0x1400, INVALID_MFN, IommuPerm::NONE),
+                view(
+                    base + 0x1400,
+                    base + 0x1401,
+                    Mfn(mbase + 0x1400),
+                    IommuPerm::RW
+                ),
+            ]
+        );
+        // Whole-range view with gaps before and after the 1 GiB mapping.
+        let all = m.device_extents(GfnRange {
+            start: base - 2,
+            end: base + (1 << 18) + 2,
+        });
+        assert_eq!(
+            all.first().unwrap(),
+            &view(base - 2, base, INVALID_MFN, IommuPerm::NONE)
+        );
+        assert_eq!(
+            all.last().unwrap(),
+            &view(
+                base + (1 << 18),
+                base + (1 << 18) + 2,
+                INVALID_MFN,
+                IommuPerm::NONE
+            )
+        );
+        let covered: u64 = all.iter().map(|v| v.range.len()).sum();
+        assert_eq!(covered, (1 << 18) + 4);
+        for w in all.windows(2) {
+            assert_eq!(w[0].range.end, w[1].range.start);
+        }
+    }
+
+    #[test]
+    fn one_gig_ops_are_extent_based() {
+        let mut m = model(Mode::Npt, true);
+        for i in 0..64u64 {
+            m.set_entry(i << 18, Mfn(i << 18), 18, P2mType::RamRw, RWX)
+                .unwrap();
+        }
+        assert_eq!(m.extent_count(), 64);
+        // Punch 4 KiB holes everywhere, then cover them again with 1 GiB ops.
+        for i in 0..64u64 {
+            m.set_entry((i << 18) + 5, INVALID_MFN, 0, P2mType::Invalid, RWX)
+                .unwrap();
+        }
+        assert_eq!(m.extent_count(), 128);
+        for i in 0..64u64 {
+            m.set_entry(i << 18, Mfn(i << 18), 18, P2mType::RamRo, RWX)
+                .unwrap();
+        }
+        assert_eq!(m.extent_count(), 64);
+        assert_eq!(
+            m.device_extents(GfnRange::of_order(0, 18)),
+            vec![view(0, 1 << 18, Mfn(0), IommuPerm::R)]
+        );
+        // Unmapping 1 GiB leaves nothing stored.
+        m.set_entry(0, Mfn(MAX_PAGE), 18, P2mType::RamRw, RWX)
+            .unwrap();
+        assert_eq!(m.extent_count(), 63);
+    }
+
+    #[test]
+    fn empty_entries_per_mode() {
+        let mmio = Mfn(MAX_PAGE);
+        // PoD at order 9: real (typed, no device access) on p2m-pt, empty on EPT.
+        let mut pt = model(Mode::Npt, false);
+        pt.set_entry(0x200, mmio, 9, P2mType::PopulateOnDemand, RWX)
+            .unwrap();
+        assert_eq!(pt.get_entry(0x210).1, P2mType::PopulateOnDemand);
+        assert_eq!(pt.device_entry(0x210), (INVALID_MFN, IommuPerm::NONE));
+        let mut ept = model(Mode::Ept, false);
+        ept.set_entry(0x200, mmio, 9, P2mType::PopulateOnDemand, RWX)
+            .unwrap();
+        assert_eq!(ept.get_entry(0x210), (INVALID_MFN, P2mType::Invalid, RWX));
+        // mmio_direct above max_page: EPT at any order, p2m-pt only at 4 KiB.
+        ept.set_entry(0, mmio, 18, P2mType::MmioDirect, RWX)
+            .unwrap();
+        assert_eq!(ept.get_entry(3).0, mmio.plus(3));
+        pt.set_entry(1 << 18, mmio, 18, P2mType::MmioDirect, RWX)
+            .unwrap();
+        assert_eq!(pt.get_entry(1 << 18).1, P2mType::Invalid);
+        pt.set_entry(1 << 18, mmio, 0, P2mType::MmioDirect, RWX)
+            .unwrap();
+        assert_eq!(pt.get_entry(1 << 18), (mmio, P2mType::MmioDirect, RWX));
+        // Paging types with INVALID_MFN at 4 KiB.
+        let mut sh = model(Mode::Shadow, true);
+        sh.set_entry(9, INVALID_MFN, 0, P2mType::RamPagingOut, RWX)
+            .unwrap();
+        assert_eq!(sh.get_entry(9), (INVALID_MFN, P2mType::RamPagingOut, RWX));
+        ept.set_entry(9, INVALID_MFN, 0, P2mType::RamPagingOut, RWX)
+            .unwrap();
+        assert_eq!(ept.get_entry(9).1, P2mType::Invalid);
+        ept.set_entry(9, INVALID_MFN, 0, P2mType::RamPaged, RWX)
+            .unwrap();
+        assert_eq!(ept.get_entry(9), (INVALID_MFN, P2mType::RamPaged, RWX));
+        // Plain RAM above max_page is empty everywhere.
+        for mode in Mode::ALL {
+            let mut m = model(*mode, false);
+            m.set_entry(0, mmio, 0, P2mType::RamRw, RWX).unwrap();
+            assert_eq!(m.extent_count(), 0);
+        }
+    }
+
+    #[test]
+    fn device_view_uses_the_right_column() {
+        let cases = [
+            // (mode, share, type, access, expected)
+            (Mode::Ept, true, P2mType::RamRw, P2mAccess::R, IommuPerm::R),
+            (
+                Mode::Ept,
+                false,
+                P2mType::RamRw,
+                P2mAccess::R,
+                IommuPerm::RW,
+            ),
+            (Mode::Ept, true, P2mType::MmioDirect, RWX, IommuPerm::RW),
+            (Mode::Ept, false, P2mType::MmioDirect, RWX, IommuPerm::NONE),
+            (Mode::Ept, true, P2mType::RamLogdirty, RWX, IommuPerm::R),
+            (Mode::Ept, false, P2mType::RamLogdirty, RWX, IommuPerm::RW),
+            (Mode::Ept, true, P2mType::RamShared, RWX, IommuPerm::R),
+            (Mode::Npt, true, P2mType::RamLogdirty, RWX, IommuPerm::RW),
+            (Mode::Npt, true, P2mType::MmioDirect, RWX, IommuPerm::NONE),
+            (Mode::Npt, true, P2mType::RamRw, P2mAccess::N, IommuPerm::RW),
+            (
+                Mode::Shadow,
+                true,
+                P2mType::RamRw,
+                P2mAccess::N,
+                IommuPerm::RW,
+            ),
+        ];
+        for (mode, share, t, a, want) in cases {
+            let mut m = model(mode, share);
+            m.set_entry(0x10, Mfn(0x99), 0, t, a).unwrap();
+            let want_mfn = if want.is_none() {
+                INVALID_MFN
+            } else {
+                Mfn(0x99)
+            };
+            assert_eq!(
+                m.device_entry(0x10),
+                (want_mfn, want),
+                "{mode} {share} {t} {a}"
+            );
+            assert_eq!(
+                m.device_extents(GfnRange::of_order(0x10, 0)),
+                vec![view(0x10, 0x11, want_mfn, want)]
+            );
+        }
+    }
+
+    #[test]
+    fn views_merge_linear_neighbours() {
+        let mut m = model(Mode::Ept, false);
+        m.set_entry(0, Mfn(0x100), 0, P2mType::RamRw, RWX).unwrap();
+        m.set_entry(1, Mfn(0x101), 0, P2mType::RamRw, RWX).unwrap();
+        m.set_entry(2, Mfn(0x200), 0, P2mType::RamRw, RWX).unwrap();
+        m.set_entry(3, Mfn(0x201), 0, P2mType::MmioDm, RWX).unwrap();
+        assert_eq!(m.extent_count(), 4);
+        assert_eq!(
+            m.device_extents(GfnRange { start: 0, end: 6 }),
+            vec![
+                view(0, 2, Mfn(0x100), IommuPerm::RW),
+                view(2, 3, Mfn(0x200), IommuPerm::RW),
+                view(3, 6, INVALID_MFN, IommuPerm::NONE),
+            ]
+        );
+        assert!(m.device_extents(GfnRange { start: 4, end: 4 }).is_empty());
+    }
+
+    /// Cross-check against a naive per-page map on a small gfn space.
+    #[test]
+    fn matches_per_page_oracle() {
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        let mut rnd = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        for mode in Mode::ALL {
+            for share in [false, true] {
+                let mut m = model(*mode, share);
+                let space = 2u64 << 18;
+                let mut pages: Vec<Option<(Mfn, P2mType, P2mAccess)>> = vec![None; space as usize];
+                let mut touched: Vec<u64> = Vec::new();
+                for _ in 0..300 {
+                    let order = [0, 0, 0, 0, 9, 9, 9, 18][(rnd() % 8) as usize];
+                    let gfn = (rnd() % space) & !((1u64 << order) - 1);
+                    let mfn = match rnd() % 4 {
+                        0 => INVALID_MFN,
+                        1 => Mfn(MAX_PAGE + ((rnd() % 8) << 18)),
+                        _ => Mfn((rnd() % (1 << 30)) & !((1u64 << order) - 1)),
+                    };
+                    let t = P2mType::ALL[(rnd() % 16) as usize];
+                    let a = P2mAccess::ALL[(rnd() % 10) as usize];
+                    let res = m.set_entry(gfn, mfn, order, t, a);
+                    if res.is_err() {
+                        continue;
+                    }
+                    touched.extend([gfn.saturating_sub(1), gfn, gfn + (1 << order)]);
+                    let real = writes_real_entry(*mode, mfn, order, t);
+                    for i in 0..(1u64 << order) {
+                        let f = if mfn == INVALID_MFN { mfn } else { mfn.plus(i) };
+                        pages[(gfn + i) as usize] = real.then_some((f, t, a));
+                    }
+                }
+                let views = m.device_extents(GfnRange {
+                    start: 0,
+                    end: space,
+                });
+                let mut covered = 0;
+                for v in &views {
+                    assert_eq!(v.range.start, covered);
+                    covered = v.range.end;
+                }
+                assert_eq!(covered, space);
+                let mut vi = 0;
+                touched.sort_unstable();
+                touched.dedup();
+                let mut ti = 0;
+                for g in 0..space {
+                    // Every gfn next to an operation's edge, and a sample of the rest.
+                    while ti < touched.len() && touched[ti] < g {
+                        ti += 1;
+                    }
+                    let edge = touched.get(ti) == Some(&g);
+                    if !edge && g % 97 != 0 {
+                        continue;
+                    }
+                    let slot = pages[g as usize];
+                    let want = slot.unwrap_or((INVALID_MFN, P2mType::Invalid, RWX));
+                    assert_eq!(m.get_entry(g), want, "{mode} gfn {g:#x}");
+                    let perm = if slot.is_some() {
+                        m.perm_of(want.1, want.2)
+                    } else {
+                        IommuPerm::NONE
+                    };
+                    let dev = if perm.is_none() {
+                        (INVALID_MFN, perm)
+                    } else {
+                        (want.0, perm)
+                    };
+                    assert_eq!(m.device_entry(g), dev);
+                    while !views[vi].range.contains(g) {
+                        vi += 1;
+                    }
+                    let v = views[vi];
+                    let vm = if v.mfn == INVALID_MFN {
+                        INVALID_MFN
+                    } else {
+                        v.mfn.plus(g - v.range.start)
+                    };
+                    assert_eq!((vm, v.perm), dev, "view at {g:#x}");
+                }
+            }
+        }
+    }
+}
