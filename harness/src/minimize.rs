@@ -28,8 +28,15 @@ fn simpler_ops(op: &Op) -> Vec<Op> {
         s.access = P2mAccess::Rwx;
         v.push(Op::SetEntry(s));
     }
+    // Only move toward simpler types (a strict order), so shrinking terminates.
+    let rank = |t: P2mType| match t {
+        P2mType::RamRw => 0,
+        P2mType::Invalid => 1,
+        P2mType::RamRo => 2,
+        _ => 3,
+    };
     for t in [P2mType::RamRw, P2mType::Invalid, P2mType::RamRo] {
-        if e.p2mt != t {
+        if rank(t) < rank(e.p2mt) {
             let mut s = *e;
             s.p2mt = t;
             v.push(Op::SetEntry(s));
