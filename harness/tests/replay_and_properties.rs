@@ -40,7 +40,7 @@ fn regressions_replay_with_expected_verdicts() {
 #[test]
 fn random_bytes_run_clean_under_fixed() {
     let mut rng = SmallRng::seed_from_u64(42);
-    let mut buf = vec![0u8; 1 + 12 * 6];
+    let mut buf = [0u8; 1 + 12 * 6];
     let mut ran = 0;
     for _ in 0..100_000 {
         let len = 1 + (rng.next_u32() as usize % buf.len());
