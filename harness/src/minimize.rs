@@ -15,13 +15,13 @@ fn simpler_ops(op: &Op) -> Vec<Op> {
     let Op::SetEntry(e) = op;
     let mut v = Vec::new();
     if e.order > 0 && e.order != 9 && e.order != 18 {
-        v.push(Op::SetEntry(p2m_core_order(e, 0)));
+        v.push(Op::SetEntry(with_order(e, 0)));
     }
     if e.order == 18 {
-        v.push(Op::SetEntry(p2m_core_order(e, 9)));
+        v.push(Op::SetEntry(with_order(e, 9)));
     }
     if e.order >= 9 {
-        v.push(Op::SetEntry(p2m_core_order(e, 0)));
+        v.push(Op::SetEntry(with_order(e, 0)));
     }
     if e.access != P2mAccess::Rwx {
         let mut s = *e;
@@ -50,7 +50,7 @@ fn simpler_ops(op: &Op) -> Vec<Op> {
     v
 }
 
-fn p2m_core_order(e: &crate::scenario::SetEntryOp, order: u32) -> crate::scenario::SetEntryOp {
+fn with_order(e: &crate::scenario::SetEntryOp, order: u32) -> crate::scenario::SetEntryOp {
     let mut s = *e;
     s.order = order;
     s

@@ -177,7 +177,6 @@ pub fn run(s: &Scenario, revision: Revision) -> RunOutcome {
         let mut finding = check_cpu(&dom, &refm, real, reference, op_range);
         if finding.is_none() {
             let mut ranges: Vec<GfnRange> = dom.cache_records().iter().map(|r| r.range).collect();
-            let cache_count = ranges.len();
             if real.is_ok() {
                 ranges.push(op_range);
             }
@@ -191,7 +190,6 @@ pub fn run(s: &Scenario, revision: Revision) -> RunOutcome {
                     break;
                 }
             }
-            let _ = cache_count;
         }
         if let Some(f) = finding {
             let stale_op = f.stale_seq.map(|q| (q - 1) as usize);

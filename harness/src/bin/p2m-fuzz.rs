@@ -3,7 +3,7 @@
 use clap::{Parser, Subcommand};
 use harness::generate::Swarm;
 use harness::minimize::minimize;
-use harness::scenario::{decode, encode, parse_trace, to_trace, Scenario, TRACE_MAGIC};
+use harness::scenario::{decode, encode, parse_trace, to_trace, Scenario};
 use harness::{revision_by_name, run, RunStats};
 use p2m_core::{Mode, Revision, REVISIONS};
 use rand::rngs::SmallRng;
@@ -308,7 +308,6 @@ fn main() -> ExitCode {
             return fail(line.trim_start_matches("error: "));
         }
     };
-    let _ = TRACE_MAGIC;
     match cli.cmd {
         Cmd::Repro { revision, files } => repro(revision, files),
         Cmd::Fmt { file } => match load(&file) {
