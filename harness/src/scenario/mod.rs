@@ -94,7 +94,7 @@ impl fmt::Display for Op {
 }
 
 /// A configuration, an oracle flag and the operations to run on a fresh domain.
-#[derive(Clone, PartialEq, Eq, Hash, Debug)]
+#[derive(Clone, PartialEq, Eq, Hash)]
 pub struct Scenario {
     /// Domain configuration (normalized in every scenario the parsers return).
     pub config: Config,
@@ -123,6 +123,13 @@ impl fmt::Display for Scenario {
             write!(f, "\n{op}")?;
         }
         Ok(())
+    }
+}
+
+/// Reads like the text trace, so libFuzzer's `Debug` dump of a crashing input is a trace.
+impl fmt::Debug for Scenario {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
     }
 }
 

@@ -1,0 +1,89 @@
+//! What the cargo-fuzz targets call: typed inputs per mode and the check that panics with
+//! the divergence report. The targets in `fuzz/` stay a few lines each.
+
+use std::sync::OnceLock;
+
+use arbitrary::{Arbitrary, Unstructured};
+use p2m_core::{Mode, Revision};
+
+use crate::scenario::bytes::{decode_with_mode, HEADER_SIZE, OP_SIZE};
+use crate::{revision_from_env, run, Scenario};
+
+/// The revision the targets check: `P2M_REVISION`, else `fixed`. An unknown name stops the
+/// fuzzer at once with a one-line error (exit 2) instead of fuzzing nothing.
+pub fn target_revision() -> Revision {
+    static REV: OnceLock<Revision> = OnceLock::new();
+    *REV.get_or_init(|| match revision_from_env() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("p2m-fuzz target: P2M_REVISION: {e}");
+            std::process::exit(2)
+        }
+    })
+}
+
+/// Runs `s` under the target revision; a divergence panics with the full report.
+pub fn check(s: &Scenario) {
+    if let Some(d) = run(s, target_revision()).divergence {
+        panic!("\n{d}");
+    }
+}
+
+macro_rules! mode_scenario {
+    ($(#[$doc:meta])* $name:ident, $mode:expr) => {
+        $(#[$doc])*
+        #[derive(Clone, Debug)]
+        pub struct $name(pub Scenario);
+
+        impl<'a> Arbitrary<'a> for $name {
+            fn arbitrary(u: &mut Unstructured<'a>) -> arbitrary::Result<Self> {
+                let data = u.bytes(u.len())?;
+                decode_with_mode(data, $mode)
+                    .map($name)
+                    .ok_or(arbitrary::Error::IncorrectFormat)
+            }
+
+            fn arbitrary_take_rest(u: Unstructured<'a>) -> arbitrary::Result<Self> {
+                decode_with_mode(u.take_rest(), $mode)
+                    .map($name)
+                    .ok_or(arbitrary::Error::IncorrectFormat)
+            }
+
+            fn size_hint(_depth: usize) -> (usize, Option<usize>) {
+                (HEADER_SIZE + OP_SIZE, None)
+            }
+        }
+    };
+}
+
+mode_scenario!(
+    /// A scenario whose mode is forced to EPT (the `ept` target); other knobs are fuzzed.
+    EptScenario,
+    Mode::Ept
+);
+mode_scenario!(
+    /// A scenario whose mode is forced to NPT (the `npt` target); other knobs are fuzzed.
+    NptScenario,
+    Mode::Npt
+);
+mode_scenario!(
+    /// A scenario whose mode is forced to shadow (the `shadow` target); other knobs are fuzzed.
+    ShadowScenario,
+    Mode::Shadow
+);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mode_scenarios_force_their_mode() {
+        let data = [0u8; HEADER_SIZE + OP_SIZE];
+        let mut u = Unstructured::new(&data);
+        let s = NptScenario::arbitrary_take_rest(Unstructured::new(&data)).unwrap();
+        assert_eq!(s.0.config.mode, Mode::Npt);
+        let s = ShadowScenario::arbitrary(&mut u).unwrap();
+        assert_eq!(s.0.config.mode, Mode::Shadow);
+        assert!(EptScenario::arbitrary_take_rest(Unstructured::new(&data[..3])).is_err());
+    }
+}
