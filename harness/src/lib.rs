@@ -3,6 +3,7 @@
 //! `p2m-core` (the model of Xen) and `reference-model` (the flat reference) know
 //! nothing of each other; this crate joins them.
 
+pub mod blame;
 pub mod fuzzing;
 pub mod generate;
 pub mod minimize;
@@ -30,4 +31,23 @@ pub fn revision_from_env() -> Result<p2m_core::Revision, String> {
         Ok(n) if !n.is_empty() => revision_by_name(&n),
         _ => Ok(p2m_core::Revision::fixed()),
     }
+}
+
+/// `rev` with each named switch set to its value in `fixed` ("assume this hole is closed,
+/// what else is there?"); an unknown switch name is a one-line error.
+pub fn assume_fixed(
+    rev: p2m_core::Revision,
+    names: &[String],
+) -> Result<p2m_core::Revision, String> {
+    let fixed = p2m_core::Revision::fixed().switches;
+    let mut out = rev;
+    for n in names {
+        out.switches = out.switches.with_switch_from(n, &fixed).ok_or_else(|| {
+            format!(
+                "unknown switch '{n}' (known: {})",
+                p2m_core::revision::SWITCH_NAMES.join(", ")
+            )
+        })?;
+    }
+    Ok(out)
 }

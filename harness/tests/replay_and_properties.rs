@@ -2,28 +2,58 @@
 
 use harness::generate::Swarm;
 use harness::scenario::{decode, parse_trace};
-use harness::{revision_by_name, run};
+use harness::{assume_fixed, revision_by_name, run, DivergenceClass};
 use p2m_core::Revision;
 use rand::rngs::SmallRng;
 use rand::{RngCore, SeedableRng};
 use std::path::Path;
 
-/// Every regression trace diverges under its directory's revision and is clean under `fixed`.
+/// A `# key: value` header line of a regression trace.
+fn header<'a>(text: &'a str, key: &str) -> Option<&'a str> {
+    text.lines()
+        .filter_map(|l| l.strip_prefix('#'))
+        .filter_map(|l| l.trim().strip_prefix(key))
+        .find_map(|l| l.strip_prefix(':'))
+        .map(str::trim)
+}
+
+/// Every regression trace shows its recorded class under its directory's revision, is
+/// clean once its recorded root-cause switches take their `fixed` values, and is clean
+/// under `fixed`.
 #[test]
 fn regressions_replay_with_expected_verdicts() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../corpus/regressions");
     let mut n = 0;
-    for dir in std::fs::read_dir(&root).expect("corpus/regressions") {
-        let dir = dir.unwrap().path();
+    let mut dirs: Vec<_> = std::fs::read_dir(&root)
+        .expect("corpus/regressions")
+        .map(|d| d.unwrap().path())
+        .collect();
+    dirs.sort();
+    for dir in dirs {
         let rev = revision_by_name(dir.file_name().unwrap().to_str().unwrap()).unwrap();
-        for f in std::fs::read_dir(&dir).unwrap() {
-            let f = f.unwrap().path();
-            let s = parse_trace(&std::fs::read_to_string(&f).unwrap()).unwrap();
+        let mut files: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|f| f.unwrap().path())
+            .collect();
+        files.sort();
+        for f in files {
+            let text = std::fs::read_to_string(&f).unwrap();
+            let s = parse_trace(&text).unwrap();
+            let want = header(&text, "expect")
+                .and_then(DivergenceClass::from_name)
+                .unwrap_or_else(|| panic!("{}: needs `# expect: <class>`", f.display()));
+            let causes: Vec<String> = header(&text, "root-cause")
+                .unwrap_or_else(|| panic!("{}: needs `# root-cause: <switch>...`", f.display()))
+                .split_whitespace()
+                .map(String::from)
+                .collect();
+            let got = run(&s, rev).divergence.map(|d| d.class());
+            assert_eq!(got, Some(want), "{} under {}", f.display(), rev.name);
+            let healed = assume_fixed(rev, &causes).unwrap();
             assert!(
-                run(&s, rev).divergence.is_some(),
-                "{} should diverge under {}",
-                f.display(),
-                rev.name
+                run(&s, healed).divergence.is_none(),
+                "{}: still diverges with {causes:?} fixed",
+                f.display()
             );
             assert!(
                 run(&s, Revision::fixed()).divergence.is_none(),
@@ -33,7 +63,45 @@ fn regressions_replay_with_expected_verdicts() {
             n += 1;
         }
     }
-    assert!(n >= 3, "only {n} regression files replayed");
+    assert!(n >= 16, "only {n} regression files replayed");
+}
+
+/// Every seed-corpus entry `corpus/<target>/*` decodes as that target decodes it and runs
+/// clean under `fixed`.
+#[test]
+fn seed_corpora_replay_clean_under_fixed() {
+    use harness::scenario::decode_with_mode;
+    use p2m_core::Mode;
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../corpus");
+    let mut n = 0;
+    for (target, mode) in [
+        ("ept", Some(Mode::Ept)),
+        ("npt", Some(Mode::Npt)),
+        ("shadow", Some(Mode::Shadow)),
+        ("mixed", None),
+    ] {
+        let Ok(rd) = std::fs::read_dir(root.join(target)) else {
+            continue;
+        };
+        let mut files: Vec<_> = rd.map(|f| f.unwrap().path()).collect();
+        files.sort();
+        for f in files {
+            let data = std::fs::read(&f).unwrap();
+            let s = match mode {
+                Some(m) => decode_with_mode(&data, m),
+                None => decode(&data),
+            };
+            // libFuzzer keeps inputs the target rejected too (they add coverage).
+            let Some(s) = s else { continue };
+            if let Some(d) = run(&s, Revision::fixed()).divergence {
+                panic!("{} diverges under fixed:\n{d}", f.display());
+            }
+            n += 1;
+        }
+    }
+    if root.join("mixed").exists() {
+        assert!(n > 0, "seed corpora hold no decodable input");
+    }
 }
 
 /// 100,000 random byte strings decode and run under `fixed` without a panic or divergence.

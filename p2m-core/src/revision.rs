@@ -186,6 +186,61 @@ impl Revision {
     }
 }
 
+/// Names of the [`Switches`] fields, in declaration order.
+pub const SWITCH_NAMES: [&str; 8] = [
+    "ept_need_modify_checks_iommu_flags",
+    "pt_delay_intermediate_free",
+    "pt_shadow_ignores_share",
+    "pt_iommu_conditions",
+    "ept_need_modify_requires_present_leaf",
+    "pt_split_1g_keeps_leaf_nlevel",
+    "amd_map_flush_on_perm_change",
+    "iommu_flags_require_present_entry",
+];
+
+impl Switches {
+    /// `self` with the switch `name` taken from `from` (for blaming one switch); `None`
+    /// for an unknown name.
+    pub fn with_switch_from(mut self, name: &str, from: &Switches) -> Option<Switches> {
+        match name {
+            "ept_need_modify_checks_iommu_flags" => {
+                self.ept_need_modify_checks_iommu_flags = from.ept_need_modify_checks_iommu_flags
+            }
+            "pt_delay_intermediate_free" => {
+                self.pt_delay_intermediate_free = from.pt_delay_intermediate_free
+            }
+            "pt_shadow_ignores_share" => {
+                self.pt_shadow_ignores_share = from.pt_shadow_ignores_share
+            }
+            "pt_iommu_conditions" => self.pt_iommu_conditions = from.pt_iommu_conditions,
+            "ept_need_modify_requires_present_leaf" => {
+                self.ept_need_modify_requires_present_leaf =
+                    from.ept_need_modify_requires_present_leaf
+            }
+            "pt_split_1g_keeps_leaf_nlevel" => {
+                self.pt_split_1g_keeps_leaf_nlevel = from.pt_split_1g_keeps_leaf_nlevel
+            }
+            "amd_map_flush_on_perm_change" => {
+                self.amd_map_flush_on_perm_change = from.amd_map_flush_on_perm_change
+            }
+            "iommu_flags_require_present_entry" => {
+                self.iommu_flags_require_present_entry = from.iommu_flags_require_present_entry
+            }
+            _ => return None,
+        }
+        Some(self)
+    }
+
+    /// Names of the switches whose values differ between `self` and `other`.
+    pub fn differing(&self, other: &Switches) -> Vec<&'static str> {
+        SWITCH_NAMES
+            .iter()
+            .copied()
+            .filter(|n| self.with_switch_from(n, other) != Some(*self))
+            .collect()
+    }
+}
+
 impl fmt::Display for Switches {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
@@ -220,5 +275,18 @@ mod tests {
             assert!(Revision::by_name(n).is_some());
         }
         assert!(Revision::by_name("nope").is_none());
+    }
+
+    #[test]
+    fn every_switch_name_is_adoptable() {
+        let fixed = Revision::fixed().switches;
+        assert_eq!(PRE.differing(&fixed).len(), SWITCH_NAMES.len());
+        let mut s = PRE;
+        for n in SWITCH_NAMES {
+            s = s.with_switch_from(n, &fixed).expect("known switch");
+        }
+        assert_eq!(s, fixed);
+        assert!(PRE.with_switch_from("nope", &fixed).is_none());
+        assert!(fixed.differing(&fixed).is_empty());
     }
 }

@@ -55,6 +55,9 @@ enum Cmd {
         /// Directory for reproducers.
         #[arg(long, default_value = "hunt-out")]
         out: PathBuf,
+        /// Assume this switch has its `fixed` value (repeatable): look past a known hole.
+        #[arg(long = "assume-fixed", value_name = "SWITCH")]
+        assume_fixed: Vec<String>,
     },
     /// Shrink a diverging file to a minimal op sequence (same divergence class).
     Minimize {
@@ -66,6 +69,25 @@ enum Cmd {
         /// Output file.
         #[arg(long)]
         out: Option<PathBuf>,
+    },
+    /// Name the root cause: which switch, set to its `fixed` value alone, removes the divergence.
+    Blame {
+        /// Revision to model (default: $P2M_REVISION, else fixed).
+        #[arg(long)]
+        revision: Option<String>,
+        /// Files to blame.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        /// Assume this switch has its `fixed` value (repeatable).
+        #[arg(long = "assume-fixed", value_name = "SWITCH")]
+        assume_fixed: Vec<String>,
+    },
+    /// Write a file's scenario as fuzz-input bytes (a text trace becomes a seed corpus entry).
+    Encode {
+        /// Text trace or bytes to read.
+        file: PathBuf,
+        /// Where to write the bytes.
+        out: PathBuf,
     },
     /// List revisions and their switch values.
     Revisions,
@@ -95,7 +117,9 @@ fn load(path: &Path) -> Result<Scenario, String> {
     if data.is_empty() {
         return Err(format!("{}: empty file", path.display()));
     }
-    let looks_text = data.starts_with(b"#") || data.starts_with(b"config");
+    // A trace is UTF-8, starts like one and names an op; fuzz inputs may start with '#'.
+    let looks_text = (data.starts_with(b"#") || data.starts_with(b"config"))
+        && std::str::from_utf8(&data).is_ok_and(|t| t.contains("set_entry"));
     if looks_text {
         let text = std::str::from_utf8(&data)
             .map_err(|_| format!("{}: trace is not UTF-8", path.display()))?;
@@ -159,8 +183,16 @@ fn write_reproducer(out: &Path, s: &Scenario, name: &str) -> Result<PathBuf, Str
     Ok(trace)
 }
 
-fn hunt(mode: Option<String>, revision: String, seconds: u64, seed: u64, out: PathBuf) -> ExitCode {
-    let rev = match revision_by_name(&revision) {
+fn hunt(
+    mode: Option<String>,
+    revision: String,
+    assume_fixed: &[String],
+    seconds: u64,
+    seed: u64,
+    out: PathBuf,
+) -> ExitCode {
+    let rev = match revision_by_name(&revision).and_then(|r| harness::assume_fixed(r, assume_fixed))
+    {
         Ok(r) => r,
         Err(e) => return fail(e),
     };
@@ -261,6 +293,57 @@ fn revisions() -> ExitCode {
     ExitCode::SUCCESS
 }
 
+fn encode_cmd(file: &Path, out: &Path) -> ExitCode {
+    let s = match load(file) {
+        Ok(s) => s,
+        Err(e) => return fail(e),
+    };
+    let bytes = match harness::scenario::try_encode(&s) {
+        Ok(b) => b,
+        Err(e) => return fail(format!("{}: {e}", file.display())),
+    };
+    match std::fs::write(out, bytes) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(format!("{}: {e}", out.display())),
+    }
+}
+
+fn blame(revision: Option<String>, assume_fixed: &[String], files: Vec<PathBuf>) -> ExitCode {
+    let rev = match pick_revision(revision).and_then(|r| harness::assume_fixed(r, assume_fixed)) {
+        Ok(r) => r,
+        Err(e) => return fail(e),
+    };
+    let mut any = false;
+    for f in files {
+        let s = match load(&f) {
+            Ok(s) => s,
+            Err(e) => return fail(e),
+        };
+        match harness::blame::blame(&s, rev) {
+            None => println!("{}: clean under {}", f.display(), rev.name),
+            Some(b) => {
+                any = true;
+                let culprits = if b.culprits.is_empty() {
+                    "no single switch (several behaviours combine)".to_string()
+                } else {
+                    b.culprits.join(", ")
+                };
+                println!(
+                    "{}: {} under {}; root cause: {culprits}",
+                    f.display(),
+                    b.class,
+                    rev.name
+                );
+            }
+        }
+    }
+    if any {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
 fn bench(seconds: u64) -> ExitCode {
     let rev = Revision::fixed();
     for (label, orders) in [
@@ -323,13 +406,20 @@ fn main() -> ExitCode {
             seconds,
             seed,
             out,
-        } => hunt(mode, revision, seconds, seed, out),
+            assume_fixed,
+        } => hunt(mode, revision, &assume_fixed, seconds, seed, out),
         Cmd::Minimize {
             revision,
             file,
             out,
         } => minimize_cmd(revision, file, out),
         Cmd::Revisions => revisions(),
+        Cmd::Encode { file, out } => encode_cmd(&file, &out),
         Cmd::Bench { seconds } => bench(seconds),
+        Cmd::Blame {
+            revision,
+            files,
+            assume_fixed,
+        } => blame(revision, &assume_fixed, files),
     }
 }
