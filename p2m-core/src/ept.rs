@@ -11,8 +11,8 @@ use crate::policy::p2m_get_iommu_flags;
 use crate::table::{index_of, pages_per_entry, Pte, TableStore};
 use crate::types::*;
 
-/// An `ept_entry_t` with the fields that matter (emt, ipat, snp, suppress_ve,
-/// A/D and recalc are summarized away).
+/// An `ept_entry_t` with the fields that matter (ipat, snp, suppress_ve, A/D and
+/// recalc are summarized away; `emt` is kept because it makes a leaf non-zero).
 #[derive(Clone, Copy, PartialEq, Eq, Default, Debug)]
 pub struct EptEntry {
     /// Read bit (also VT-d's read bit when the tables are shared).
@@ -29,6 +29,25 @@ pub struct EptEntry {
     pub sa_p2mt: u8,
     /// `access`.
     pub access: u8,
+    /// `emt`: the memory type `epte_get_entry_emt()` chose (0 = UC, 6 = WB).
+    pub emt: u8,
+}
+
+/// `MTRR_TYPE_WRBACK`.
+pub const MTRR_TYPE_WRBACK: u8 = 6;
+/// `MTRR_TYPE_UNCACHABLE`.
+pub const MTRR_TYPE_UNCACHABLE: u8 = 0;
+
+/// Models `epte_get_entry_emt()` for a domain with a passed-through device and WB
+/// guest MTRRs: UC for an invalid frame or direct MMIO, WB otherwise. What matters
+/// is that a RAM leaf with mfn 0, type `ram_rw` (0) and access `n` (0) is still a
+/// non-zero, hence valid, entry.
+pub fn epte_get_entry_emt(mfn: Mfn, p2mt: P2mType) -> u8 {
+    if !mfn.is_valid() || p2mt == P2mType::MmioDirect {
+        MTRR_TYPE_UNCACHABLE
+    } else {
+        MTRR_TYPE_WRBACK
+    }
 }
 
 impl EptEntry {
@@ -279,6 +298,7 @@ impl Ept {
             new_entry.sa_p2mt = p2mt as u8;
             new_entry.access = p2ma as u8;
             new_entry.mfn = mfn.0 & PTE_MFN_MASK;
+            new_entry.emt = epte_get_entry_emt(mfn, p2mt);
             ept_p2m_type_to_flags(&mut new_entry, p2mt, p2ma);
             let same_mfn = cur.mfn == new_entry.mfn;
             let old_flags =

@@ -550,3 +550,20 @@ fn fixed_invalid_mfn_ram_rw_maps_nothing() {
         );
     }
 }
+
+/// Found by the `ept` fuzz target: a `ram_rw` leaf for mfn 0 with access `n` has r=w=x=0,
+/// mfn 0 and type 0, but `epte_get_entry_emt()` gives it a memory type, so the entry is
+/// non-zero and `ept_get_entry` reports it (`is_epte_valid`).
+#[test]
+fn ept_ram_rw_mfn0_access_n_is_a_valid_entry() {
+    for share in [false, true] {
+        let mut d = dom(Mode::Ept, Vendor::Vtd, share, "fixed");
+        d.set_entry(0x40200, Mfn(0), 0, P2mType::RamRw, P2mAccess::N)
+            .expect("set_entry");
+        let e = d.get_entry(0x40200).expect("valid entry");
+        assert_eq!(
+            (e.mfn, e.p2mt, e.access),
+            (Mfn(0), P2mType::RamRw, P2mAccess::N)
+        );
+    }
+}
