@@ -125,13 +125,44 @@ fn load(path: &Path) -> Result<Scenario, String> {
             .map_err(|_| format!("{}: trace is not UTF-8", path.display()))?;
         return parse_trace(text).map_err(|e| format!("{}: {e}", path.display()));
     }
-    decode(&data).ok_or_else(|| {
+    let target = target_mode(path)?;
+    match target {
+        Some(m) => harness::scenario::decode_with_mode(&data, m),
+        None => decode(&data),
+    }
+    .ok_or_else(|| {
         format!(
             "{}: truncated input ({} bytes; a scenario needs a 1-byte header and at least one 12-byte op)",
             path.display(),
             data.len()
         )
     })
+}
+
+/// The mode a per-mode fuzz target forces on bytes in `path`: `P2M_TARGET` if set
+/// (`ept`, `npt`, `shadow`, or `mixed` for the header's own mode), else the name of the
+/// directory holding the file when it is `ept`, `npt` or `shadow` (as in cargo fuzz's
+/// `artifacts/<target>/` and `corpus/<target>/`), else none.
+fn target_mode(path: &Path) -> Result<Option<Mode>, String> {
+    let from_env = std::env::var("P2M_TARGET").ok().filter(|t| !t.is_empty());
+    let name = match &from_env {
+        Some(t) => t.clone(),
+        None => path
+            .parent()
+            .and_then(|d| d.file_name())
+            .and_then(|n| n.to_str())
+            .unwrap_or("")
+            .to_string(),
+    };
+    match name.as_str() {
+        "ept" => Ok(Some(Mode::Ept)),
+        "npt" => Ok(Some(Mode::Npt)),
+        "shadow" => Ok(Some(Mode::Shadow)),
+        _ if from_env.is_none() || name == "mixed" => Ok(None),
+        _ => Err(format!(
+            "P2M_TARGET={name}: unknown target (known: ept, npt, shadow, mixed)"
+        )),
+    }
 }
 
 fn pick_revision(name: Option<String>) -> Result<Revision, String> {
@@ -378,6 +409,12 @@ fn bench(seconds: u64) -> ExitCode {
 }
 
 fn main() -> ExitCode {
+    // Die quietly on a closed pipe (`p2m-fuzz repro ... | head`) like other Unix tools.
+    #[cfg(unix)]
+    // SAFETY: resetting SIGPIPE to its default before any thread starts.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let cli = match Cli::try_parse() {
         Ok(c) => c,
         Err(e) => {
