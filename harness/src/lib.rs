@@ -25,12 +25,20 @@ pub fn revision_by_name(name: &str) -> Result<p2m_core::Revision, String> {
     })
 }
 
-/// The revision named by `P2M_REVISION`, else `fixed`.
+/// The revision named by `P2M_REVISION`, else `fixed`, with the switches listed in
+/// `P2M_ASSUME_FIXED` (comma- or space-separated) set to their `fixed` values.
 pub fn revision_from_env() -> Result<p2m_core::Revision, String> {
-    match std::env::var("P2M_REVISION") {
-        Ok(n) if !n.is_empty() => revision_by_name(&n),
-        _ => Ok(p2m_core::Revision::fixed()),
-    }
+    let rev = match std::env::var("P2M_REVISION") {
+        Ok(n) if !n.is_empty() => revision_by_name(&n)?,
+        _ => p2m_core::Revision::fixed(),
+    };
+    let names: Vec<String> = std::env::var("P2M_ASSUME_FIXED")
+        .unwrap_or_default()
+        .split([',', ' '])
+        .filter(|n| !n.is_empty())
+        .map(String::from)
+        .collect();
+    assume_fixed(rev, &names).map_err(|e| format!("P2M_ASSUME_FIXED: {e}"))
 }
 
 /// `rev` with each named switch set to its value in `fixed` ("assume this hole is closed,
