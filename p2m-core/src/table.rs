@@ -5,6 +5,7 @@
 //! the entry's size). A split superpage is one run, never 512 stored entries, and a
 //! 1 GiB leaf is a single entry.
 
+use crate::machine::{TABLE_POOL_BASE, TABLE_POOL_STRIDE};
 use std::collections::BTreeMap;
 
 /// Entries per table (`EPT_PAGETABLE_ENTRIES`, `L1_PAGETABLE_ENTRIES`, `PTE_PER_TABLE_SIZE`).
@@ -31,12 +32,28 @@ pub trait Pte: Copy + Eq + Default + std::fmt::Debug {
     fn nth(&self, k: u64, level: u8) -> Self;
 }
 
-/// One table: its level and its non-zero entries as runs keyed by first index.
+/// One stored run of a table: first index, length, first entry.
+#[derive(Clone, Copy, Debug)]
+struct Run<E> {
+    start: u16,
+    len: u16,
+    first: E,
+}
+
+impl<E> Run<E> {
+    fn end(&self) -> u16 {
+        self.start + self.len
+    }
+}
+
+/// One table: its level and its non-zero entries as runs sorted by first index.
 #[derive(Clone, Debug)]
 pub struct Table<E> {
     /// Level of the table (4 = root of a 4-level structure, 1 = 4 KiB leaves).
     pub level: u8,
-    runs: BTreeMap<u16, (u16, E)>,
+    /// Non-overlapping runs, ascending by first index (a table holds few runs,
+    /// except a table of pointers, which holds one per pointer).
+    runs: Vec<Run<E>>,
 }
 
 impl<E: Pte> Table<E> {
@@ -44,27 +61,41 @@ impl<E: Pte> Table<E> {
     pub fn new(level: u8) -> Self {
         Table {
             level,
-            runs: BTreeMap::new(),
+            runs: Vec::new(),
         }
+    }
+
+    /// Number of runs whose first index is below `idx`.
+    fn count_below(&self, idx: u16) -> usize {
+        self.runs.partition_point(|r| r.start < idx)
     }
 
     /// The entry at `idx` (zero when absent).
     pub fn get(&self, idx: u16) -> E {
-        match self.runs.range(..=idx).next_back() {
-            Some((&s, &(len, e))) if idx < s + len => e.nth((idx - s) as u64, self.level),
+        let p = self.runs.partition_point(|r| r.start <= idx);
+        match p.checked_sub(1).map(|i| self.runs[i]) {
+            Some(r) if idx < r.end() => r.first.nth((idx - r.start) as u64, self.level),
             _ => E::default(),
         }
     }
 
-    /// Cuts runs so that `idx` starts a run (if it lies inside one).
-    fn cut(&mut self, idx: u16) {
-        if let Some((&s, &(len, e))) = self.runs.range(..idx).next_back() {
-            if idx < s + len {
-                self.runs.insert(s, (idx - s, e));
-                self.runs
-                    .insert(idx, (s + len - idx, e.nth((idx - s) as u64, self.level)));
+    /// Cuts runs so that `idx` starts a run (if it lies inside one); returns the
+    /// number of runs whose first index is below `idx` afterwards.
+    fn cut(&mut self, idx: u16) -> usize {
+        let p = self.count_below(idx);
+        if let Some(i) = p.checked_sub(1) {
+            let r = self.runs[i];
+            if idx < r.end() {
+                self.runs[i].len = idx - r.start;
+                let tail = Run {
+                    start: idx,
+                    len: r.end() - idx,
+                    first: r.first.nth((idx - r.start) as u64, self.level),
+                };
+                self.runs.insert(p, tail);
             }
         }
+        p
     }
 
     /// Sets `len` entries from `start` to the run starting with `base`.
@@ -73,16 +104,26 @@ impl<E: Pte> Table<E> {
             return;
         }
         let end = start + len;
-        self.cut(start);
-        if end < ENTRIES {
-            self.cut(end);
-        }
-        let keys: Vec<u16> = self.runs.range(start..end).map(|(&k, _)| k).collect();
-        for k in keys {
-            self.runs.remove(&k);
-        }
+        let a = self.cut(start);
+        let b = if end < ENTRIES {
+            self.cut(end)
+        } else {
+            self.runs.len()
+        };
         if base != E::default() {
-            self.runs.insert(start, (len, base));
+            let run = Run {
+                start,
+                len,
+                first: base,
+            };
+            if b > a {
+                self.runs[a] = run;
+                self.runs.drain(a + 1..b);
+            } else {
+                self.runs.insert(a, run);
+            }
+        } else {
+            self.runs.drain(a..b);
         }
     }
 
@@ -93,17 +134,24 @@ impl<E: Pte> Table<E> {
 
     /// Runs intersecting `[lo, hi)`, clipped: `(first index, length, first entry)`.
     pub fn runs_in(&self, lo: u16, hi: u16) -> Vec<(u16, u16, E)> {
-        let mut out = Vec::new();
-        if let Some((&s, &(len, e))) = self.runs.range(..lo).next_back() {
-            if lo < s + len {
-                let end = (s + len).min(hi);
-                out.push((lo, end - lo, e.nth((lo - s) as u64, self.level)));
-            }
-        }
-        for (&s, &(len, e)) in self.runs.range(lo..hi) {
-            out.push((s, (s + len).min(hi) - s, e));
-        }
-        out
+        self.iter_runs(lo, hi).collect()
+    }
+
+    /// Like [`Self::runs_in`], without allocating.
+    pub fn iter_runs(&self, lo: u16, hi: u16) -> impl Iterator<Item = (u16, u16, E)> + '_ {
+        let p = self.count_below(lo);
+        let head = p.checked_sub(1).and_then(|i| {
+            let r = self.runs[i];
+            (lo < r.end()).then(|| {
+                let end = r.end().min(hi);
+                (lo, end - lo, r.first.nth((lo - r.start) as u64, self.level))
+            })
+        });
+        let rest = self.runs[p..]
+            .iter()
+            .take_while(move |r| r.start < hi)
+            .map(move |r| (r.start, r.end().min(hi) - r.start, r.first));
+        head.into_iter().chain(rest)
     }
 
     /// Number of stored runs (a cost measure).
@@ -113,45 +161,102 @@ impl<E: Pte> Table<E> {
 }
 
 /// All tables of one structure, keyed by the machine frame that holds them.
+///
+/// Table frames come from the pool of [`crate::machine`] (fixed base and stride),
+/// so they are stored in a vector indexed by pool slot; any other frame goes to
+/// an ordered map.
 #[derive(Clone, Debug, Default)]
 pub struct TableStore<E> {
-    tables: BTreeMap<u64, Table<E>>,
+    slots: Vec<Option<Table<E>>>,
+    others: BTreeMap<u64, Table<E>>,
+    count: usize,
+}
+
+/// Pool slot of `mfn`, if it is a frame of the table pool.
+pub(crate) fn pool_slot(mfn: u64) -> Option<usize> {
+    let off = mfn.checked_sub(TABLE_POOL_BASE)?;
+    if off % TABLE_POOL_STRIDE != 0 {
+        return None;
+    }
+    usize::try_from(off / TABLE_POOL_STRIDE).ok()
+}
+
+/// Frame of pool slot `slot`.
+fn slot_frame(slot: usize) -> u64 {
+    TABLE_POOL_BASE + slot as u64 * TABLE_POOL_STRIDE
 }
 
 impl<E: Pte> TableStore<E> {
     /// An empty store.
     pub fn new() -> Self {
         TableStore {
-            tables: BTreeMap::new(),
+            slots: Vec::new(),
+            others: BTreeMap::new(),
+            count: 0,
         }
     }
     /// Installs a zeroed table at `mfn`.
     pub fn insert(&mut self, mfn: u64, level: u8) {
-        self.tables.insert(mfn, Table::new(level));
+        let old = match pool_slot(mfn) {
+            Some(s) if s < (1 << 24) => {
+                if s >= self.slots.len() {
+                    self.slots.resize_with(s + 1, || None);
+                }
+                self.slots[s].replace(Table::new(level))
+            }
+            _ => self.others.insert(mfn, Table::new(level)),
+        };
+        if old.is_none() {
+            self.count += 1;
+        }
     }
     /// Drops the table held in `mfn` (its frame is being freed).
     pub fn remove(&mut self, mfn: u64) -> Option<Table<E>> {
-        self.tables.remove(&mfn)
+        let old = match pool_slot(mfn) {
+            Some(s) if s < (1 << 24) => self.slots.get_mut(s).and_then(Option::take),
+            _ => self.others.remove(&mfn),
+        };
+        if old.is_some() {
+            self.count -= 1;
+        }
+        old
     }
     /// The table in `mfn`, if that frame holds one of this structure's tables.
     pub fn get(&self, mfn: u64) -> Option<&Table<E>> {
-        self.tables.get(&mfn)
+        match pool_slot(mfn) {
+            Some(s) if s < (1 << 24) => self.slots.get(s)?.as_ref(),
+            _ => self.others.get(&mfn),
+        }
     }
     /// Mutable access to the table in `mfn`.
     pub fn get_mut(&mut self, mfn: u64) -> Option<&mut Table<E>> {
-        self.tables.get_mut(&mfn)
+        match pool_slot(mfn) {
+            Some(s) if s < (1 << 24) => self.slots.get_mut(s)?.as_mut(),
+            _ => self.others.get_mut(&mfn),
+        }
     }
     /// Number of tables.
     pub fn len(&self) -> usize {
-        self.tables.len()
+        self.count
     }
     /// True when there is no table.
     pub fn is_empty(&self) -> bool {
-        self.tables.is_empty()
+        self.count == 0
     }
     /// Frames holding tables, ascending.
     pub fn frames(&self) -> impl Iterator<Item = (u64, &Table<E>)> {
-        self.tables.iter().map(|(k, v)| (*k, v))
+        let mut pool = self
+            .slots
+            .iter()
+            .enumerate()
+            .filter_map(|(s, t)| Some((slot_frame(s), t.as_ref()?)))
+            .peekable();
+        let mut others = self.others.iter().map(|(k, v)| (*k, v)).peekable();
+        std::iter::from_fn(move || match (pool.peek(), others.peek()) {
+            (Some(a), Some(b)) if b.0 < a.0 => others.next(),
+            (Some(_), _) => pool.next(),
+            (None, _) => others.next(),
+        })
     }
 }
 
