@@ -412,31 +412,35 @@ impl IoTables for SeparateTables {
     fn io_root(&self) -> (u64, u8) {
         (self.root, self.root_level)
     }
-    fn io_runs(&self, t: u64, lo: u16, hi: u16) -> Option<Vec<(u16, u16, IoEntry)>> {
-        let table = self.tables.get(t)?;
+    fn for_each_io_run(
+        &self,
+        t: u64,
+        lo: u16,
+        hi: u16,
+        f: &mut dyn FnMut(u16, u16, IoEntry),
+    ) -> bool {
+        let Some(table) = self.tables.get(t) else {
+            return false;
+        };
         let level = table.level;
-        Some(
-            table
-                .runs_in(lo, hi.min(ENTRIES))
-                .into_iter()
-                .map(|(s, l, e)| {
-                    let io = if !e.present || e.perm.is_none() && self.vendor() == Vendor::Vtd {
-                        IoEntry::NotPresent
-                    } else if e.next_level == 0 || level == 1 {
-                        IoEntry::Leaf {
-                            mfn: e.addr,
-                            perm: e.perm,
-                        }
-                    } else {
-                        IoEntry::Next {
-                            table: e.addr,
-                            level: e.next_level,
-                            perm: e.perm,
-                        }
-                    };
-                    (s, l, io)
-                })
-                .collect(),
-        )
+        let vtd = self.vendor() == Vendor::Vtd;
+        for (s, l, e) in table.iter_runs(lo, hi.min(ENTRIES)) {
+            let io = if !e.present || e.perm.is_none() && vtd {
+                IoEntry::NotPresent
+            } else if e.next_level == 0 || level == 1 {
+                IoEntry::Leaf {
+                    mfn: e.addr,
+                    perm: e.perm,
+                }
+            } else {
+                IoEntry::Next {
+                    table: e.addr,
+                    level: e.next_level,
+                    perm: e.perm,
+                }
+            };
+            f(s, l, io);
+        }
+        true
     }
 }
