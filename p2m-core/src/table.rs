@@ -33,7 +33,7 @@ pub trait Pte: Copy + Eq + Default + std::fmt::Debug {
 }
 
 /// One stored run of a table: first index, length, first entry.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, Default)]
 struct Run<E> {
     start: u16,
     len: u16,
@@ -46,6 +46,73 @@ impl<E> Run<E> {
     }
 }
 
+/// Runs kept in the table itself up to this count (most tables hold one to three).
+const INLINE_RUNS: usize = 3;
+
+/// A sorted list of runs: inline while short, then on the heap.
+#[derive(Clone, Debug)]
+enum RunList<E> {
+    /// The first `.0` elements of the array are the runs.
+    Inline(u8, [Run<E>; INLINE_RUNS]),
+    /// Too many runs to keep inline.
+    Heap(Vec<Run<E>>),
+}
+
+impl<E: Pte> RunList<E> {
+    fn new() -> Self {
+        RunList::Inline(0, [Run::default(); INLINE_RUNS])
+    }
+
+    fn as_slice(&self) -> &[Run<E>] {
+        match self {
+            RunList::Inline(n, a) => &a[..*n as usize],
+            RunList::Heap(v) => v,
+        }
+    }
+
+    fn as_mut_slice(&mut self) -> &mut [Run<E>] {
+        match self {
+            RunList::Inline(n, a) => &mut a[..*n as usize],
+            RunList::Heap(v) => v,
+        }
+    }
+
+    fn insert(&mut self, pos: usize, r: Run<E>) {
+        match self {
+            RunList::Inline(n, a) if (*n as usize) < INLINE_RUNS => {
+                let len = *n as usize;
+                a.copy_within(pos..len, pos + 1);
+                a[pos] = r;
+                *n += 1;
+            }
+            RunList::Inline(n, a) => {
+                let mut v = Vec::with_capacity(4 * INLINE_RUNS);
+                v.extend_from_slice(&a[..*n as usize]);
+                v.insert(pos, r);
+                *self = RunList::Heap(v);
+            }
+            RunList::Heap(v) => v.insert(pos, r),
+        }
+    }
+
+    /// Removes the runs at positions `[a, b)`.
+    fn remove_range(&mut self, a: usize, b: usize) {
+        if a >= b {
+            return;
+        }
+        match self {
+            RunList::Inline(n, arr) => {
+                let len = *n as usize;
+                arr.copy_within(b..len, a);
+                *n -= (b - a) as u8;
+            }
+            RunList::Heap(v) => {
+                v.drain(a..b);
+            }
+        }
+    }
+}
+
 /// One table: its level and its non-zero entries as runs sorted by first index.
 #[derive(Clone, Debug)]
 pub struct Table<E> {
@@ -53,7 +120,7 @@ pub struct Table<E> {
     pub level: u8,
     /// Non-overlapping runs, ascending by first index (a table holds few runs,
     /// except a table of pointers, which holds one per pointer).
-    runs: Vec<Run<E>>,
+    runs: RunList<E>,
 }
 
 impl<E: Pte> Table<E> {
@@ -61,19 +128,38 @@ impl<E: Pte> Table<E> {
     pub fn new(level: u8) -> Self {
         Table {
             level,
-            runs: Vec::new(),
+            runs: RunList::new(),
         }
+    }
+
+    /// Number of runs whose first index is at most `idx`. Tries first the run a
+    /// single-run table or a table of one run per index would hold `idx` in.
+    fn count_upto(&self, idx: u16) -> usize {
+        let runs = self.runs.as_slice();
+        let n = runs.len();
+        if n == 0 {
+            return 0;
+        }
+        let g = (idx as usize).min(n - 1);
+        if runs[g].start <= idx && (g + 1 == n || runs[g + 1].start > idx) {
+            return g + 1;
+        }
+        runs.partition_point(|r| r.start <= idx)
     }
 
     /// Number of runs whose first index is below `idx`.
     fn count_below(&self, idx: u16) -> usize {
-        self.runs.partition_point(|r| r.start < idx)
+        let p = self.count_upto(idx);
+        match p.checked_sub(1) {
+            Some(i) if self.runs.as_slice()[i].start == idx => i,
+            _ => p,
+        }
     }
 
     /// The entry at `idx` (zero when absent).
     pub fn get(&self, idx: u16) -> E {
-        let p = self.runs.partition_point(|r| r.start <= idx);
-        match p.checked_sub(1).map(|i| self.runs[i]) {
+        let p = self.count_upto(idx);
+        match p.checked_sub(1).map(|i| self.runs.as_slice()[i]) {
             Some(r) if idx < r.end() => r.first.nth((idx - r.start) as u64, self.level),
             _ => E::default(),
         }
@@ -84,9 +170,9 @@ impl<E: Pte> Table<E> {
     fn cut(&mut self, idx: u16) -> usize {
         let p = self.count_below(idx);
         if let Some(i) = p.checked_sub(1) {
-            let r = self.runs[i];
+            let r = self.runs.as_slice()[i];
             if idx < r.end() {
-                self.runs[i].len = idx - r.start;
+                self.runs.as_mut_slice()[i].len = idx - r.start;
                 let tail = Run {
                     start: idx,
                     len: r.end() - idx,
@@ -108,7 +194,7 @@ impl<E: Pte> Table<E> {
         let b = if end < ENTRIES {
             self.cut(end)
         } else {
-            self.runs.len()
+            self.runs.as_slice().len()
         };
         if base != E::default() {
             let run = Run {
@@ -117,13 +203,13 @@ impl<E: Pte> Table<E> {
                 first: base,
             };
             if b > a {
-                self.runs[a] = run;
-                self.runs.drain(a + 1..b);
+                self.runs.as_mut_slice()[a] = run;
+                self.runs.remove_range(a + 1, b);
             } else {
                 self.runs.insert(a, run);
             }
         } else {
-            self.runs.drain(a..b);
+            self.runs.remove_range(a, b);
         }
     }
 
@@ -139,15 +225,16 @@ impl<E: Pte> Table<E> {
 
     /// Like [`Self::runs_in`], without allocating.
     pub fn iter_runs(&self, lo: u16, hi: u16) -> impl Iterator<Item = (u16, u16, E)> + '_ {
+        let runs = self.runs.as_slice();
         let p = self.count_below(lo);
         let head = p.checked_sub(1).and_then(|i| {
-            let r = self.runs[i];
+            let r = runs[i];
             (lo < r.end()).then(|| {
                 let end = r.end().min(hi);
                 (lo, end - lo, r.first.nth((lo - r.start) as u64, self.level))
             })
         });
-        let rest = self.runs[p..]
+        let rest = runs[p..]
             .iter()
             .take_while(move |r| r.start < hi)
             .map(move |r| (r.start, r.end().min(hi) - r.start, r.first));
@@ -156,7 +243,7 @@ impl<E: Pte> Table<E> {
 
     /// Number of stored runs (a cost measure).
     pub fn run_count(&self) -> usize {
-        self.runs.len()
+        self.runs.as_slice().len()
     }
 }
 
@@ -294,6 +381,122 @@ mod tests {
         assert_eq!(r[0], (5, 2, T(0x1005)));
         assert_eq!(r[1], (7, 1, T(0x9999)));
         assert_eq!(r[2], (9, 3, T(0x1009)));
+    }
+
+    /// The run semantics of the original ordered-map representation: same run
+    /// boundaries (runs are cut, never merged), same entries.
+    #[derive(Default)]
+    struct MapTable(std::collections::BTreeMap<u16, (u16, T)>);
+
+    impl MapTable {
+        fn cut(&mut self, idx: u16, level: u8) {
+            if let Some((&s, &(len, e))) = self.0.range(..idx).next_back() {
+                if idx < s + len {
+                    self.0.insert(s, (idx - s, e));
+                    self.0
+                        .insert(idx, (s + len - idx, e.nth((idx - s) as u64, level)));
+                }
+            }
+        }
+        fn fill(&mut self, start: u16, len: u16, base: T, level: u8) {
+            if len == 0 {
+                return;
+            }
+            let end = start + len;
+            self.cut(start, level);
+            if end < ENTRIES {
+                self.cut(end, level);
+            }
+            let keys: Vec<u16> = self.0.range(start..end).map(|(&k, _)| k).collect();
+            for k in keys {
+                self.0.remove(&k);
+            }
+            if base != T::default() {
+                self.0.insert(start, (len, base));
+            }
+        }
+        fn runs_in(&self, lo: u16, hi: u16, level: u8) -> Vec<(u16, u16, T)> {
+            let mut out = Vec::new();
+            if let Some((&s, &(len, e))) = self.0.range(..lo).next_back() {
+                if lo < s + len {
+                    let end = (s + len).min(hi);
+                    out.push((lo, end - lo, e.nth((lo - s) as u64, level)));
+                }
+            }
+            for (&s, &(len, e)) in self.0.range(lo..hi) {
+                out.push((s, (s + len).min(hi) - s, e));
+            }
+            out
+        }
+    }
+
+    #[test]
+    fn same_runs_as_ordered_map() {
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        let mut next = |n: u64| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed % n
+        };
+        for level in [1u8, 2] {
+            let mut t: Table<T> = Table::new(level);
+            let mut m = MapTable::default();
+            for step in 0..20_000 {
+                // Mostly short fills, so that tables grow past the inline runs.
+                let start = next(512) as u16;
+                let max = if next(8) == 0 {
+                    512 - start
+                } else {
+                    (512 - start).min(4)
+                };
+                let len = next(max as u64 + 1) as u16;
+                let base = if next(4) == 0 {
+                    T(0)
+                } else {
+                    T(next(1 << 20) + 1)
+                };
+                t.fill(start, len, base);
+                m.fill(start, len, base, level);
+                let (lo, hi) = (next(512) as u16, 512);
+                let lo2 = next(512) as u16;
+                let hi2 = lo2 + next((512 - lo2) as u64 + 1) as u16;
+                assert_eq!(t.runs_in(lo, hi), m.runs_in(lo, hi, level), "step {step}");
+                assert_eq!(
+                    t.runs_in(lo2, hi2),
+                    m.runs_in(lo2, hi2, level),
+                    "step {step}"
+                );
+                assert_eq!(t.run_count(), m.0.len(), "step {step}");
+                let idx = next(512) as u16;
+                let want = m.runs_in(idx, idx + 1, level).first().map_or(T(0), |r| r.2);
+                assert_eq!(t.get(idx), want, "step {step}");
+                if next(500) == 0 {
+                    t.fill(0, 512, T(0));
+                    m.fill(0, 512, T(0), level);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn store_frames_ascending() {
+        let mut s: TableStore<T> = TableStore::new();
+        let pool = |k: u64| TABLE_POOL_BASE + k * TABLE_POOL_STRIDE;
+        for f in [pool(3), 7, pool(0), pool(1) + 1, pool(9), u64::MAX] {
+            s.insert(f, 1);
+        }
+        assert_eq!(s.len(), 6);
+        let frames: Vec<u64> = s.frames().map(|(f, _)| f).collect();
+        assert_eq!(
+            frames,
+            [7, pool(0), pool(1) + 1, pool(3), pool(9), u64::MAX]
+        );
+        assert!(s.get(pool(2)).is_none() && s.get(pool(100)).is_none());
+        assert!(s.remove(pool(3)).is_some() && s.remove(pool(3)).is_none());
+        assert!(s.remove(7).is_some());
+        assert_eq!(s.len(), 4);
+        assert!(s.get_mut(pool(9)).is_some());
     }
 
     #[test]
