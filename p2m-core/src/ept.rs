@@ -406,14 +406,20 @@ impl IoTables for Ept {
     fn io_root(&self) -> (u64, u8) {
         (self.root, 4)
     }
-    fn io_runs(&self, t: u64, lo: u16, hi: u16) -> Option<Vec<(u16, u16, IoEntry)>> {
-        let tab = self.tables.get(t)?;
+    fn for_each_io_run(
+        &self,
+        t: u64,
+        lo: u16,
+        hi: u16,
+        f: &mut dyn FnMut(u16, u16, IoEntry),
+    ) -> bool {
+        let Some(tab) = self.tables.get(t) else {
+            return false;
+        };
         let level = tab.level;
-        Some(
-            tab.runs_in(lo, hi)
-                .into_iter()
-                .map(|(s, l, e)| (s, l, ept_io_entry(e, level)))
-                .collect(),
-        )
+        for (s, l, e) in tab.iter_runs(lo, hi) {
+            f(s, l, ept_io_entry(e, level));
+        }
+        true
     }
 }

@@ -5,8 +5,6 @@
 //! one frame space shared with guest memory, and LIFO reuse of freed frames so that
 //! a freed table is quickly handed out again, as on a busy host.
 
-use std::collections::BTreeMap;
-
 /// First frame of the page-table pool.
 pub const TABLE_POOL_BASE: u64 = 0x40000;
 /// Distance between fresh pool frames: keeps table frames 2 MiB-aligned, so that a
@@ -49,7 +47,9 @@ pub struct FrameInfo {
 /// The frame allocator and the per-frame state.
 #[derive(Clone, Debug, Default)]
 pub struct MachineMemory {
-    frames: BTreeMap<u64, FrameInfo>,
+    /// Info of every frame ever handed out, indexed by pool slot (the frame of
+    /// slot `k` is `ever[k]`: fresh frames are handed out in slot order).
+    frames: Vec<FrameInfo>,
     free_list: Vec<u64>,
     next_fresh: u64,
     ever: Vec<u64>,
@@ -76,10 +76,14 @@ impl MachineMemory {
                 m
             }
         };
-        let info = self.frames.entry(mfn).or_insert(FrameInfo {
-            state: FrameState::Free,
-            generation: 0,
-        });
+        let slot = Self::slot(mfn).expect("pool frame");
+        if slot == self.frames.len() {
+            self.frames.push(FrameInfo {
+                state: FrameState::Free,
+                generation: 0,
+            });
+        }
+        let info = &mut self.frames[slot];
         info.state = FrameState::Table { owner, level };
         info.generation += 1;
         mfn
@@ -87,7 +91,7 @@ impl MachineMemory {
 
     /// Returns a table frame to the pool (pushed on the LIFO free list).
     pub fn free(&mut self, mfn: u64) {
-        if let Some(info) = self.frames.get_mut(&mfn) {
+        if let Some(info) = Self::slot(mfn).and_then(|s| self.frames.get_mut(s)) {
             if info.state != FrameState::Free {
                 info.state = FrameState::Free;
                 self.free_list.push(mfn);
@@ -98,7 +102,12 @@ impl MachineMemory {
 
     /// State and generation of a frame that has been a table, `None` for any other frame.
     pub fn info(&self, mfn: u64) -> Option<FrameInfo> {
-        self.frames.get(&mfn).copied()
+        self.frames.get(Self::slot(mfn)?).copied()
+    }
+
+    /// Pool slot of `mfn`, if it is a pool frame.
+    fn slot(mfn: u64) -> Option<usize> {
+        crate::table::pool_slot(mfn)
     }
 
     /// True when `mfn` currently holds a live table of `owner`.
@@ -114,7 +123,7 @@ impl MachineMemory {
     /// Frames currently holding a table.
     pub fn live_tables(&self) -> usize {
         self.frames
-            .values()
+            .iter()
             .filter(|i| i.state != FrameState::Free)
             .count()
     }

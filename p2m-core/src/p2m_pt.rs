@@ -495,24 +495,30 @@ impl IoTables for P2mPt {
     fn io_root(&self) -> (u64, u8) {
         (self.root, 4)
     }
-    fn io_runs(&self, t: u64, lo: u16, hi: u16) -> Option<Vec<(u16, u16, IoEntry)>> {
-        let tab = self.tables.get(t)?;
+    fn for_each_io_run(
+        &self,
+        t: u64,
+        lo: u16,
+        hi: u16,
+        f: &mut dyn FnMut(u16, u16, IoEntry),
+    ) -> bool {
+        let Some(tab) = self.tables.get(t) else {
+            return false;
+        };
         let level = tab.level;
-        Some(
-            tab.runs_in(lo, hi)
-                .into_iter()
-                .flat_map(|(s, l, e)| {
-                    // A run of pointers (split 1 GiB with next-level bits) must be
-                    // expanded: each entry points at a different frame.
-                    let io = amd_io_entry(e, level);
-                    match io {
-                        IoEntry::Next { .. } if l > 1 => (0..l)
-                            .map(|k| (s + k, 1, amd_io_entry(e.nth(k as u64, level), level)))
-                            .collect::<Vec<_>>(),
-                        _ => vec![(s, l, io)],
+        for (s, l, e) in tab.iter_runs(lo, hi) {
+            // A run of pointers (split 1 GiB with next-level bits) must be
+            // expanded: each entry points at a different frame.
+            let io = amd_io_entry(e, level);
+            match io {
+                IoEntry::Next { .. } if l > 1 => {
+                    for k in 0..l {
+                        f(s + k, 1, amd_io_entry(e.nth(k as u64, level), level));
                     }
-                })
-                .collect(),
-        )
+                }
+                _ => f(s, l, io),
+            }
+        }
+        true
     }
 }

@@ -5,6 +5,7 @@
 //! the entry's size). A split superpage is one run, never 512 stored entries, and a
 //! 1 GiB leaf is a single entry.
 
+use crate::machine::{TABLE_POOL_BASE, TABLE_POOL_STRIDE};
 use std::collections::BTreeMap;
 
 /// Entries per table (`EPT_PAGETABLE_ENTRIES`, `L1_PAGETABLE_ENTRIES`, `PTE_PER_TABLE_SIZE`).
@@ -31,12 +32,95 @@ pub trait Pte: Copy + Eq + Default + std::fmt::Debug {
     fn nth(&self, k: u64, level: u8) -> Self;
 }
 
-/// One table: its level and its non-zero entries as runs keyed by first index.
+/// One stored run of a table: first index, length, first entry.
+#[derive(Clone, Copy, Debug, Default)]
+struct Run<E> {
+    start: u16,
+    len: u16,
+    first: E,
+}
+
+impl<E> Run<E> {
+    fn end(&self) -> u16 {
+        self.start + self.len
+    }
+}
+
+/// Runs kept in the table itself up to this count (most tables hold one to three).
+const INLINE_RUNS: usize = 3;
+
+/// A sorted list of runs: inline while short, then on the heap.
+#[derive(Clone, Debug)]
+enum RunList<E> {
+    /// The first `.0` elements of the array are the runs.
+    Inline(u8, [Run<E>; INLINE_RUNS]),
+    /// Too many runs to keep inline.
+    Heap(Vec<Run<E>>),
+}
+
+impl<E: Pte> RunList<E> {
+    fn new() -> Self {
+        RunList::Inline(0, [Run::default(); INLINE_RUNS])
+    }
+
+    fn as_slice(&self) -> &[Run<E>] {
+        match self {
+            RunList::Inline(n, a) => &a[..*n as usize],
+            RunList::Heap(v) => v,
+        }
+    }
+
+    fn as_mut_slice(&mut self) -> &mut [Run<E>] {
+        match self {
+            RunList::Inline(n, a) => &mut a[..*n as usize],
+            RunList::Heap(v) => v,
+        }
+    }
+
+    fn insert(&mut self, pos: usize, r: Run<E>) {
+        match self {
+            RunList::Inline(n, a) if (*n as usize) < INLINE_RUNS => {
+                let len = *n as usize;
+                a.copy_within(pos..len, pos + 1);
+                a[pos] = r;
+                *n += 1;
+            }
+            RunList::Inline(n, a) => {
+                let mut v = Vec::with_capacity(4 * INLINE_RUNS);
+                v.extend_from_slice(&a[..*n as usize]);
+                v.insert(pos, r);
+                *self = RunList::Heap(v);
+            }
+            RunList::Heap(v) => v.insert(pos, r),
+        }
+    }
+
+    /// Removes the runs at positions `[a, b)`.
+    fn remove_range(&mut self, a: usize, b: usize) {
+        if a >= b {
+            return;
+        }
+        match self {
+            RunList::Inline(n, arr) => {
+                let len = *n as usize;
+                arr.copy_within(b..len, a);
+                *n -= (b - a) as u8;
+            }
+            RunList::Heap(v) => {
+                v.drain(a..b);
+            }
+        }
+    }
+}
+
+/// One table: its level and its non-zero entries as runs sorted by first index.
 #[derive(Clone, Debug)]
 pub struct Table<E> {
     /// Level of the table (4 = root of a 4-level structure, 1 = 4 KiB leaves).
     pub level: u8,
-    runs: BTreeMap<u16, (u16, E)>,
+    /// Non-overlapping runs, ascending by first index (a table holds few runs,
+    /// except a table of pointers, which holds one per pointer).
+    runs: RunList<E>,
 }
 
 impl<E: Pte> Table<E> {
@@ -44,27 +128,60 @@ impl<E: Pte> Table<E> {
     pub fn new(level: u8) -> Self {
         Table {
             level,
-            runs: BTreeMap::new(),
+            runs: RunList::new(),
+        }
+    }
+
+    /// Number of runs whose first index is at most `idx`. Tries first the run a
+    /// single-run table or a table of one run per index would hold `idx` in.
+    fn count_upto(&self, idx: u16) -> usize {
+        let runs = self.runs.as_slice();
+        let n = runs.len();
+        if n == 0 {
+            return 0;
+        }
+        let g = (idx as usize).min(n - 1);
+        if runs[g].start <= idx && (g + 1 == n || runs[g + 1].start > idx) {
+            return g + 1;
+        }
+        runs.partition_point(|r| r.start <= idx)
+    }
+
+    /// Number of runs whose first index is below `idx`.
+    fn count_below(&self, idx: u16) -> usize {
+        let p = self.count_upto(idx);
+        match p.checked_sub(1) {
+            Some(i) if self.runs.as_slice()[i].start == idx => i,
+            _ => p,
         }
     }
 
     /// The entry at `idx` (zero when absent).
     pub fn get(&self, idx: u16) -> E {
-        match self.runs.range(..=idx).next_back() {
-            Some((&s, &(len, e))) if idx < s + len => e.nth((idx - s) as u64, self.level),
+        let p = self.count_upto(idx);
+        match p.checked_sub(1).map(|i| self.runs.as_slice()[i]) {
+            Some(r) if idx < r.end() => r.first.nth((idx - r.start) as u64, self.level),
             _ => E::default(),
         }
     }
 
-    /// Cuts runs so that `idx` starts a run (if it lies inside one).
-    fn cut(&mut self, idx: u16) {
-        if let Some((&s, &(len, e))) = self.runs.range(..idx).next_back() {
-            if idx < s + len {
-                self.runs.insert(s, (idx - s, e));
-                self.runs
-                    .insert(idx, (s + len - idx, e.nth((idx - s) as u64, self.level)));
+    /// Cuts runs so that `idx` starts a run (if it lies inside one); returns the
+    /// number of runs whose first index is below `idx` afterwards.
+    fn cut(&mut self, idx: u16) -> usize {
+        let p = self.count_below(idx);
+        if let Some(i) = p.checked_sub(1) {
+            let r = self.runs.as_slice()[i];
+            if idx < r.end() {
+                self.runs.as_mut_slice()[i].len = idx - r.start;
+                let tail = Run {
+                    start: idx,
+                    len: r.end() - idx,
+                    first: r.first.nth((idx - r.start) as u64, self.level),
+                };
+                self.runs.insert(p, tail);
             }
         }
+        p
     }
 
     /// Sets `len` entries from `start` to the run starting with `base`.
@@ -73,16 +190,26 @@ impl<E: Pte> Table<E> {
             return;
         }
         let end = start + len;
-        self.cut(start);
-        if end < ENTRIES {
-            self.cut(end);
-        }
-        let keys: Vec<u16> = self.runs.range(start..end).map(|(&k, _)| k).collect();
-        for k in keys {
-            self.runs.remove(&k);
-        }
+        let a = self.cut(start);
+        let b = if end < ENTRIES {
+            self.cut(end)
+        } else {
+            self.runs.as_slice().len()
+        };
         if base != E::default() {
-            self.runs.insert(start, (len, base));
+            let run = Run {
+                start,
+                len,
+                first: base,
+            };
+            if b > a {
+                self.runs.as_mut_slice()[a] = run;
+                self.runs.remove_range(a + 1, b);
+            } else {
+                self.runs.insert(a, run);
+            }
+        } else {
+            self.runs.remove_range(a, b);
         }
     }
 
@@ -93,65 +220,130 @@ impl<E: Pte> Table<E> {
 
     /// Runs intersecting `[lo, hi)`, clipped: `(first index, length, first entry)`.
     pub fn runs_in(&self, lo: u16, hi: u16) -> Vec<(u16, u16, E)> {
-        let mut out = Vec::new();
-        if let Some((&s, &(len, e))) = self.runs.range(..lo).next_back() {
-            if lo < s + len {
-                let end = (s + len).min(hi);
-                out.push((lo, end - lo, e.nth((lo - s) as u64, self.level)));
-            }
-        }
-        for (&s, &(len, e)) in self.runs.range(lo..hi) {
-            out.push((s, (s + len).min(hi) - s, e));
-        }
-        out
+        self.iter_runs(lo, hi).collect()
+    }
+
+    /// Like [`Self::runs_in`], without allocating.
+    pub fn iter_runs(&self, lo: u16, hi: u16) -> impl Iterator<Item = (u16, u16, E)> + '_ {
+        let runs = self.runs.as_slice();
+        let p = self.count_below(lo);
+        let head = p.checked_sub(1).and_then(|i| {
+            let r = runs[i];
+            (lo < r.end()).then(|| {
+                let end = r.end().min(hi);
+                (lo, end - lo, r.first.nth((lo - r.start) as u64, self.level))
+            })
+        });
+        let rest = runs[p..]
+            .iter()
+            .take_while(move |r| r.start < hi)
+            .map(move |r| (r.start, r.end().min(hi) - r.start, r.first));
+        head.into_iter().chain(rest)
     }
 
     /// Number of stored runs (a cost measure).
     pub fn run_count(&self) -> usize {
-        self.runs.len()
+        self.runs.as_slice().len()
     }
 }
 
 /// All tables of one structure, keyed by the machine frame that holds them.
+///
+/// Table frames come from the pool of [`crate::machine`] (fixed base and stride),
+/// so they are stored in a vector indexed by pool slot; any other frame goes to
+/// an ordered map.
 #[derive(Clone, Debug, Default)]
 pub struct TableStore<E> {
-    tables: BTreeMap<u64, Table<E>>,
+    slots: Vec<Option<Table<E>>>,
+    others: BTreeMap<u64, Table<E>>,
+    count: usize,
+}
+
+/// Pool slot of `mfn`, if it is a frame of the table pool.
+pub(crate) fn pool_slot(mfn: u64) -> Option<usize> {
+    let off = mfn.checked_sub(TABLE_POOL_BASE)?;
+    if off % TABLE_POOL_STRIDE != 0 {
+        return None;
+    }
+    usize::try_from(off / TABLE_POOL_STRIDE).ok()
+}
+
+/// Frame of pool slot `slot`.
+fn slot_frame(slot: usize) -> u64 {
+    TABLE_POOL_BASE + slot as u64 * TABLE_POOL_STRIDE
 }
 
 impl<E: Pte> TableStore<E> {
     /// An empty store.
     pub fn new() -> Self {
         TableStore {
-            tables: BTreeMap::new(),
+            slots: Vec::new(),
+            others: BTreeMap::new(),
+            count: 0,
         }
     }
     /// Installs a zeroed table at `mfn`.
     pub fn insert(&mut self, mfn: u64, level: u8) {
-        self.tables.insert(mfn, Table::new(level));
+        let old = match pool_slot(mfn) {
+            Some(s) if s < (1 << 24) => {
+                if s >= self.slots.len() {
+                    self.slots.resize_with(s + 1, || None);
+                }
+                self.slots[s].replace(Table::new(level))
+            }
+            _ => self.others.insert(mfn, Table::new(level)),
+        };
+        if old.is_none() {
+            self.count += 1;
+        }
     }
     /// Drops the table held in `mfn` (its frame is being freed).
     pub fn remove(&mut self, mfn: u64) -> Option<Table<E>> {
-        self.tables.remove(&mfn)
+        let old = match pool_slot(mfn) {
+            Some(s) if s < (1 << 24) => self.slots.get_mut(s).and_then(Option::take),
+            _ => self.others.remove(&mfn),
+        };
+        if old.is_some() {
+            self.count -= 1;
+        }
+        old
     }
     /// The table in `mfn`, if that frame holds one of this structure's tables.
     pub fn get(&self, mfn: u64) -> Option<&Table<E>> {
-        self.tables.get(&mfn)
+        match pool_slot(mfn) {
+            Some(s) if s < (1 << 24) => self.slots.get(s)?.as_ref(),
+            _ => self.others.get(&mfn),
+        }
     }
     /// Mutable access to the table in `mfn`.
     pub fn get_mut(&mut self, mfn: u64) -> Option<&mut Table<E>> {
-        self.tables.get_mut(&mfn)
+        match pool_slot(mfn) {
+            Some(s) if s < (1 << 24) => self.slots.get_mut(s)?.as_mut(),
+            _ => self.others.get_mut(&mfn),
+        }
     }
     /// Number of tables.
     pub fn len(&self) -> usize {
-        self.tables.len()
+        self.count
     }
     /// True when there is no table.
     pub fn is_empty(&self) -> bool {
-        self.tables.is_empty()
+        self.count == 0
     }
     /// Frames holding tables, ascending.
     pub fn frames(&self) -> impl Iterator<Item = (u64, &Table<E>)> {
-        self.tables.iter().map(|(k, v)| (*k, v))
+        let mut pool = self
+            .slots
+            .iter()
+            .enumerate()
+            .filter_map(|(s, t)| Some((slot_frame(s), t.as_ref()?)))
+            .peekable();
+        let mut others = self.others.iter().map(|(k, v)| (*k, v)).peekable();
+        std::iter::from_fn(move || match (pool.peek(), others.peek()) {
+            (Some(a), Some(b)) if b.0 < a.0 => others.next(),
+            (Some(_), _) => pool.next(),
+            (None, _) => others.next(),
+        })
     }
 }
 
@@ -189,6 +381,122 @@ mod tests {
         assert_eq!(r[0], (5, 2, T(0x1005)));
         assert_eq!(r[1], (7, 1, T(0x9999)));
         assert_eq!(r[2], (9, 3, T(0x1009)));
+    }
+
+    /// The run semantics of the original ordered-map representation: same run
+    /// boundaries (runs are cut, never merged), same entries.
+    #[derive(Default)]
+    struct MapTable(std::collections::BTreeMap<u16, (u16, T)>);
+
+    impl MapTable {
+        fn cut(&mut self, idx: u16, level: u8) {
+            if let Some((&s, &(len, e))) = self.0.range(..idx).next_back() {
+                if idx < s + len {
+                    self.0.insert(s, (idx - s, e));
+                    self.0
+                        .insert(idx, (s + len - idx, e.nth((idx - s) as u64, level)));
+                }
+            }
+        }
+        fn fill(&mut self, start: u16, len: u16, base: T, level: u8) {
+            if len == 0 {
+                return;
+            }
+            let end = start + len;
+            self.cut(start, level);
+            if end < ENTRIES {
+                self.cut(end, level);
+            }
+            let keys: Vec<u16> = self.0.range(start..end).map(|(&k, _)| k).collect();
+            for k in keys {
+                self.0.remove(&k);
+            }
+            if base != T::default() {
+                self.0.insert(start, (len, base));
+            }
+        }
+        fn runs_in(&self, lo: u16, hi: u16, level: u8) -> Vec<(u16, u16, T)> {
+            let mut out = Vec::new();
+            if let Some((&s, &(len, e))) = self.0.range(..lo).next_back() {
+                if lo < s + len {
+                    let end = (s + len).min(hi);
+                    out.push((lo, end - lo, e.nth((lo - s) as u64, level)));
+                }
+            }
+            for (&s, &(len, e)) in self.0.range(lo..hi) {
+                out.push((s, (s + len).min(hi) - s, e));
+            }
+            out
+        }
+    }
+
+    #[test]
+    fn same_runs_as_ordered_map() {
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        let mut next = |n: u64| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed % n
+        };
+        for level in [1u8, 2] {
+            let mut t: Table<T> = Table::new(level);
+            let mut m = MapTable::default();
+            for step in 0..20_000 {
+                // Mostly short fills, so that tables grow past the inline runs.
+                let start = next(512) as u16;
+                let max = if next(8) == 0 {
+                    512 - start
+                } else {
+                    (512 - start).min(4)
+                };
+                let len = next(max as u64 + 1) as u16;
+                let base = if next(4) == 0 {
+                    T(0)
+                } else {
+                    T(next(1 << 20) + 1)
+                };
+                t.fill(start, len, base);
+                m.fill(start, len, base, level);
+                let (lo, hi) = (next(512) as u16, 512);
+                let lo2 = next(512) as u16;
+                let hi2 = lo2 + next((512 - lo2) as u64 + 1) as u16;
+                assert_eq!(t.runs_in(lo, hi), m.runs_in(lo, hi, level), "step {step}");
+                assert_eq!(
+                    t.runs_in(lo2, hi2),
+                    m.runs_in(lo2, hi2, level),
+                    "step {step}"
+                );
+                assert_eq!(t.run_count(), m.0.len(), "step {step}");
+                let idx = next(512) as u16;
+                let want = m.runs_in(idx, idx + 1, level).first().map_or(T(0), |r| r.2);
+                assert_eq!(t.get(idx), want, "step {step}");
+                if next(500) == 0 {
+                    t.fill(0, 512, T(0));
+                    m.fill(0, 512, T(0), level);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn store_frames_ascending() {
+        let mut s: TableStore<T> = TableStore::new();
+        let pool = |k: u64| TABLE_POOL_BASE + k * TABLE_POOL_STRIDE;
+        for f in [pool(3), 7, pool(0), pool(1) + 1, pool(9), u64::MAX] {
+            s.insert(f, 1);
+        }
+        assert_eq!(s.len(), 6);
+        let frames: Vec<u64> = s.frames().map(|(f, _)| f).collect();
+        assert_eq!(
+            frames,
+            [7, pool(0), pool(1) + 1, pool(3), pool(9), u64::MAX]
+        );
+        assert!(s.get(pool(2)).is_none() && s.get(pool(100)).is_none());
+        assert!(s.remove(pool(3)).is_some() && s.remove(pool(3)).is_none());
+        assert!(s.remove(7).is_some());
+        assert_eq!(s.len(), 4);
+        assert!(s.get_mut(pool(9)).is_some());
     }
 
     #[test]

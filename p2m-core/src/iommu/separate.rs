@@ -14,7 +14,7 @@ use super::walk::{IoEntry, IoTables};
 use super::{note_overwrite, Iommu};
 use crate::machine::{MachineMemory, TableOwner};
 use crate::revision::Switches;
-use crate::table::{index_of, pages_per_table, Pte, TableStore, ENTRIES};
+use crate::table::{index_of, pages_per_entry, pages_per_table, Pte, TableStore, ENTRIES};
 use crate::types::{GfnRange, IommuPerm, Vendor};
 
 /// A VT-d `dma_pte` or AMD-Vi PTE/PDE, with the fields that matter.
@@ -105,22 +105,41 @@ impl SeparateTables {
         }
     }
 
-    /// Walks to the level-1 table for `gfn`, allocating missing tables when `alloc`
-    /// (`addr_to_dma_page_maddr` / `iommu_pde_from_gfn`). New non-leaf entries
-    /// replace non-present ones, which are never cached.
-    fn l1_table(&mut self, mem: &mut MachineMemory, gfn: u64, alloc: bool) -> Option<u64> {
-        let mut t = self.root;
-        let mut level = self.root_level;
-        while level > 1 {
-            let idx = index_of(gfn, level);
-            let e = self.tables.get(t)?.get(idx);
-            let present = e.present && e.next_level != 0;
-            if present {
-                t = e.addr;
-            } else {
-                if !alloc {
-                    return None;
-                }
+    /// Walks to the level-1 tables for `range`, allocating missing tables when
+    /// `alloc` (`addr_to_dma_page_maddr` / `iommu_pde_from_gfn`, once per page in
+    /// Xen). New non-leaf entries replace non-present ones, which are never cached.
+    ///
+    /// Pushes `(level-1 table, chunk)` for each chunk of `range` that falls in one
+    /// level-1 table, in ascending order; each table on the way is visited once,
+    /// and tables are allocated in the order a per-page loop would allocate them.
+    /// `range` lies inside one entry of the table above `t` (or is the whole
+    /// range at the root).
+    fn l1_table(
+        &mut self,
+        mem: &mut MachineMemory,
+        t: u64,
+        level: u8,
+        range: GfnRange,
+        alloc: bool,
+        out: &mut Vec<(u64, GfnRange)>,
+    ) {
+        if level == 1 {
+            out.push((t, range));
+            return;
+        }
+        let per = pages_per_entry(level);
+        let mut s = range.start;
+        while s < range.end {
+            let e_end = ((s / per + 1) * per).min(range.end);
+            let idx = index_of(s, level);
+            let Some(tab) = self.tables.get(t) else {
+                // Every page below `t` finds no table: nothing to do for any of them.
+                return;
+            };
+            let e = tab.get(idx);
+            let child = if e.present && e.next_level != 0 {
+                Some(e.addr)
+            } else if alloc {
                 let nt = mem.alloc(TableOwner::Iommu, level - 1);
                 self.tables.insert(nt, level - 1);
                 let ne = IoPte {
@@ -129,30 +148,45 @@ impl SeparateTables {
                     addr: nt,
                     perm: IommuPerm::RW,
                 };
-                self.tables.get_mut(t)?.set(idx, ne);
-                t = nt;
+                if let Some(tab) = self.tables.get_mut(t) {
+                    tab.set(idx, ne);
+                }
+                Some(nt)
+            } else {
+                None
+            };
+            if let Some(c) = child {
+                self.l1_table(
+                    mem,
+                    c,
+                    level - 1,
+                    GfnRange {
+                        start: s,
+                        end: e_end,
+                    },
+                    alloc,
+                    out,
+                );
             }
-            level -= 1;
+            s = e_end;
         }
-        Some(t)
     }
 
-    /// Chunks of `[gfn, gfn+pages)` that fall in one level-1 table.
-    fn chunks(gfn: u64, pages: u64) -> impl Iterator<Item = GfnRange> {
-        let end = gfn + pages;
-        let mut s = gfn;
-        std::iter::from_fn(move || {
-            if s >= end {
-                return None;
-            }
-            let e = ((s / 512) + 1) * 512;
-            let r = GfnRange {
-                start: s,
-                end: e.min(end),
-            };
-            s = r.end;
-            Some(r)
-        })
+    /// The level-1 tables and chunks of `[gfn, gfn+pages)` (see [`Self::l1_table`]).
+    fn l1_chunks(
+        &mut self,
+        mem: &mut MachineMemory,
+        gfn: u64,
+        pages: u64,
+        alloc: bool,
+    ) -> Vec<(u64, GfnRange)> {
+        let mut out = Vec::new();
+        let range = GfnRange {
+            start: gfn,
+            end: gfn + pages,
+        };
+        self.l1_table(mem, self.root, self.root_level, range, alloc, &mut out);
+        out
     }
 
     /// The `map_page` loop (`intel_iommu_map_page` / `amd_iommu_map_page`).
@@ -175,10 +209,12 @@ impl SeparateTables {
         if vendor == Vendor::Amd {
             self.update_paging_mode(iommu, mem, gfn + pages - 1);
         }
-        for chunk in Self::chunks(gfn, pages) {
-            let Some(l1) = self.l1_table(mem, chunk.start, true) else {
-                continue;
-            };
+        // Leaf writes allocate nothing, so all tables can be found (and allocated,
+        // in the same order) before the leaves are written.
+        let chunks = self.l1_chunks(mem, gfn, pages, true);
+        let mut pieces: Vec<(u16, u16, IoPte)> = Vec::new();
+        let mut flush: Vec<GfnRange> = Vec::new();
+        for (l1, chunk) in chunks {
             let lo = index_of(chunk.start, 1);
             let hi = lo + chunk.len() as u16;
             let new_at = |idx: u16| IoPte {
@@ -187,26 +223,23 @@ impl SeparateTables {
                 addr: mfn.wrapping_add(chunk.start - gfn + (idx - lo) as u64),
                 perm,
             };
-            let old_runs = self
-                .tables
-                .get(l1)
-                .map(|t| t.runs_in(lo, hi))
-                .unwrap_or_default();
             // Gaps between stored runs are zero entries.
-            let mut pieces: Vec<(u16, u16, IoPte)> = Vec::new();
+            pieces.clear();
             let mut at = lo;
-            for (s, l, e) in old_runs {
-                if s > at {
-                    pieces.push((at, s - at, IoPte::default()));
+            if let Some(t) = self.tables.get(l1) {
+                for (s, l, e) in t.iter_runs(lo, hi) {
+                    if s > at {
+                        pieces.push((at, s - at, IoPte::default()));
+                    }
+                    pieces.push((s, l, e));
+                    at = s + l;
                 }
-                pieces.push((s, l, e));
-                at = s + l;
             }
             if at < hi {
                 pieces.push((at, hi - at, IoPte::default()));
             }
-            let mut flush: Vec<GfnRange> = Vec::new();
-            for (s, l, old) in pieces {
+            flush.clear();
+            for &(s, l, old) in &pieces {
                 let n = new_at(s);
                 let range = GfnRange {
                     start: chunk.start + (s - lo) as u64,
@@ -250,7 +283,9 @@ impl SeparateTables {
                             flush.push(range);
                         } else if !old.present {
                             // Old address 0: only a new address of 0 compares equal.
-                            let zero_at = (0..l).find(|&k| new_at(s + k).addr == old.addr);
+                            // The new addresses advance by one per page from `n.addr`.
+                            let k = old.addr.wrapping_sub(n.addr);
+                            let zero_at = (k < l as u64).then_some(k as u16);
                             match zero_at {
                                 None => flush.push(range),
                                 Some(k) => {
@@ -275,7 +310,7 @@ impl SeparateTables {
                     t.fill(s, l, n);
                 }
             }
-            for r in flush {
+            for &r in &flush {
                 let per_page = match vendor {
                     Vendor::Vtd => Invalidation::VtdPsi {
                         gfn: r.start,
@@ -309,18 +344,18 @@ impl SeparateTables {
         if vendor == Vendor::Amd {
             self.update_paging_mode(iommu, mem, gfn + pages - 1);
         }
-        for chunk in Self::chunks(gfn, pages) {
-            // VT-d looks the table up without allocating; AMD's iommu_pde_from_gfn
-            // allocates missing levels even to unmap.
-            let l1 = self.l1_table(mem, chunk.start, vendor == Vendor::Amd);
-            let Some(l1) = l1 else { continue };
+        // VT-d looks the table up without allocating; AMD's iommu_pde_from_gfn
+        // allocates missing levels even to unmap. Clearing leaves allocates nothing,
+        // so all tables can be found first.
+        let chunks = self.l1_chunks(mem, gfn, pages, vendor == Vendor::Amd);
+        for (l1, chunk) in chunks {
             let lo = index_of(chunk.start, 1);
             let hi = lo + chunk.len() as u16;
             let old_runs = self
                 .tables
                 .get(l1)
-                .map(|t| t.runs_in(lo, hi))
-                .unwrap_or_default();
+                .into_iter()
+                .flat_map(|t| t.iter_runs(lo, hi));
             for (s, l, old) in old_runs {
                 if !old.present {
                     continue;
@@ -331,7 +366,7 @@ impl SeparateTables {
                 };
                 note_overwrite(
                     &mut iommu.caches,
-                    &*self,
+                    self,
                     mem,
                     range,
                     1,
@@ -377,31 +412,35 @@ impl IoTables for SeparateTables {
     fn io_root(&self) -> (u64, u8) {
         (self.root, self.root_level)
     }
-    fn io_runs(&self, t: u64, lo: u16, hi: u16) -> Option<Vec<(u16, u16, IoEntry)>> {
-        let table = self.tables.get(t)?;
+    fn for_each_io_run(
+        &self,
+        t: u64,
+        lo: u16,
+        hi: u16,
+        f: &mut dyn FnMut(u16, u16, IoEntry),
+    ) -> bool {
+        let Some(table) = self.tables.get(t) else {
+            return false;
+        };
         let level = table.level;
-        Some(
-            table
-                .runs_in(lo, hi.min(ENTRIES))
-                .into_iter()
-                .map(|(s, l, e)| {
-                    let io = if !e.present || e.perm.is_none() && self.vendor() == Vendor::Vtd {
-                        IoEntry::NotPresent
-                    } else if e.next_level == 0 || level == 1 {
-                        IoEntry::Leaf {
-                            mfn: e.addr,
-                            perm: e.perm,
-                        }
-                    } else {
-                        IoEntry::Next {
-                            table: e.addr,
-                            level: e.next_level,
-                            perm: e.perm,
-                        }
-                    };
-                    (s, l, io)
-                })
-                .collect(),
-        )
+        let vtd = self.vendor() == Vendor::Vtd;
+        for (s, l, e) in table.iter_runs(lo, hi.min(ENTRIES)) {
+            let io = if !e.present || e.perm.is_none() && vtd {
+                IoEntry::NotPresent
+            } else if e.next_level == 0 || level == 1 {
+                IoEntry::Leaf {
+                    mfn: e.addr,
+                    perm: e.perm,
+                }
+            } else {
+                IoEntry::Next {
+                    table: e.addr,
+                    level: e.next_level,
+                    perm: e.perm,
+                }
+            };
+            f(s, l, io);
+        }
+        true
     }
 }

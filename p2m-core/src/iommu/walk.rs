@@ -48,7 +48,20 @@ pub trait IoTables {
     fn io_root(&self) -> (u64, u8);
     /// Entries `[lo, hi)` of the table in frame `t`, as runs `(index, len, first)`;
     /// `None` when `t` holds no table of this structure.
-    fn io_runs(&self, t: u64, lo: u16, hi: u16) -> Option<Vec<(u16, u16, IoEntry)>>;
+    fn io_runs(&self, t: u64, lo: u16, hi: u16) -> Option<Vec<(u16, u16, IoEntry)>> {
+        let mut out = Vec::new();
+        self.for_each_io_run(t, lo, hi, &mut |s, l, e| out.push((s, l, e)))
+            .then_some(out)
+    }
+    /// Calls `f` on each run [`Self::io_runs`] would return, in order, without
+    /// allocating; false (and no call) when `t` holds no table of this structure.
+    fn for_each_io_run(
+        &self,
+        t: u64,
+        lo: u16,
+        hi: u16,
+        f: &mut dyn FnMut(u16, u16, IoEntry),
+    ) -> bool;
 }
 
 /// A translation the device can use: frames `range` map linearly from `mfn`.
@@ -141,59 +154,56 @@ pub fn walk(
     }
     let lo = index_of(range.start, level);
     let hi = index_of(range.end - 1, level) + 1;
-    let Some(runs) = tables.io_runs(frame, lo, hi) else {
-        out.faults.push(WalkFault::NonTableFrame { frame, range });
-        return;
-    };
     let per = pages_per_entry(level);
-    for (idx, len, first) in runs {
-        match first {
-            IoEntry::NotPresent => {}
-            IoEntry::Leaf { mfn, perm } => {
-                let run = GfnRange {
-                    start: base + idx as u64 * per,
-                    end: base + (idx + len) as u64 * per,
-                };
-                if let Some(r) = run.intersect(&range) {
-                    out.translations.push(Translation {
-                        range: r,
-                        mfn: mfn.wrapping_add(r.start - run.start),
-                        perm: perm.and(perm_above),
-                        leaf_pages: per,
-                    });
-                }
-            }
-            IoEntry::Next { .. } => {
-                for k in 0..len {
-                    let IoEntry::Next {
-                        table,
-                        level: nl,
-                        perm,
-                    } = first.nth(k as u64, level)
-                    else {
-                        continue;
-                    };
-                    let ebase = base + (idx + k) as u64 * per;
-                    let erange = GfnRange {
-                        start: ebase,
-                        end: ebase + per,
-                    };
-                    let Some(r) = erange.intersect(&range) else {
-                        continue;
-                    };
-                    let p = perm.and(perm_above);
-                    if nl == 0 || nl >= level {
-                        // An invalid next-level value: the hardware faults the walk.
-                        continue;
-                    }
-                    let gen = mem.info(table).map(|i| i.generation).unwrap_or(0);
-                    out.nonleaf.push((erange, table, nl, gen, p));
-                    // A level-skipping pointer covers the same span with a lower table;
-                    // the base of that table is still the entry's base.
-                    walk(tables, mem, table, nl, ebase, r, p, None, out);
-                }
+    let found = tables.for_each_io_run(frame, lo, hi, &mut |idx, len, first| match first {
+        IoEntry::NotPresent => {}
+        IoEntry::Leaf { mfn, perm } => {
+            let run = GfnRange {
+                start: base + idx as u64 * per,
+                end: base + (idx + len) as u64 * per,
+            };
+            if let Some(r) = run.intersect(&range) {
+                out.translations.push(Translation {
+                    range: r,
+                    mfn: mfn.wrapping_add(r.start - run.start),
+                    perm: perm.and(perm_above),
+                    leaf_pages: per,
+                });
             }
         }
+        IoEntry::Next { .. } => {
+            for k in 0..len {
+                let IoEntry::Next {
+                    table,
+                    level: nl,
+                    perm,
+                } = first.nth(k as u64, level)
+                else {
+                    continue;
+                };
+                let ebase = base + (idx + k) as u64 * per;
+                let erange = GfnRange {
+                    start: ebase,
+                    end: ebase + per,
+                };
+                let Some(r) = erange.intersect(&range) else {
+                    continue;
+                };
+                let p = perm.and(perm_above);
+                if nl == 0 || nl >= level {
+                    // An invalid next-level value: the hardware faults the walk.
+                    continue;
+                }
+                let gen = mem.info(table).map(|i| i.generation).unwrap_or(0);
+                out.nonleaf.push((erange, table, nl, gen, p));
+                // A level-skipping pointer covers the same span with a lower table;
+                // the base of that table is still the entry's base.
+                walk(tables, mem, table, nl, ebase, r, p, None, out);
+            }
+        }
+    });
+    if !found {
+        out.faults.push(WalkFault::NonTableFrame { frame, range });
     }
 }
 
