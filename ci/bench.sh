@@ -1,0 +1,122 @@
+#!/usr/bin/env bash
+# Produces BENCHMARKS.md: fuzz-target throughput next to `ceiling`, time to first
+# divergence per historical hole (libFuzzer and `hunt`, median of 5 seeds), and the
+# exhaustive mode's speed at depth 3.
+#
+# Usage: ci/bench.sh [SECONDS_PER_TARGET]   (default 60; writes BENCHMARKS.md)
+# Env:   BENCH_SEEDS (default "1 2 3 4 5"), BENCH_OUT (default BENCHMARKS.md),
+#        BENCH_TTF_BUDGET seconds per time-to-first-divergence run (default 60).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+secs=${1:-60}
+seeds=${BENCH_SEEDS:-1 2 3 4 5}
+out=${BENCH_OUT:-BENCHMARKS.md}
+budget=${BENCH_TTF_BUDGET:-60}
+export PATH="$HOME/.cargo/bin:$PATH"
+command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
+
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+
+cargo build --release -q -p harness
+cli=target/release/p2m-fuzz
+(cd fuzz && cargo fuzz build -s none >/dev/null 2>&1)
+bin=fuzz/target/x86_64-unknown-linux-gnu/release
+
+now() { date +%s.%N; }
+median() { sort -g | awk '{a[NR]=$1} END {if (NR==0) print "n/a"; else if (NR%2) print a[(NR+1)/2]; else printf "%.3f\n", (a[NR/2]+a[NR/2+1])/2}'; }
+
+# --- 1. throughput: each target next to `ceiling`, same seed corpus, 1 job, -s none.
+thr=()
+for t in ceiling mixed ept npt shadow; do
+  src=corpus/$t; [ "$t" = ceiling ] && src=corpus/mixed
+  mkdir -p "$work/c-$t"; cp -r "$src"/. "$work/c-$t"/ 2>/dev/null || true
+  log="$work/$t.log"
+  "$bin/$t" -max_total_time="$secs" -print_final_stats=1 "$work/c-$t" >"$log" 2>&1 || true
+  execs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -1)
+  rate=$(awk -v e="${execs:-0}" -v s="$secs" 'BEGIN {printf "%.0f", e / s}')
+  thr+=("$t $rate ${execs:-0}")
+  echo "throughput $t: $rate execs/s" >&2
+done
+ceil=$(printf '%s\n' "${thr[@]}" | awk '$1 == "ceiling" {print $2}')
+
+# --- 2. time to first divergence per historical root cause: the regression files name
+# the revision (directory) and root-cause switch; every other known culprit of that
+# revision is assumed fixed so that only this hole is left to find.
+ttf=()
+for f in corpus/regressions/*/*.trace; do
+  rev=$(basename "$(dirname "$f")")
+  name=$(basename "$f" .trace)
+  cause=$(sed -n 's/^# root-cause: //p' "$f")
+  mode=$(sed -n 's/^config mode=\([a-z]*\).*/\1/p' "$f")
+  others=$(sed -n 's/^# root-cause: //p' corpus/regressions/"$rev"/*.trace | tr ' ' '\n' | sort -u | grep -vxF -f <(tr ' ' '\n' <<<"$cause") | paste -sd, - || true)
+  lf=(); hu=()
+  for s in $seeds; do
+    rm -rf "$work/e"; mkdir -p "$work/e" "$work/art"
+    t0=$(now)
+    P2M_REVISION=$rev P2M_ASSUME_FIXED=$others "$bin/$mode" -seed="$s" -max_total_time="$budget" \
+      -artifact_prefix="$work/art/" "$work/e" >"$work/lf.log" 2>&1 && found=no || found=yes
+    t1=$(now)
+    if [ $found = yes ]; then lf+=("$(awk -v a="$t0" -v b="$t1" 'BEGIN {printf "%.3f", b - a}')"); fi
+    args=(); IFS=, read -ra oa <<<"$others"; for o in "${oa[@]}"; do [ -n "$o" ] && args+=(--assume-fixed "$o"); done
+    t0=$(now)
+    "$cli" hunt --revision "$rev" --mode "$mode" --seed "$s" --seconds "$budget" --out "$work/h" "${args[@]}" >/dev/null 2>&1 && found=no || found=yes
+    t1=$(now)
+    if [ $found = yes ]; then hu+=("$(awk -v a="$t0" -v b="$t1" 'BEGIN {printf "%.3f", b - a}')"); fi
+  done
+  n=$(wc -w <<<"$seeds")
+  ml=$(printf '%s\n' "${lf[@]}" | grep . | median || echo n/a)
+  mh=$(printf '%s\n' "${hu[@]}" | grep . | median || echo n/a)
+  ttf+=("| $rev | $name | $mode | ${ml} (${#lf[@]}/$n) | ${mh} (${#hu[@]}/$n) |")
+  echo "ttf $rev $name: libFuzzer $ml, hunt $mh" >&2
+done
+
+# --- 3. exhaustive depth 3 per mode.
+ex=()
+for rev in fixed; do
+  for m in ept npt shadow; do
+    t0=$(now)
+    "$cli" exhaustive --mode "$m" --revision "$rev" --depth 3 >"$work/ex.log" 2>&1 || true
+    t1=$(now)
+    wall=$(awk -v a="$t0" -v b="$t1" 'BEGIN {printf "%.2f", b - a}')
+    seqs=$(grep -oE '[0-9]+ sequences' "$work/ex.log" | tail -1 | grep -oE '[0-9]+' || echo 0)
+    rate=$(awk -v n="${seqs:-0}" -v w="$wall" 'BEGIN {printf "%.0f", n / w}')
+    ex+=("| $m | $rev | $seqs | $wall | $rate |")
+    echo "exhaustive $m: $seqs sequences in $wall s" >&2
+  done
+done
+
+{
+  echo "# Benchmarks"
+  echo
+  echo "Produced by \`ci/bench.sh $secs\` on $(date -u +%Y-%m-%d) ($(nproc) cores, $(uname -m), $(rustc --version))."
+  echo "Re-run it to refresh this file; nothing here is typed by hand."
+  echo
+  echo "## Fuzz-target throughput (libFuzzer, \`-s none\`, 1 job, ${secs} s each, from the committed seed corpus)"
+  echo
+  echo "| target | execs/s | executions | vs \`ceiling\` |"
+  echo "|---|---|---|---|"
+  for r in "${thr[@]}"; do
+    read -r t rate execs <<<"$r"
+    pct=$(awk -v a="$rate" -v c="$ceil" 'BEGIN {if (c > 0) printf "%.1f%%", 100 * a / c; else print "n/a"}')
+    echo "| $t | $rate | $execs | $pct |"
+  done
+  echo
+  echo "## Time to first divergence, per historical hole (median of seeds: $seeds; budget ${budget} s)"
+  echo
+  echo "Each row is one \`corpus/regressions/<revision>/<bug>.trace\`: the revision is fuzzed from an"
+  echo "empty corpus with every *other* root cause of that revision assumed fixed"
+  echo "(\`P2M_ASSUME_FIXED\` / \`hunt --assume-fixed\`), so the time is that of finding this hole."
+  echo "Seconds of wall time including process start; (k/n) = seeds that found it."
+  echo
+  echo "| revision | hole | target / mode | libFuzzer (s) | hunt (s) |"
+  echo "|---|---|---|---|---|"
+  printf '%s\n' "${ttf[@]}"
+  echo
+  echo "## Exhaustive mode, depth 3"
+  echo
+  echo "| mode | revision | sequences | wall (s) | sequences/s |"
+  echo "|---|---|---|---|---|"
+  printf '%s\n' "${ex[@]}"
+} >"$out"
+echo "wrote $out" >&2
