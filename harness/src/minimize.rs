@@ -47,6 +47,31 @@ fn simpler_ops(op: &Op) -> Vec<Op> {
         s.mfn = MfnSel::Invalid;
         v.push(Op::SetEntry(s));
     }
+    // Rounder numbers, each strictly smaller (so shrinking terminates): the gfn and a
+    // literal frame aligned down to 1 GiB, then 2 MiB; the first page-table frame.
+    for shift in [18u32, 9] {
+        let g = e.gfn & !((1u64 << shift) - 1);
+        if g < e.gfn {
+            let mut s = *e;
+            s.gfn = g;
+            v.push(Op::SetEntry(s));
+        }
+        if let MfnSel::Frame(m) = e.mfn {
+            let m2 = m & !((1u64 << shift) - 1);
+            if m2 < m {
+                let mut s = *e;
+                s.mfn = MfnSel::Frame(m2);
+                v.push(Op::SetEntry(s));
+            }
+        }
+    }
+    if let MfnSel::TableFrame(k) = e.mfn {
+        if k > 0 {
+            let mut s = *e;
+            s.mfn = MfnSel::TableFrame(0);
+            v.push(Op::SetEntry(s));
+        }
+    }
     v
 }
 
@@ -96,6 +121,14 @@ pub fn minimize(s: &Scenario, rev: Revision) -> Scenario {
                     changed = true;
                     break;
                 }
+            }
+        }
+        if cur.allow_under_permissive {
+            let mut t = cur.clone();
+            t.allow_under_permissive = false;
+            if class_of(&t, rev) == Some(class) {
+                cur = t;
+                changed = true;
             }
         }
         if !changed {

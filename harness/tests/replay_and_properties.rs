@@ -180,3 +180,37 @@ fn swarm_exercises_every_counter() {
         );
     }
 }
+
+/// A libFuzzer artifact of the `npt` target (run with `P2M_REVISION=patch-v1` and the other
+/// patch-v1 holes assumed fixed) shrinks to George's case: ≤ 4 ops, same class, same root cause.
+#[test]
+fn minimize_turns_a_fuzz_artifact_into_georges_case() {
+    use harness::blame::blame;
+    use harness::minimize::minimize;
+    use harness::scenario::decode_with_mode;
+    let artifact: [u8; 37] = [
+        0xff, 0x2a, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0xd5,
+        0x43, 0x43, 0x42, 0xbc, 0x43, 0x00, 0xf3, 0xff, 0xff, 0xff, 0x2a, 0xd5, 0x43, 0x43, 0x42,
+        0xbc, 0x00, 0x00, 0xf3, 0xff, 0xff, 0xff,
+    ];
+    let others: Vec<String> = [
+        "ept_need_modify_requires_present_leaf",
+        "iommu_flags_require_present_entry",
+        "pt_split_1g_keeps_leaf_nlevel",
+        "amd_map_flush_on_perm_change",
+    ]
+    .map(String::from)
+    .to_vec();
+    let rev = assume_fixed(revision_by_name("patch-v1").unwrap(), &others).unwrap();
+    let s = decode_with_mode(&artifact, p2m_core::Mode::Npt).unwrap();
+    let class = run(&s, rev)
+        .divergence
+        .expect("the artifact diverges")
+        .class();
+    let small = minimize(&s, rev);
+    assert!(small.ops.len() <= 4, "{} ops:\n{small}", small.ops.len());
+    assert_eq!(run(&small, rev).divergence.map(|d| d.class()), Some(class));
+    assert_eq!(class, DivergenceClass::FreedFrameReachable);
+    let b = blame(&small, revision_by_name("patch-v1").unwrap()).unwrap();
+    assert_eq!(b.culprits, vec!["pt_iommu_conditions"], "{small}");
+}
