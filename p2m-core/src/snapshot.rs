@@ -704,6 +704,7 @@ mod tests {
     use crate::types::{Mfn, Mode, INVALID_MFN};
     use crate::Revision;
 
+    /// George Dunlap's case: a 4 KiB map, then an empty 2 MiB entry over it (NPT, shared).
     fn george(rev: &str) -> Domain {
         let mut d = Domain::new(
             Config {
@@ -720,6 +721,7 @@ mod tests {
         d
     }
 
+    /// Under patch-v1 the PSC record left by seq 2 still points at the freed L1 frame.
     #[test]
     fn george_patch_v1_shows_stale_psc_record_to_freed_frame() {
         let d = george("patch-v1");
@@ -761,6 +763,7 @@ mod tests {
         assert!(l2.runs.iter().all(|r| r.first > 1 || r.first + r.len <= 1));
     }
 
+    /// Under fixed the flush removes every non-leaf record and nothing freed is reachable.
     #[test]
     fn george_fixed_leaves_nothing_reachable() {
         let s = Snapshot::of(&george("fixed"));
@@ -771,6 +774,7 @@ mod tests {
             .all(|r| !matches!(r.record.kind, RecordKind::NonLeaf { .. })));
     }
 
+    /// Separate VT-d tables are listed with owner, format, levels and gfn bases.
     #[test]
     fn separate_tables_are_listed_with_their_owner() {
         let mut d = Domain::new(
@@ -809,6 +813,7 @@ mod tests {
         assert_eq!(s.table(io_path[3]).unwrap().base_gfn, Some(0x40000));
     }
 
+    /// Two snapshots of the same state are equal.
     #[test]
     fn snapshot_is_deterministic() {
         assert_eq!(
