@@ -555,7 +555,7 @@ impl Snapshot {
                 .find(|r| (r.first as u64) <= idx && idx < r.first as u64 + r.len as u64);
             match hit.map(|r| r.target) {
                 Some(EntryTarget::Table { frame: next }) => {
-                    base += idx * per;
+                    base = base.saturating_add(idx.saturating_mul(per));
                     frame = next;
                 }
                 _ => break,
@@ -585,7 +585,7 @@ impl Snapshot {
             let per = per_entry(t.level);
             for r in &t.runs {
                 if let EntryTarget::Table { frame: child } = r.target {
-                    let cb = b.wrapping_add(r.first as u64 * per);
+                    let cb = b.saturating_add((r.first as u64).saturating_mul(per));
                     if let Some(ct) = self.table(child) {
                         if ct.owner == t.owner && ct.level < t.level {
                             stack.push((child, cb));
