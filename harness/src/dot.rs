@@ -1326,17 +1326,9 @@ impl<'a> Renderer<'a> {
         s
     }
 
-    /// The whole graph.
-    fn render(mut self) -> String {
+    /// The tables that are never collapsed (see the module doc), with ancestors.
+    fn interesting(&self, groups: &[RecordGroup], bad: &[BadUnit]) -> BTreeSet<u64> {
         let snap = self.snap;
-        let (groups, hidden_records) = self.record_groups();
-        let shown_records: BTreeSet<usize> = groups
-            .iter()
-            .flat_map(|g| g.members.iter().copied())
-            .collect();
-        let (bad, hidden_bad) = self.bad_units(&shown_records);
-
-        // Interesting tables.
         let mut interesting: BTreeSet<u64> = BTreeSet::new();
         for owner in [TableOwner::P2m, TableOwner::Iommu] {
             if let Some(r) = snap.root_of(owner) {
@@ -1347,7 +1339,7 @@ impl<'a> Renderer<'a> {
             self.with_ancestors(&mut interesting, f);
         }
         let io_owner = snap.io_owner();
-        for g in &groups {
+        for g in groups {
             if let Some(r) = g.members.first().and_then(|&i| snap.records.get(i)) {
                 for f in snap.path_to(io_owner, r.record.range.start) {
                     self.with_ancestors(&mut interesting, f);
@@ -1370,7 +1362,7 @@ impl<'a> Renderer<'a> {
                 }
             }
         }
-        for u in &bad {
+        for u in bad {
             for b in &u.frames {
                 for r in &b.reached_by {
                     if let Reach::Entry { table, .. } = r {
@@ -1379,39 +1371,19 @@ impl<'a> Renderer<'a> {
                 }
             }
         }
-        let (units, tables_left_out) = self.table_units(&interesting);
-        for u in &units {
-            let Some(&first) = u.members.first() else {
-                continue;
-            };
-            let id = if u.members.len() > 1 {
-                format!("g{first:x}")
-            } else {
-                format!("t{first:x}")
-            };
-            for &m in &u.members {
-                self.node_of.insert(m, id.clone());
-            }
-        }
-        let bad_node: BTreeMap<u64, String> = bad
-            .iter()
-            .flat_map(|u| u.frames.iter().map(move |b| (b.frame, u.id())))
-            .collect();
+        interesting
+    }
 
-        let mut out = String::new();
-        out.push_str("digraph p2m {\n");
-        let _ = writeln!(
-            out,
-            "  graph [rankdir=LR, fontname=\"DejaVu Sans Mono\", fontsize=11, labelloc=t, \
-             labeljust=l, nodesep=0.2, ranksep=0.5, label={}];",
-            self.title()
-        );
-        out.push_str(
-            "  node [shape=plaintext, fontname=\"DejaVu Sans Mono\", fontsize=10];\n  \
-             edge [fontname=\"DejaVu Sans Mono\", fontsize=9];\n",
-        );
-
-        let mut edges: BTreeSet<String> = BTreeSet::new();
+    /// Writes the table clusters; returns the port of the row (or node) drawing
+    /// each `(table, entry index)` that starts or ends a run.
+    fn write_tables(
+        &self,
+        out: &mut String,
+        edges: &mut BTreeSet<String>,
+        units: &[Unit],
+        groups: &[RecordGroup],
+    ) -> BTreeMap<(u64, u16), String> {
+        let snap = self.snap;
         // The gfn range of each drawn record node, to link it to the entry it was
         // cached from.
         let group_ranges: Vec<(p2m_core::GfnRange, String)> = groups
@@ -1535,25 +1507,26 @@ impl<'a> Renderer<'a> {
             }
             out.push_str("  }\n");
         }
-        if tables_left_out > 0 {
-            let _ = writeln!(
-                out,
-                "  more_tables [shape=note, label={}];",
-                quote(&format!(
-                    "… {tables_left_out} more tables not drawn (at most {MAX_TABLE_NODES} \
-                     table nodes, {} child nodes per table)",
-                    MAX_ROWS - 1
-                ))
-            );
-        }
+        row_port
+    }
 
-        // Cache records.
+    /// Writes the cache-record cluster and the edges from paging-structure records.
+    fn write_records(
+        &self,
+        out: &mut String,
+        edges: &mut BTreeSet<String>,
+        groups: &[RecordGroup],
+        hidden_records: usize,
+        bad_node: &BTreeMap<u64, String>,
+        hidden_bad: usize,
+    ) {
+        let snap = self.snap;
         if !groups.is_empty() || hidden_records > 0 {
             out.push_str(
                 "  subgraph cluster_caches {\n    label=\"IOMMU caches: live (stale) records\";\n    \
                  style=\"rounded,filled\"; fillcolor=\"#fff8ee\"; color=\"#d9480f\";\n",
             );
-            for g in &groups {
+            for g in groups {
                 let Some(&first) = g.members.first() else {
                     continue;
                 };
@@ -1599,14 +1572,25 @@ impl<'a> Renderer<'a> {
             }
             out.push_str("  }\n");
         }
+    }
 
-        // Bad frames.
+    /// Writes the bad-frame cluster and the edges from entries that reach them.
+    fn write_bad(
+        &self,
+        out: &mut String,
+        edges: &mut BTreeSet<String>,
+        bad: &[BadUnit],
+        hidden_bad: usize,
+        row_port: &BTreeMap<(u64, u16), String>,
+        bad_node: &BTreeMap<u64, String>,
+    ) {
+        let snap = self.snap;
         if !bad.is_empty() || hidden_bad > 0 {
             out.push_str(
                 "  subgraph cluster_bad {\n    label=\"freed / non-table frames still reachable\";\n    \
                  style=dashed; color=red; fontcolor=red;\n",
             );
-            for u in &bad {
+            for u in bad {
                 let id = u.id();
                 let _ = writeln!(
                     out,
@@ -1658,6 +1642,71 @@ impl<'a> Renderer<'a> {
             }
             out.push_str("  }\n");
         }
+    }
+
+    /// The whole graph.
+    fn render(mut self) -> String {
+        let (groups, hidden_records) = self.record_groups();
+        let shown_records: BTreeSet<usize> = groups
+            .iter()
+            .flat_map(|g| g.members.iter().copied())
+            .collect();
+        let (bad, hidden_bad) = self.bad_units(&shown_records);
+        let interesting = self.interesting(&groups, &bad);
+        let (units, tables_left_out) = self.table_units(&interesting);
+        for u in &units {
+            let Some(&first) = u.members.first() else {
+                continue;
+            };
+            let id = if u.members.len() > 1 {
+                format!("g{first:x}")
+            } else {
+                format!("t{first:x}")
+            };
+            for &m in &u.members {
+                self.node_of.insert(m, id.clone());
+            }
+        }
+        let bad_node: BTreeMap<u64, String> = bad
+            .iter()
+            .flat_map(|u| u.frames.iter().map(move |b| (b.frame, u.id())))
+            .collect();
+
+        let mut out = String::new();
+        out.push_str("digraph p2m {\n");
+        let _ = writeln!(
+            out,
+            "  graph [rankdir=LR, fontname=\"DejaVu Sans Mono\", fontsize=11, labelloc=t, \
+             labeljust=l, nodesep=0.2, ranksep=0.5, label={}];",
+            self.title()
+        );
+        out.push_str(
+            "  node [shape=plaintext, fontname=\"DejaVu Sans Mono\", fontsize=10];\n  \
+             edge [fontname=\"DejaVu Sans Mono\", fontsize=9];\n",
+        );
+        let mut edges: BTreeSet<String> = BTreeSet::new();
+        let row_port = self.write_tables(&mut out, &mut edges, &units, &groups);
+        if tables_left_out > 0 {
+            let _ = writeln!(
+                out,
+                "  more_tables [shape=note, label={}];",
+                quote(&format!(
+                    "… {tables_left_out} more tables not drawn (at most {MAX_TABLE_NODES} \
+                     table nodes, {} child nodes per table)",
+                    MAX_ROWS - 1
+                ))
+            );
+        }
+
+        self.write_records(
+            &mut out,
+            &mut edges,
+            &groups,
+            hidden_records,
+            &bad_node,
+            hidden_bad,
+        );
+        self.write_bad(&mut out, &mut edges, &bad, hidden_bad, &row_port, &bad_node);
         for e in edges {
             out.push_str(&e);
             out.push('\n');
@@ -1811,6 +1860,31 @@ mod tests {
         assert!(d.contains("we&quot;ird &lt;name&gt; &amp; {x}.trace"));
         // The name's braces are the only unbalanced-looking text, and they pair up.
         assert_sane(&d);
+    }
+
+    /// Random fuzz-input bytes decode and render sanely under every revision.
+    #[test]
+    fn random_inputs_render_without_panic() {
+        use rand::RngCore;
+        let n: usize = std::env::var("P2M_DOT_RANDOM_INPUTS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(200);
+        let mut rng = SmallRng::seed_from_u64(9);
+        let mut buf = [0u8; 1 + 12 * 12];
+        let mut rendered = 0;
+        for _ in 0..n {
+            let len = 1 + (rng.next_u32() as usize % buf.len());
+            rng.fill_bytes(&mut buf[..len]);
+            let Some(s) = crate::scenario::decode(&buf[..len]) else {
+                continue;
+            };
+            for r in ["xen-4.6-pre", "patch-v1", "committed", "fixed"] {
+                assert_sane(&scenario_dot(&s, rev(r), "random"));
+                rendered += 1;
+            }
+        }
+        assert!(rendered > 0);
     }
 
     /// Random swarm scenarios render sane, capped graphs under every revision.
