@@ -4,6 +4,7 @@
 //! nothing of each other; this crate joins them.
 
 pub mod blame;
+pub mod dot;
 pub mod fuzzing;
 pub mod generate;
 pub mod minimize;

@@ -12,6 +12,7 @@ pub mod machine;
 pub mod p2m_pt;
 pub mod policy;
 pub mod revision;
+pub mod snapshot;
 pub mod table;
 pub mod types;
 

@@ -8,6 +8,7 @@ use harness::{revision_by_name, run, RunStats};
 use p2m_core::{Mode, Revision, REVISIONS};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -29,6 +30,10 @@ enum Cmd {
         /// Revision to model (default: $P2M_REVISION, else fixed).
         #[arg(long)]
         revision: Option<String>,
+        /// Write a Graphviz picture of the tables and caches at the divergence (or of
+        /// the final state when clean) to this file; needs exactly one input file.
+        #[arg(long, value_name = "OUT.dot")]
+        dot: Option<PathBuf>,
         /// Files to replay.
         #[arg(required = true)]
         files: Vec<PathBuf>,
@@ -172,10 +177,31 @@ fn pick_revision(name: Option<String>) -> Result<Revision, String> {
     }
 }
 
-fn repro(revision: Option<String>, files: Vec<PathBuf>) -> ExitCode {
+/// `repro`: replays each file; with `--dot`, also writes the picture of the one file.
+fn repro(revision: Option<String>, dot: Option<PathBuf>, files: Vec<PathBuf>) -> ExitCode {
+    if dot.is_some() && files.len() != 1 {
+        return fail(format!(
+            "--dot needs exactly one input file (got {})",
+            files.len()
+        ));
+    }
     let rev = match pick_revision(revision) {
         Ok(r) => r,
         Err(e) => return fail(e),
+    };
+    // Check the input, then open the output, so that a bad path fails before any
+    // replay output and a bad input leaves no empty picture behind.
+    if let (Some(_), Some(f)) = (&dot, files.first()) {
+        if let Err(e) = load(f) {
+            return fail(e);
+        }
+    }
+    let mut dot_out = match &dot {
+        Some(path) => match std::fs::File::create(path) {
+            Ok(file) => Some((path, file)),
+            Err(e) => return fail(format!("{}: {e}", path.display())),
+        },
+        None => None,
     };
     let mut any = false;
     for f in files {
@@ -192,6 +218,17 @@ fn repro(revision: Option<String>, files: Vec<PathBuf>) -> ExitCode {
                 println!("{d}");
             }
             None => println!("verdict: clean ({} ops)", out.stats.ops),
+        }
+        if let Some((path, file)) = &mut dot_out {
+            let name = f
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_else(|| f.display().to_string());
+            let text = harness::dot::scenario_dot(&s, rev, &name);
+            if let Err(e) = file.write_all(text.as_bytes()).and_then(|()| file.flush()) {
+                return fail(format!("{}: {e}", path.display()));
+            }
+            println!("dot: wrote {}", path.display());
         }
     }
     if any {
@@ -429,7 +466,11 @@ fn main() -> ExitCode {
         }
     };
     match cli.cmd {
-        Cmd::Repro { revision, files } => repro(revision, files),
+        Cmd::Repro {
+            revision,
+            dot,
+            files,
+        } => repro(revision, dot, files),
         Cmd::Fmt { file } => match load(&file) {
             Ok(s) => {
                 print!("{}", to_trace(&s));

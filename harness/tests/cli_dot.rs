@@ -1,0 +1,94 @@
+//! `p2m-fuzz repro --dot`: usage errors, bad output paths and a written picture.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// Runs the CLI with `args`.
+fn p2m_fuzz(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_p2m-fuzz"))
+        .args(args)
+        .output()
+        .expect("run p2m-fuzz")
+}
+
+/// George Dunlap's regression trace.
+fn george() -> String {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../corpus/regressions/patch-v1/george-empty-leaf-no-flush.trace")
+        .to_string_lossy()
+        .into_owned()
+}
+
+/// A fresh scratch directory for one test.
+fn scratch(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("p2m-dot-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).expect("scratch dir");
+    d
+}
+
+/// Exit status 2 and exactly one line on stderr, which contains `needle`.
+fn assert_usage_error(o: &Output, needle: &str) {
+    assert_eq!(o.status.code(), Some(2), "{o:?}");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(err.lines().count(), 1, "stderr: {err}");
+    assert!(err.contains(needle), "stderr: {err}");
+}
+
+#[test]
+fn dot_with_two_inputs_is_a_usage_error() {
+    let dir = scratch("two");
+    let out = dir.join("out.dot");
+    let g = george();
+    let o = p2m_fuzz(&["repro", "--dot", out.to_str().unwrap(), &g, &g]);
+    assert_usage_error(&o, "--dot needs exactly one input file (got 2)");
+    assert!(!out.exists());
+}
+
+#[test]
+fn dot_to_a_bad_path_is_an_error() {
+    let dir = scratch("bad");
+    let missing = dir.join("no/such/dir/out.dot");
+    let g = george();
+    let o = p2m_fuzz(&[
+        "repro",
+        "--revision",
+        "patch-v1",
+        "--dot",
+        missing.to_str().unwrap(),
+        &g,
+    ]);
+    assert_usage_error(&o, "out.dot");
+    let o = p2m_fuzz(&["repro", "--dot", dir.to_str().unwrap(), &g]);
+    assert_usage_error(&o, dir.to_str().unwrap());
+}
+
+#[test]
+fn dot_writes_the_picture_of_the_divergence() {
+    let dir = scratch("ok");
+    let out = dir.join("george.dot");
+    let o = p2m_fuzz(&[
+        "repro",
+        "--revision",
+        "patch-v1",
+        "--dot",
+        out.to_str().unwrap(),
+        &george(),
+    ]);
+    // The divergence still makes `repro` exit 1.
+    assert_eq!(o.status.code(), Some(1), "{o:?}");
+    let d = std::fs::read_to_string(&out).expect("dot written");
+    assert!(d.starts_with("digraph p2m {"));
+    assert!(d.contains("left by seq 2 (op #1"));
+    let o = p2m_fuzz(&[
+        "repro",
+        "--revision",
+        "fixed",
+        "--dot",
+        out.to_str().unwrap(),
+        &george(),
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{o:?}");
+    let d = std::fs::read_to_string(&out).expect("dot written");
+    assert!(d.contains("CLEAN: no divergence under revision fixed"));
+}
