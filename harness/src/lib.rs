@@ -11,7 +11,7 @@ pub mod runner;
 pub mod scenario;
 
 pub use oracle::{DivergenceClass, Finding};
-pub use runner::{run, Divergence, RunOutcome, RunStats};
+pub use runner::{run, Divergence, RunOutcome, RunStats, Session, StepOutcome};
 pub use scenario::{Op, Scenario};
 
 /// Resolves a revision by name, or explains which names exist.
