@@ -3,6 +3,7 @@
 //! `p2m-core` (the model of Xen) and `reference-model` (the flat reference) know
 //! nothing of each other; this crate joins them.
 
+pub mod exhaustive;
 pub mod fuzzing;
 pub mod generate;
 pub mod minimize;
