@@ -122,6 +122,8 @@ use std::collections::hash_map::DefaultHasher;
 use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::hash::Hasher;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 /// Guest frame of the abstract domain: 1 GiB-aligned.
@@ -281,6 +283,9 @@ pub struct Options {
     pub depth: usize,
     /// Use [`AbstractDomain::wide`] instead of the standard domain.
     pub wide: bool,
+    /// Configurations searched at once on separate threads (0 and 1: one at a time).
+    /// Results do not depend on it.
+    pub jobs: usize,
 }
 
 impl Options {
@@ -291,6 +296,7 @@ impl Options {
             baseline: None,
             depth,
             wide: false,
+            jobs: 1,
         }
     }
 }
@@ -553,13 +559,37 @@ impl Report {
     }
 }
 
-/// Searches every configuration of `modes`, each up to its first shortest divergence.
+/// Searches every configuration of `modes`, each up to its first shortest divergence
+/// (`opts.jobs` configurations at a time; the report is the same for any value).
 pub fn explore(modes: &[Mode], opts: &Options) -> Report {
     let start = Instant::now();
-    let results = configs(modes)
-        .into_iter()
-        .map(|c| search_config(c, opts))
-        .collect();
+    let cfgs = configs(modes);
+    let jobs = opts.jobs.clamp(1, cfgs.len().max(1));
+    let results: Vec<ConfigResult> = if jobs == 1 {
+        cfgs.iter().map(|&c| search_config(c, opts)).collect()
+    } else {
+        let next = AtomicUsize::new(0);
+        let slots: Mutex<Vec<Option<ConfigResult>>> = Mutex::new(vec![None; cfgs.len()]);
+        std::thread::scope(|scope| {
+            for _ in 0..jobs {
+                scope.spawn(|| loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    let Some(&c) = cfgs.get(i) else { break };
+                    let r = search_config(c, opts);
+                    if let Ok(mut v) = slots.lock() {
+                        v[i] = Some(r);
+                    }
+                });
+            }
+        });
+        let slots = slots.into_inner().unwrap_or_else(|e| e.into_inner());
+        // Every slot is filled: a panicking thread would have made `scope` panic.
+        slots
+            .into_iter()
+            .zip(&cfgs)
+            .map(|(r, &c)| r.unwrap_or_else(|| search_config(c, opts)))
+            .collect()
+    };
     Report {
         revision: opts.revision.name,
         baseline: opts.baseline.map(|b| b.name),

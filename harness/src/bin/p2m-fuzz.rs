@@ -88,6 +88,9 @@ enum Cmd {
         /// Wider domain: a fourth gfn and every type that can arise with an IOMMU.
         #[arg(long)]
         wide: bool,
+        /// Configurations searched at once (threads); the report does not depend on it.
+        #[arg(long, default_value_t = 1)]
+        jobs: usize,
         /// Directory for a reproducer of the divergence reported.
         #[arg(long)]
         out: Option<PathBuf>,
@@ -324,6 +327,7 @@ struct ExhaustiveArgs {
     baseline: Option<String>,
     depth: usize,
     wide: bool,
+    jobs: usize,
     out: Option<PathBuf>,
 }
 
@@ -353,6 +357,7 @@ fn exhaustive_cmd(a: ExhaustiveArgs) -> ExitCode {
         baseline,
         depth: a.depth,
         wide: a.wide,
+        jobs: a.jobs,
     };
     match baseline {
         Some(b) => println!(
@@ -461,6 +466,7 @@ fn main() -> ExitCode {
             baseline,
             depth,
             wide,
+            jobs,
             out,
         } => exhaustive_cmd(ExhaustiveArgs {
             mode,
@@ -468,6 +474,7 @@ fn main() -> ExitCode {
             baseline,
             depth,
             wide,
+            jobs,
             out,
         }),
         Cmd::Bench { seconds } => bench(seconds),
