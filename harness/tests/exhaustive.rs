@@ -259,6 +259,38 @@ fn visitor_sees_divergences_shortest_first() {
     assert!(lengths.windows(2).all(|w| w[0] <= w[1]), "{lengths:?}");
 }
 
+/// Reductions 2-4 change neither the verdict nor the length of the first divergence.
+#[test]
+fn reductions_keep_verdicts() {
+    let cases = [
+        (cfg(Mode::Ept, true), "xen-4.6-pre", Some("committed")),
+        (cfg(Mode::Ept, true), "committed", None),
+        (cfg(Mode::Npt, true), "patch-v1", Some("committed")),
+        (cfg(Mode::Npt, true), "committed", Some("fixed")),
+        (cfg(Mode::Npt, true), "fixed", None),
+        (cfg(Mode::Shadow, true), "6c0e4ad608", Some("960265fbd8")),
+    ];
+    for (config, r, base) in cases {
+        let reduced = Options {
+            baseline: base.map(rev),
+            ..Options::new(rev(r), 2)
+        };
+        let plain = Options {
+            reduce: false,
+            ..reduced
+        };
+        let verdict = |o: &Options| {
+            let res = search_config(config, o);
+            let found = res.found.map(|(d, s)| (d.class(), s.ops.len()));
+            (found, res.depth_done, res.sequences)
+        };
+        let (a, da, na) = verdict(&reduced);
+        let (b, db, nb) = verdict(&plain);
+        assert_eq!((a, da), (b, db), "{config} {r} baseline {base:?}");
+        assert!(na <= nb);
+    }
+}
+
 /// Searching configurations on two threads gives the same report as one at a time.
 #[test]
 fn jobs_do_not_change_the_report() {

@@ -91,6 +91,9 @@ enum Cmd {
         /// Configurations searched at once (threads); the report does not depend on it.
         #[arg(long, default_value_t = 1)]
         jobs: usize,
+        /// Plain enumeration without the reductions (to cross-check them; slower).
+        #[arg(long)]
+        no_reduce: bool,
         /// Directory for a reproducer of the divergence reported.
         #[arg(long)]
         out: Option<PathBuf>,
@@ -328,6 +331,7 @@ struct ExhaustiveArgs {
     depth: usize,
     wide: bool,
     jobs: usize,
+    no_reduce: bool,
     out: Option<PathBuf>,
 }
 
@@ -358,6 +362,7 @@ fn exhaustive_cmd(a: ExhaustiveArgs) -> ExitCode {
         depth: a.depth,
         wide: a.wide,
         jobs: a.jobs,
+        reduce: !a.no_reduce,
     };
     match baseline {
         Some(b) => println!(
@@ -467,6 +472,7 @@ fn main() -> ExitCode {
             depth,
             wide,
             jobs,
+            no_reduce,
             out,
         } => exhaustive_cmd(ExhaustiveArgs {
             mode,
@@ -475,6 +481,7 @@ fn main() -> ExitCode {
             depth,
             wide,
             jobs,
+            no_reduce,
             out,
         }),
         Cmd::Bench { seconds } => bench(seconds),
