@@ -89,8 +89,9 @@
 //!    OTHER_BASE + x`) maps every run onto a run with the same verdicts: both sets are
 //!    `mfn_valid`, 1 GiB-aligned, below the 40-bit field and far above any page-table
 //!    frame (the pool would need 2^19 allocations to reach [`SAME_BASE`]), and nothing
-//!    but equality and those tests looks at a frame. So only sequences whose first
-//!    "same"-or-"other" letter is "same" are enumerated.
+//!    but equality, those tests and offsets inside a superpage (linear in both sets)
+//!    looks at a frame. So only sequences whose first "same"-or-"other" letter is
+//!    "same" are enumerated.
 //! 4. **Equal states.** Two prefixes that leave equal states (p2m tables, machine memory
 //!    with generations and free list, separate IOMMU tables, cache records, the reference,
 //!    and the flag of reduction 3) have identical futures, so a prefix whose state was
