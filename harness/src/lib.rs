@@ -5,6 +5,7 @@
 
 pub mod blame;
 pub mod dot;
+pub mod exhaustive;
 pub mod fuzzing;
 pub mod generate;
 pub mod minimize;
@@ -13,7 +14,7 @@ pub mod runner;
 pub mod scenario;
 
 pub use oracle::{DivergenceClass, Finding};
-pub use runner::{run, Divergence, RunOutcome, RunStats};
+pub use runner::{run, Divergence, RunOutcome, RunStats, Session, StepOutcome};
 pub use scenario::{Op, Scenario};
 
 /// Resolves a revision by name, or explains which names exist.

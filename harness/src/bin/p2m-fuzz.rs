@@ -1,6 +1,7 @@
 //! `p2m-fuzz`: reproduce, format, hunt, minimize and benchmark p2m/IOMMU scenarios.
 
 use clap::{Parser, Subcommand};
+use harness::exhaustive;
 use harness::generate::Swarm;
 use harness::minimize::minimize;
 use harness::scenario::{decode, encode, parse_trace, to_trace, Scenario};
@@ -96,6 +97,34 @@ enum Cmd {
     },
     /// List revisions and their switch values.
     Revisions,
+    /// Check every op sequence up to --depth over a small abstract domain (see
+    /// `harness::exhaustive`); report the first shortest divergence.
+    Exhaustive {
+        /// p2m mode (ept, npt, shadow); default: all.
+        #[arg(long)]
+        mode: Option<String>,
+        /// Revision to model.
+        #[arg(long, default_value = "fixed")]
+        revision: String,
+        /// Count only sequences that run clean under this revision (holes it closed).
+        #[arg(long)]
+        baseline: Option<String>,
+        /// Longest op sequence checked (1 to 6).
+        #[arg(long, default_value_t = 3)]
+        depth: usize,
+        /// Wider domain: a fourth gfn and every type that can arise with an IOMMU.
+        #[arg(long)]
+        wide: bool,
+        /// Configurations searched at once (threads); the report does not depend on it.
+        #[arg(long, default_value_t = 1)]
+        jobs: usize,
+        /// Plain enumeration without the reductions (to cross-check them; slower).
+        #[arg(long)]
+        no_reduce: bool,
+        /// Directory for a reproducer of the divergence reported.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
     /// Measure ops/s for a 4 KiB-only and a mixed-order workload.
     Bench {
         /// Seconds per workload.
@@ -445,6 +474,112 @@ fn bench(seconds: u64) -> ExitCode {
     ExitCode::SUCCESS
 }
 
+/// Arguments of the `exhaustive` subcommand.
+struct ExhaustiveArgs {
+    mode: Option<String>,
+    revision: String,
+    baseline: Option<String>,
+    depth: usize,
+    wide: bool,
+    jobs: usize,
+    no_reduce: bool,
+    out: Option<PathBuf>,
+}
+
+fn exhaustive_cmd(a: ExhaustiveArgs) -> ExitCode {
+    let rev = match revision_by_name(&a.revision) {
+        Ok(r) => r,
+        Err(e) => return fail(e),
+    };
+    let baseline = match a.baseline.as_deref().map(revision_by_name).transpose() {
+        Ok(b) => b,
+        Err(e) => return fail(e),
+    };
+    let modes = match a.mode.as_deref().map(parse_mode).transpose() {
+        Ok(Some(m)) => vec![m],
+        Ok(None) => Mode::ALL.to_vec(),
+        Err(e) => return fail(e),
+    };
+    if a.depth == 0 || a.depth > exhaustive::MAX_DEPTH {
+        return fail(format!(
+            "--depth {} out of range (1 to {})",
+            a.depth,
+            exhaustive::MAX_DEPTH
+        ));
+    }
+    let opts = exhaustive::Options {
+        revision: rev,
+        baseline,
+        depth: a.depth,
+        wide: a.wide,
+        jobs: a.jobs,
+        reduce: !a.no_reduce,
+    };
+    match baseline {
+        Some(b) => println!(
+            "exhaustive: revision {} (counting only sequences clean under {}), depth {}",
+            rev.name, b.name, a.depth
+        ),
+        None => println!("exhaustive: revision {}, depth {}", rev.name, a.depth),
+    }
+    let report = exhaustive::explore(&modes, &opts);
+    for c in &report.configs {
+        let verdict = match &c.found {
+            Some((d, s)) => format!("{} at length {}", d.class(), s.ops.len()),
+            None => format!("clean up to length {}", c.depth_done),
+        };
+        println!(
+            "  config {}: {} letters, {} sequences, {} ops, {:.2}s: {verdict}",
+            c.config,
+            c.alphabet,
+            c.sequences,
+            c.ops,
+            c.elapsed.as_secs_f64()
+        );
+        println!(
+            "    pruned: {} refused by both, {} symmetric, {} equal states{}",
+            c.pruned_refused,
+            c.pruned_symmetry,
+            c.pruned_duplicate,
+            if baseline.is_some() {
+                format!(", {} baseline-divergent", c.pruned_baseline)
+            } else {
+                String::new()
+            }
+        );
+        if let Some((_, s)) = &c.found {
+            for op in &s.ops {
+                println!("    | {op}");
+            }
+        }
+    }
+    println!(
+        "total: {} sequences, {} ops, {:.2}s",
+        report.sequences(),
+        report.ops(),
+        report.elapsed.as_secs_f64()
+    );
+    let Some((d, s)) = report.shortest() else {
+        println!("verdict: clean up to depth {}", a.depth);
+        return ExitCode::SUCCESS;
+    };
+    println!("{d}");
+    print!("{}", to_trace(s));
+    if let Some(dir) = a.out {
+        let name = format!(
+            "{}-{}-{}-exhaustive",
+            rev.name,
+            d.class().name(),
+            s.config.mode
+        );
+        match write_reproducer(&dir, s, &name) {
+            Ok(p) => println!("reproducer: {} (and .bin)", p.display()),
+            Err(e) => return fail(e),
+        }
+    }
+    ExitCode::from(1)
+}
+
 fn main() -> ExitCode {
     // Die quietly on a closed pipe (`p2m-fuzz repro ... | head`) like other Unix tools.
     #[cfg(unix)]
@@ -493,6 +628,25 @@ fn main() -> ExitCode {
         } => minimize_cmd(revision, file, out),
         Cmd::Revisions => revisions(),
         Cmd::Encode { file, out } => encode_cmd(&file, &out),
+        Cmd::Exhaustive {
+            mode,
+            revision,
+            baseline,
+            depth,
+            wide,
+            jobs,
+            no_reduce,
+            out,
+        } => exhaustive_cmd(ExhaustiveArgs {
+            mode,
+            revision,
+            baseline,
+            depth,
+            wide,
+            jobs,
+            no_reduce,
+            out,
+        }),
         Cmd::Bench { seconds } => bench(seconds),
         Cmd::Blame {
             revision,

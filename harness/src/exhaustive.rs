@@ -1,0 +1,623 @@
+//! Bounded-exhaustive search: every op sequence up to a length over a small abstract domain.
+//!
+//! For each distinct normalized configuration of the selected modes (EPT: VT-d, share
+//! off/on; NPT: AMD-Vi, share off/on; shadow: either vendor, share off/on — shadow keeps
+//! both share values because `p2m_add_iommu_flags` and the pre-c0a85795d8 IOMMU step read
+//! the global flag), every sequence of at most `depth` letters of the alphabet below is
+//! run from a fresh domain through [`Session`], with the oracle after every op. The search
+//! is a depth-first walk that clones the [`Session`] after each prefix (prefix sharing), by
+//! iterative deepening: all sequences of length 1, then 2, … so the first divergence a
+//! configuration reports is a shortest one (ties broken by alphabet order), and a
+//! configuration stops at its first divergence. [`Report::shortest`] is the shortest over
+//! all configurations.
+//!
+//! # The abstract domain
+//!
+//! A letter is `set_entry(gfn, mfn, order, type, rwx)`:
+//!
+//! - **gfns** [`GFN_1G`] (1 GiB-aligned), [`GFN_2M`] (2 MiB-aligned inside that 1 GiB
+//!   page, not its first 2 MiB) and [`GFN_4K`] (inside that 2 MiB page, not its first
+//!   4 KiB); an op's gfn is aligned down to its order, so the distinct (gfn, order) pairs
+//!   are: order 0 at all three, order 9 at the 1 GiB-aligned and at the 2 MiB gfn, order 18
+//!   at the 1 GiB gfn. Between them they realise every structural relation two ops can
+//!   have in a 4-level table: the same entry at one level, containment (a 4 KiB or 2 MiB
+//!   op inside a 2 MiB or 1 GiB one, i.e. splits and intermediate-entry replacement at
+//!   both superpage levels), and siblings in one L1 table (`GFN_2M`/`GFN_4K` at order 0)
+//!   and in one L2 table (the two order-9 pairs; order 0 at `GFN_1G` and `GFN_4K` also
+//!   sit under different L2 entries). Every decision in `ept_set_entry`,
+//!   `p2m_pt_set_entry`, the separate map/unmap paths and the flushes depends on gfns only
+//!   through these relations (table indices and ranges are shifts of the gfn), so other
+//!   gfns add no new behaviour for sequences this short. Two exceptions, both harmless:
+//!   the gfn-width check (all our gfns are far below it), and AMD-Vi's separate tables
+//!   growing a level the first time a gfn above 1 GiB is mapped (`update_paging_mode`):
+//!   that happens at the first map, before any cache record can exist, and only adds a
+//!   table. Relations across L3 or L4 entries (two 1 GiB regions) only share tables that
+//!   no op of order ≤ 18 replaces.
+//! - **orders** 0, 9 and 18.
+//! - **types**: one per class of behaviour the IOMMU side can tell apart ([`TYPES`]).
+//!   A type enters the decisions through (a) its `p2m_get_iommu_flags` permission
+//!   (`need_modify_vtd_table`, the p2m-pt `iommu_old_flags` tests, map vs unmap, AMD
+//!   IR/IW bits written by `p2m_add_iommu_flags`), (b) the r/w bits
+//!   `ept_p2m_type_to_flags` gives it, which a VT-d sharing the EPT reads, and (c) whether
+//!   an entry is kept for a frame that is not `mfn_valid` (`mmio_direct`, the paging
+//!   types, p2m-pt order-9 `populate_on_demand`):
+//!   - `ram_rw`: policy rw, shared EPT rw — the rw class (with `grant_map_rw`,
+//!     `map_foreign` and, for p2m-pt, `ram_logdirty`);
+//!   - `ram_ro`: policy r, shared EPT r — the r class (with `grant_map_ro`);
+//!   - `invalid`: policy nothing, no permission in any entry, written empty for an
+//!     invalid frame — the no-mapping class (with `mmio_dm`, `ram_broken`,
+//!     `populate_on_demand`; a real frame still gives a typed non-present entry);
+//!   - `mmio_direct`: policy nothing but shared EPT rw, and kept with `INVALID_MFN` —
+//!     the type Xen treats specially in `ept_set_entry` / `p2m_pt_set_entry`.
+//!
+//!   Transitions between these four realise every combination a decision compares:
+//!   policy equal and device permission equal (a type onto itself), policy equal but
+//!   device permission different (`mmio_direct` ↔ `invalid`), policy different but device
+//!   permission equal (`ram_rw` ↔ `mmio_direct` on shared EPT) and both different
+//!   (`ram_rw` ↔ `ram_ro`), plus empty versus non-empty on each side. Left out: types
+//!   Xen refuses with an IOMMU (`ram_shared`, the paging types; see
+//!   `reference_model::refusals`), and the EPT-only classes `ram_logdirty` (policy rw,
+//!   shared r) and `mmio_write_dm` (policy nothing, shared r), which add more instances
+//!   of the same two off-diagonal relations; [`AbstractDomain::wide`] has them.
+//! - **access** `rwx` only: p2m-pt ignores the access; in EPT an access only narrows the
+//!   r/w/x bits of the entry (the policy permission stays the type's), which gives the
+//!   relations above again (device permission different from what the policy says, or an
+//!   entry that is not present but typed, like `invalid` with a real frame).
+//! - **frames** ([`FrameKind`]): "same" (`SAME_BASE + gfn`, the linear mapping, so an op
+//!   inside a superpage can rewrite the very frame the superpage maps), "other"
+//!   (`OTHER_BASE + gfn`, a different frame for the same gfns), `INVALID_MFN`, and
+//!   `ptf:0`, the p2m root table frame (1 GiB-aligned, so legal at every order): a guest
+//!   mapping of a page-table frame, which a wrong walk can then use as a table. Frame
+//!   decisions compare frames for equality, test `mfn_valid` and alignment, and walk
+//!   table frames; these four realise equal, different, invalid and table-frame.
+//!
+//! Letters that coincide after alignment are enumerated once ([`AbstractDomain::alphabet`]).
+//! The standard alphabet has 96 letters.
+//!
+//! # Reductions (all sound: no divergence reachable in the full enumeration is lost)
+//!
+//! 1. **Divergent prefixes are not extended.** A run stops at its first divergence, so
+//!    every extension reports the same divergence at the same op.
+//! 2. **Both sides refused.** When the model and the reference both refuse an op
+//!    (e.g. `INVALID_MFN` at order 9 on EPT: misaligned), neither changes state: both
+//!    validate their arguments before writing anything (the harness test
+//!    `refused_ops_leave_state_unchanged` checks this on the alphabet). The sequence is
+//!    judged, but not extended: any extension `p·r·t` behaves exactly like `p·t`, a
+//!    shorter sequence that is enumerated itself (only the sequence numbers naming ops in
+//!    a report differ).
+//! 3. **Frame renaming.** Exchanging the "same" and "other" frame sets (`SAME_BASE + x ↔
+//!    OTHER_BASE + x`) maps every run onto a run with the same verdicts: both sets are
+//!    `mfn_valid`, 1 GiB-aligned, below the 40-bit field and far above any page-table
+//!    frame (the pool would need 2^19 allocations to reach [`SAME_BASE`]), and nothing
+//!    but equality, those tests and offsets inside a superpage (linear in both sets)
+//!    looks at a frame. So only sequences whose first "same"-or-"other" letter is
+//!    "same" are enumerated.
+//! 4. **Equal states.** Two prefixes that leave equal states (p2m tables, machine memory
+//!    with generations and free list, separate IOMMU tables, cache records, the reference,
+//!    and the flag of reduction 3) have identical futures, so a prefix whose state was
+//!    already extended by at least as many letters is not extended again. States are
+//!    compared by a 128-bit fingerprint of their `Debug` text (SipHash twice, salted
+//!    differently; counters and the sequence numbers in cache records, which only name
+//!    ops in reports, are left out). A collision would need ~2^64 states; depth 3 has
+//!    ~10^4 prefixes.
+//!
+//! # Baseline
+//!
+//! With a baseline revision ([`Options::baseline`]) a sequence counts only when it
+//! diverges under the revision and runs clean under the baseline — the holes that the
+//! baseline closed, e.g. `--revision patch-v1 --baseline committed` finds George
+//! Dunlap's empty-leaf case rather than a hole both share. Both revisions run in lock
+//! step; a prefix on which the baseline diverges is not extended (no extension can be
+//! clean there), and reductions 2 and 4 look at both states.
+//!
+//! [`Options::reduce`] `= false` (`p2m-fuzz exhaustive --no-reduce`) turns reductions
+//! 2-4 off to cross-check them: the harness test `reductions_keep_verdicts` compares both
+//! at depth 2; at depth 3 `fixed` on EPT is clean either way (1,788,096 sequences plain,
+//! 336,576 reduced).
+//!
+//! # Cost and what depth 3 finds
+//!
+//! `fixed`, depth 3, one thread, on the 2-core development machine under load: EPT
+//! 336,576 sequences in ~11 s, NPT 409,728 in ~24 s, shadow (four configurations)
+//! 841,200 in ~46 s; all clean. Time is dominated by 1 GiB ops that split superpages or
+//! fill separate IOMMU tables (512 tables each); shared-table configurations are far
+//! cheaper. Every hole of the historical revisions has a witness of at most two ops
+//! here. 960265fbd8 alone closes nothing the search can see (`--revision 6c0e4ad608
+//! --baseline 960265fbd8` is clean): the early free is followed by the flush in the same
+//! `set_entry`, and the device view is taken between calls (the model limitation
+//! documented in `p2m-core/README.md`).
+
+use crate::runner::{Divergence, Session};
+use crate::scenario::{MfnSel, Op, Scenario, SetEntryOp};
+use p2m_core::{Config, Mode, P2mAccess, P2mType, Revision, Vendor};
+use std::collections::hash_map::DefaultHasher;
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::hash::Hasher;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// Guest frame of the abstract domain: 1 GiB-aligned.
+pub const GFN_1G: u64 = 0x40000;
+/// Guest frame of the abstract domain: 2 MiB-aligned inside the 1 GiB page at [`GFN_1G`],
+/// not its first 2 MiB.
+pub const GFN_2M: u64 = GFN_1G + 0x200;
+/// Guest frame of the abstract domain: 4 KiB inside the 2 MiB page at [`GFN_2M`], not its first.
+pub const GFN_4K: u64 = GFN_2M + 1;
+/// Extra gfn of the wide domain: the last 4 KiB of the 2 MiB page at [`GFN_2M`].
+pub const GFN_4K_LAST: u64 = GFN_2M + 0x1ff;
+/// The gfns of the standard domain (an op's gfn is aligned down to its order).
+pub const GFNS: [u64; 3] = [GFN_1G, GFN_2M, GFN_4K];
+/// The orders of the abstract domain.
+pub const ORDERS: [u32; 3] = [0, 9, 18];
+/// One p2m type per behaviour class of the standard domain (see the module documentation).
+pub const TYPES: [P2mType; 4] = [
+    P2mType::RamRw,
+    P2mType::Invalid,
+    P2mType::RamRo,
+    P2mType::MmioDirect,
+];
+/// Base of the "same" frames: gfn `g` maps frame `SAME_BASE + g` (1 GiB-aligned base).
+pub const SAME_BASE: u64 = 1 << 28;
+/// Base of the "other" frames: gfn `g` maps frame `OTHER_BASE + g` (1 GiB-aligned base).
+pub const OTHER_BASE: u64 = (1 << 28) + (1 << 27);
+/// Longest depth the search accepts (depth 7 would be ~10^13 sequences).
+pub const MAX_DEPTH: usize = 6;
+
+/// Which frame an abstract op maps.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug)]
+pub enum FrameKind {
+    /// `SAME_BASE + gfn`: the frame a plain linear guest mapping would use.
+    Same,
+    /// `OTHER_BASE + gfn`: a different frame for the same gfns.
+    Other,
+    /// `INVALID_MFN`.
+    Invalid,
+    /// The first page-table frame ever allocated (`ptf:0`, the p2m root: 1 GiB-aligned).
+    TableFrame,
+}
+
+/// The frame kinds of the abstract domain, in enumeration order.
+pub const FRAMES: [FrameKind; 4] = [
+    FrameKind::Same,
+    FrameKind::Invalid,
+    FrameKind::Other,
+    FrameKind::TableFrame,
+];
+
+/// One letter of the search alphabet: an op and the frame kind it was built from.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct Letter {
+    /// The op.
+    pub op: Op,
+    /// Its frame kind (needed by the frame-renaming symmetry).
+    pub frame: FrameKind,
+}
+
+/// The gfns and types letters are built from (orders, frames and access are fixed).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AbstractDomain {
+    /// Guest frames (aligned down to each order).
+    pub gfns: Vec<u64>,
+    /// p2m types.
+    pub types: Vec<P2mType>,
+}
+
+impl AbstractDomain {
+    /// The standard domain: [`GFNS`] and [`TYPES`].
+    pub fn standard() -> Self {
+        AbstractDomain {
+            gfns: GFNS.to_vec(),
+            types: TYPES.to_vec(),
+        }
+    }
+
+    /// A wider domain for shallow runs: also [`GFN_4K_LAST`], and every type that can
+    /// arise in a domain with an IOMMU (`map_foreign` only for EPT).
+    pub fn wide(mode: Mode) -> Self {
+        let mut gfns = GFNS.to_vec();
+        gfns.push(GFN_4K_LAST);
+        let mut types = TYPES.to_vec();
+        for &t in P2mType::ALL {
+            let usable = reference_model::still_arises_with_iommu(t)
+                && (mode == Mode::Ept || t != P2mType::MapForeign);
+            if usable && !types.contains(&t) {
+                types.push(t);
+            }
+        }
+        AbstractDomain { gfns, types }
+    }
+
+    /// The deduplicated alphabet: every (gfn aligned to order, order, type, frame), rwx,
+    /// ordered by order, gfn, type, frame.
+    pub fn alphabet(&self) -> Vec<Letter> {
+        let mut v: Vec<Letter> = Vec::new();
+        for &order in &ORDERS {
+            let mask = !((1u64 << order) - 1);
+            for &g in &self.gfns {
+                let gfn = g & mask;
+                for &p2mt in &self.types {
+                    for &frame in &FRAMES {
+                        let mfn = match frame {
+                            FrameKind::Same => MfnSel::Frame(SAME_BASE + gfn),
+                            FrameKind::Other => MfnSel::Frame(OTHER_BASE + gfn),
+                            FrameKind::Invalid => MfnSel::Invalid,
+                            FrameKind::TableFrame => MfnSel::TableFrame(0),
+                        };
+                        let op = Op::SetEntry(SetEntryOp {
+                            gfn,
+                            mfn,
+                            order,
+                            p2mt,
+                            access: P2mAccess::Rwx,
+                        });
+                        if !v.iter().any(|l| l.op == op) {
+                            v.push(Letter { op, frame });
+                        }
+                    }
+                }
+            }
+        }
+        v
+    }
+}
+
+/// The distinct normalized configurations of `modes`, in a fixed order.
+pub fn configs(modes: &[Mode]) -> Vec<Config> {
+    let mut v: Vec<Config> = Vec::new();
+    for &mode in modes {
+        for vendor in [Vendor::Vtd, Vendor::Amd] {
+            for share in [false, true] {
+                let c = Config {
+                    mode,
+                    vendor,
+                    iommu_hap_pt_share: share,
+                }
+                .normalized();
+                if !v.contains(&c) {
+                    v.push(c);
+                }
+            }
+        }
+    }
+    v
+}
+
+/// What to search.
+#[derive(Clone, Copy, Debug)]
+pub struct Options {
+    /// Revision modelled.
+    pub revision: Revision,
+    /// Only count sequences that run clean under this revision (see the module docs).
+    pub baseline: Option<Revision>,
+    /// Longest sequence (1 to [`MAX_DEPTH`]; 0 searches nothing, more is capped).
+    pub depth: usize,
+    /// Use [`AbstractDomain::wide`] instead of the standard domain.
+    pub wide: bool,
+    /// Configurations searched at once on separate threads (0 and 1: one at a time).
+    /// Results do not depend on it.
+    pub jobs: usize,
+    /// Apply reductions 2-4 (off: the plain enumeration, to cross-check them).
+    pub reduce: bool,
+}
+
+impl Options {
+    /// Standard domain, no baseline.
+    pub fn new(revision: Revision, depth: usize) -> Options {
+        Options {
+            revision,
+            baseline: None,
+            depth,
+            wide: false,
+            jobs: 1,
+            reduce: true,
+        }
+    }
+}
+
+/// What the search of one configuration did and found.
+#[derive(Clone, Debug)]
+pub struct ConfigResult {
+    /// The configuration.
+    pub config: Config,
+    /// Letters in the alphabet.
+    pub alphabet: usize,
+    /// Distinct sequences the oracle judged (each once, at the iteration of its length).
+    pub sequences: u64,
+    /// `set_entry` ops executed under the revision, counting the re-execution of
+    /// iterative deepening (a baseline runs as many again).
+    pub ops: u64,
+    /// Sequences not extended because both sides refused their last op.
+    pub pruned_refused: u64,
+    /// Letters skipped by the frame-renaming symmetry.
+    pub pruned_symmetry: u64,
+    /// Prefixes not extended because an equal state was already extended as far.
+    pub pruned_duplicate: u64,
+    /// Prefixes not extended because the baseline diverged on them.
+    pub pruned_baseline: u64,
+    /// Longest sequence length fully searched.
+    pub depth_done: usize,
+    /// Wall time.
+    pub elapsed: Duration,
+    /// The first shortest divergence and its scenario, if any.
+    pub found: Option<(Divergence, Scenario)>,
+}
+
+/// What a visitor tells the search about a divergence.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Control {
+    /// Report this divergence as the configuration's finding and stop.
+    Stop,
+    /// Pass over it (the divergent sequence is not extended) and keep searching.
+    Continue,
+}
+
+/// A 128-bit fingerprint of text written to it (two SipHash streams, differently salted).
+struct Fingerprint(DefaultHasher, DefaultHasher);
+
+impl Fingerprint {
+    /// An empty fingerprint.
+    fn new() -> Self {
+        let a = DefaultHasher::new();
+        let mut b = DefaultHasher::new();
+        b.write(b"p2m-fuzz exhaustive second stream");
+        Fingerprint(a, b)
+    }
+    /// The 128-bit value.
+    fn finish(&self) -> u128 {
+        (self.0.finish() as u128) << 64 | self.1.finish() as u128
+    }
+}
+
+impl std::fmt::Write for Fingerprint {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        self.0.write(s.as_bytes());
+        self.1.write(s.as_bytes());
+        Ok(())
+    }
+}
+
+/// Writes everything in a session that can influence a later op or oracle check: p2m
+/// tables, machine memory, separate IOMMU tables, the reference, and the cache records
+/// without the sequence numbers that only name ops in reports. Counters are left out.
+fn write_state(h: &mut Fingerprint, s: &Session) {
+    let d = s.domain();
+    // Writing to a Fingerprint never fails.
+    let _ = write!(
+        h,
+        "{:?}|{:?}|{:?}|{:?}|",
+        d.p2m,
+        d.mem,
+        d.iommu.separate,
+        s.reference()
+    );
+    for r in d.cache_records() {
+        let _ = write!(h, "{:?}{:?};", r.range, r.kind);
+    }
+}
+
+/// One node of the search: the revision's session and, with a baseline, the baseline's.
+#[derive(Clone)]
+struct Node {
+    /// Under the revision.
+    main: Session,
+    /// Under the baseline revision.
+    base: Option<Session>,
+    /// A "same" letter was used (reduction 3).
+    same_used: bool,
+}
+
+impl Node {
+    /// Fingerprint of the node's state (reduction 4).
+    fn key(&self) -> u128 {
+        let mut h = Fingerprint::new();
+        let _ = write!(h, "{}|", self.same_used);
+        write_state(&mut h, &self.main);
+        if let Some(b) = &self.base {
+            let _ = write!(h, "baseline|");
+            write_state(&mut h, b);
+        }
+        h.finish()
+    }
+}
+
+/// The DFS state of one configuration's search.
+struct Search<'a> {
+    alphabet: &'a [Letter],
+    /// Apply reductions 2-4.
+    reduce: bool,
+    res: ConfigResult,
+    /// Fingerprints of prefix states already extended, with the longest extension searched.
+    seen: HashMap<u128, usize>,
+    visit: &'a mut dyn FnMut(&Session, &Divergence) -> Control,
+    stopped: bool,
+}
+
+impl Search<'_> {
+    /// Extends `node` by every letter; sequences `left` letters longer are judged.
+    fn dfs(&mut self, node: &Node, left: usize) {
+        for l in self.alphabet {
+            if self.stopped {
+                return;
+            }
+            if self.reduce && !node.same_used && l.frame == FrameKind::Other {
+                self.res.pruned_symmetry += 1;
+                continue;
+            }
+            let mut n = node.clone();
+            n.same_used |= l.frame == FrameKind::Same;
+            let out = n.main.step_outcome(&l.op);
+            self.res.ops += 1;
+            let base = n.base.as_mut().map(|b| b.step_outcome(&l.op));
+            let base_diverged = base.as_ref().is_some_and(|b| b.finding.is_some());
+            let refused =
+                self.reduce && out.both_refused && !matches!(&base, Some(b) if !b.both_refused);
+            if left == 1 {
+                self.res.sequences += 1;
+                match out.finding {
+                    Some(f) if !base_diverged => {
+                        let d = n.main.divergence(f);
+                        if (self.visit)(&n.main, &d) == Control::Stop {
+                            self.res.found = Some((d, n.main.scenario()));
+                            self.stopped = true;
+                        }
+                    }
+                    Some(_) => {}
+                    None if base_diverged => self.res.pruned_baseline += 1,
+                    None if refused => self.res.pruned_refused += 1,
+                    None => {}
+                }
+                continue;
+            }
+            // This prefix was judged at an earlier iteration (and counted there).
+            if out.finding.is_some() || base_diverged || refused {
+                continue;
+            }
+            if !self.reduce {
+                self.dfs(&n, left - 1);
+                continue;
+            }
+            let key = n.key();
+            match self.seen.get(&key) {
+                Some(&done) if done >= left - 1 => {
+                    self.res.pruned_duplicate += 1;
+                    continue;
+                }
+                _ => {
+                    self.seen.insert(key, left - 1);
+                }
+            }
+            self.dfs(&n, left - 1);
+        }
+    }
+}
+
+/// Searches one configuration by iterative deepening, calling `visit` on every
+/// divergence (shortest first, then in alphabet order) until it says [`Control::Stop`].
+pub fn search_config_with(
+    config: Config,
+    opts: &Options,
+    visit: &mut dyn FnMut(&Session, &Divergence) -> Control,
+) -> ConfigResult {
+    let start = Instant::now();
+    let domain = if opts.wide {
+        AbstractDomain::wide(config.mode)
+    } else {
+        AbstractDomain::standard()
+    };
+    let alphabet = domain.alphabet();
+    let root = Node {
+        main: Session::new(config, opts.revision),
+        base: opts.baseline.map(|b| Session::new(config, b)),
+        same_used: false,
+    };
+    let mut search = Search {
+        alphabet: &alphabet,
+        reduce: opts.reduce,
+        res: ConfigResult {
+            config: root.main.config(),
+            alphabet: alphabet.len(),
+            sequences: 0,
+            ops: 0,
+            pruned_refused: 0,
+            pruned_symmetry: 0,
+            pruned_duplicate: 0,
+            pruned_baseline: 0,
+            depth_done: 0,
+            elapsed: Duration::ZERO,
+            found: None,
+        },
+        seen: HashMap::new(),
+        visit,
+        stopped: false,
+    };
+    for d in 1..=opts.depth.min(MAX_DEPTH) {
+        search.dfs(&root, d);
+        if search.stopped {
+            break;
+        }
+        search.res.depth_done = d;
+    }
+    let mut res = search.res;
+    res.elapsed = start.elapsed();
+    res
+}
+
+/// Searches one configuration, stopping at its first shortest divergence.
+pub fn search_config(config: Config, opts: &Options) -> ConfigResult {
+    search_config_with(config, opts, &mut |_, _| Control::Stop)
+}
+
+/// The result of searching several configurations.
+#[derive(Clone, Debug)]
+pub struct Report {
+    /// Revision searched.
+    pub revision: &'static str,
+    /// Baseline revision, if any.
+    pub baseline: Option<&'static str>,
+    /// Maximum sequence length.
+    pub depth: usize,
+    /// One result per configuration, in [`configs`] order.
+    pub configs: Vec<ConfigResult>,
+    /// Total wall time.
+    pub elapsed: Duration,
+}
+
+impl Report {
+    /// The shortest divergence over all configurations (the first configuration on a tie).
+    pub fn shortest(&self) -> Option<&(Divergence, Scenario)> {
+        self.configs
+            .iter()
+            .filter_map(|c| c.found.as_ref())
+            .min_by_key(|(_, s)| s.ops.len())
+    }
+    /// Sequences judged in all configurations.
+    pub fn sequences(&self) -> u64 {
+        self.configs.iter().map(|c| c.sequences).sum()
+    }
+    /// Ops executed in all configurations.
+    pub fn ops(&self) -> u64 {
+        self.configs.iter().map(|c| c.ops).sum()
+    }
+}
+
+/// Searches every configuration of `modes`, each up to its first shortest divergence
+/// (`opts.jobs` configurations at a time; the report is the same for any value).
+pub fn explore(modes: &[Mode], opts: &Options) -> Report {
+    let start = Instant::now();
+    let cfgs = configs(modes);
+    let jobs = opts.jobs.clamp(1, cfgs.len().max(1));
+    let results: Vec<ConfigResult> = if jobs == 1 {
+        cfgs.iter().map(|&c| search_config(c, opts)).collect()
+    } else {
+        let next = AtomicUsize::new(0);
+        let slots: Mutex<Vec<Option<ConfigResult>>> = Mutex::new(vec![None; cfgs.len()]);
+        std::thread::scope(|scope| {
+            for _ in 0..jobs {
+                scope.spawn(|| loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    let Some(&c) = cfgs.get(i) else { break };
+                    let r = search_config(c, opts);
+                    if let Ok(mut v) = slots.lock() {
+                        v[i] = Some(r);
+                    }
+                });
+            }
+        });
+        let slots = slots.into_inner().unwrap_or_else(|e| e.into_inner());
+        // Every slot is filled: a panicking thread would have made `scope` panic.
+        slots
+            .into_iter()
+            .zip(&cfgs)
+            .map(|(r, &c)| r.unwrap_or_else(|| search_config(c, opts)))
+            .collect()
+    };
+    Report {
+        revision: opts.revision.name,
+        baseline: opts.baseline.map(|b| b.name),
+        depth: opts.depth,
+        configs: results,
+        elapsed: start.elapsed(),
+    }
+}

@@ -1,0 +1,356 @@
+//! The stepping runner ([`Session`]) and the bounded-exhaustive search.
+
+use harness::exhaustive::{
+    configs, explore, search_config, search_config_with, AbstractDomain, Control, Options,
+};
+use harness::generate::Swarm;
+use harness::scenario::{parse_trace, MfnSel, Op, Scenario};
+use harness::{revision_by_name, run, DivergenceClass, RunOutcome, Session};
+use p2m_core::{Config, Mode, Revision, Vendor};
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+use std::process::Command;
+
+fn rev(name: &str) -> Revision {
+    revision_by_name(name).expect("known revision")
+}
+
+/// `run` and a hand-written `Session` loop give identical outcomes on swarm scenarios.
+#[test]
+fn run_equals_manual_session_loop() {
+    let mut rng = SmallRng::seed_from_u64(5);
+    for r in ["patch-v1", "fixed"] {
+        let r = rev(r);
+        for i in 0..300 {
+            let s = Swarm::new(&mut rng, Some(Mode::ALL[i % 3])).scenario(&mut rng);
+            let mut sess = Session::for_scenario(&s, r);
+            let mut divergence = None;
+            for op in &s.ops {
+                if let Some(f) = sess.step(op) {
+                    divergence = Some(sess.divergence(f));
+                    break;
+                }
+            }
+            let manual = RunOutcome {
+                divergence,
+                stats: sess.stats(),
+            };
+            assert_eq!(run(&s, r), manual, "scenario:\n{s}");
+        }
+    }
+}
+
+/// A `Session` cloned after a prefix and continued gives the same outcome as a replay.
+#[test]
+fn cloned_prefix_continues_like_a_replay() {
+    let mut rng = SmallRng::seed_from_u64(6);
+    let r = rev("committed");
+    for i in 0..300 {
+        let s = Swarm::new(&mut rng, Some(Mode::ALL[i % 3])).scenario(&mut rng);
+        let cut = rng.gen_range(0..=s.ops.len());
+        let mut prefix = Session::for_scenario(&s, r);
+        let mut early = None;
+        for op in &s.ops[..cut] {
+            if let Some(f) = prefix.step(op) {
+                early = Some(prefix.divergence(f));
+                break;
+            }
+        }
+        let mut divergence = early.clone();
+        let mut cont = prefix.clone();
+        if early.is_none() {
+            for op in &s.ops[cut..] {
+                if let Some(f) = cont.step(op) {
+                    divergence = Some(cont.divergence(f));
+                    break;
+                }
+            }
+        }
+        let cloned = RunOutcome {
+            divergence,
+            stats: cont.stats(),
+        };
+        assert_eq!(run(&s, r), cloned, "scenario (cut at {cut}):\n{s}");
+    }
+}
+
+/// Reduction 2: an op both sides refuse leaves the model and the reference unchanged
+/// (checked for every letter, from the empty state and after every accepted letter).
+#[test]
+fn refused_ops_leave_state_unchanged() {
+    let snapshot = |s: &Session| {
+        let d = s.domain();
+        format!(
+            "{:?}{:?}{:?}{:?}{:?}",
+            d.p2m,
+            d.mem,
+            d.iommu.separate,
+            d.cache_records(),
+            s.reference()
+        )
+    };
+    let mut refused = 0;
+    for cfg in configs(Mode::ALL) {
+        let letters = AbstractDomain::standard().alphabet();
+        let fresh = Session::new(cfg, rev("committed"));
+        let mut starts = vec![fresh.clone()];
+        for l in &letters {
+            let mut s = fresh.clone();
+            if !s.step_outcome(&l.op).both_refused {
+                starts.push(s);
+            }
+        }
+        for start in starts.iter().step_by(7) {
+            let before = snapshot(start);
+            for l in &letters {
+                let mut s = start.clone();
+                if s.step_outcome(&l.op).both_refused {
+                    refused += 1;
+                    assert_eq!(before, snapshot(&s), "{cfg}: {} changed state", l.op);
+                }
+            }
+        }
+    }
+    assert!(refused > 0, "no letter was refused");
+}
+
+/// The standard alphabet: 96 distinct letters, gfns aligned to their order.
+#[test]
+fn alphabet_is_deduplicated_and_aligned() {
+    let letters = AbstractDomain::standard().alphabet();
+    assert_eq!(letters.len(), 96);
+    for (i, l) in letters.iter().enumerate() {
+        let Op::SetEntry(e) = l.op;
+        assert_eq!(e.gfn & ((1 << e.order) - 1), 0, "{}", l.op);
+        if let MfnSel::Frame(m) = e.mfn {
+            assert_eq!(m & ((1 << e.order) - 1), 0, "{}", l.op);
+        }
+        assert!(!letters[..i].iter().any(|o| o.op == l.op));
+    }
+    assert_eq!(configs(&[Mode::Ept]).len(), 2);
+    assert_eq!(configs(&[Mode::Npt]).len(), 2);
+    assert_eq!(configs(&[Mode::Shadow]).len(), 4);
+    assert!(AbstractDomain::wide(Mode::Npt).alphabet().len() > letters.len());
+}
+
+/// The configuration of `mode` with sharing `share` (vendor as normalized; VT-d for shadow).
+fn cfg(mode: Mode, share: bool) -> Config {
+    Config {
+        mode,
+        vendor: Vendor::Vtd,
+        iommu_hap_pt_share: share,
+    }
+    .normalized()
+}
+
+/// Finds the first sequence that diverges under `bad` and is clean under `good`,
+/// checking that claim by replay; returns its class and scenario.
+fn closed_hole(config: Config, bad: &str, good: &str, depth: usize) -> (DivergenceClass, Scenario) {
+    let opts = Options {
+        baseline: Some(rev(good)),
+        ..Options::new(rev(bad), depth)
+    };
+    let (d, s) = search_config(config, &opts)
+        .found
+        .unwrap_or_else(|| panic!("{bad} has no hole that {good} closed in {config}"));
+    assert_eq!(run(&s, rev(bad)).divergence.as_ref(), Some(&d));
+    assert!(run(&s, rev(good)).divergence.is_none(), "{s}");
+    (d.class(), s)
+}
+
+/// xen-4.6-pre: the EPT type change on the same frame (6c0e4ad608), the NPT old-mfn
+/// logic (660fd65d55) and shadow obeying the share flag (c0a85795d8), all closed by
+/// the committed series.
+#[test]
+fn finds_xen_4_6_pre_holes() {
+    let (class, s) = closed_hole(cfg(Mode::Ept, false), "xen-4.6-pre", "committed", 2);
+    assert_eq!(class, DivergenceClass::OverPermissive);
+    // Two ops on the same gfn, frame and order that change only the type.
+    let [Op::SetEntry(a), Op::SetEntry(b)] = s.ops[..] else {
+        panic!("expected two ops:\n{s}");
+    };
+    assert_eq!((a.gfn, a.mfn, a.order), (b.gfn, b.mfn, b.order), "{s}");
+    assert_ne!(a.p2mt, b.p2mt, "{s}");
+    let (class, s) = closed_hole(cfg(Mode::Npt, true), "xen-4.6-pre", "committed", 2);
+    assert_eq!(class, DivergenceClass::OverPermissive);
+    assert_eq!(s.ops.len(), 2, "{s}");
+    let (class, s) = closed_hole(cfg(Mode::Shadow, true), "xen-4.6-pre", "committed", 2);
+    assert_eq!(class, DivergenceClass::UnderPermissive);
+    assert_eq!(s.ops.len(), 1, "{s}");
+}
+
+/// patch-v1: George Dunlap's case — a 4 KiB map, then an empty 2 MiB entry over it —
+/// with separate and with shared tables.
+#[test]
+fn finds_patch_v1_george_case() {
+    let want = parse_trace(
+        "config mode=npt vendor=amd share=off\n\
+         set_entry gfn=0x40000 mfn=0x10040000 order=0 ram_rw rwx\n\
+         set_entry gfn=0x40000 mfn=INVALID_MFN order=9 invalid rwx\n",
+    )
+    .expect("trace");
+    for share in [false, true] {
+        let (class, s) = closed_hole(cfg(Mode::Npt, share), "patch-v1", "committed", 2);
+        assert_eq!(s.ops, want.ops);
+        // Shared: the L1 table is freed while the IOMMU may still walk it (reported
+        // before the stale leaf it also leaves).
+        let expect = if share {
+            DivergenceClass::FreedFrameReachable
+        } else {
+            DivergenceClass::OverPermissive
+        };
+        assert_eq!(class, expect);
+    }
+}
+
+/// committed: holes that `fixed` closed, in every mode, within two ops: the EPT
+/// access/type change on a shared entry, the 1 GiB split with next-level bits on a
+/// shared NPT, and the IOMMU mapping an empty entry (separate tables).
+#[test]
+fn finds_committed_holes() {
+    for (config, len) in [
+        (cfg(Mode::Ept, true), 2),
+        (cfg(Mode::Npt, true), 2),
+        (cfg(Mode::Shadow, false), 1),
+    ] {
+        let (_, s) = closed_hole(config, "committed", "fixed", 2);
+        assert_eq!(s.ops.len(), len, "{s}");
+    }
+}
+
+/// Without a baseline every historical revision diverges in every mode within two ops.
+#[test]
+fn historical_revisions_diverge() {
+    for r in ["xen-4.6-pre", "patch-v1", "committed"] {
+        for mode in Mode::ALL {
+            let report = explore(&[*mode], &Options::new(rev(r), 2));
+            assert!(report.shortest().is_some(), "{r} {mode} clean");
+        }
+    }
+}
+
+/// `fixed` is clean at depth 2 in every configuration.
+#[test]
+fn fixed_is_clean_at_depth_2() {
+    let report = explore(Mode::ALL, &Options::new(Revision::fixed(), 2));
+    for c in &report.configs {
+        assert!(c.found.is_none(), "{}: {:?}", c.config, c.found);
+        assert_eq!(c.depth_done, 2);
+        assert!(
+            c.sequences > 1000,
+            "{}: {} sequences",
+            c.config,
+            c.sequences
+        );
+    }
+}
+
+/// The visitor sees divergences shortest first and can pass over them.
+#[test]
+fn visitor_sees_divergences_shortest_first() {
+    let cfg = configs(&[Mode::Npt])[1];
+    let mut lengths = Vec::new();
+    let res = search_config_with(cfg, &Options::new(rev("committed"), 2), &mut |s, _| {
+        lengths.push(s.len());
+        Control::Continue
+    });
+    assert!(res.found.is_none());
+    assert!(lengths.len() > 1);
+    assert!(lengths.windows(2).all(|w| w[0] <= w[1]), "{lengths:?}");
+}
+
+/// Reductions 2-4 change neither the verdict nor the length of the first divergence.
+#[test]
+fn reductions_keep_verdicts() {
+    let cases = [
+        (cfg(Mode::Ept, true), "xen-4.6-pre", Some("committed")),
+        (cfg(Mode::Ept, true), "committed", None),
+        (cfg(Mode::Npt, true), "patch-v1", Some("committed")),
+        (cfg(Mode::Npt, true), "committed", Some("fixed")),
+        (cfg(Mode::Npt, true), "fixed", None),
+        (cfg(Mode::Shadow, true), "6c0e4ad608", Some("960265fbd8")),
+    ];
+    for (config, r, base) in cases {
+        let reduced = Options {
+            baseline: base.map(rev),
+            ..Options::new(rev(r), 2)
+        };
+        let plain = Options {
+            reduce: false,
+            ..reduced
+        };
+        let verdict = |o: &Options| {
+            let res = search_config(config, o);
+            let found = res.found.map(|(d, s)| (d.class(), s.ops.len()));
+            (found, res.depth_done, res.sequences)
+        };
+        let (a, da, na) = verdict(&reduced);
+        let (b, db, nb) = verdict(&plain);
+        assert_eq!((a, da), (b, db), "{config} {r} baseline {base:?}");
+        assert!(na <= nb);
+    }
+}
+
+/// Searching configurations on two threads gives the same report as one at a time.
+#[test]
+fn jobs_do_not_change_the_report() {
+    for (r, depth) in [("committed", 2), ("fixed", 1)] {
+        let one = explore(Mode::ALL, &Options::new(rev(r), depth));
+        let two = explore(
+            Mode::ALL,
+            &Options {
+                jobs: 2,
+                ..Options::new(rev(r), depth)
+            },
+        );
+        let key = |rep: &harness::exhaustive::Report| -> Vec<String> {
+            rep.configs
+                .iter()
+                .map(|c| format!("{} {} {} {:?}", c.config, c.sequences, c.ops, c.found))
+                .collect()
+        };
+        assert_eq!(key(&one), key(&two));
+    }
+}
+
+/// The CLI: exit 0 clean, 1 with a reproducer, 2 with a one-line error.
+#[test]
+fn cli_exit_codes() {
+    let bin = env!("CARGO_BIN_EXE_p2m-fuzz");
+    let out = Command::new(bin)
+        .args(["exhaustive", "--mode", "npt", "--depth", "1"])
+        .output()
+        .expect("runs");
+    assert_eq!(out.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("verdict: clean"));
+
+    let dir = std::env::temp_dir().join(format!("p2m-exhaustive-{}", std::process::id()));
+    let out = Command::new(bin)
+        .args(["exhaustive", "--mode", "shadow", "--revision", "committed"])
+        .args(["--depth", "2", "--out"])
+        .arg(&dir)
+        .output()
+        .expect("runs");
+    assert_eq!(out.status.code(), Some(1));
+    let trace = std::fs::read_dir(&dir)
+        .expect("out dir")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .find(|p| p.extension().is_some_and(|x| x == "trace"))
+        .expect("a .trace reproducer");
+    let s = parse_trace(&std::fs::read_to_string(&trace).expect("read")).expect("parses");
+    assert!(run(&s, rev("committed")).divergence.is_some());
+    let _ = std::fs::remove_dir_all(&dir);
+
+    for args in [
+        &["exhaustive", "--revision", "nope"][..],
+        &["exhaustive", "--mode", "pv"],
+        &["exhaustive", "--depth", "0"],
+        &["exhaustive", "--depth", "99"],
+        &["exhaustive", "--baseline", "nope"],
+    ] {
+        let out = Command::new(bin).args(args).output().expect("runs");
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(err.trim_end().lines().count(), 1, "{args:?}: {err}");
+    }
+}
