@@ -44,6 +44,10 @@ pub struct Iommu {
     pub caches: IommuCaches,
     /// Counters.
     pub stats: IommuStats,
+    /// Guest ranges whose translation the current `set_entry` changed beyond its own
+    /// range: the spans of AMD entries merged (`iommu_merge_pages`) or split
+    /// (`iommu_pde_from_gfn`). Cleared at the start of each `set_entry`.
+    pub touched: Vec<GfnRange>,
 }
 
 impl Iommu {
@@ -54,6 +58,7 @@ impl Iommu {
             separate: SeparateTables::new(vendor, mem),
             caches: IommuCaches::default(),
             stats: IommuStats::default(),
+            touched: Vec::new(),
         }
     }
 
