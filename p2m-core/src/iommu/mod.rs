@@ -130,10 +130,17 @@ impl Iommu {
     }
 
     /// Models the `iommu_unmap_page()` loop over `pages` pages (separate tables only).
-    pub fn iommu_unmap_pages(&mut self, mem: &mut MachineMemory, gfn: u64, pages: u64, seq: u64) {
+    pub fn iommu_unmap_pages(
+        &mut self,
+        mem: &mut MachineMemory,
+        sw: &Switches,
+        gfn: u64,
+        pages: u64,
+        seq: u64,
+    ) {
         self.stats.unmap_pages += pages;
         let mut sep = std::mem::take(&mut self.separate);
-        sep.unmap_pages(self, mem, gfn, pages, seq);
+        sep.unmap_pages(self, mem, sw, gfn, pages, seq);
         self.separate = sep;
     }
 }

@@ -209,17 +209,22 @@ impl SeparateTables {
         if pages == 0 {
             return;
         }
-        if self.vendor() == Vendor::Vtd {
-            // Leaf writes allocate nothing, so all tables can be found (and allocated,
-            // in the same order) before the leaves are written.
+        let amd = self.vendor() == Vendor::Amd;
+        if amd {
+            self.update_paging_mode(iommu, mem, gfn + pages - 1);
+        }
+        let mut plan = MapPlan::default();
+        if !amd || sw.amd_suppress_pte_merging {
+            // Without merging nothing is freed or split during the loop, and leaf
+            // writes allocate nothing, so all tables can be found (and allocated, in the
+            // same order) before the leaves are written.
             for (l1, chunk) in self.l1_chunks(mem, gfn, pages, true) {
                 let m = mfn.wrapping_add(chunk.start - gfn);
-                let plan = self.plan_map(sw, l1, chunk, m, perm);
+                self.plan_map(&mut plan, sw, l1, chunk, m, perm);
                 self.apply_map(iommu, mem, l1, chunk, &plan, seq);
             }
             return;
         }
-        self.update_paging_mode(iommu, mem, gfn + pages - 1);
         // AMD: one walk per level-1 chunk, as a merge frees (and a split allocates)
         // tables between the pages of the loop.
         let end = gfn + pages;
@@ -231,7 +236,7 @@ impl SeparateTables {
                 end: ((s / ENTRIES as u64 + 1) * ENTRIES as u64).min(end),
             };
             let m = mfn.wrapping_add(s - gfn);
-            s = match self.amd_map_chunk(iommu, mem, sw, &pt, chunk, m, perm, seq) {
+            s = match self.amd_map_chunk(iommu, mem, sw, &mut plan, &pt, chunk, m, perm, seq) {
                 // The next page finds a superpage and splits it again.
                 Some(merged) => merged + 1,
                 None => chunk.end,
@@ -243,12 +248,13 @@ impl SeparateTables {
     /// page maps to `mfn`): the entries it rewrites and the pages it flushes.
     fn plan_map(
         &self,
+        plan: &mut MapPlan,
         sw: &Switches,
         l1: u64,
         chunk: GfnRange,
         mfn: u64,
         perm: IommuPerm,
-    ) -> MapPlan {
+    ) {
         let vendor = self.vendor();
         let lo = index_of(chunk.start, 1);
         let hi = lo + chunk.len() as u16;
@@ -260,7 +266,8 @@ impl SeparateTables {
             count: 0,
         };
         // Gaps between stored runs are zero entries.
-        let mut pieces: Vec<(u16, u16, IoPte)> = Vec::new();
+        plan.clear();
+        let pieces = &mut plan.pieces;
         let mut at = lo;
         if let Some(t) = self.tables.get(l1) {
             for (s, l, e) in t.iter_runs(lo, hi) {
@@ -274,8 +281,8 @@ impl SeparateTables {
         if at < hi {
             pieces.push((at, hi - at, IoPte::default()));
         }
-        let mut plan = MapPlan::default();
-        for (s, l, old) in pieces {
+        for i in 0..plan.pieces.len() {
+            let (s, l, old) = plan.pieces[i];
             let n = new_at(s);
             let range = GfnRange {
                 start: chunk.start + (s - lo) as u64,
@@ -330,7 +337,6 @@ impl SeparateTables {
                 }
             }
         }
-        plan
     }
 
     /// Writes the entries of `plan` into `l1` (old present leaves become IOTLB records),
@@ -394,6 +400,7 @@ impl SeparateTables {
         iommu: &mut Iommu,
         mem: &mut MachineMemory,
         sw: &Switches,
+        plan: &mut MapPlan,
         pt: &PtMfn,
         chunk: GfnRange,
         mfn: u64,
@@ -401,11 +408,7 @@ impl SeparateTables {
         seq: u64,
     ) -> Option<u64> {
         let l1 = pt[1];
-        let mut plan = self.plan_map(sw, l1, chunk, mfn, perm);
-        if sw.amd_suppress_pte_merging {
-            self.apply_map(iommu, mem, l1, chunk, &plan, seq);
-            return None;
-        }
+        self.plan_map(plan, sw, l1, chunk, mfn, perm);
         // iommu_update_pde_count at level 2 runs once per page whose map flushed. It
         // reads the address of entry 0 of the level-1 table: the first page's new
         // address when the chunk starts there, else a value the chunk does not change.
@@ -431,7 +434,7 @@ impl SeparateTables {
         if let Some(g) = merge_at {
             plan.truncate(chunk.start, g + 1);
         }
-        self.apply_map(iommu, mem, l1, chunk, &plan, seq);
+        self.apply_map(iommu, mem, l1, chunk, plan, seq);
         match merge_at {
             None => {
                 let new_count = if first_mfn == 0 || events == 0 {
@@ -642,6 +645,7 @@ impl SeparateTables {
         &mut self,
         iommu: &mut Iommu,
         mem: &mut MachineMemory,
+        sw: &Switches,
         gfn: u64,
         pages: u64,
         seq: u64,
@@ -649,18 +653,21 @@ impl SeparateTables {
         if pages == 0 {
             return;
         }
-        let vendor = self.vendor();
-        if vendor == Vendor::Vtd {
-            // VT-d looks the table up without allocating. Clearing leaves allocates
-            // nothing, so all tables can be found first.
-            for (l1, chunk) in self.l1_chunks(mem, gfn, pages, false) {
+        let amd = self.vendor() == Vendor::Amd;
+        if amd {
+            self.update_paging_mode(iommu, mem, gfn + pages - 1);
+        }
+        if !amd || sw.amd_suppress_pte_merging {
+            // VT-d looks the table up without allocating; AMD's iommu_pde_from_gfn
+            // allocates missing levels even to unmap. Without merging there is no
+            // superpage to split, and clearing leaves allocates nothing, so all tables
+            // can be found first.
+            for (l1, chunk) in self.l1_chunks(mem, gfn, pages, amd) {
                 self.clear_chunk(iommu, mem, l1, chunk, seq);
             }
             return;
         }
-        self.update_paging_mode(iommu, mem, gfn + pages - 1);
-        // AMD's iommu_pde_from_gfn allocates missing levels even to unmap, and splits
-        // a superpage in the way.
+        // AMD with merging: iommu_pde_from_gfn may split a superpage in the way.
         let end = gfn + pages;
         let mut s = gfn;
         while s < end {
@@ -745,14 +752,24 @@ type PtMfn = [u64; 7];
 
 /// What the map loop does to one level-1 table: writes `(index, len, old, new first)`,
 /// pages flushed (in ascending order), VT-d flushes skipped.
+/// `pieces` is scratch space: the old runs and gaps of the chunk.
 #[derive(Default)]
 struct MapPlan {
     writes: Vec<(u16, u16, IoPte, IoPte)>,
     flush: Vec<GfnRange>,
     skipped: u64,
+    pieces: Vec<(u16, u16, IoPte)>,
 }
 
 impl MapPlan {
+    /// Empties the plan, keeping the buffers.
+    fn clear(&mut self) {
+        self.writes.clear();
+        self.flush.clear();
+        self.skipped = 0;
+        self.pieces.clear();
+    }
+
     /// Keeps only what concerns pages below `end` of the chunk starting at `start`.
     fn truncate(&mut self, start: u64, end: u64) {
         let lo = index_of(start, 1);
