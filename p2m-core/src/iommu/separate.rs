@@ -5,9 +5,16 @@
 //! same cache records), one 512-entry table at a time: cost scales with tables
 //! touched, never with pages.
 //!
-//! Not modelled (see the fidelity table): AMD page merging
-//! (`iommu_update_pde_count` / `iommu_merge_pages`) and hence the superpage split
-//! in `iommu_pde_from_gfn`; leaves are always 4 KiB here.
+//! AMD page merging (Xen 4.6 until XSA-275): after a map that changed a PTE,
+//! `amd_iommu_map_page` bumps a count in the parent PDE's ignored bits
+//! (`iommu_update_pde_count`) when the mfn is contiguous with the address in entry 0
+//! of the table below (aligned to the PDE's size); the 512th such event turns the PDE
+//! into a superpage with the map's permission (`iommu_merge_pages`, flush-all) and
+//! frees the table below, and so on up the levels. `iommu_pde_from_gfn` splits a
+//! superpage again into 512 read/write entries (flush-all) when a later map or unmap
+//! lands in it. With merging, the AMD loop walks once per level-1 chunk and finds the
+//! page (if any) whose event merges by counting events per run, so the cost stays per
+//! table; switch `amd_suppress_pte_merging` turns merging off.
 
 use super::cache::Invalidation;
 use super::walk::{IoEntry, IoTables};
