@@ -33,6 +33,11 @@
 //!   that happens at the first map, before any cache record can exist, and only adds a
 //!   table. Relations across L3 or L4 entries (two 1 GiB regions) only share tables that
 //!   no op of order ≤ 18 replaces.
+//!   Not covered by this argument: AMD-Vi page merging in separate tables (revisions
+//!   without `amd_suppress_pte_merging`, i.e. all but `fixed`), which also depends on
+//!   the mfn's alignment and on a count of map events per table: one order-9 or
+//!   order-18 op merges, but counts reached only through hundreds of 4 KiB ops lie
+//!   beyond any depth searched here (`p2m-core/tests/amd_merge.rs` covers them).
 //! - **orders** 0, 9 and 18.
 //! - **types**: one per class of behaviour the IOMMU side can tell apart ([`TYPES`]).
 //!   A type enters the decisions through (a) its `p2m_get_iommu_flags` permission

@@ -272,6 +272,7 @@ impl Session {
         if finding.is_none() {
             let mut ranges: Vec<GfnRange> =
                 self.dom.cache_records().iter().map(|r| r.range).collect();
+            ranges.extend_from_slice(self.dom.iommu_touched());
             if real.is_ok() {
                 ranges.push(op_range);
             }
@@ -412,6 +413,7 @@ mod tests {
             if finding.is_none() {
                 let mut ranges: Vec<GfnRange> =
                     dom.cache_records().iter().map(|r| r.range).collect();
+                ranges.extend_from_slice(dom.iommu_touched());
                 if real.is_ok() {
                     ranges.push(op_range);
                 }

@@ -137,6 +137,7 @@ impl Domain {
         access: P2mAccess,
     ) -> Result<(), P2mError> {
         self.seq += 1;
+        self.iommu.touched.clear();
         let sw = self.revision.switches;
         let mut cx = Cx {
             mem: &mut self.mem,
@@ -150,6 +151,12 @@ impl Domain {
             P2m::Ept(e) => e.set_entry(&mut cx, gfn, mfn, order, p2mt, access),
             P2m::Pt(p) => p.set_entry(&mut cx, gfn, mfn, order, p2mt, access),
         }
+    }
+
+    /// Guest ranges the last `set_entry` changed in the IOMMU beyond its own range
+    /// (merged or split AMD superpages); the oracle must check them too.
+    pub fn iommu_touched(&self) -> &[GfnRange] {
+        &self.iommu.touched
     }
 
     /// Models `p2m->get_entry()` (query only).

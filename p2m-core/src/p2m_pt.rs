@@ -410,7 +410,8 @@ impl P2mPt {
                     cx.iommu
                         .iommu_map_pages(cx.mem, cx.sw, gfn, 1 << order, mfn.0, flags, cx.seq);
                 } else {
-                    cx.iommu.iommu_unmap_pages(cx.mem, gfn, 1 << order, cx.seq);
+                    cx.iommu
+                        .iommu_unmap_pages(cx.mem, cx.sw, gfn, 1 << order, cx.seq);
                 }
             }
         }

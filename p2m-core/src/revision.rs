@@ -69,6 +69,14 @@ pub struct Switches {
     /// empty entry (e.g. `ram_rw` with `INVALID_MFN`), so the IOMMU maps a bogus
     /// frame the CPU side does not. Fixed: an empty new entry is unmapped.
     pub iommu_flags_require_present_entry: bool,
+    /// XSA-275, 937ef32565 (2018) "AMD/IOMMU: suppress PTE merging after initial table
+    /// creation": Xen 4.6's `amd_iommu_map_page` merges a table into a superpage
+    /// (`iommu_update_pde_count` / `iommu_merge_pages`) after 512 contiguous map
+    /// *events*, without checking the table's entries or their permissions (the last
+    /// map's permission wins), and `iommu_pde_from_gfn` splits a superpage into
+    /// read/write entries whatever its permission. Fixed: no merging once the domain
+    /// is created (every modelled op is), so separate AMD tables hold 4 KiB leaves only.
+    pub amd_suppress_pte_merging: bool,
 }
 
 /// A named set of switch values.
@@ -91,6 +99,7 @@ const PRE: Switches = Switches {
     pt_split_1g_keeps_leaf_nlevel: false,
     amd_map_flush_on_perm_change: false,
     iommu_flags_require_present_entry: false,
+    amd_suppress_pte_merging: false,
 };
 
 const COMMITTED: Switches = Switches {
@@ -166,6 +175,7 @@ pub const REVISIONS: &[Revision] = &[
             pt_split_1g_keeps_leaf_nlevel: true,
             amd_map_flush_on_perm_change: true,
             iommu_flags_require_present_entry: true,
+            amd_suppress_pte_merging: true,
             ..COMMITTED
         },
     },
@@ -187,7 +197,7 @@ impl Revision {
 }
 
 /// Names of the [`Switches`] fields, in declaration order.
-pub const SWITCH_NAMES: [&str; 8] = [
+pub const SWITCH_NAMES: [&str; 9] = [
     "ept_need_modify_checks_iommu_flags",
     "pt_delay_intermediate_free",
     "pt_shadow_ignores_share",
@@ -196,6 +206,7 @@ pub const SWITCH_NAMES: [&str; 8] = [
     "pt_split_1g_keeps_leaf_nlevel",
     "amd_map_flush_on_perm_change",
     "iommu_flags_require_present_entry",
+    "amd_suppress_pte_merging",
 ];
 
 impl Switches {
@@ -226,6 +237,9 @@ impl Switches {
             "iommu_flags_require_present_entry" => {
                 self.iommu_flags_require_present_entry = from.iommu_flags_require_present_entry
             }
+            "amd_suppress_pte_merging" => {
+                self.amd_suppress_pte_merging = from.amd_suppress_pte_merging
+            }
             _ => return None,
         }
         Some(self)
@@ -248,7 +262,8 @@ impl fmt::Display for Switches {
             "ept_need_modify_checks_iommu_flags={} pt_delay_intermediate_free={} \
              pt_shadow_ignores_share={} pt_iommu_conditions={:?} \
              ept_need_modify_requires_present_leaf={} pt_split_1g_keeps_leaf_nlevel={} \
-             amd_map_flush_on_perm_change={} iommu_flags_require_present_entry={}",
+             amd_map_flush_on_perm_change={} iommu_flags_require_present_entry={} \
+             amd_suppress_pte_merging={}",
             self.ept_need_modify_checks_iommu_flags,
             self.pt_delay_intermediate_free,
             self.pt_shadow_ignores_share,
@@ -256,7 +271,8 @@ impl fmt::Display for Switches {
             self.ept_need_modify_requires_present_leaf,
             self.pt_split_1g_keeps_leaf_nlevel,
             self.amd_map_flush_on_perm_change,
-            self.iommu_flags_require_present_entry
+            self.iommu_flags_require_present_entry,
+            self.amd_suppress_pte_merging
         )
     }
 }

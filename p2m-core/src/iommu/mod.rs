@@ -44,6 +44,10 @@ pub struct Iommu {
     pub caches: IommuCaches,
     /// Counters.
     pub stats: IommuStats,
+    /// Guest ranges whose translation the current `set_entry` changed beyond its own
+    /// range: the spans of AMD entries merged (`iommu_merge_pages`) or split
+    /// (`iommu_pde_from_gfn`). Cleared at the start of each `set_entry`.
+    pub touched: Vec<GfnRange>,
 }
 
 impl Iommu {
@@ -54,6 +58,7 @@ impl Iommu {
             separate: SeparateTables::new(vendor, mem),
             caches: IommuCaches::default(),
             stats: IommuStats::default(),
+            touched: Vec::new(),
         }
     }
 
@@ -125,10 +130,17 @@ impl Iommu {
     }
 
     /// Models the `iommu_unmap_page()` loop over `pages` pages (separate tables only).
-    pub fn iommu_unmap_pages(&mut self, mem: &mut MachineMemory, gfn: u64, pages: u64, seq: u64) {
+    pub fn iommu_unmap_pages(
+        &mut self,
+        mem: &mut MachineMemory,
+        sw: &Switches,
+        gfn: u64,
+        pages: u64,
+        seq: u64,
+    ) {
         self.stats.unmap_pages += pages;
         let mut sep = std::mem::take(&mut self.separate);
-        sep.unmap_pages(self, mem, gfn, pages, seq);
+        sep.unmap_pages(self, mem, sw, gfn, pages, seq);
         self.separate = sep;
     }
 }

@@ -5,9 +5,16 @@
 //! same cache records), one 512-entry table at a time: cost scales with tables
 //! touched, never with pages.
 //!
-//! Not modelled (see the fidelity table): AMD page merging
-//! (`iommu_update_pde_count` / `iommu_merge_pages`) and hence the superpage split
-//! in `iommu_pde_from_gfn`; leaves are always 4 KiB here.
+//! AMD page merging (Xen 4.6 until XSA-275): after a map that changed a PTE,
+//! `amd_iommu_map_page` bumps a count in the parent PDE's ignored bits
+//! (`iommu_update_pde_count`) when the mfn is contiguous with the address in entry 0
+//! of the table below (aligned to the PDE's size); the 512th such event turns the PDE
+//! into a superpage with the map's permission (`iommu_merge_pages`, flush-all) and
+//! frees the table below, and so on up the levels. `iommu_pde_from_gfn` splits a
+//! superpage again into 512 read/write entries (flush-all) when a later map or unmap
+//! lands in it. With merging, the AMD loop walks once per level-1 chunk and finds the
+//! page (if any) whose event merges by counting events per run, so the cost stays per
+//! table; switch `amd_suppress_pte_merging` turns merging off.
 
 use super::cache::Invalidation;
 use super::walk::{IoEntry, IoTables};
@@ -28,6 +35,8 @@ pub struct IoPte {
     pub addr: u64,
     /// Read / write bits.
     pub perm: IommuPerm,
+    /// AMD PDE count in the ignored bits 1-8 and 63 (`get_pde_count` / `set_pde_count`).
+    pub count: u16,
 }
 
 impl Pte for IoPte {
@@ -92,6 +101,7 @@ impl SeparateTables {
                 next_level: self.root_level,
                 addr: self.root,
                 perm: IommuPerm::RW,
+                count: 0,
             };
             if let Some(t) = self.tables.get_mut(new_root) {
                 t.set(0, e);
@@ -147,6 +157,7 @@ impl SeparateTables {
                     next_level: level - 1,
                     addr: nt,
                     perm: IommuPerm::RW,
+                    count: 0,
                 };
                 if let Some(tab) = self.tables.get_mut(t) {
                     tab.set(idx, ne);
@@ -205,168 +216,157 @@ impl SeparateTables {
         if pages == 0 {
             return;
         }
-        let vendor = self.vendor();
-        if vendor == Vendor::Amd {
+        let amd = self.vendor() == Vendor::Amd;
+        if amd {
             self.update_paging_mode(iommu, mem, gfn + pages - 1);
         }
-        // Leaf writes allocate nothing, so all tables can be found (and allocated,
-        // in the same order) before the leaves are written.
-        let chunks = self.l1_chunks(mem, gfn, pages, true);
-        let mut pieces: Vec<(u16, u16, IoPte)> = Vec::new();
-        let mut flush: Vec<GfnRange> = Vec::new();
-        for (l1, chunk) in chunks {
-            let lo = index_of(chunk.start, 1);
-            let hi = lo + chunk.len() as u16;
-            let new_at = |idx: u16| IoPte {
-                present: true,
-                next_level: 0,
-                addr: mfn.wrapping_add(chunk.start - gfn + (idx - lo) as u64),
-                perm,
+        let mut plan = MapPlan::default();
+        if !amd || sw.amd_suppress_pte_merging {
+            // Without merging nothing is freed or split during the loop, and leaf
+            // writes allocate nothing, so all tables can be found (and allocated, in the
+            // same order) before the leaves are written.
+            for (l1, chunk) in self.l1_chunks(mem, gfn, pages, true) {
+                let m = mfn.wrapping_add(chunk.start - gfn);
+                self.plan_map(&mut plan, sw, l1, chunk, m, perm);
+                self.apply_map(iommu, mem, l1, chunk, &plan, seq);
+            }
+            return;
+        }
+        // AMD: one walk per level-1 chunk, as a merge frees (and a split allocates)
+        // tables between the pages of the loop.
+        let end = gfn + pages;
+        let mut s = gfn;
+        while s < end {
+            let pt = self.amd_pde_from_gfn(iommu, mem, s, seq);
+            let chunk = GfnRange {
+                start: s,
+                end: ((s / ENTRIES as u64 + 1) * ENTRIES as u64).min(end),
             };
-            // Gaps between stored runs are zero entries.
-            pieces.clear();
-            let mut at = lo;
-            if let Some(t) = self.tables.get(l1) {
-                for (s, l, e) in t.iter_runs(lo, hi) {
-                    if s > at {
-                        pieces.push((at, s - at, IoPte::default()));
-                    }
-                    pieces.push((s, l, e));
-                    at = s + l;
+            let m = mfn.wrapping_add(s - gfn);
+            s = match self.amd_map_chunk(iommu, mem, sw, &mut plan, &pt, chunk, m, perm, seq) {
+                // The next page finds a superpage and splits it again.
+                Some(merged) => merged + 1,
+                None => chunk.end,
+            };
+        }
+    }
+
+    /// What the `map_page` loop does to the level-1 table `l1` for `chunk` (whose first
+    /// page maps to `mfn`): the entries it rewrites and the pages it flushes.
+    fn plan_map(
+        &self,
+        plan: &mut MapPlan,
+        sw: &Switches,
+        l1: u64,
+        chunk: GfnRange,
+        mfn: u64,
+        perm: IommuPerm,
+    ) {
+        let vendor = self.vendor();
+        let lo = index_of(chunk.start, 1);
+        let hi = lo + chunk.len() as u16;
+        let new_at = |idx: u16| IoPte {
+            present: true,
+            next_level: 0,
+            addr: mfn.wrapping_add((idx - lo) as u64),
+            perm,
+            count: 0,
+        };
+        // Gaps between stored runs are zero entries.
+        plan.clear();
+        let pieces = &mut plan.pieces;
+        let mut at = lo;
+        if let Some(t) = self.tables.get(l1) {
+            for (s, l, e) in t.iter_runs(lo, hi) {
+                if s > at {
+                    pieces.push((at, s - at, IoPte::default()));
                 }
+                pieces.push((s, l, e));
+                at = s + l;
             }
-            if at < hi {
-                pieces.push((at, hi - at, IoPte::default()));
+        }
+        if at < hi {
+            pieces.push((at, hi - at, IoPte::default()));
+        }
+        for i in 0..plan.pieces.len() {
+            let (s, l, old) = plan.pieces[i];
+            let n = new_at(s);
+            let range = GfnRange {
+                start: chunk.start + (s - lo) as u64,
+                end: chunk.start + (s - lo + l) as u64,
+            };
+            let linear_same_addr = old.present && old.addr == n.addr;
+            let same = linear_same_addr && old.perm == n.perm;
+            if same {
+                // VT-d: `old.val == new.val` returns early; AMD rewrites the same value.
+                continue;
             }
-            flush.clear();
-            for &(s, l, old) in &pieces {
-                let n = new_at(s);
-                let range = GfnRange {
-                    start: chunk.start + (s - lo) as u64,
-                    end: chunk.start + (s - lo + l) as u64,
-                };
-                let linear_same_addr = old.present && old.addr == n.addr;
-                let same = linear_same_addr && old.perm == n.perm;
-                if same {
-                    // VT-d: `old.val == new.val` returns early; AMD rewrites the same value.
-                    continue;
-                }
-                if old.present {
-                    note_overwrite(
-                        &mut iommu.caches,
-                        &*self,
-                        mem,
-                        range,
-                        1,
-                        IoEntry::Leaf {
-                            mfn: old.addr,
-                            perm: old.perm,
-                        },
-                        seq,
-                    );
-                }
-                match vendor {
-                    // `__intel_iommu_iotlb_flush(d, gfn, dma_pte_present(old), 1)`: PSI of
-                    // the page, skipped for a non-present old PTE (no caching mode).
-                    Vendor::Vtd => {
-                        if old.present {
-                            flush.push(range);
-                        } else {
-                            iommu.stats.vtd_psi_skipped += range.len();
-                        }
+            plan.writes.push((s, l, old, n));
+            match vendor {
+                // `__intel_iommu_iotlb_flush(d, gfn, dma_pte_present(old), 1)`: PSI of
+                // the page, skipped for a non-present old PTE (no caching mode).
+                Vendor::Vtd => {
+                    if old.present {
+                        plan.flush.push(range);
+                    } else {
+                        plan.skipped += range.len();
                     }
-                    // `set_iommu_pde_present` reports a flush only when the address
-                    // changes; a zero (cleared) entry has address 0.
-                    Vendor::Amd => {
-                        let flush_perm = sw.amd_map_flush_on_perm_change && old.present;
-                        if old.present && !linear_same_addr || flush_perm {
-                            flush.push(range);
-                        } else if !old.present {
-                            // Old address 0: only a new address of 0 compares equal.
-                            // The new addresses advance by one per page from `n.addr`.
-                            let k = old.addr.wrapping_sub(n.addr);
-                            let zero_at = (k < l as u64).then_some(k as u16);
-                            match zero_at {
-                                None => flush.push(range),
-                                Some(k) => {
-                                    if k > 0 {
-                                        flush.push(GfnRange {
-                                            start: range.start,
-                                            end: range.start + k as u64,
-                                        });
-                                    }
-                                    if k + 1 < l {
-                                        flush.push(GfnRange {
-                                            start: range.start + k as u64 + 1,
-                                            end: range.end,
-                                        });
-                                    }
+                }
+                // `set_iommu_pde_present` reports a flush only when the address
+                // changes; a zero (cleared) entry has address 0.
+                Vendor::Amd => {
+                    let flush_perm = sw.amd_map_flush_on_perm_change && old.present;
+                    if old.present && !linear_same_addr || flush_perm {
+                        plan.flush.push(range);
+                    } else if !old.present {
+                        // Old address 0: only a new address of 0 compares equal.
+                        // The new addresses advance by one per page from `n.addr`.
+                        let k = old.addr.wrapping_sub(n.addr);
+                        let zero_at = (k < l as u64).then_some(k as u16);
+                        match zero_at {
+                            None => plan.flush.push(range),
+                            Some(k) => {
+                                if k > 0 {
+                                    plan.flush.push(GfnRange {
+                                        start: range.start,
+                                        end: range.start + k as u64,
+                                    });
+                                }
+                                if k + 1 < l {
+                                    plan.flush.push(GfnRange {
+                                        start: range.start + k as u64 + 1,
+                                        end: range.end,
+                                    });
                                 }
                             }
                         }
                     }
                 }
-                if let Some(t) = self.tables.get_mut(l1) {
-                    t.fill(s, l, n);
-                }
-            }
-            for &r in &flush {
-                let per_page = match vendor {
-                    Vendor::Vtd => Invalidation::VtdPsi {
-                        gfn: r.start,
-                        order: 0,
-                        ih: false,
-                    },
-                    Vendor::Amd => Invalidation::AmdPages {
-                        gfn: r.start,
-                        order: 0,
-                    },
-                };
-                iommu.invalidate_each_page(r, per_page);
             }
         }
     }
 
-    /// The `unmap_page` loop (`intel_iommu_unmap_page` → `dma_pte_clear_one`;
-    /// `amd_iommu_unmap_page`).
-    pub fn unmap_pages(
+    /// Writes the entries of `plan` into `l1` (old present leaves become IOTLB records),
+    /// then issues its per-page flushes.
+    fn apply_map(
         &mut self,
         iommu: &mut Iommu,
-        mem: &mut MachineMemory,
-        gfn: u64,
-        pages: u64,
+        mem: &MachineMemory,
+        l1: u64,
+        chunk: GfnRange,
+        plan: &MapPlan,
         seq: u64,
     ) {
-        if pages == 0 {
-            return;
-        }
-        let vendor = self.vendor();
-        if vendor == Vendor::Amd {
-            self.update_paging_mode(iommu, mem, gfn + pages - 1);
-        }
-        // VT-d looks the table up without allocating; AMD's iommu_pde_from_gfn
-        // allocates missing levels even to unmap. Clearing leaves allocates nothing,
-        // so all tables can be found first.
-        let chunks = self.l1_chunks(mem, gfn, pages, vendor == Vendor::Amd);
-        for (l1, chunk) in chunks {
-            let lo = index_of(chunk.start, 1);
-            let hi = lo + chunk.len() as u16;
-            let old_runs = self
-                .tables
-                .get(l1)
-                .into_iter()
-                .flat_map(|t| t.iter_runs(lo, hi));
-            for (s, l, old) in old_runs {
-                if !old.present {
-                    continue;
-                }
+        let lo = index_of(chunk.start, 1);
+        for &(s, l, old, n) in &plan.writes {
+            if old.present {
                 let range = GfnRange {
                     start: chunk.start + (s - lo) as u64,
                     end: chunk.start + (s - lo + l) as u64,
                 };
                 note_overwrite(
                     &mut iommu.caches,
-                    self,
+                    &*self,
                     mem,
                     range,
                     1,
@@ -376,33 +376,431 @@ impl SeparateTables {
                     },
                     seq,
                 );
-                if vendor == Vendor::Vtd {
-                    // dma_pte_clear_one: flush only pages that were present.
-                    iommu.invalidate_each_page(
-                        range,
-                        Invalidation::VtdPsi {
-                            gfn: range.start,
-                            order: 0,
-                            ih: false,
+            }
+            if let Some(t) = self.tables.get_mut(l1) {
+                t.fill(s, l, n);
+            }
+        }
+        iommu.stats.vtd_psi_skipped += plan.skipped;
+        for &r in &plan.flush {
+            let per_page = match self.vendor() {
+                Vendor::Vtd => Invalidation::VtdPsi {
+                    gfn: r.start,
+                    order: 0,
+                    ih: false,
+                },
+                Vendor::Amd => Invalidation::AmdPages {
+                    gfn: r.start,
+                    order: 0,
+                },
+            };
+            iommu.invalidate_each_page(r, per_page);
+        }
+    }
+
+    /// `amd_iommu_map_page` for the pages of `chunk` (one level-1 table `pt[1]`, first
+    /// page to `mfn`): leaves, flushes and the merge loop. Returns the page whose map
+    /// merged the table into a superpage, if one did (the rest of `chunk` is not mapped).
+    #[allow(clippy::too_many_arguments)]
+    fn amd_map_chunk(
+        &mut self,
+        iommu: &mut Iommu,
+        mem: &mut MachineMemory,
+        sw: &Switches,
+        plan: &mut MapPlan,
+        pt: &PtMfn,
+        chunk: GfnRange,
+        mfn: u64,
+        perm: IommuPerm,
+        seq: u64,
+    ) -> Option<u64> {
+        let l1 = pt[1];
+        self.plan_map(plan, sw, l1, chunk, mfn, perm);
+        // iommu_update_pde_count at level 2 runs once per page whose map flushed. It
+        // reads the address of entry 0 of the level-1 table: the first page's new
+        // address when the chunk starts there, else a value the chunk does not change.
+        // The mfns advance with the gfns, so contiguity is the same for every page.
+        let first_mfn = if index_of(chunk.start, 1) == 0 {
+            mfn
+        } else {
+            self.tables.get(l1).map_or(0, |t| t.get(0).addr)
+        };
+        let pde_idx = index_of(chunk.start, 2);
+        let pde = self
+            .tables
+            .get(pt[2])
+            .map(|t| t.get(pde_idx))
+            .unwrap_or_default();
+        let count = pde.count as u64;
+        let events: u64 = plan.flush.iter().map(|r| r.len()).sum();
+        let contiguous =
+            first_mfn & 511 == 0 && (chunk.start & 511 | first_mfn) == mfn && first_mfn != 0;
+        // A count of 511 plus one more contiguous event merges.
+        let merge_at = (first_mfn != 0 && contiguous && events >= ENTRIES as u64 - count)
+            .then(|| nth_page(&plan.flush, ENTRIES as u64 - count));
+        if let Some(g) = merge_at {
+            plan.truncate(chunk.start, g + 1);
+        }
+        self.apply_map(iommu, mem, l1, chunk, plan, seq);
+        match merge_at {
+            None => {
+                let new_count = if first_mfn == 0 || events == 0 {
+                    count
+                } else if contiguous {
+                    count + events
+                } else {
+                    0
+                };
+                if new_count != count {
+                    if let Some(t) = self.tables.get_mut(pt[2]) {
+                        t.set(
+                            pde_idx,
+                            IoPte {
+                                count: new_count as u16,
+                                ..pde
+                            },
+                        );
+                    }
+                }
+                None
+            }
+            Some(g) => {
+                let m = mfn.wrapping_add(g - chunk.start);
+                let mut level = 2;
+                loop {
+                    self.amd_merge_pages(iommu, mem, pt[level as usize], g, level, perm, seq);
+                    // Deallocate lower level page table (after the flush-all of the merge).
+                    let lower = pt[level as usize - 1];
+                    self.tables.remove(lower);
+                    mem.free(lower);
+                    level += 1;
+                    if level > self.root_level
+                        || !self.amd_update_pde_count(pt[level as usize], g, m, level)
+                    {
+                        break;
+                    }
+                }
+                Some(g)
+            }
+        }
+    }
+
+    /// Models `iommu_update_pde_count` for the PDE of `gfn` in table `t` at `level`:
+    /// true when the count was already 511 and `mfn` is contiguous with the first
+    /// mfn of the next-level table (aligned to the PDE's size).
+    fn amd_update_pde_count(&mut self, t: u64, gfn: u64, mfn: u64, level: u8) -> bool {
+        let idx = index_of(gfn, level);
+        let Some(pde) = self.tables.get(t).map(|tab| tab.get(idx)) else {
+            return false;
+        };
+        let first_mfn = self.tables.get(pde.addr).map_or(0, |nt| nt.get(0).addr);
+        if first_mfn == 0 {
+            return false;
+        }
+        let mask = pages_per_entry(level) - 1;
+        let count = if first_mfn & mask == 0 && (gfn & mask | first_mfn) == mfn {
+            if pde.count as u64 == ENTRIES as u64 - 1 {
+                return true;
+            }
+            pde.count + 1
+        } else {
+            0
+        };
+        if let Some(tab) = self.tables.get_mut(t) {
+            tab.set(idx, IoPte { count, ..pde });
+        }
+        false
+    }
+
+    /// Models `iommu_merge_pages`: the PDE of `gfn` in table `t` at `level` becomes a
+    /// superpage at the first mfn of its next-level table, then all pages are flushed.
+    #[allow(clippy::too_many_arguments)]
+    fn amd_merge_pages(
+        &mut self,
+        iommu: &mut Iommu,
+        mem: &MachineMemory,
+        t: u64,
+        gfn: u64,
+        level: u8,
+        perm: IommuPerm,
+        seq: u64,
+    ) {
+        let idx = index_of(gfn, level);
+        let Some(pde) = self.tables.get(t).map(|tab| tab.get(idx)) else {
+            return;
+        };
+        let first_mfn = self.tables.get(pde.addr).map_or(0, |nt| nt.get(0).addr);
+        let span = pages_per_entry(level);
+        let span_range = GfnRange::of_order(gfn & !(span - 1), 9 * (level as u32 - 1));
+        iommu.touched.push(span_range);
+        note_overwrite(
+            &mut iommu.caches,
+            &*self,
+            mem,
+            GfnRange::of_order(gfn & !(span - 1), 9 * (level as u32 - 1)),
+            level,
+            IoEntry::Next {
+                table: pde.addr,
+                level: level - 1,
+                perm: pde.perm,
+            },
+            seq,
+        );
+        if let Some(tab) = self.tables.get_mut(t) {
+            tab.set(
+                idx,
+                IoPte {
+                    present: true,
+                    next_level: 0,
+                    addr: first_mfn,
+                    perm,
+                    count: 0,
+                },
+            );
+        }
+        iommu.invalidate(Invalidation::AmdAllPages);
+    }
+
+    /// Models `iommu_pde_from_gfn`: walks to `gfn`'s level-1 table, installing missing
+    /// tables and splitting a superpage on the way into a new table of 512 read/write
+    /// entries (then flushing all pages). Returns `pt_mfn[]`: the table at each level.
+    fn amd_pde_from_gfn(
+        &mut self,
+        iommu: &mut Iommu,
+        mem: &mut MachineMemory,
+        gfn: u64,
+        seq: u64,
+    ) -> PtMfn {
+        let mut pt = [0u64; 7];
+        let mut t = self.root;
+        let mut level = self.root_level;
+        while level > 1 {
+            pt[level as usize] = t;
+            let idx = index_of(gfn, level);
+            let e = self
+                .tables
+                .get(t)
+                .map(|tab| tab.get(idx))
+                .unwrap_or_default();
+            let next = if e.present && e.next_level != 0 {
+                e.addr
+            } else {
+                let nt = mem.alloc(TableOwner::Iommu, level - 1);
+                self.tables.insert(nt, level - 1);
+                let superpage = e.present && e.addr != 0;
+                if superpage {
+                    // `set_iommu_pte_present(.., !!IOMMUF_writable, !!IOMMUF_readable)`
+                    // for each of the 512 pieces: read/write whatever the superpage had.
+                    if let Some(ntab) = self.tables.get_mut(nt) {
+                        ntab.fill(
+                            0,
+                            ENTRIES,
+                            IoPte {
+                                present: true,
+                                next_level: 0,
+                                addr: e.addr,
+                                perm: IommuPerm::RW,
+                                count: 0,
+                            },
+                        );
+                    }
+                    let span = pages_per_entry(level);
+                    iommu.touched.push(GfnRange::of_order(
+                        gfn & !(span - 1),
+                        9 * (level as u32 - 1),
+                    ));
+                    note_overwrite(
+                        &mut iommu.caches,
+                        &*self,
+                        mem,
+                        GfnRange::of_order(gfn & !(span - 1), 9 * (level as u32 - 1)),
+                        level,
+                        IoEntry::Leaf {
+                            mfn: e.addr,
+                            perm: e.perm,
+                        },
+                        seq,
+                    );
+                }
+                if let Some(tab) = self.tables.get_mut(t) {
+                    tab.set(
+                        idx,
+                        IoPte {
+                            present: true,
+                            next_level: level - 1,
+                            addr: nt,
+                            perm: IommuPerm::RW,
+                            count: 0,
                         },
                     );
                 }
+                if superpage {
+                    iommu.invalidate(Invalidation::AmdAllPages);
+                }
+                nt
+            };
+            t = next;
+            level -= 1;
+        }
+        pt[1] = t;
+        pt
+    }
+
+    /// The `unmap_page` loop (`intel_iommu_unmap_page` → `dma_pte_clear_one`;
+    /// `amd_iommu_unmap_page`).
+    pub fn unmap_pages(
+        &mut self,
+        iommu: &mut Iommu,
+        mem: &mut MachineMemory,
+        sw: &Switches,
+        gfn: u64,
+        pages: u64,
+        seq: u64,
+    ) {
+        if pages == 0 {
+            return;
+        }
+        let amd = self.vendor() == Vendor::Amd;
+        if amd {
+            self.update_paging_mode(iommu, mem, gfn + pages - 1);
+        }
+        if !amd || sw.amd_suppress_pte_merging {
+            // VT-d looks the table up without allocating; AMD's iommu_pde_from_gfn
+            // allocates missing levels even to unmap. Without merging there is no
+            // superpage to split, and clearing leaves allocates nothing, so all tables
+            // can be found first.
+            for (l1, chunk) in self.l1_chunks(mem, gfn, pages, amd) {
+                self.clear_chunk(iommu, mem, l1, chunk, seq);
             }
-            if let Some(t) = self.tables.get_mut(l1) {
-                t.fill(lo, hi - lo, IoPte::default());
+            return;
+        }
+        // AMD with merging: iommu_pde_from_gfn may split a superpage in the way.
+        let end = gfn + pages;
+        let mut s = gfn;
+        while s < end {
+            let pt = self.amd_pde_from_gfn(iommu, mem, s, seq);
+            let chunk = GfnRange {
+                start: s,
+                end: ((s / ENTRIES as u64 + 1) * ENTRIES as u64).min(end),
+            };
+            self.clear_chunk(iommu, mem, pt[1], chunk, seq);
+            s = chunk.end;
+        }
+    }
+
+    /// Clears the entries of `chunk` in the level-1 table `l1` (`dma_pte_clear_one` /
+    /// `clear_iommu_pte_present`) with the vendor's flushes.
+    fn clear_chunk(
+        &mut self,
+        iommu: &mut Iommu,
+        mem: &MachineMemory,
+        l1: u64,
+        chunk: GfnRange,
+        seq: u64,
+    ) {
+        let vendor = self.vendor();
+        let lo = index_of(chunk.start, 1);
+        let hi = lo + chunk.len() as u16;
+        let old_runs = self
+            .tables
+            .get(l1)
+            .into_iter()
+            .flat_map(|t| t.iter_runs(lo, hi));
+        for (s, l, old) in old_runs {
+            if !old.present {
+                continue;
             }
-            if vendor == Vendor::Amd {
-                // amd_iommu_unmap_page flushes every page, present or not.
+            let range = GfnRange {
+                start: chunk.start + (s - lo) as u64,
+                end: chunk.start + (s - lo + l) as u64,
+            };
+            note_overwrite(
+                &mut iommu.caches,
+                self,
+                mem,
+                range,
+                1,
+                IoEntry::Leaf {
+                    mfn: old.addr,
+                    perm: old.perm,
+                },
+                seq,
+            );
+            if vendor == Vendor::Vtd {
+                // dma_pte_clear_one: flush only pages that were present.
                 iommu.invalidate_each_page(
-                    chunk,
-                    Invalidation::AmdPages {
-                        gfn: chunk.start,
+                    range,
+                    Invalidation::VtdPsi {
+                        gfn: range.start,
                         order: 0,
+                        ih: false,
                     },
                 );
             }
         }
+        if let Some(t) = self.tables.get_mut(l1) {
+            t.fill(lo, hi - lo, IoPte::default());
+        }
+        if vendor == Vendor::Amd {
+            // amd_iommu_unmap_page flushes every page, present or not.
+            iommu.invalidate_each_page(
+                chunk,
+                Invalidation::AmdPages {
+                    gfn: chunk.start,
+                    order: 0,
+                },
+            );
+        }
     }
+}
+
+/// `pt_mfn[]` of `iommu_pde_from_gfn`: the table frame at each level (index = level).
+type PtMfn = [u64; 7];
+
+/// What the map loop does to one level-1 table: writes `(index, len, old, new first)`,
+/// pages flushed (in ascending order), VT-d flushes skipped.
+/// `pieces` is scratch space: the old runs and gaps of the chunk.
+#[derive(Default)]
+struct MapPlan {
+    writes: Vec<(u16, u16, IoPte, IoPte)>,
+    flush: Vec<GfnRange>,
+    skipped: u64,
+    pieces: Vec<(u16, u16, IoPte)>,
+}
+
+impl MapPlan {
+    /// Empties the plan, keeping the buffers.
+    fn clear(&mut self) {
+        self.writes.clear();
+        self.flush.clear();
+        self.skipped = 0;
+        self.pieces.clear();
+    }
+
+    /// Keeps only what concerns pages below `end` of the chunk starting at `start`.
+    fn truncate(&mut self, start: u64, end: u64) {
+        let lo = index_of(start, 1);
+        let li = lo + (end - start) as u16;
+        self.writes.retain(|w| w.0 < li);
+        for w in &mut self.writes {
+            w.1 = w.1.min(li - w.0);
+        }
+        self.flush.retain(|r| r.start < end);
+        for r in &mut self.flush {
+            r.end = r.end.min(end);
+        }
+    }
+}
+
+/// The `k`-th page (from 1) of the ascending ranges `rs`; it exists by the caller's count.
+fn nth_page(rs: &[GfnRange], mut k: u64) -> u64 {
+    for r in rs {
+        if k <= r.len() {
+            return r.start + k - 1;
+        }
+        k -= r.len();
+    }
+    unreachable!("fewer pages than counted")
 }
 
 impl IoTables for SeparateTables {
