@@ -248,44 +248,66 @@ write_summary() {
     done
     for t in "${TARGET_LIST[@]}"; do
       [ -d "$OUT/crashes/$t" ] || continue
+      local more=() shown=0
       for dir in "$OUT/crashes/$t"/*/; do
         [ -d "$dir" ] || continue
         name=$(basename "$dir")
+        if [ ! -f "$dir/repro.txt" ]; then
+          if [ "$shown" -lt "$MAX_CRASHES" ] && [ -f "$dir/repro-raw.txt" ]; then
+            shown=$((shown + 1))
+            echo
+            echo "### Crash: \`$t\` / \`$name\` (not minimized)"
+            echo
+            echo "- raw input: \`artifacts/$t/$name\`; reproduce with \`p2m-fuzz repro --revision $REVISION crashes/$t/$name/input.bin\`"
+            echo
+            echo "\`p2m-fuzz repro\` of the input (exit $(cat "$dir/repro-raw.rc" 2>/dev/null || echo '?')):"
+            echo
+            echo '```text'
+            head -c 6000 "$dir/repro-raw.txt"
+            echo '```'
+          else
+            more+=("$dir")
+          fi
+          continue
+        fi
+        shown=$((shown + 1))
         echo
         echo "### Crash: \`$t\` / \`$name\`"
         echo
         echo "- raw input: \`artifacts/$t/$name\`; as \`p2m-fuzz repro\` reads it: \`crashes/$t/$name/input.bin\`"
-        [ -f "$dir/tmin.bin" ] && echo "- \`cargo fuzz tmin\`: \`crashes/$t/$name/tmin.bin\`"
-        [ -f "$dir/minimized.trace" ] && echo "- minimized trace: \`crashes/$t/$name/minimized.trace\`"
-        echo "- reproduce: \`p2m-fuzz repro --revision $REVISION crashes/$t/$name/$( [ -f "$dir/minimized.trace" ] && echo minimized.trace || echo input.bin)\`"
+        if [ -f "$dir/tmin.bin" ]; then echo "- \`cargo fuzz tmin\`: \`crashes/$t/$name/tmin.bin\`"; fi
+        echo "- minimized trace: \`crashes/$t/$name/minimized.trace\`; reproduce with \`p2m-fuzz repro --revision $REVISION crashes/$t/$name/minimized.trace\`"
         echo
-        if [ -f "$dir/repro.txt" ]; then
-          rc=$(cat "$dir/repro.rc" 2>/dev/null || echo '?')
-          echo "\`p2m-fuzz repro\` of the minimized trace (exit $rc):"
+        rc=$(cat "$dir/repro.rc" 2>/dev/null || echo '?')
+        echo "\`p2m-fuzz repro\` of the minimized trace (exit $rc):"
+        echo
+        echo '```text'
+        head -c 6000 "$dir/repro.txt"
+        echo '```'
+        if [ -f "$dir/repro-raw.txt" ]; then
+          echo
+          echo "<details><summary>p2m-fuzz repro of the original input (exit $(cat "$dir/repro-raw.rc" 2>/dev/null || echo '?'))</summary>"
           echo
           echo '```text'
-          head -c 20000 "$dir/repro.txt"
+          head -c 4000 "$dir/repro-raw.txt"
           echo '```'
-          if [ -f "$dir/repro-raw.txt" ]; then
-            echo
-            echo "<details><summary>p2m-fuzz repro of the original input (exit $(cat "$dir/repro-raw.rc" 2>/dev/null || echo '?'))</summary>"
-            echo
-            echo '```text'
-            head -c 20000 "$dir/repro-raw.txt"
-            echo '```'
-            echo
-            echo "</details>"
-          fi
-        elif [ -f "$dir/repro-raw.txt" ]; then
-          echo "\`p2m-fuzz repro\` of the original input (exit $(cat "$dir/repro-raw.rc" 2>/dev/null || echo '?'); not minimized):"
           echo
-          echo '```text'
-          head -c 20000 "$dir/repro-raw.txt"
-          echo '```'
-        else
-          echo "(not triaged: see the artifact and \`logs/$t.log\`)"
+          echo "</details>"
         fi
       done
+      if [ "${#more[@]}" -gt 0 ]; then
+        echo
+        echo "### \`$t\`: ${#more[@]} more crash(es), not minimized"
+        echo
+        for dir in "${more[@]}"; do
+          name=$(basename "$dir")
+          if [ -f "$dir/repro-raw.txt" ]; then
+            echo "- \`artifacts/$t/$name\` (repro exit $(cat "$dir/repro-raw.rc" 2>/dev/null || echo '?')): $(divergence_line "$dir/repro-raw.txt" | sed 's/^DIVERGENCE: //')"
+          else
+            echo "- \`artifacts/$t/$name\`: not triaged"
+          fi
+        done | head -n 50
+      fi
     done
     if [ "$CANARY" = 1 ]; then
       echo
