@@ -90,7 +90,7 @@ rm -rf "$OUT/summary.md" "$OUT/stats.tsv" "$OUT/canary.tsv" "$OUT/logs" "$OUT/ar
   "$OUT/crashes" "$OUT/corpus" "$OUT/canary" "$OUT/status"
 mkdir -p "$OUT/logs" "$OUT/artifacts" "$OUT/crashes" "$OUT/corpus" "$OUT/canary"
 printf 'target\tstatus\texecs\tseconds\tcorpus_before\tcorpus_after\tcrashes\n' >"$OUT/stats.tsv"
-printf 'revision\ttarget\tstatus\tseconds\tclass\tartifact\n' >"$OUT/canary.tsv"
+printf 'revision\ttarget\tstatus\tseconds\tclass\troot_cause\tartifact\n' >"$OUT/canary.tsv"
 
 START_TIME=$(date +%s)
 CHILD=""            # pid (= process group) of the running fuzzer, for the signal trap
@@ -222,6 +222,15 @@ triage_full() {
   rc=0
   timeout 60 "$P2M_FUZZ" repro --revision "$rev" "$dir/minimized.trace" >"$dir/repro.txt" 2>&1 || rc=$?
   echo "$rc" >"$dir/repro.rc"
+  if [ "$HAVE_BLAME" = 1 ]; then
+    timeout 120 "$P2M_FUZZ" blame --revision "$rev" "$dir/minimized.trace" >"$dir/blame.txt" 2>&1 || true
+  fi
+}
+
+# `p2m-fuzz blame` (newer CLIs): the root-cause switch of a diverging input, or "".
+root_cause() {
+  [ "$HAVE_BLAME" = 1 ] || return 0
+  timeout 120 "$P2M_FUZZ" blame --revision "$1" "$2" 2>/dev/null | sed -n 's/.*root cause: //p' | head -1
 }
 
 write_summary() {
@@ -276,6 +285,7 @@ write_summary() {
         echo
         echo "- raw input: \`artifacts/$t/$name\`; as \`p2m-fuzz repro\` reads it: \`crashes/$t/$name/input.bin\`"
         if [ -f "$dir/tmin.bin" ]; then echo "- \`cargo fuzz tmin\`: \`crashes/$t/$name/tmin.bin\`"; fi
+        if [ -s "$dir/blame.txt" ]; then echo "- \`p2m-fuzz blame\`: $(head -1 "$dir/blame.txt" | sed 's/^[^:]*: //')"; fi
         echo "- minimized trace: \`crashes/$t/$name/minimized.trace\`; reproduce with \`p2m-fuzz repro --revision $REVISION crashes/$t/$name/minimized.trace\`"
         echo
         rc=$(cat "$dir/repro.rc" 2>/dev/null || echo '?')
@@ -316,10 +326,10 @@ write_summary() {
       echo "Each historical revision fuzzed from an empty corpus for at most ${CANARY_SECONDS}s; a run that"
       echo "finds nothing means the harness lost its teeth. A found input must also be clean under \`$CANARY_BASELINE\`."
       echo
-      echo "| revision | target | status | seconds | divergence | artifact |"
-      echo "|---|---|---|---:|---|---|"
-      tail -n +2 "$OUT/canary.tsv" | while IFS=$'\t' read -r rev t status secs cls art; do
-        echo "| $rev | $t | $status | $secs | ${cls:--} | ${art:+\`$art\`} |"
+      echo "| revision | target | status | seconds | divergence | root cause | artifact |"
+      echo "|---|---|---|---:|---|---|---|"
+      tail -n +2 "$OUT/canary.tsv" | while IFS=$'\t' read -r rev t status secs cls cause art; do
+        echo "| $rev | $t | $status | $secs | $cls | $cause | ${art:+\`$art\`} |"
       done
     fi
   } >"$s"
@@ -383,6 +393,8 @@ for t in "${TARGET_LIST[@]}" "${CANARY_TARGET_LIST[@]}"; do
   [ -x "$FUZZ_BIN/$t" ] || { echo "nightly-fuzz: no fuzz target binary $FUZZ_BIN/$t" >&2; exit 2; }
 done
 [ -x "$P2M_FUZZ" ] || { echo "nightly-fuzz: no $P2M_FUZZ" >&2; exit 2; }
+HAVE_BLAME=0
+if "$P2M_FUZZ" blame --help >/dev/null 2>&1; then HAVE_BLAME=1; fi
 
 # ---------------------------------------------------------------------------------------------
 for t in "${TARGET_LIST[@]}"; do
@@ -462,6 +474,7 @@ if [ "$CANARY" = 1 ]; then
           || rc=$?
         art=$(list_artifacts "$d/artifacts" | head -1)
         cls=""
+        cause=""
         if [ -z "$art" ]; then
           if [ "$rc" -eq 0 ]; then status="NOT FOUND: harness lost its teeth"; else status="error (exit $rc)"; fi
           break
@@ -470,6 +483,7 @@ if [ "$CANARY" = 1 ]; then
         r1=0; "$P2M_FUZZ" repro --revision "$rev" "$d/input.bin" >"$d/repro.txt" 2>&1 || r1=$?
         r2=0; "$P2M_FUZZ" repro --revision "$CANARY_BASELINE" "$d/input.bin" >"$d/repro-baseline.txt" 2>&1 || r2=$?
         cls=$(divergence_line "$d/repro.txt" | sed 's/^DIVERGENCE: //')
+        cause=$(root_cause "$rev" "$d/input.bin")
         if [ "$r1" -eq 1 ] && [ "$r2" -eq 0 ]; then
           status="found (expected)"
           [ "$attempt" -gt 1 ] && status="found (expected; attempt $attempt)"
@@ -484,8 +498,9 @@ if [ "$CANARY" = 1 ]; then
       done
       secs=$(($(date +%s) - c0))
       case "$status" in found*) ;; *) FAILED_GUARD=1 ;; esac
-      log "canary $rev/$t: $status after ${secs}s${cls:+: $cls}"
-      printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$rev" "$t" "$status" "$secs" "$cls" \
+      log "canary $rev/$t: $status after ${secs}s${cls:+: $cls}${cause:+ (root cause: $cause)}"
+      # (No empty fields: `read` with IFS=tab would merge them.)
+      printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$rev" "$t" "$status" "$secs" "${cls:--}" "${cause:--}" \
         "${art:+canary/$rev-$t/artifacts/$(basename "$art")}" >>"$OUT/canary.tsv"
     done
   done
