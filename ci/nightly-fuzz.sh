@@ -31,7 +31,14 @@
 #   P2M_FUZZ_MAX_CRASHES      crashes per target minimized in detail (default 5)
 #   P2M_FUZZ_CANARY           1 (default): run the historical canary; 0: skip
 #   P2M_CANARY_REVISIONS      default "xen-4.6-pre patch-v1 committed"
-#   P2M_CANARY_TARGETS        default "mixed ept npt shadow"
+#   P2M_CANARY_TARGETS        targets of the simple canary (default "ept npt shadow"): each
+#                             must find a divergence clean under the baseline
+#   P2M_CANARY_PEEL_TARGET    target of the peeling canary (default mixed; "" = none): find a
+#                             hole, `p2m-fuzz blame` it, assume its switch fixed
+#                             (P2M_ASSUME_FIXED), repeat until nothing is found; then every
+#                             trace in corpus/regressions/<revision>/ must be explained. With a
+#                             CLI that has no `blame --assume-fixed`, a simple canary instead.
+#   P2M_CANARY_MAX_PEEL       at most this many peeling steps per revision (default 12)
 #   P2M_CANARY_SECONDS        budget per canary run (default 30)
 #   P2M_CANARY_BASELINE       revision a canary crash must be clean under (default fixed)
 #   P2M_CANARY_ATTEMPTS       fresh runs (seeds 1..N) while the crash found also diverges
@@ -75,7 +82,9 @@ TMIN_RUNS=${P2M_FUZZ_TMIN_RUNS:-255}
 MAX_CRASHES=${P2M_FUZZ_MAX_CRASHES:-5}
 CANARY=${P2M_FUZZ_CANARY:-1}
 CANARY_REVISIONS=${P2M_CANARY_REVISIONS:-xen-4.6-pre patch-v1 committed}
-CANARY_TARGETS=${P2M_CANARY_TARGETS:-mixed ept npt shadow}
+CANARY_TARGETS=${P2M_CANARY_TARGETS-ept npt shadow}
+CANARY_PEEL_TARGET=${P2M_CANARY_PEEL_TARGET-mixed}
+CANARY_MAX_PEEL=${P2M_CANARY_MAX_PEEL:-12}
 CANARY_SECONDS=${P2M_CANARY_SECONDS:-30}
 CANARY_BASELINE=${P2M_CANARY_BASELINE:-fixed}
 CANARY_ATTEMPTS=${P2M_CANARY_ATTEMPTS:-3}
@@ -230,7 +239,9 @@ triage_full() {
 # `p2m-fuzz blame` (newer CLIs): the root-cause switch of a diverging input, or "".
 root_cause() {
   [ "$HAVE_BLAME" = 1 ] || return 0
-  timeout 120 "$P2M_FUZZ" blame --revision "$1" "$2" 2>/dev/null | sed -n 's/.*root cause: //p' | head -1
+  # (blame exits 1 when the input diverges.)
+  { timeout 120 "$P2M_FUZZ" blame --revision "$1" "$2" 2>/dev/null || true; } |
+    sed -n 's/.*root cause: //p' | head -1
 }
 
 write_summary() {
@@ -242,6 +253,7 @@ write_summary() {
     elif [ "$FAILED_GUARD" -ne 0 ]; then result="**FAILED: harness guard (a target did not run, or a canary lost its teeth)**"
     else result="passed"; fi
     if [ -n "$INTERRUPTED" ]; then result="**INTERRUPTED by SIG$INTERRUPTED** (partial results); $result"; fi
+    if [ -n "$INTERNAL_ERROR" ]; then result="**ERROR in ci/nightly-fuzz.sh at $INTERNAL_ERROR** (partial results); $result"; fi
     echo "Result: $result"
     echo
     echo "- commit: \`$(git rev-parse --short HEAD 2>/dev/null || echo unknown)\`, revision: \`$REVISION\`, sanitizer: \`$SANITIZER\`, toolchain: \`$TOOLCHAIN\`"
@@ -323,8 +335,11 @@ write_summary() {
       echo
       echo "## Canary: historical revisions (crashes expected)"
       echo
-      echo "Each historical revision fuzzed from an empty corpus for at most ${CANARY_SECONDS}s; a run that"
-      echo "finds nothing means the harness lost its teeth. A found input must also be clean under \`$CANARY_BASELINE\`."
+      echo "Each historical revision fuzzed from an empty corpus for at most ${CANARY_SECONDS}s per run; a run that"
+      echo "finds nothing means the harness lost its teeth. On \`${CANARY_TARGETS// /\`, \`}\` a found input must be clean under"
+      echo "\`$CANARY_BASELINE\`. On \`${CANARY_PEEL_TARGET:-(none)}\` (peeling, rows \`#N\`) each found hole's root cause (\`p2m-fuzz blame\`)"
+      echo "is assumed fixed (\`P2M_ASSUME_FIXED\`) and fuzzing goes on until nothing is left; the \`(all)\` row checks that"
+      echo "every trace of \`corpus/regressions/<revision>/\` is explained by the root causes rediscovered."
       echo
       echo "| revision | target | status | seconds | divergence | root cause | artifact |"
       echo "|---|---|---|---:|---|---|---|"
@@ -333,6 +348,7 @@ write_summary() {
       done
     fi
   } >"$s"
+  SUMMARY_WRITTEN=1
   if [ -n "${GITHUB_STEP_SUMMARY:-}" ]; then cat "$s" >>"$GITHUB_STEP_SUMMARY" || true; fi
   log "summary: $s"
 }
@@ -370,6 +386,25 @@ on_signal() {
 }
 trap 'on_signal TERM 15' TERM
 trap 'on_signal INT 2' INT
+# A bug in this script must not lose the results: log the failing command and still write
+# the summary on the way out.
+SUMMARY_WRITTEN=0
+INTERNAL_ERROR=""
+trap 'INTERNAL_ERROR="line $LINENO: \`$BASH_COMMAND\` exited $?"' ERR
+on_exit() {
+  local rc=$?
+  if [ "$SUMMARY_WRITTEN" = 0 ] && [ -n "$INTERNAL_ERROR" ]; then
+    set +e
+    trap - ERR
+    log "internal error at $INTERNAL_ERROR; writing the summary of what exists"
+    stop_child
+    write_summary
+    [ "$rc" -ne 0 ] || rc=2
+  fi
+  exit "$rc"
+}
+trap on_exit EXIT
+set -E
 
 # ---------------------------------------------------------------------------------------------
 log "build: cargo fuzz build ${BUILD_FLAGS[*]} (toolchain $TOOLCHAIN); p2m-fuzz CLI"
@@ -389,7 +424,7 @@ target_dir() {
 TRIPLE=$(rustc -vV | sed -n 's/^host: //p')
 FUZZ_BIN="$(target_dir --manifest-path fuzz/Cargo.toml)/$TRIPLE/release"
 P2M_FUZZ="$(target_dir)/release/p2m-fuzz"
-for t in "${TARGET_LIST[@]}" "${CANARY_TARGET_LIST[@]}"; do
+for t in "${TARGET_LIST[@]}" "${CANARY_TARGET_LIST[@]}" ${CANARY_PEEL_TARGET:+"$CANARY_PEEL_TARGET"}; do
   [ -x "$FUZZ_BIN/$t" ] || { echo "nightly-fuzz: no fuzz target binary $FUZZ_BIN/$t" >&2; exit 2; }
 done
 [ -x "$P2M_FUZZ" ] || { echo "nightly-fuzz: no $P2M_FUZZ" >&2; exit 2; }
@@ -456,53 +491,183 @@ for t in "${TARGET_LIST[@]}"; do
 done
 
 # ---------------------------------------------------------------------------------------------
-if [ "$CANARY" = 1 ]; then
-  for rev in "${CANARY_REV_LIST[@]}"; do
-    for t in "${CANARY_TARGET_LIST[@]}"; do
-      d="$OUT/canary/$rev-$t"
-      c0=$(date +%s)
-      # A crash that also diverges under the baseline proves nothing about this revision's
-      # hole: retry from scratch with another seed, up to $CANARY_ATTEMPTS runs.
-      attempt=1
-      while :; do
-        rm -rf "$d"
-        mkdir -p "$d/corpus" "$d/artifacts"
-        rc=0
-        P2M_REVISION=$rev RUST_BACKTRACE=0 run_child "$d/fuzz.log" \
-          timeout -k 10 $((CANARY_SECONDS + 60)) "$FUZZ_BIN/$t" -max_total_time="$CANARY_SECONDS" \
-          -seed="$attempt" -timeout="$FUZZ_TIMEOUT" -artifact_prefix="$d/artifacts/" "$d/corpus" \
-          || rc=$?
-        art=$(list_artifacts "$d/artifacts" | head -1)
-        cls=""
-        cause=""
-        if [ -z "$art" ]; then
-          if [ "$rc" -eq 0 ]; then status="NOT FOUND: harness lost its teeth"; else status="error (exit $rc)"; fi
-          break
-        fi
-        mode_fixed_copy "$t" "$art" "$d/input.bin"
-        r1=0; "$P2M_FUZZ" repro --revision "$rev" "$d/input.bin" >"$d/repro.txt" 2>&1 || r1=$?
-        r2=0; "$P2M_FUZZ" repro --revision "$CANARY_BASELINE" "$d/input.bin" >"$d/repro-baseline.txt" 2>&1 || r2=$?
-        cls=$(divergence_line "$d/repro.txt" | sed 's/^DIVERGENCE: //')
-        cause=$(root_cause "$rev" "$d/input.bin")
-        if [ "$r1" -eq 1 ] && [ "$r2" -eq 0 ]; then
-          status="found (expected)"
-          [ "$attempt" -gt 1 ] && status="found (expected; attempt $attempt)"
-          break
-        elif [ "$r1" -ne 1 ]; then
-          status="ERROR: p2m-fuzz repro exit $r1 on the crash"
-          break
-        fi
-        status="INCONCLUSIVE: $attempt input(s) found, all also diverge under $CANARY_BASELINE"
-        [ "$attempt" -lt "$CANARY_ATTEMPTS" ] || break
-        attempt=$((attempt + 1))
+canary_row() {  # revision target status seconds class cause artifact
+  # (No empty fields: `read` with IFS=tab would merge them.)
+  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$1" "$2" "$3" "$4" "${5:--}" "${6:--}" "${7:--}" \
+    >>"$OUT/canary.tsv"
+}
+
+# canary_fuzz DIR REVISION TARGET SEED [ASSUMED...]: fuzz TARGET from an empty corpus under
+# REVISION (with the ASSUMED switches at their fixed values) for at most $CANARY_SECONDS;
+# sets CANARY_ART (first artifact, "" if none) and CANARY_RC.
+canary_fuzz() {
+  local d=$1 rev=$2 t=$3 seed=$4
+  shift 4
+  rm -rf "$d"
+  mkdir -p "$d/corpus" "$d/artifacts"
+  CANARY_RC=0
+  P2M_REVISION=$rev P2M_ASSUME_FIXED="$*" RUST_BACKTRACE=0 run_child "$d/fuzz.log" \
+    timeout -k 10 $((CANARY_SECONDS + 60)) "$FUZZ_BIN/$t" -max_total_time="$CANARY_SECONDS" \
+    -seed="$seed" -timeout="$FUZZ_TIMEOUT" -artifact_prefix="$d/artifacts/" "$d/corpus" \
+    || CANARY_RC=$?
+  CANARY_ART=$(list_artifacts "$d/artifacts" | head -1)
+  if [ -n "$CANARY_ART" ]; then mode_fixed_copy "$t" "$CANARY_ART" "$d/input.bin"; fi
+}
+
+# Simple canary: TARGET under REVISION must find a divergence that is clean under the
+# baseline (retried with other seeds while what it finds also diverges under the baseline).
+canary_simple() {
+  local rev=$1 t=$2
+  local d="$OUT/canary/$rev-$t" c0 attempt=1 status cls="" cause="" r1 r2 secs
+  c0=$(date +%s)
+  while :; do
+    canary_fuzz "$d" "$rev" "$t" "$attempt"
+    cls=""
+    cause=""
+    if [ -z "$CANARY_ART" ]; then
+      if [ "$CANARY_RC" -eq 0 ]; then status="NOT FOUND: harness lost its teeth"; else status="error (exit $CANARY_RC)"; fi
+      break
+    fi
+    r1=0; "$P2M_FUZZ" repro --revision "$rev" "$d/input.bin" >"$d/repro.txt" 2>&1 || r1=$?
+    r2=0; "$P2M_FUZZ" repro --revision "$CANARY_BASELINE" "$d/input.bin" >"$d/repro-baseline.txt" 2>&1 || r2=$?
+    cls=$(divergence_line "$d/repro.txt" | sed 's/^DIVERGENCE: //')
+    cause=$(root_cause "$rev" "$d/input.bin")
+    if [ "$r1" -eq 1 ] && [ "$r2" -eq 0 ]; then
+      status="found (expected)"
+      if [ "$attempt" -gt 1 ]; then status="found (expected; attempt $attempt)"; fi
+      break
+    elif [ "$r1" -ne 1 ]; then
+      status="ERROR: p2m-fuzz repro exit $r1 on the crash"
+      break
+    fi
+    status="INCONCLUSIVE: $attempt input(s) found, all also diverge under $CANARY_BASELINE"
+    [ "$attempt" -lt "$CANARY_ATTEMPTS" ] || break
+    attempt=$((attempt + 1))
+  done
+  secs=$(($(date +%s) - c0))
+  case "$status" in found*) ;; *) FAILED_GUARD=1 ;; esac
+  log "canary $rev/$t: $status after ${secs}s${cls:+: $cls}${cause:+ (root cause: $cause)}"
+  canary_row "$rev" "$t" "$status" "$secs" "$cls" "$cause" \
+    "${CANARY_ART:+canary/$rev-$t/artifacts/$(basename "$CANARY_ART")}"
+}
+
+# The switches of REVISION (per `p2m-fuzz revisions`) whose values differ from `fixed`, less
+# the ones given.
+differing_switches() {
+  local rev=$1
+  shift
+  "$P2M_FUZZ" revisions | awk -v r="$rev" -v skip=" $* " '
+    want { for (i = 1; i <= NF; i++) sw[r, i] = $i; n[r] = NF; want = 0 }
+    wantf { for (i = 1; i <= NF; i++) sw["fixed", i] = $i; n["fixed"] = NF; wantf = 0 }
+    $1 == r { want = 1 }
+    $1 == "fixed" { wantf = 1 }
+    END {
+      for (i = 1; i <= n[r]; i++) if (sw[r, i] != sw["fixed", i]) {
+        split(sw[r, i], kv, "="); if (index(skip, " " kv[1] " ") == 0) printf "%s ", kv[1]
+      }
+    }'
+}
+
+# Peeling canary (needs `p2m-fuzz blame --assume-fixed` and P2M_ASSUME_FIXED in the targets):
+# fuzz TARGET under REVISION; name the root cause of what it finds with `p2m-fuzz blame`;
+# assume that switch fixed and fuzz again, until a run finds nothing. Then every regression
+# trace of corpus/regressions/REVISION/ must be clean under REVISION with the switches found
+# assumed fixed: each known historical hole was rediscovered by the fuzzer (or is explained
+# by a root cause it rediscovered). A trace still diverging = a hole the harness lost.
+canary_peel() {
+  local rev=$1 t=$2
+  local base="$OUT/canary/$rev-$t" c0 step=0 d cause cls secs s0 f rc
+  local assumed=() found=() missed=() blame_args=() more=() traces=0
+  c0=$(date +%s)
+  while [ "$step" -lt "$CANARY_MAX_PEEL" ]; do
+    step=$((step + 1))
+    d="$base/step-$step"
+    s0=$(date +%s)
+    canary_fuzz "$d" "$rev" "$t" 1 "${assumed[@]}"
+    if [ -z "$CANARY_ART" ]; then
+      if [ "$CANARY_RC" -ne 0 ]; then
+        log "canary $rev/$t step $step: fuzzer error (exit $CANARY_RC), see $d/fuzz.log"
+        canary_row "$rev" "$t#$step" "error (exit $CANARY_RC)" "$(($(date +%s) - s0))" "" "" ""
+        FAILED_GUARD=1
+        return 0
+      fi
+      log "canary $rev/$t step $step: nothing left in ${CANARY_SECONDS}s with ${assumed[*]:-nothing} assumed fixed"
+      break
+    fi
+    blame_args=()
+    for f in "${assumed[@]}"; do blame_args+=(--assume-fixed "$f"); done
+    { "$P2M_FUZZ" blame --revision "$rev" "${blame_args[@]}" "$d/input.bin" || true; } >"$d/blame.txt" 2>&1
+    cause=$(sed -n 's/.*root cause: //p' "$d/blame.txt" | head -1)
+    P2M_REVISION=$rev P2M_ASSUME_FIXED="${assumed[*]}" "$P2M_FUZZ" repro "$d/input.bin" >"$d/repro.txt" 2>&1 || true
+    cls=$(divergence_line "$d/repro.txt" | sed 's/^DIVERGENCE: //')
+    secs=$(($(date +%s) - s0))
+    log "canary $rev/$t step $step: ${cls:-?} after ${secs}s, root cause: ${cause:-?}"
+    if [[ "$cause" =~ ^[a-z0-9_]+(,\ [a-z0-9_]+)*$ ]]; then
+      # One switch (or any one of several) removes it: assume them fixed.
+      read -r -a more <<<"${cause//,/ }"
+    else
+      # "no single switch": find the first pair of the revision's remaining switches that
+      # removes it together.
+      more=()
+      local diff=() i j
+      read -r -a diff <<<"$(differing_switches "$rev" "${assumed[@]}")"
+      for ((i = 0; i < ${#diff[@]} && ${#more[@]} == 0; i++)); do
+        for ((j = i + 1; j < ${#diff[@]}; j++)); do
+          if P2M_REVISION=$rev P2M_ASSUME_FIXED="${assumed[*]} ${diff[i]} ${diff[j]}" \
+            "$P2M_FUZZ" repro "$d/input.bin" >/dev/null 2>&1; then
+            more=("${diff[i]}" "${diff[j]}")
+            break
+          fi
+        done
       done
-      secs=$(($(date +%s) - c0))
-      case "$status" in found*) ;; *) FAILED_GUARD=1 ;; esac
-      log "canary $rev/$t: $status after ${secs}s${cls:+: $cls}${cause:+ (root cause: $cause)}"
-      # (No empty fields: `read` with IFS=tab would merge them.)
-      printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$rev" "$t" "$status" "$secs" "${cls:--}" "${cause:--}" \
-        "${art:+canary/$rev-$t/artifacts/$(basename "$art")}" >>"$OUT/canary.tsv"
-    done
+      if [ "${#more[@]}" -gt 0 ]; then
+        cause="${more[0]} + ${more[1]} (together)"
+        log "canary $rev/$t step $step: combined root cause: $cause"
+      fi
+    fi
+    canary_row "$rev" "$t#$step" "found (expected)" "$secs" "$cls" "$cause" \
+      "canary/$rev-$t/step-$step/artifacts/$(basename "$CANARY_ART")"
+    if [ "${#more[@]}" -eq 0 ]; then
+      log "canary $rev/$t: cannot peel past '${cause:-no blame output}'"
+      break
+    fi
+    found+=("$cause")
+    assumed+=("${more[@]}")
+  done
+  for f in corpus/regressions/"$rev"/*.trace; do
+    [ -f "$f" ] || continue
+    traces=$((traces + 1))
+    rc=0
+    P2M_REVISION=$rev P2M_ASSUME_FIXED="${assumed[*]}" "$P2M_FUZZ" repro "$f" >/dev/null 2>&1 || rc=$?
+    if [ "$rc" -ne 0 ]; then
+      missed+=("$(basename "$f" .trace) ($(sed -n 's/^# root-cause: //p' "$f" | head -1))")
+    fi
+  done
+  secs=$(($(date +%s) - c0))
+  local status
+  if [ "${#found[@]}" -eq 0 ]; then
+    status="NOT FOUND: harness lost its teeth"
+  elif [ "${#missed[@]}" -gt 0 ]; then
+    status="MISSED: $(IFS=';'; echo "${missed[*]}")"
+  else
+    status="${#found[@]} holes rediscovered; all $traces regression traces explained"
+  fi
+  case "$status" in MISSED*|NOT*) FAILED_GUARD=1 ;; esac
+  log "canary $rev/$t: $status (${secs}s)"
+  canary_row "$rev" "$t (all)" "$status" "$secs" "" "$(IFS=','; echo "${assumed[*]}")" ""
+}
+
+if [ "$CANARY" = 1 ]; then
+  PEEL_OK=0
+  if [ -n "$CANARY_PEEL_TARGET" ] && "$P2M_FUZZ" blame --help 2>/dev/null | grep -q -- --assume-fixed; then
+    PEEL_OK=1
+  fi
+  for rev in "${CANARY_REV_LIST[@]}"; do
+    for t in "${CANARY_TARGET_LIST[@]}"; do canary_simple "$rev" "$t"; done
+    if [ -n "$CANARY_PEEL_TARGET" ]; then
+      if [ "$PEEL_OK" = 1 ]; then canary_peel "$rev" "$CANARY_PEEL_TARGET"
+      else canary_simple "$rev" "$CANARY_PEEL_TARGET"; fi
+    fi
   done
 fi
 
