@@ -252,6 +252,9 @@ write_summary() {
     if [ "$FAILED_CRASH" -ne 0 ]; then result="**FAILED: crashes found under \`$REVISION\`**"
     elif [ "$FAILED_GUARD" -ne 0 ]; then result="**FAILED: harness guard (a target did not run, or a canary lost its teeth)**"
     else result="passed"; fi
+    if [ "$result" = passed ] && { [ -n "$INTERRUPTED" ] || [ -n "$INTERNAL_ERROR" ]; }; then
+      result="no failure in what ran"
+    fi
     if [ -n "$INTERRUPTED" ]; then result="**INTERRUPTED by SIG$INTERRUPTED** (partial results); $result"; fi
     if [ -n "$INTERNAL_ERROR" ]; then result="**ERROR in ci/nightly-fuzz.sh at $INTERNAL_ERROR** (partial results); $result"; fi
     echo "Result: $result"
@@ -330,6 +333,12 @@ write_summary() {
           fi
         done | head -n 50
       fi
+      local untriaged
+      untriaged=$(($(list_artifacts "$OUT/artifacts/$t" | wc -l) - $(find "$OUT/crashes/$t" -mindepth 1 -maxdepth 1 -type d | wc -l)))
+      if [ "$untriaged" -gt 0 ]; then
+        echo
+        echo "$untriaged more artifact(s) in \`artifacts/$t/\`, not triaged."
+      fi
     done
     if [ "$CANARY" = 1 ]; then
       echo
@@ -371,14 +380,17 @@ on_signal() {
       "$(($(date +%s) - CUR_START))" "$(count_files "corpus/$t")" "$(count_files "corpus/$t")" "$n"
     if [ "$n" -gt 0 ]; then FAILED_CRASH=1; fi
   fi
-  # Quick triage (no tmin/minimize) of every artifact not looked at yet.
-  local d
+  # Quick triage (repro only, no tmin/minimize) of up to $MAX_CRASHES artifacts per target
+  # not looked at yet: the job may be killed for good a few seconds from now.
+  local d k
   for d in "$OUT"/artifacts/*/; do
-    [ -d "$d" ] || continue
+    if [ ! -d "$d" ] || [ -z "${P2M_FUZZ:-}" ]; then continue; fi
+    k=0
     while IFS= read -r art; do
-      [ -n "$art" ] || continue
+      if [ -z "$art" ] || [ "$k" -ge "$MAX_CRASHES" ]; then break; fi
+      k=$((k + 1))
       [ -f "$OUT/crashes/$(basename "$d")/$(basename "$art")/repro-raw.txt" ] && continue
-      [ -n "${P2M_FUZZ:-}" ] && triage_quick "$(basename "$d")" "$art" "$REVISION"
+      triage_quick "$(basename "$d")" "$art" "$REVISION"
     done < <(list_artifacts "$d")
   done
   write_summary
