@@ -46,7 +46,7 @@ if [ "$MODE" != wasm ] && ! native_ok; then
   fi
 fi
 if [ "$MODE" != wasm ] && native_ok; then
-  log "$(actionlint --version | head -1) with $(shellcheck --version | sed -n 's/^version: /shellcheck /p')"
+  log "$(actionlint --version | sed -n 1p) with $(shellcheck --version | sed -n 's/^version: /shellcheck /p')"
   actionlint -color=never "${FILES[@]}"
   log "OK: ${FILES[*]}"
   exit 0

@@ -27,7 +27,7 @@ cp "$ROOT/.clusterfuzzlite/build.sh" "$SRC/build.sh"
 # Seed corpora: the checkout's, or a synthetic one-input corpus where a target has none.
 seeds="$ROOT/corpus"
 for t in "${TARGETS[@]}"; do
-  if [ -z "$(find "$ROOT/corpus/$t" -maxdepth 1 -type f 2>/dev/null | head -1)" ]; then
+  if [ -z "$(find "$ROOT/corpus/$t" -maxdepth 1 -type f -print -quit 2>/dev/null)" ]; then
     seeds="$TMP/seeds"
   fi
 done
@@ -35,7 +35,7 @@ if [ "$seeds" != "$ROOT/corpus" ]; then
   for t in "${TARGETS[@]}"; do
     mkdir -p "$seeds/$t"
     if [ -d "$ROOT/corpus/$t" ]; then cp -R "$ROOT/corpus/$t/." "$seeds/$t/"; fi
-    if [ -z "$(find "$seeds/$t" -maxdepth 1 -type f | head -1)" ]; then
+    if [ -z "$(find "$seeds/$t" -maxdepth 1 -type f -print -quit)" ]; then
       # Header 0x00 (ept, vt-d, no sharing) and one op: order 0, gfn 0x10, pool frame 1,
       # ram_rw, access rwx.
       printf '\000\000\020\000\000\000\001\000\000\000\000\000\007' >"$seeds/$t/synthetic-seed"
@@ -68,7 +68,8 @@ for t in "${TARGETS[@]}"; do
     { tail -n 40 "$TMP/run-$t.log" >&2; fail "$t did not run its seed corpus cleanly"; }
   grep -q 'INITED\|Done' "$TMP/run-$t.log" || { tail -n 20 "$TMP/run-$t.log" >&2; fail "$t: no libFuzzer status line"; }
   # One input file, as a reproducer run does.
-  one=$(find "$TMP/unzipped/$t" -type f | sort | head -1)
+  # (sed, not head: with pipefail a producer cut off by SIGPIPE fails the pipeline)
+  one=$(find "$TMP/unzipped/$t" -type f | sort | sed -n 1p)
   "$OUT/$t" -runs=1 "$one" >"$TMP/one-$t.log" 2>&1 ||
     { tail -n 40 "$TMP/one-$t.log" >&2; fail "$t did not run $one"; }
   echo "check-build-sh: $t ok: binary, $(tail -1 "$OUT/$t.options"), $got seed inputs zipped and run"

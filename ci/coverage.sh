@@ -36,7 +36,7 @@ mkdir -p "$OUT/profdata"
 log() { echo "coverage: $*" >&2; }
 
 SYSROOT=$(rustc "+$TOOLCHAIN" --print sysroot)
-find_tool() { find "$SYSROOT"/lib/rustlib/*/bin -maxdepth 1 -name "$1" -type f 2>/dev/null | head -1; }
+find_tool() { find "$SYSROOT"/lib/rustlib/*/bin -maxdepth 1 -name "$1" -type f -print -quit 2>/dev/null; }
 if [ -z "$(find_tool llvm-cov)" ]; then
   log "installing llvm-tools-preview for $TOOLCHAIN"
   rustup component add llvm-tools-preview --toolchain "$TOOLCHAIN" >&2
@@ -66,7 +66,7 @@ for t in "${TARGETS[@]}"; do
   cp "fuzz/coverage/$t/coverage.profdata" "$OUT/profdata/$t.profdata"
   # cargo-fuzz puts the instrumented binary under <target dir>/<triple>/coverage/<triple>/release/.
   bin=$(find "$ROOT/target" "$ROOT/fuzz/target" ${CARGO_TARGET_DIR:+"$CARGO_TARGET_DIR"} \
-    -path "*/coverage/$TRIPLE/release/$t" -type f -printf '%T@ %p\n' 2>/dev/null | sort -rn | head -1 |
+    -path "*/coverage/$TRIPLE/release/$t" -type f -printf '%T@ %p\n' 2>/dev/null | sort -rn | sed -n 1p |
     cut -d' ' -f2-)
   [ -n "$bin" ] || { log "$t: instrumented binary not found"; exit 1; }
   profiles+=("$OUT/profdata/$t.profdata")

@@ -109,6 +109,8 @@ INTERRUPTED=""
 FAILED_CRASH=0
 FAILED_GUARD=0
 
+# Note: `sed -n 1p`, never `head -1`, after a producer that may write much: with pipefail,
+# a producer killed by SIGPIPE fails the pipeline (and set -e the script).
 log() { printf '[nightly-fuzz %4ds] %s\n' "$(($(date +%s) - START_TIME))" "$*" >&2; }
 
 if [ "$TOOLCHAIN" = default ]; then FUZZ_CARGO=(cargo fuzz); else FUZZ_CARGO=(cargo "+$TOOLCHAIN" fuzz); fi
@@ -241,7 +243,7 @@ root_cause() {
   [ "$HAVE_BLAME" = 1 ] || return 0
   # (blame exits 1 when the input diverges.)
   { timeout 120 "$P2M_FUZZ" blame --revision "$1" "$2" 2>/dev/null || true; } |
-    sed -n 's/.*root cause: //p' | head -1
+    sed -n 's/.*root cause: //p' | sed -n 1p
 }
 
 write_summary() {
@@ -300,7 +302,7 @@ write_summary() {
         echo
         echo "- raw input: \`artifacts/$t/$name\`; as \`p2m-fuzz repro\` reads it: \`crashes/$t/$name/input.bin\`"
         if [ -f "$dir/tmin.bin" ]; then echo "- \`cargo fuzz tmin\`: \`crashes/$t/$name/tmin.bin\`"; fi
-        if [ -s "$dir/blame.txt" ]; then echo "- \`p2m-fuzz blame\`: $(head -1 "$dir/blame.txt" | sed 's/^[^:]*: //')"; fi
+        if [ -s "$dir/blame.txt" ]; then echo "- \`p2m-fuzz blame\`: $(sed -n '1s/^[^:]*: //p' "$dir/blame.txt")"; fi
         echo "- minimized trace: \`crashes/$t/$name/minimized.trace\`; reproduce with \`p2m-fuzz repro --revision $REVISION crashes/$t/$name/minimized.trace\`"
         echo
         rc=$(cat "$dir/repro.rc" 2>/dev/null || echo '?')
@@ -331,7 +333,7 @@ write_summary() {
           else
             echo "- \`artifacts/$t/$name\`: not triaged"
           fi
-        done | head -n 50
+        done | sed -n 1,50p
       fi
       local untriaged
       untriaged=$(($(list_artifacts "$OUT/artifacts/$t" | wc -l) - $(find "$OUT/crashes/$t" -mindepth 1 -maxdepth 1 -type d | wc -l)))
@@ -522,7 +524,7 @@ canary_fuzz() {
     timeout -k 10 $((CANARY_SECONDS + 60)) "$FUZZ_BIN/$t" -max_total_time="$CANARY_SECONDS" \
     -seed="$seed" -timeout="$FUZZ_TIMEOUT" -artifact_prefix="$d/artifacts/" "$d/corpus" \
     || CANARY_RC=$?
-  CANARY_ART=$(list_artifacts "$d/artifacts" | head -1)
+  CANARY_ART=$(list_artifacts "$d/artifacts" | sed -n 1p)
   if [ -n "$CANARY_ART" ]; then mode_fixed_copy "$t" "$CANARY_ART" "$d/input.bin"; fi
 }
 
@@ -609,7 +611,7 @@ canary_peel() {
     blame_args=()
     for f in "${assumed[@]}"; do blame_args+=(--assume-fixed "$f"); done
     { "$P2M_FUZZ" blame --revision "$rev" "${blame_args[@]}" "$d/input.bin" || true; } >"$d/blame.txt" 2>&1
-    cause=$(sed -n 's/.*root cause: //p' "$d/blame.txt" | head -1)
+    cause=$(sed -n 's/.*root cause: //p' "$d/blame.txt" | sed -n 1p)
     P2M_REVISION=$rev P2M_ASSUME_FIXED="${assumed[*]}" "$P2M_FUZZ" repro "$d/input.bin" >"$d/repro.txt" 2>&1 || true
     cls=$(divergence_line "$d/repro.txt" | sed 's/^DIVERGENCE: //')
     secs=$(($(date +%s) - s0))
