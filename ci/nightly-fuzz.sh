@@ -421,6 +421,15 @@ trap on_exit EXIT
 set -E
 
 # ---------------------------------------------------------------------------------------------
+export PATH="$HOME/.cargo/bin:$PATH"
+if ! cargo fuzz --version >/dev/null 2>&1; then
+  log "cargo-fuzz is missing: cargo install cargo-fuzz --locked"
+  if ! cargo install cargo-fuzz --locked >"$OUT/logs/install.log" 2>&1; then
+    tail -n 30 "$OUT/logs/install.log" >&2
+    echo "nightly-fuzz: installing cargo-fuzz failed (log: $OUT/logs/install.log)" >&2
+    exit 2
+  fi
+fi
 log "build: cargo fuzz build ${BUILD_FLAGS[*]} (toolchain $TOOLCHAIN); p2m-fuzz CLI"
 if ! "${FUZZ_CARGO[@]}" build "${BUILD_FLAGS[@]}" >"$OUT/logs/build.log" 2>&1; then
   tail -n 30 "$OUT/logs/build.log" >&2
