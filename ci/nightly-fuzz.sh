@@ -158,25 +158,13 @@ execs_from_log() {
     echo 0; } 2>/dev/null | sort -n | tail -1
 }
 
-# The per-mode targets force the mode while `p2m-fuzz repro` takes it from the header byte:
-# copy a raw artifact with the header rewritten so that repro decodes exactly what the target
-# ran (mode bits = target's mode; vendor bit as decode_with_mode leaves it).
+# The per-mode targets force the mode onto the header byte: store the input as the scenario
+# the target ran, re-encoded with that mode in its header (`P2M_TARGET` + `p2m-fuzz encode`),
+# so that it replays anywhere without knowing the target. Inputs too short to decode are
+# kept as they are.
 mode_fixed_copy() {
-  local target=$1 src=$2 dst=$3 m h hm amd nh
-  case "$target" in
-    ept) m=0 ;; npt) m=1 ;; shadow) m=2 ;;
-    *) cp "$src" "$dst"; return 0 ;;
-  esac
-  h=$(od -An -tu1 -N1 "$src" | tr -d ' \n')
-  if [ -z "$h" ]; then cp "$src" "$dst"; return 0; fi
-  hm=$(((h & 3) % 3))
-  amd=$((h & 4))
-  case "$hm" in 0) amd=0 ;; 1) amd=4 ;; esac
-  case "$m" in 0) amd=0 ;; 1) amd=4 ;; esac
-  nh=$(((h & 0xf8) | amd | m))
-  # shellcheck disable=SC2059 # the format is the octal escape of one byte
-  printf "\\$(printf '%03o' "$nh")" >"$dst"
-  tail -c +2 "$src" >>"$dst"
+  local target=$1 src=$2 dst=$3
+  P2M_TARGET=$target "$P2M_FUZZ" encode "$src" "$dst" 2>/dev/null || cp "$src" "$dst"
 }
 
 divergence_line() { grep -m1 -E '^DIVERGENCE' "$1" 2>/dev/null || true; }

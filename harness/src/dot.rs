@@ -125,6 +125,20 @@ pub fn scenario_dot(s: &Scenario, rev: Revision, source: &str) -> String {
     render(&Snapshot::of(&dom), &meta)
 }
 
+/// An HTML-like Graphviz label: one left-aligned line each, bold where asked.
+fn html_label(lines: impl IntoIterator<Item = (String, bool)>) -> String {
+    let mut s = String::from("<");
+    for (l, bold) in lines {
+        if bold {
+            let _ = write!(s, "<B>{}</B><BR ALIGN=\"LEFT\"/>", html_escape(&l));
+        } else {
+            let _ = write!(s, "{}<BR ALIGN=\"LEFT\"/>", html_escape(&l));
+        }
+    }
+    s.push('>');
+    s
+}
+
 /// Escapes text for a Graphviz HTML-like label.
 pub fn html_escape(s: &str) -> String {
     let mut o = String::with_capacity(s.len());
@@ -1101,16 +1115,7 @@ impl<'a> Renderer<'a> {
                 .into(),
             false,
         ));
-        let mut s = String::from("<");
-        for (l, bold) in lines {
-            if bold {
-                let _ = write!(s, "<B>{}</B><BR ALIGN=\"LEFT\"/>", html_escape(&l));
-            } else {
-                let _ = write!(s, "{}<BR ALIGN=\"LEFT\"/>", html_escape(&l));
-            }
-        }
-        s.push('>');
-        s
+        html_label(lines)
     }
 
     /// Label of a record node.
@@ -1213,15 +1218,7 @@ impl<'a> Renderer<'a> {
             "left by {}",
             seq_text(first.record.seq, &self.meta.trace)
         ));
-        let mut s = String::from("<");
-        for (i, l) in lines.iter().enumerate() {
-            if i == 0 {
-                let _ = write!(s, "<B>{}</B><BR ALIGN=\"LEFT\"/>", html_escape(l));
-            } else {
-                let _ = write!(s, "{}<BR ALIGN=\"LEFT\"/>", html_escape(l));
-            }
-        }
-        s.push('>');
+        let s = html_label(lines.into_iter().enumerate().map(|(i, l)| (l, i == 0)));
         (s, stale)
     }
 
@@ -1314,16 +1311,7 @@ impl<'a> Renderer<'a> {
         if extra > 0 {
             lines.push(format!("  … {extra} more"));
         }
-        let mut s = String::from("<");
-        for (i, l) in lines.iter().enumerate() {
-            if i == 0 {
-                let _ = write!(s, "<B>{}</B><BR ALIGN=\"LEFT\"/>", html_escape(l));
-            } else {
-                let _ = write!(s, "{}<BR ALIGN=\"LEFT\"/>", html_escape(l));
-            }
-        }
-        s.push('>');
-        s
+        html_label(lines.into_iter().enumerate().map(|(i, l)| (l, i == 0)))
     }
 
     /// The tables that are never collapsed (see the module doc), with ancestors.

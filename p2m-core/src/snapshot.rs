@@ -357,6 +357,29 @@ fn io_run(e: IoEntry) -> (EntryTarget, String) {
     }
 }
 
+/// Appends one node per p2m table frame (`ept_*` or `p2m_*` tables of the host p2m).
+fn push_p2m_tables<'a, E: Pte + 'a>(
+    out: &mut Vec<TableNode>,
+    mem: &MachineMemory,
+    frames: impl Iterator<Item = (u64, &'a Table<E>)>,
+    root: u64,
+    format: TableFormat,
+    runs: impl Fn(&Table<E>) -> Vec<EntryRun>,
+) {
+    for (frame, t) in frames {
+        out.push(TableNode {
+            frame,
+            owner: TableOwner::P2m,
+            format,
+            level: t.level,
+            generation: mem.info(frame).map(|i| i.generation).unwrap_or(0),
+            base_gfn: None,
+            is_root: frame == root,
+            runs: runs(t),
+        });
+    }
+}
+
 /// Runs of a p2m table, with the IOMMU's reading when it walks the p2m.
 fn p2m_runs<E: Pte>(
     t: &Table<E>,
@@ -409,33 +432,27 @@ impl Snapshot {
         let mut tables: Vec<TableNode> = Vec::new();
         let p2m_root = match &dom.p2m {
             P2m::Ept(e) => {
-                for (frame, t) in e.tables.frames() {
-                    tables.push(TableNode {
-                        frame,
-                        owner: TableOwner::P2m,
-                        format: TableFormat::Ept,
-                        level: t.level,
-                        generation: mem.info(frame).map(|i| i.generation).unwrap_or(0),
-                        base_gfn: None,
-                        is_root: frame == e.root,
-                        runs: p2m_runs(t, shared, ept_run, ept_io_entry),
-                    });
-                }
+                let runs = |t: &Table<EptEntry>| p2m_runs(t, shared, ept_run, ept_io_entry);
+                push_p2m_tables(
+                    &mut tables,
+                    mem,
+                    e.tables.frames(),
+                    e.root,
+                    TableFormat::Ept,
+                    runs,
+                );
                 e.root
             }
             P2m::Pt(p) => {
-                for (frame, t) in p.tables.frames() {
-                    tables.push(TableNode {
-                        frame,
-                        owner: TableOwner::P2m,
-                        format: TableFormat::P2mPt,
-                        level: t.level,
-                        generation: mem.info(frame).map(|i| i.generation).unwrap_or(0),
-                        base_gfn: None,
-                        is_root: frame == p.root,
-                        runs: p2m_runs(t, shared, pt_run, amd_io_entry),
-                    });
-                }
+                let runs = |t: &Table<PtEntry>| p2m_runs(t, shared, pt_run, amd_io_entry);
+                push_p2m_tables(
+                    &mut tables,
+                    mem,
+                    p.tables.frames(),
+                    p.root,
+                    TableFormat::P2mPt,
+                    runs,
+                );
                 p.root
             }
         };

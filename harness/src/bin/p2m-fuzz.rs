@@ -99,32 +99,7 @@ enum Cmd {
     Revisions,
     /// Check every op sequence up to --depth over a small abstract domain (see
     /// `harness::exhaustive`); report the first shortest divergence.
-    Exhaustive {
-        /// p2m mode (ept, npt, shadow); default: all.
-        #[arg(long)]
-        mode: Option<String>,
-        /// Revision to model.
-        #[arg(long, default_value = "fixed")]
-        revision: String,
-        /// Count only sequences that run clean under this revision (holes it closed).
-        #[arg(long)]
-        baseline: Option<String>,
-        /// Longest op sequence checked (1 to 6).
-        #[arg(long, default_value_t = 3)]
-        depth: usize,
-        /// Wider domain: a fourth gfn and every type that can arise with an IOMMU.
-        #[arg(long)]
-        wide: bool,
-        /// Configurations searched at once (threads); the report does not depend on it.
-        #[arg(long, default_value_t = 1)]
-        jobs: usize,
-        /// Plain enumeration without the reductions (to cross-check them; slower).
-        #[arg(long)]
-        no_reduce: bool,
-        /// Directory for a reproducer of the divergence reported.
-        #[arg(long)]
-        out: Option<PathBuf>,
-    },
+    Exhaustive(ExhaustiveArgs),
     /// Measure ops/s for a 4 KiB-only and a mixed-order workload.
     Bench {
         /// Seconds per workload.
@@ -475,14 +450,31 @@ fn bench(seconds: u64) -> ExitCode {
 }
 
 /// Arguments of the `exhaustive` subcommand.
+#[derive(clap::Args)]
 struct ExhaustiveArgs {
+    /// p2m mode (ept, npt, shadow); default: all.
+    #[arg(long)]
     mode: Option<String>,
+    /// Revision to model.
+    #[arg(long, default_value = "fixed")]
     revision: String,
+    /// Count only sequences that run clean under this revision (holes it closed).
+    #[arg(long)]
     baseline: Option<String>,
+    /// Longest op sequence checked (1 to 6).
+    #[arg(long, default_value_t = 3)]
     depth: usize,
+    /// Wider domain: a fourth gfn and every type that can arise with an IOMMU.
+    #[arg(long)]
     wide: bool,
+    /// Configurations searched at once (threads); the report does not depend on it.
+    #[arg(long, default_value_t = 1)]
     jobs: usize,
+    /// Plain enumeration without the reductions (to cross-check them; slower).
+    #[arg(long)]
     no_reduce: bool,
+    /// Directory for a reproducer of the divergence reported.
+    #[arg(long)]
     out: Option<PathBuf>,
 }
 
@@ -628,25 +620,7 @@ fn main() -> ExitCode {
         } => minimize_cmd(revision, file, out),
         Cmd::Revisions => revisions(),
         Cmd::Encode { file, out } => encode_cmd(&file, &out),
-        Cmd::Exhaustive {
-            mode,
-            revision,
-            baseline,
-            depth,
-            wide,
-            jobs,
-            no_reduce,
-            out,
-        } => exhaustive_cmd(ExhaustiveArgs {
-            mode,
-            revision,
-            baseline,
-            depth,
-            wide,
-            jobs,
-            no_reduce,
-            out,
-        }),
+        Cmd::Exhaustive(args) => exhaustive_cmd(args),
         Cmd::Bench { seconds } => bench(seconds),
         Cmd::Blame {
             revision,

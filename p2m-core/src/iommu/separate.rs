@@ -238,10 +238,7 @@ impl SeparateTables {
         let mut s = gfn;
         while s < end {
             let pt = self.amd_pde_from_gfn(iommu, mem, s, seq);
-            let chunk = GfnRange {
-                start: s,
-                end: ((s / ENTRIES as u64 + 1) * ENTRIES as u64).min(end),
-            };
+            let chunk = l1_chunk(s, end);
             let m = mfn.wrapping_add(s - gfn);
             s = match self.amd_map_chunk(iommu, mem, sw, &mut plan, &pt, chunk, m, perm, seq) {
                 // The next page finds a superpage and splits it again.
@@ -679,10 +676,7 @@ impl SeparateTables {
         let mut s = gfn;
         while s < end {
             let pt = self.amd_pde_from_gfn(iommu, mem, s, seq);
-            let chunk = GfnRange {
-                start: s,
-                end: ((s / ENTRIES as u64 + 1) * ENTRIES as u64).min(end),
-            };
+            let chunk = l1_chunk(s, end);
             self.clear_chunk(iommu, mem, pt[1], chunk, seq);
             s = chunk.end;
         }
@@ -840,5 +834,14 @@ impl IoTables for SeparateTables {
             f(s, l, io);
         }
         true
+    }
+}
+
+/// The part of `[s, end)` that one level-1 table covers (512 pages, from `s` up to the
+/// next 2 MiB boundary).
+fn l1_chunk(s: u64, end: u64) -> GfnRange {
+    GfnRange {
+        start: s,
+        end: ((s / ENTRIES as u64 + 1) * ENTRIES as u64).min(end),
     }
 }
