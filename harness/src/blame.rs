@@ -2,7 +2,6 @@
 //! `fixed`, makes a diverging scenario clean. Each switch models one Xen behaviour (one
 //! commit of the series, or one hole closed in `fixed`), so the answer names the bug.
 
-use p2m_core::revision::SWITCH_NAMES;
 use p2m_core::Revision;
 
 use crate::{run, DivergenceClass, Scenario};
@@ -21,10 +20,10 @@ pub struct Blame {
 /// Blames the divergence `s` shows under `rev`; `None` when `s` is clean under `rev`.
 pub fn blame(s: &Scenario, rev: Revision) -> Option<Blame> {
     let class = run(s, rev).divergence?.class();
-    let fixed = Revision::fixed().switches;
+    let fixed = Revision::reference(rev.line()).switches;
     let mut culprits = Vec::new();
     let mut bystanders = Vec::new();
-    for name in SWITCH_NAMES {
+    for &name in rev.switches.names() {
         let Some(sw) = rev.switches.with_switch_from(name, &fixed) else {
             continue;
         };

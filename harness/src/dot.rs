@@ -45,10 +45,10 @@ use std::fmt::Write;
 
 use crate::runner::{resolve_mfn, run, Divergence};
 use crate::scenario::{MfnSel, Op, Scenario};
-use p2m_core::iommu::cache::RecordKind;
-use p2m_core::iommu::walk::IoEntry;
-use p2m_core::machine::TableOwner;
-use p2m_core::snapshot::{
+use p2m_core::cache::RecordKind;
+use p2m_core::frames::TableOwner;
+use p2m_core::walk::IoEntry;
+use p2m_core::xen46::snapshot::{
     BadFrame, EntryRun, EntryTarget, FrameStatus, Reach, RecordNode, Snapshot, TableFormat,
     TableNode,
 };
@@ -122,7 +122,7 @@ pub fn scenario_dot(s: &Scenario, rev: Revision, source: &str) -> String {
         divergence: out.divergence,
         trace,
     };
-    render(&Snapshot::of(&dom), &meta)
+    render(&dom.snapshot(), &meta)
 }
 
 /// An HTML-like Graphviz label: one left-aligned line each, bold where asked.
@@ -1335,7 +1335,7 @@ impl<'a> Renderer<'a> {
                 for &i in &g.members {
                     if let Some(RecordNode {
                         record:
-                            p2m_core::iommu::cache::CacheRecord {
+                            p2m_core::cache::CacheRecord {
                                 kind: RecordKind::NonLeaf { table, .. },
                                 ..
                             },

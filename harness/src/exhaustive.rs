@@ -389,14 +389,8 @@ impl std::fmt::Write for Fingerprint {
 fn write_state(h: &mut Fingerprint, s: &Session) {
     let d = s.domain();
     // Writing to a Fingerprint never fails.
-    let _ = write!(
-        h,
-        "{:?}|{:?}|{:?}|{:?}|",
-        d.p2m,
-        d.mem,
-        d.iommu.separate,
-        s.reference()
-    );
+    let _ = d.write_state(h);
+    let _ = write!(h, "|{:?}|", s.reference());
     for r in d.cache_records() {
         let _ = write!(h, "{:?}{:?};", r.range, r.kind);
     }

@@ -43,21 +43,11 @@ pub fn revision_from_env() -> Result<p2m_core::Revision, String> {
     assume_fixed(rev, &names).map_err(|e| format!("P2M_ASSUME_FIXED: {e}"))
 }
 
-/// `rev` with each named switch set to its value in `fixed` ("assume this hole is closed,
+/// `rev` with each named switch set to its value in the line's reference revision ("assume this hole is closed,
 /// what else is there?"); an unknown switch name is a one-line error.
 pub fn assume_fixed(
     rev: p2m_core::Revision,
     names: &[String],
 ) -> Result<p2m_core::Revision, String> {
-    let fixed = p2m_core::Revision::fixed().switches;
-    let mut out = rev;
-    for n in names {
-        out.switches = out.switches.with_switch_from(n, &fixed).ok_or_else(|| {
-            format!(
-                "unknown switch '{n}' (known: {})",
-                p2m_core::revision::SWITCH_NAMES.join(", ")
-            )
-        })?;
-    }
-    Ok(out)
+    rev.assume_fixed(names)
 }

@@ -16,8 +16,8 @@
 //! Cost per op: proportional to the translations and reference extents in the
 //! checked ranges, never to the size of the gfn window.
 
-use p2m_core::domain::ViewSource;
-use p2m_core::iommu::walk::{Translation, WalkFault};
+use p2m_core::walk::{Translation, WalkFault};
+use p2m_core::ViewSource;
 use p2m_core::{Domain, GfnRange, Mfn, P2mError, INVALID_MFN};
 use reference_model::{RefModel, RefView};
 use std::fmt;

@@ -2,7 +2,7 @@
 
 use crate::oracle::{check_cpu, check_range, merge_ranges, DivergenceClass, Finding};
 use crate::scenario::{MfnSel, Op, Scenario};
-use p2m_core::{Config, Domain, GfnRange, Mfn, Revision, INVALID_MFN};
+use p2m_core::{Config, Domain, GfnRange, Mfn, ModelStats, Revision, INVALID_MFN};
 use reference_model::{IommuPolicy, RefModel};
 use std::fmt;
 
@@ -17,30 +17,12 @@ pub struct RunStats {
     pub ops_err: u64,
     /// Accepted ops of order 0 / 9 / 18.
     pub by_order: [u64; 3],
-    /// Superpage splits.
-    pub splits: u64,
-    /// Intermediate entries replaced by a leaf.
-    pub intermediate_replaced: u64,
-    /// Table frames freed.
-    pub frees: u64,
-    /// VT-d page-selective invalidations.
-    pub vtd_psi: u64,
-    /// VT-d PSIs skipped (old entry not present).
-    pub vtd_psi_skipped: u64,
-    /// AMD order-0 page invalidations.
-    pub amd_pages_4k: u64,
-    /// AMD order-9/18 page invalidations.
-    pub amd_pages_large: u64,
-    /// AMD all-pages invalidations.
-    pub amd_all: u64,
-    /// Pages passed to `iommu_map_page`.
-    pub map_pages: u64,
-    /// Pages passed to `iommu_unmap_page`.
-    pub unmap_pages: u64,
-    /// Cache records created (stale state that may exist).
-    pub records_created: u64,
     /// Oracle range checks made.
     pub range_checks: u64,
+    /// Frees the oracle checked at the moment they happened.
+    pub free_checks: u64,
+    /// What the model did.
+    pub model: ModelStats,
 }
 
 impl RunStats {
@@ -52,18 +34,25 @@ impl RunStats {
         for i in 0..3 {
             self.by_order[i] += o.by_order[i];
         }
-        self.splits += o.splits;
-        self.intermediate_replaced += o.intermediate_replaced;
-        self.frees += o.frees;
-        self.vtd_psi += o.vtd_psi;
-        self.vtd_psi_skipped += o.vtd_psi_skipped;
-        self.amd_pages_4k += o.amd_pages_4k;
-        self.amd_pages_large += o.amd_pages_large;
-        self.amd_all += o.amd_all;
-        self.map_pages += o.map_pages;
-        self.unmap_pages += o.unmap_pages;
-        self.records_created += o.records_created;
         self.range_checks += o.range_checks;
+        self.free_checks += o.free_checks;
+        self.model.add(&o.model);
+    }
+
+    /// Every counter as `(name, value)`: the run's, then the model's.
+    pub fn fields(&self) -> Vec<(&'static str, u64)> {
+        let mut v = vec![
+            ("ops", self.ops),
+            ("ops_ok", self.ops_ok),
+            ("ops_err", self.ops_err),
+            ("order0", self.by_order[0]),
+            ("order9", self.by_order[1]),
+            ("order18", self.by_order[2]),
+            ("range_checks", self.range_checks),
+            ("free_checks", self.free_checks),
+        ];
+        v.extend(self.model.fields());
+        v
     }
 }
 
@@ -130,7 +119,7 @@ pub fn resolve_mfn(dom: &Domain, sel: MfnSel) -> Mfn {
         MfnSel::Frame(m) => Mfn(m),
         MfnSel::Invalid => INVALID_MFN,
         MfnSel::TableFrame(k) => {
-            let ever = dom.mem.ever_allocated();
+            let ever = dom.mem().ever_allocated();
             if ever.is_empty() {
                 INVALID_MFN
             } else {
@@ -272,7 +261,7 @@ impl Session {
         if finding.is_none() {
             let mut ranges: Vec<GfnRange> =
                 self.dom.cache_records().iter().map(|r| r.range).collect();
-            ranges.extend_from_slice(self.dom.iommu_touched());
+            ranges.extend_from_slice(&self.dom.op_log().changed);
             if real.is_ok() {
                 ranges.push(op_range);
             }
@@ -323,21 +312,10 @@ impl Session {
 
     /// What the run exercised so far.
     pub fn stats(&self) -> RunStats {
-        let mut stats = self.stats;
-        let dom = &self.dom;
-        let io = dom.iommu_stats();
-        stats.splits = dom.stats.superpage_splits;
-        stats.intermediate_replaced = dom.stats.intermediate_replaced;
-        stats.frees = dom.stats.tables_freed;
-        stats.vtd_psi = io.vtd_psi;
-        stats.vtd_psi_skipped = io.vtd_psi_skipped;
-        stats.amd_pages_4k = io.amd_pages_4k;
-        stats.amd_pages_large = io.amd_pages_large;
-        stats.amd_all = io.amd_all;
-        stats.map_pages = io.map_pages;
-        stats.unmap_pages = io.unmap_pages;
-        stats.records_created = dom.iommu.caches.created;
-        stats
+        RunStats {
+            model: self.dom.stats(),
+            ..self.stats
+        }
     }
 }
 

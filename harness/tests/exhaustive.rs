@@ -80,14 +80,9 @@ fn cloned_prefix_continues_like_a_replay() {
 fn refused_ops_leave_state_unchanged() {
     let snapshot = |s: &Session| {
         let d = s.domain();
-        format!(
-            "{:?}{:?}{:?}{:?}{:?}",
-            d.p2m,
-            d.mem,
-            d.iommu.separate,
-            d.cache_records(),
-            s.reference()
-        )
+        let mut state = String::new();
+        d.write_state(&mut state).unwrap();
+        format!("{state}{:?}{:?}", d.cache_records(), s.reference())
     };
     let mut refused = 0;
     for cfg in configs(Mode::ALL) {

@@ -155,25 +155,12 @@ fn swarm_exercises_every_counter() {
         total.add(&o.stats);
     }
     let t = total;
-    for (name, v) in [
-        ("ops_ok", t.ops_ok),
-        ("ops_err", t.ops_err),
-        ("order 0", t.by_order[0]),
-        ("order 9", t.by_order[1]),
-        ("order 18", t.by_order[2]),
-        ("splits", t.splits),
-        ("intermediate_replaced", t.intermediate_replaced),
-        ("frees", t.frees),
-        ("vtd_psi", t.vtd_psi),
-        ("vtd_psi_skipped", t.vtd_psi_skipped),
-        ("amd_pages_4k", t.amd_pages_4k),
-        ("amd_pages_large", t.amd_pages_large),
-        ("amd_all", t.amd_all),
-        ("map_pages", t.map_pages),
-        ("unmap_pages", t.unmap_pages),
-        ("records_created", t.records_created),
-        ("range_checks", t.range_checks),
-    ] {
+    // The 4.6 line never issues a VT-d domain-selective invalidation.
+    let unused_by_46 = ["vtd_dsi"];
+    for (name, v) in t.fields() {
+        if unused_by_46.contains(&name) {
+            continue;
+        }
         assert!(
             v > 0,
             "counter {name} never moved in 1,000 scenarios: {t:?}"

@@ -1,21 +1,28 @@
 //! Executable model of Xen's x86 p2m `set_entry` paths and the IOMMU they keep in sync.
 //!
-//! [`Domain`] ties a configuration ([`Config`]) and a revision ([`Revision`]) to a
-//! host p2m ([`ept::Ept`] or [`p2m_pt::P2mPt`]), machine memory
-//! ([`machine::MachineMemory`]) and an IOMMU ([`iommu::Iommu`]) with conservative
-//! caches. See `README.md` in this crate for the fidelity table.
+//! Shared machinery, used by every Xen line: [`frames`] (machine memory, frame states,
+//! allocation and freeing), [`tables`] (sparse 512-entry tables stored as runs),
+//! [`cache`] (conservative IOTLB / paging-structure cache records and invalidations),
+//! [`walk`] (the IOMMU's page walk), [`view`] (CPU and device views), [`events`] (what
+//! an op did, for the oracle) and [`stats`]. Each Xen line is a folder over it:
+//! [`xen46`] (Xen 4.6, 2015). [`Domain`] and [`Revision`] are the one interface the
+//! harness sees; the revision chooses the line. See `README.md` in this crate for the
+//! fidelity tables.
 
+pub mod cache;
 pub mod domain;
-pub mod ept;
-pub mod iommu;
-pub mod machine;
-pub mod p2m_pt;
-pub mod policy;
+pub mod events;
+pub mod frames;
 pub mod revision;
-pub mod snapshot;
-pub mod table;
+pub mod stats;
+pub mod tables;
 pub mod types;
+pub mod view;
+pub mod walk;
+pub mod xen46;
 
-pub use domain::{DeviceView, Domain, P2mEntry, P2mStats, ViewSource};
-pub use revision::{PtIommuConditions, Revision, Switches, REVISIONS};
+pub use domain::Domain;
+pub use revision::{Line, Revision, RevisionKind, Switches};
+pub use stats::ModelStats;
 pub use types::*;
+pub use view::{DeviceView, P2mEntry, ViewSource};

@@ -1,279 +1,214 @@
-//! Xen revisions as sets of named switches.
+//! Xen revisions as sets of named switches, for every modelled Xen line.
 //!
-//! Every behaviour that differs between the Xen revisions we model is one field of
-//! [`Switches`]; a named [`Revision`] is a set of values. The upstream commits are
-//! those of the series "x86/p2m: tighten conditions of IOMMU mapping updates"
-//! (Jan Beulich, Sept/Oct 2015), committed before Xen 4.6.0.
+//! Every behaviour that differs between the Xen revisions of one line is one field of
+//! that line's switch struct (declared with [`switches!`]); a named [`Revision`] is a
+//! line plus a set of values. The line is chosen with the revision: `--revision
+//! committed` runs the 4.6 line, and each line has one *reference* revision, clean by
+//! construction of the harness ([`Revision::reference`]), against which `blame` and
+//! `--assume-fixed` read switch values.
 
 use std::fmt;
 
-/// How `p2m_pt_set_entry` decides whether the IOMMU needs updating or flushing.
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-pub enum PtIommuConditions {
-    /// Before 660fd65d55: `old_mfn` is 0 unless the *new* entry is non-empty, then the
-    /// old entry's frame; the IOMMU step always runs; shared tables flush when
-    /// `old_mfn && old_mfn != mfn`.
-    Pre,
-    /// The patch as posted (seed thread): `old_flags` keeps the old entry's PTE flags
-    /// (`~0` for a present intermediate entry) and converts them with
-    /// `p2m_get_iommu_flags(p2m_flags_to_type(old_flags))`; `~0` converts to type 127,
-    /// i.e. no permission. The step runs only when those flags or the mfn differ;
-    /// shared tables flush when the converted old flags are non-zero.
-    PatchV1,
-    /// 660fd65d55: `iommu_old_flags` is 0 for a non-present old entry, the real flags
-    /// for a present leaf and `~0` (unequal to anything) for a present intermediate
-    /// entry; `old_mfn` comes from the old leaf whatever the new entry is; the step
-    /// runs only when flags or mfn differ; shared tables flush when
-    /// `iommu_old_flags != 0`.
-    Committed,
+/// Declares a line's switch struct: one `pub` field per Xen behaviour, each with a doc
+/// comment naming the Xen function and commit. Generates [`NAMES`](Self::NAMES),
+/// `with_switch_from`, `differing` and a `name=value` [`Display`](fmt::Display).
+#[macro_export]
+macro_rules! switches {
+    ($(#[$m:meta])* pub struct $name:ident { $( $(#[$fm:meta])* pub $f:ident : $t:ty ),* $(,)? }) => {
+        $(#[$m])*
+        #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+        pub struct $name { $( $(#[$fm])* pub $f: $t ),* }
+
+        impl $name {
+            /// Names of the switches, in declaration order.
+            pub const NAMES: &'static [&'static str] = &[$(stringify!($f)),*];
+
+            /// `self` with the switch `name` taken from `from`; `None` for an unknown name.
+            pub fn with_switch_from(mut self, name: &str, from: &Self) -> Option<Self> {
+                match name {
+                    $( stringify!($f) => self.$f = from.$f, )*
+                    _ => return None,
+                }
+                Some(self)
+            }
+
+            /// Names of the switches whose values differ between `self` and `other`.
+            pub fn differing(&self, other: &Self) -> Vec<&'static str> {
+                let mut v = Vec::new();
+                $( if self.$f != other.$f { v.push(stringify!($f)); } )*
+                v
+            }
+        }
+
+        impl ::std::fmt::Display for $name {
+            fn fmt(&self, f: &mut ::std::fmt::Formatter<'_>) -> ::std::fmt::Result {
+                let mut first = true;
+                $(
+                    if !first { f.write_str(" ")?; }
+                    first = false;
+                    write!(f, "{}={:?}", stringify!($f), self.$f)?;
+                )*
+                let _ = first;
+                Ok(())
+            }
+        }
+    };
 }
 
-/// Every revision-dependent behaviour of the model, one field each.
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-pub struct Switches {
-    /// 6c0e4ad608 "x86/EPT: tighten conditions of IOMMU mapping updates": keep
-    /// `need_modify_vtd_table` when the IOMMU flags of the old entry's type differ,
-    /// not only when the mfn differs.
-    pub ept_need_modify_checks_iommu_flags: bool,
-    /// 960265fbd8 "x86/p2m-pt: delay freeing of intermediate page tables": free the
-    /// replaced subtree after the IOMMU step instead of right after the write.
-    pub pt_delay_intermediate_free: bool,
-    /// c0a85795d8 "x86/p2m-pt: ignore pt-share flag for shadow mode guests": use
-    /// `iommu_use_hap_pt(d)` instead of the global `iommu_hap_pt_share`.
-    pub pt_shadow_ignores_share: bool,
-    /// 660fd65d55 "x86/p2m-pt: tighten conditions of IOMMU mapping updates" (and the
-    /// posted variant of it). edb9531263 only reuses the pre-computed flags: no
-    /// behaviour change, so it has no switch of its own.
-    pub pt_iommu_conditions: PtIommuConditions,
-    /// Not in Xen (closes a hole the harness found in `committed`): `ept_set_entry`
-    /// clears `need_modify_vtd_table` only when the old entry is a *present leaf*
-    /// with the same mfn and the same device-visible permission. Xen compares the
-    /// mfn field and `sa_p2mt` of whatever entry is there: an intermediate entry
-    /// (whose mfn is its table frame and whose `sa_p2mt` is 0, `ram_rw`) or a
-    /// zeroed non-present entry (mfn 0, `ram_rw`) then looks "unchanged", and with
-    /// shared tables an access-only change is never flushed.
-    pub ept_need_modify_requires_present_leaf: bool,
-    /// Not in Xen 4.6 (closes a hole the harness found in every revision):
-    /// `p2m_next_level` splitting a 1 GiB page ORs next-level 1 into the inherited
-    /// flags of each 2 MiB leaf, so a shared AMD IOMMU walks guest data as an L1
-    /// table. Fixed: the split leaves keep next-level 0.
-    pub pt_split_1g_keeps_leaf_nlevel: bool,
-    /// Not in Xen 4.6 (closes a hole the harness found in every revision):
-    /// `amd_iommu_map_page` flushes only when the PTE's address changes
-    /// (`set_iommu_pde_present` returns `need_flush` for that alone), so a
-    /// permission reduction on the same frame stays in the IOTLB. Fixed: flush when
-    /// the old PTE was present and differs in address or permission.
-    pub amd_map_flush_on_perm_change: bool,
-    /// Not in Xen (closes a hole the harness found in every revision): the separate
-    /// IOMMU step maps with `p2m_get_iommu_flags(p2mt)` even when the p2m wrote an
-    /// empty entry (e.g. `ram_rw` with `INVALID_MFN`), so the IOMMU maps a bogus
-    /// frame the CPU side does not. Fixed: an empty new entry is unmapped.
-    pub iommu_flags_require_present_entry: bool,
-    /// XSA-275, 937ef32565 (2018) "AMD/IOMMU: suppress PTE merging after initial table
-    /// creation": Xen 4.6's `amd_iommu_map_page` merges a table into a superpage
-    /// (`iommu_update_pde_count` / `iommu_merge_pages`) after 512 contiguous map
-    /// *events*, without checking the table's entries or their permissions (the last
-    /// map's permission wins), and `iommu_pde_from_gfn` splits a superpage into
-    /// read/write entries whatever its permission. Fixed: no merging once the domain
-    /// is created (every modelled op is), so separate AMD tables hold 4 KiB leaves only.
-    pub amd_suppress_pte_merging: bool,
+/// A modelled line of Xen.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug)]
+pub enum Line {
+    /// Xen 4.6 (2015): [`crate::xen46`].
+    Xen46,
 }
 
-/// A named set of switch values.
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-pub struct Revision {
-    /// Name used on the command line and in reports.
-    pub name: &'static str,
-    /// One-line description.
-    pub summary: &'static str,
-    /// The switch values.
-    pub switches: Switches,
-}
+impl Line {
+    /// Every line, oldest first.
+    pub const ALL: &'static [Line] = &[Line::Xen46];
 
-const PRE: Switches = Switches {
-    ept_need_modify_checks_iommu_flags: false,
-    pt_delay_intermediate_free: false,
-    pt_shadow_ignores_share: false,
-    pt_iommu_conditions: PtIommuConditions::Pre,
-    ept_need_modify_requires_present_leaf: false,
-    pt_split_1g_keeps_leaf_nlevel: false,
-    amd_map_flush_on_perm_change: false,
-    iommu_flags_require_present_entry: false,
-    amd_suppress_pte_merging: false,
-};
-
-const COMMITTED: Switches = Switches {
-    ept_need_modify_checks_iommu_flags: true,
-    pt_delay_intermediate_free: true,
-    pt_shadow_ignores_share: true,
-    pt_iommu_conditions: PtIommuConditions::Committed,
-    ..PRE
-};
-
-/// Every named revision, oldest first.
-pub const REVISIONS: &[Revision] = &[
-    Revision {
-        name: "xen-4.6-pre",
-        summary: "master just before 6c0e4ad608 (the '-' side of the seed's diff)",
-        switches: PRE,
-    },
-    Revision {
-        name: "6c0e4ad608",
-        summary: "+ x86/EPT: tighten conditions of IOMMU mapping updates",
-        switches: Switches {
-            ept_need_modify_checks_iommu_flags: true,
-            ..PRE
-        },
-    },
-    Revision {
-        name: "960265fbd8",
-        summary: "+ x86/p2m-pt: delay freeing of intermediate page tables",
-        switches: Switches {
-            ept_need_modify_checks_iommu_flags: true,
-            pt_delay_intermediate_free: true,
-            ..PRE
-        },
-    },
-    Revision {
-        name: "c0a85795d8",
-        summary: "+ x86/p2m-pt: ignore pt-share flag for shadow mode guests",
-        switches: Switches {
-            ept_need_modify_checks_iommu_flags: true,
-            pt_delay_intermediate_free: true,
-            pt_shadow_ignores_share: true,
-            ..PRE
-        },
-    },
-    Revision {
-        name: "660fd65d55",
-        summary: "+ x86/p2m-pt: tighten conditions of IOMMU mapping updates",
-        switches: COMMITTED,
-    },
-    Revision {
-        name: "edb9531263",
-        summary: "+ x86/p2m-pt: use pre-calculated IOMMU flags (no behaviour change)",
-        switches: COMMITTED,
-    },
-    Revision {
-        name: "patch-v1",
-        summary: "the series as posted in the seed thread (old PTE flags converted late)",
-        switches: Switches {
-            pt_iommu_conditions: PtIommuConditions::PatchV1,
-            ..COMMITTED
-        },
-    },
-    Revision {
-        name: "committed",
-        summary: "after all five upstream commits (= edb9531263)",
-        switches: COMMITTED,
-    },
-    Revision {
-        name: "fixed",
-        summary: "committed plus every hole known to this harness closed",
-        switches: Switches {
-            ept_need_modify_requires_present_leaf: true,
-            pt_split_1g_keeps_leaf_nlevel: true,
-            amd_map_flush_on_perm_change: true,
-            iommu_flags_require_present_entry: true,
-            amd_suppress_pte_merging: true,
-            ..COMMITTED
-        },
-    },
-];
-
-impl Revision {
-    /// Looks a revision up by name.
-    pub fn by_name(name: &str) -> Option<Revision> {
-        REVISIONS.iter().copied().find(|r| r.name == name)
-    }
-    /// The revision with no known hole.
-    pub fn fixed() -> Revision {
-        Revision::by_name("fixed").expect("fixed is in REVISIONS")
-    }
-    /// Names of all revisions, for error messages.
-    pub fn names() -> Vec<&'static str> {
-        REVISIONS.iter().map(|r| r.name).collect()
+    /// Name used in reports and on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Line::Xen46 => "xen-4.6",
+        }
     }
 }
 
-/// Names of the [`Switches`] fields, in declaration order.
-pub const SWITCH_NAMES: [&str; 9] = [
-    "ept_need_modify_checks_iommu_flags",
-    "pt_delay_intermediate_free",
-    "pt_shadow_ignores_share",
-    "pt_iommu_conditions",
-    "ept_need_modify_requires_present_leaf",
-    "pt_split_1g_keeps_leaf_nlevel",
-    "amd_map_flush_on_perm_change",
-    "iommu_flags_require_present_entry",
-    "amd_suppress_pte_merging",
-];
+impl fmt::Display for Line {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// What a revision stands for.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+pub enum RevisionKind {
+    /// A state of Xen's history (a commit, a posted patch, a shipped release).
+    History,
+    /// The line's reference: every hole known to the harness closed (4.6 `fixed`).
+    Reference,
+    /// Test-only: a bug planted into the reference to measure the harness. Not Xen.
+    Planted,
+}
+
+impl RevisionKind {
+    /// Short name for listings.
+    pub fn name(self) -> &'static str {
+        match self {
+            RevisionKind::History => "history",
+            RevisionKind::Reference => "reference",
+            RevisionKind::Planted => "planted (test-only, not Xen)",
+        }
+    }
+}
+
+/// The switch values of one revision, per line.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+pub enum Switches {
+    /// A Xen 4.6 revision.
+    Xen46(crate::xen46::revision::Switches),
+}
 
 impl Switches {
-    /// `self` with the switch `name` taken from `from` (for blaming one switch); `None`
-    /// for an unknown name.
-    pub fn with_switch_from(mut self, name: &str, from: &Switches) -> Option<Switches> {
-        match name {
-            "ept_need_modify_checks_iommu_flags" => {
-                self.ept_need_modify_checks_iommu_flags = from.ept_need_modify_checks_iommu_flags
-            }
-            "pt_delay_intermediate_free" => {
-                self.pt_delay_intermediate_free = from.pt_delay_intermediate_free
-            }
-            "pt_shadow_ignores_share" => {
-                self.pt_shadow_ignores_share = from.pt_shadow_ignores_share
-            }
-            "pt_iommu_conditions" => self.pt_iommu_conditions = from.pt_iommu_conditions,
-            "ept_need_modify_requires_present_leaf" => {
-                self.ept_need_modify_requires_present_leaf =
-                    from.ept_need_modify_requires_present_leaf
-            }
-            "pt_split_1g_keeps_leaf_nlevel" => {
-                self.pt_split_1g_keeps_leaf_nlevel = from.pt_split_1g_keeps_leaf_nlevel
-            }
-            "amd_map_flush_on_perm_change" => {
-                self.amd_map_flush_on_perm_change = from.amd_map_flush_on_perm_change
-            }
-            "iommu_flags_require_present_entry" => {
-                self.iommu_flags_require_present_entry = from.iommu_flags_require_present_entry
-            }
-            "amd_suppress_pte_merging" => {
-                self.amd_suppress_pte_merging = from.amd_suppress_pte_merging
-            }
-            _ => return None,
+    /// The line these switches belong to.
+    pub fn line(&self) -> Line {
+        match self {
+            Switches::Xen46(_) => Line::Xen46,
         }
-        Some(self)
     }
 
-    /// Names of the switches whose values differ between `self` and `other`.
+    /// Names of this line's switches, in declaration order.
+    pub fn names(&self) -> &'static [&'static str] {
+        match self {
+            Switches::Xen46(_) => crate::xen46::revision::Switches::NAMES,
+        }
+    }
+
+    /// `self` with the switch `name` taken from `from`; `None` for an unknown name or
+    /// switches of another line.
+    pub fn with_switch_from(&self, name: &str, from: &Switches) -> Option<Switches> {
+        match (self, from) {
+            (Switches::Xen46(a), Switches::Xen46(b)) => {
+                a.with_switch_from(name, b).map(Switches::Xen46)
+            }
+        }
+    }
+
+    /// Names of the switches whose values differ (all of them across lines).
     pub fn differing(&self, other: &Switches) -> Vec<&'static str> {
-        SWITCH_NAMES
-            .iter()
-            .copied()
-            .filter(|n| self.with_switch_from(n, other) != Some(*self))
-            .collect()
+        match (self, other) {
+            (Switches::Xen46(a), Switches::Xen46(b)) => a.differing(b),
+        }
     }
 }
 
 impl fmt::Display for Switches {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "ept_need_modify_checks_iommu_flags={} pt_delay_intermediate_free={} \
-             pt_shadow_ignores_share={} pt_iommu_conditions={:?} \
-             ept_need_modify_requires_present_leaf={} pt_split_1g_keeps_leaf_nlevel={} \
-             amd_map_flush_on_perm_change={} iommu_flags_require_present_entry={} \
-             amd_suppress_pte_merging={}",
-            self.ept_need_modify_checks_iommu_flags,
-            self.pt_delay_intermediate_free,
-            self.pt_shadow_ignores_share,
-            self.pt_iommu_conditions,
-            self.ept_need_modify_requires_present_leaf,
-            self.pt_split_1g_keeps_leaf_nlevel,
-            self.amd_map_flush_on_perm_change,
-            self.iommu_flags_require_present_entry,
-            self.amd_suppress_pte_merging
-        )
+        match self {
+            Switches::Xen46(s) => s.fmt(f),
+        }
+    }
+}
+
+/// A named set of switch values of one line.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+pub struct Revision {
+    /// Name used on the command line and in reports (unique over all lines).
+    pub name: &'static str,
+    /// One-line description.
+    pub summary: &'static str,
+    /// What it stands for.
+    pub kind: RevisionKind,
+    /// The switch values (which also give the line).
+    pub switches: Switches,
+}
+
+impl Revision {
+    /// Every revision of every line, line by line, oldest first.
+    pub fn all() -> impl Iterator<Item = &'static Revision> {
+        crate::xen46::revision::REVISIONS.iter()
+    }
+    /// Looks a revision up by name.
+    pub fn by_name(name: &str) -> Option<Revision> {
+        Revision::all().copied().find(|r| r.name == name)
+    }
+    /// Names of all revisions, for error messages.
+    pub fn names() -> Vec<&'static str> {
+        Revision::all().map(|r| r.name).collect()
+    }
+    /// The line this revision belongs to.
+    pub fn line(&self) -> Line {
+        self.switches.line()
+    }
+    /// The reference revision of `line`: clean by construction, the values `blame` and
+    /// `--assume-fixed` take switches from.
+    pub fn reference(line: Line) -> Revision {
+        Revision::all()
+            .copied()
+            .find(|r| r.line() == line && r.kind == RevisionKind::Reference)
+            .expect("every line has a reference revision")
+    }
+    /// The 4.6 line's `fixed` (the default revision of every command).
+    pub fn fixed() -> Revision {
+        Revision::reference(Line::Xen46)
+    }
+    /// `self` with each named switch set to its value in the line's reference ("assume
+    /// this hole is closed"); an unknown name is a one-line error.
+    pub fn assume_fixed(mut self, names: &[String]) -> Result<Revision, String> {
+        let reference = Revision::reference(self.line()).switches;
+        for n in names {
+            self.switches = self
+                .switches
+                .with_switch_from(n, &reference)
+                .ok_or_else(|| {
+                    format!(
+                        "unknown switch '{n}' for line {} (known: {})",
+                        self.line(),
+                        self.switches.names().join(", ")
+                    )
+                })?;
+        }
+        Ok(self)
     }
 }
 
@@ -282,27 +217,28 @@ mod tests {
     use super::*;
 
     #[test]
-    fn names_are_unique_and_known() {
+    fn names_are_unique_and_every_line_has_one_reference() {
         let names = Revision::names();
         for (i, n) in names.iter().enumerate() {
             assert!(!names[i + 1..].contains(n), "duplicate {n}");
         }
-        for n in ["xen-4.6-pre", "patch-v1", "committed", "fixed"] {
-            assert!(Revision::by_name(n).is_some());
+        for &line in Line::ALL {
+            let refs = Revision::all()
+                .filter(|r| r.line() == line && r.kind == RevisionKind::Reference)
+                .count();
+            assert_eq!(refs, 1, "{line}");
         }
         assert!(Revision::by_name("nope").is_none());
     }
 
     #[test]
-    fn every_switch_name_is_adoptable() {
-        let fixed = Revision::fixed().switches;
-        assert_eq!(PRE.differing(&fixed).len(), SWITCH_NAMES.len());
-        let mut s = PRE;
-        for n in SWITCH_NAMES {
-            s = s.with_switch_from(n, &fixed).expect("known switch");
-        }
-        assert_eq!(s, fixed);
-        assert!(PRE.with_switch_from("nope", &fixed).is_none());
-        assert!(fixed.differing(&fixed).is_empty());
+    fn assume_fixed_takes_reference_values() {
+        let pre = Revision::by_name("xen-4.6-pre").unwrap();
+        let all: Vec<String> = pre.switches.names().iter().map(|s| s.to_string()).collect();
+        assert_eq!(
+            pre.assume_fixed(&all).unwrap().switches,
+            Revision::fixed().switches
+        );
+        assert!(pre.assume_fixed(&["nope".into()]).is_err());
     }
 }

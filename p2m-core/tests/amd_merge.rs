@@ -2,8 +2,9 @@
 //! `iommu_update_pde_count` / `iommu_merge_pages`, split in `iommu_pde_from_gfn`), and
 //! its suppression in `fixed` (`amd_suppress_pte_merging`, XSA-275).
 
-use p2m_core::iommu::walk::Translation;
-use p2m_core::machine::FrameState;
+use p2m_core::frames::FrameState;
+use p2m_core::walk::Translation;
+use p2m_core::xen46::domain::Domain;
 use p2m_core::*;
 
 fn dom(mode: Mode, rev: &str) -> Domain {
@@ -262,10 +263,10 @@ mod range_form {
     //! `iommu_map_page` / `iommu_unmap_page` call per page), with merging on: same
     //! tables, same frames freed and reused (generations), same cache records, same
     //! flushes.
-    use p2m_core::iommu::cache::RecordKind;
-    use p2m_core::iommu::walk::walk_root;
-    use p2m_core::iommu::Iommu;
-    use p2m_core::machine::MachineMemory;
+    use p2m_core::cache::RecordKind;
+    use p2m_core::frames::MachineMemory;
+    use p2m_core::walk::walk_root;
+    use p2m_core::xen46::iommu::Iommu;
     use p2m_core::*;
 
     #[derive(Clone, Copy, Debug)]
@@ -349,7 +350,18 @@ mod range_form {
         )
     }
 
-    fn apply(ops: &[IoOp], per_page: bool, sw: &Switches) -> (Iommu, MachineMemory) {
+    fn sw46(name: &str) -> p2m_core::xen46::revision::Switches {
+        match Revision::by_name(name).unwrap().switches {
+            Switches::Xen46(s) => s,
+        }
+    }
+
+    fn apply(
+        ops: &[IoOp],
+        per_page: bool,
+        sw: &p2m_core::xen46::revision::Switches,
+    ) -> (Iommu, MachineMemory) {
+        let mut log = p2m_core::events::OpLog::default();
         let mut mem = MachineMemory::new();
         let mut io = Iommu::new(Vendor::Amd, &mut mem);
         for (i, op) in ops.iter().enumerate() {
@@ -358,10 +370,10 @@ mod range_form {
                 IoOp::Map(g, n, m, p) => {
                     if per_page {
                         for k in 0..n {
-                            io.iommu_map_pages(&mut mem, sw, g + k, 1, m + k, p, seq);
+                            io.iommu_map_pages(&mut mem, sw, g + k, 1, m + k, p, seq, &mut log);
                         }
                     } else {
-                        io.iommu_map_pages(&mut mem, sw, g, n, m, p, seq);
+                        io.iommu_map_pages(&mut mem, sw, g, n, m, p, seq, &mut log);
                     }
                 }
                 IoOp::Unmap(g, n) => {
@@ -382,7 +394,7 @@ mod range_form {
     fn range_ops_equal_per_page_loops() {
         let mut rng = Lcg(7);
         for rev in ["committed", "xen-4.6-pre", "fixed"] {
-            let mut sw = Revision::by_name(rev).unwrap().switches;
+            let mut sw = sw46(rev);
             for case in 0..300 {
                 if case == 150 {
                     // Also with the flush on permission changes (more map events).
@@ -420,7 +432,7 @@ mod range_form {
     /// happen at the same pages as in the per-page loop.
     #[test]
     fn one_gib_range_equals_per_page_loop() {
-        let sw = Revision::by_name("committed").unwrap().switches;
+        let sw = sw46("committed");
         let g = 0x40000;
         let ops = [
             IoOp::Map(g + 3, 100, 0x4000003, IommuPerm::RW),

@@ -1,5 +1,6 @@
 //! Cost bounds for 1 GiB operations and the error paths of `set_entry`.
 
+use p2m_core::xen46::domain::{Domain, P2mStats};
 use p2m_core::*;
 
 const ALL_CONFIGS: [(Mode, Vendor); 4] = [

@@ -3,8 +3,9 @@
 //! permission or freed-frame walk shows up under the revision that has the hole,
 //! and does not show up under the revisions that close it.
 
-use p2m_core::iommu::walk::{Translation, WalkFault};
-use p2m_core::machine::{FrameState, TableOwner};
+use p2m_core::frames::{FrameState, TableOwner};
+use p2m_core::walk::{Translation, WalkFault};
+use p2m_core::xen46::domain::Domain;
 use p2m_core::*;
 
 fn dom(mode: Mode, vendor: Vendor, share: bool, rev: &str) -> Domain {
@@ -98,7 +99,7 @@ fn george(rev: &str) -> Domain {
 fn george_empty_leaf_over_intermediate_patch_v1_leaks() {
     let d = george("patch-v1");
     assert_eq!(d.get_entry(0x200), None, "the p2m must no longer map 0x200");
-    assert_eq!(d.stats.tables_freed, 1, "the L1 table is freed");
+    assert_eq!(d.mem.free_count(), 1, "the L1 table is freed");
     let v = d.device_view(range(0x200, 0x400));
     let stale: Vec<_> = cached_translations(&v)
         .into_iter()

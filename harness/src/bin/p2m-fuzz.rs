@@ -6,7 +6,7 @@ use harness::generate::Swarm;
 use harness::minimize::minimize;
 use harness::scenario::{decode, encode, parse_trace, to_trace, Scenario};
 use harness::{revision_by_name, run, RunStats};
-use p2m_core::{Mode, Revision, REVISIONS};
+use p2m_core::{Mode, Revision};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use std::io::Write;
@@ -311,10 +311,10 @@ fn hunt(
                 start.elapsed().as_secs(),
                 scenarios,
                 total.ops,
-                total.splits,
-                total.intermediate_replaced,
-                total.frees,
-                total.records_created
+                total.model.superpage_splits,
+                total.model.intermediate_replaced,
+                total.model.tables_freed,
+                total.model.records_created
             );
         }
     }
@@ -322,6 +322,12 @@ fn hunt(
         "hunt: clean after {}s: {} scenarios, {} ops (revision {})",
         seconds, scenarios, total.ops, rev.name
     );
+    let counts: Vec<String> = total
+        .fields()
+        .into_iter()
+        .map(|(n, v)| format!("{n}={v}"))
+        .collect();
+    eprintln!("hunt: counters: {}", counts.join(" "));
     ExitCode::SUCCESS
 }
 
@@ -358,9 +364,15 @@ fn minimize_cmd(revision: Option<String>, file: PathBuf, out: Option<PathBuf>) -
 }
 
 fn revisions() -> ExitCode {
-    for r in REVISIONS {
-        println!("{:<12} {}", r.name, r.summary);
-        println!("             {}", r.switches);
+    for r in Revision::all() {
+        println!(
+            "{:<30} [{}, {}] {}",
+            r.name,
+            r.line(),
+            r.kind.name(),
+            r.summary
+        );
+        println!("    {}", r.switches);
     }
     ExitCode::SUCCESS
 }

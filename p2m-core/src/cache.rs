@@ -22,7 +22,11 @@
 //! A large-page leaf record is removed by an invalidation of any address it
 //! translates (the hardware looks the address up and drops the entry that hits).
 
+use std::fmt;
+
+use crate::frames::MachineMemory;
 use crate::types::{GfnRange, IommuPerm};
+use crate::walk::{walk, IoEntry, IoTables, WalkResult};
 
 /// An invalidation command as Xen issues it.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -51,7 +55,7 @@ pub enum Invalidation {
 
 impl Invalidation {
     /// Which records it removes: `(range or None for all, leaves, non-leaves)`.
-    fn scope(&self) -> (Option<GfnRange>, bool) {
+    pub fn scope(&self) -> (Option<GfnRange>, bool) {
         match *self {
             Invalidation::VtdPsi { gfn, order, ih } => {
                 let start = gfn & !((1u64 << order) - 1);
@@ -62,6 +66,45 @@ impl Invalidation {
                 let start = gfn & !((1u64 << order) - 1);
                 (Some(GfnRange::of_order(start, order)), order != 0)
             }
+        }
+    }
+}
+
+impl fmt::Display for Invalidation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            Invalidation::VtdPsi { gfn, order, ih } => {
+                write!(f, "VT-d PSI dfn {gfn:#x} AM={order} IH={}", ih as u8)
+            }
+            Invalidation::VtdDsi => f.write_str("VT-d DSI"),
+            Invalidation::AmdPages { gfn, order } => {
+                let sp = (order != 0) as u8;
+                write!(
+                    f,
+                    "AMD INVALIDATE_IOMMU_PAGES dfn {gfn:#x} order {order} S={sp} PDE={sp}"
+                )
+            }
+            Invalidation::AmdAllPages => f.write_str("AMD INVALIDATE_IOMMU_PAGES all S=1 PDE=1"),
+        }
+    }
+}
+
+/// One command as issued: `pages > 1` is the same per-page command repeated for each
+/// page of `[gfn, gfn + pages)` (a per-page flush loop), counted as one entry.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct Issued {
+    /// The (first) command.
+    pub cmd: Invalidation,
+    /// How many pages the loop covered (1 for a single command).
+    pub pages: u64,
+}
+
+impl fmt::Display for Issued {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.pages > 1 {
+            write!(f, "{} (once per page, {} pages)", self.cmd, self.pages)
+        } else {
+            self.cmd.fmt(f)
         }
     }
 }
@@ -108,6 +151,8 @@ pub struct IommuCaches {
     records: Vec<CacheRecord>,
     /// Records created so far.
     pub created: u64,
+    /// Commands issued since the owner last took them ([`Self::take_issued`]).
+    issued: Vec<Issued>,
 }
 
 impl IommuCaches {
@@ -122,8 +167,14 @@ impl IommuCaches {
         &self.records
     }
 
+    /// Moves the commands issued so far to the end of `out`.
+    pub fn take_issued(&mut self, out: &mut Vec<Issued>) {
+        out.append(&mut self.issued);
+    }
+
     /// Applies an invalidation command.
     pub fn invalidate(&mut self, cmd: Invalidation) {
+        self.issued.push(Issued { cmd, pages: 1 });
         let (range, nonleaf_too) = cmd.scope();
         match range {
             None => self.records.clear(),
@@ -131,9 +182,33 @@ impl IommuCaches {
         }
     }
 
+    /// Issues the order-0 command `per_page` (its address ignored) once for each page of
+    /// `range`, as a per-page flush loop does: removes the leaves touching `range`, and the
+    /// non-leaf records touching it when the command drops those too.
+    pub fn invalidate_each_page(&mut self, range: GfnRange, per_page: Invalidation) {
+        let cmd = match per_page {
+            Invalidation::VtdPsi { ih, .. } => Invalidation::VtdPsi {
+                gfn: range.start,
+                order: 0,
+                ih,
+            },
+            Invalidation::AmdPages { .. } => Invalidation::AmdPages {
+                gfn: range.start,
+                order: 0,
+            },
+            other => return self.invalidate(other),
+        };
+        self.issued.push(Issued {
+            cmd,
+            pages: range.len(),
+        });
+        let (_, nonleaf_too) = cmd.scope();
+        self.invalidate_pages(range, nonleaf_too);
+    }
+
     /// Removes what one per-page command for each page of `inv` removes: the leaves
     /// touching `inv`, and the non-leaf records touching it when `nonleaf_too`.
-    pub fn invalidate_pages(&mut self, inv: GfnRange, nonleaf_too: bool) {
+    fn invalidate_pages(&mut self, inv: GfnRange, nonleaf_too: bool) {
         let mut kept = Vec::with_capacity(self.records.len());
         for r in self.records.drain(..) {
             let Some(hit) = r.range.intersect(&inv) else {
@@ -183,6 +258,88 @@ impl IommuCaches {
             }
         }
         self.records = kept;
+    }
+}
+
+/// Turns the old content of an IOMMU-visible entry that is being overwritten into
+/// cache records: a leaf becomes an IOTLB record; a non-leaf entry becomes a
+/// paging-structure record plus records for everything reachable below it now.
+pub fn note_overwrite(
+    caches: &mut IommuCaches,
+    tables: &dyn IoTables,
+    mem: &MachineMemory,
+    entry_range: GfnRange,
+    entry_level: u8,
+    old: IoEntry,
+    seq: u64,
+) {
+    match old {
+        IoEntry::NotPresent => {}
+        IoEntry::Leaf { mfn, perm } => caches.push(CacheRecord {
+            range: entry_range,
+            kind: RecordKind::Leaf {
+                mfn,
+                perm,
+                leaf_pages: crate::tables::pages_per_entry(entry_level),
+            },
+            seq,
+        }),
+        IoEntry::Next { table, level, perm } => {
+            if level == 0 || level >= entry_level {
+                return;
+            }
+            let generation = mem.info(table).map(|i| i.generation).unwrap_or(0);
+            caches.push(CacheRecord {
+                range: entry_range,
+                kind: RecordKind::NonLeaf {
+                    table,
+                    level,
+                    generation,
+                    perm,
+                },
+                seq,
+            });
+            let mut below = WalkResult::default();
+            walk(
+                tables,
+                mem,
+                table,
+                level,
+                entry_range.start,
+                entry_range,
+                perm,
+                None,
+                &mut below,
+            );
+            records_from_walk(caches, &below, seq);
+        }
+    }
+}
+
+/// Records every translation and non-leaf entry of a walk as possibly cached.
+pub fn records_from_walk(caches: &mut IommuCaches, w: &WalkResult, seq: u64) {
+    for t in &w.translations {
+        caches.push(CacheRecord {
+            range: t.range,
+            kind: RecordKind::Leaf {
+                mfn: t.mfn,
+                perm: t.perm,
+                leaf_pages: t.leaf_pages,
+            },
+            seq,
+        });
+    }
+    for &(range, table, level, generation, perm) in &w.nonleaf {
+        caches.push(CacheRecord {
+            range,
+            kind: RecordKind::NonLeaf {
+                table,
+                level,
+                generation,
+                perm,
+            },
+            seq,
+        });
     }
 }
 

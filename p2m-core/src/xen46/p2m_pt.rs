@@ -4,14 +4,15 @@
 //! PTE bits 52-63. The p2m type sits in flags bits 12-18, the AMD IOMMU next-level
 //! field in bits 9-11 and the AMD IR/IW bits in flags bits 21-22 (PTE bits 61-62).
 
-use crate::domain::{Cx, P2mEntry};
-use crate::iommu::note_overwrite;
-use crate::iommu::walk::{IoEntry, IoTables};
-use crate::machine::{MachineMemory, TableOwner};
-use crate::policy::{iommu_flags_of_raw_type, p2m_get_iommu_flags};
-use crate::revision::PtIommuConditions;
-use crate::table::{index_of, pages_per_entry, Pte, TableStore};
+use crate::cache::note_overwrite;
+use crate::frames::{MachineMemory, TableOwner};
+use crate::tables::{index_of, pages_per_entry, Pte, TableStore};
 use crate::types::*;
+use crate::view::P2mEntry;
+use crate::walk::{IoEntry, IoTables};
+use crate::xen46::domain::Cx;
+use crate::xen46::policy::{iommu_flags_of_raw_type, p2m_get_iommu_flags};
+use crate::xen46::revision::PtIommuConditions;
 
 /// `_PAGE_PRESENT`.
 pub const PAGE_PRESENT: u32 = 0x001;
@@ -142,13 +143,19 @@ impl P2mPt {
     }
 
     /// Models `p2m->write_p2m_entry()`; when the IOMMU walks these tables the old
-    /// content becomes a cache record.
+    /// content becomes a cache record. The entry's range is logged as changed, and a
+    /// replaced intermediate entry's table as unlinked.
     fn write(&mut self, cx: &mut Cx, t: u64, level: u8, gfn: u64, new: PtEntry) {
         let idx = index_of(gfn, level);
+        let old = self.entry(t, idx);
+        let per = pages_per_entry(level);
+        let range = GfnRange::of_order(gfn / per * per, 9 * (level as u32 - 1));
+        cx.log.changed(range);
+        if level > 1 && old.present() && !old.pse() {
+            cx.log
+                .unlink(cx.mem, old.pfn, TableOwner::P2m, level - 1, range);
+        }
         if cx.cfg.iommu_use_hap_pt() {
-            let old = self.entry(t, idx);
-            let per = pages_per_entry(level);
-            let range = GfnRange::of_order(gfn / per * per, 9 * (level as u32 - 1));
             note_overwrite(
                 &mut cx.iommu.caches,
                 &*self,
@@ -180,6 +187,11 @@ impl P2mPt {
         }
         if e.pse() && (level == 3 || level == 2) {
             cx.stats.superpage_splits += 1;
+            let per = pages_per_entry(level);
+            cx.log.split(
+                GfnRange::of_order(gfn / per * per, 9 * (level as u32 - 1)),
+                "p2m_next_level",
+            );
             let nt = cx.mem.alloc(TableOwner::P2m, child);
             self.tables.insert(nt, child);
             let (mut pfn, mut flags) = (e.pfn, e.flags);
@@ -201,6 +213,9 @@ impl P2mPt {
                 first = PtEntry::from_pfn(pfn, flags);
                 Self::add_iommu_flags(cx, &mut first, 0, IommuPerm::NONE);
             }
+            if cx.sw.planted_split_wrong_frame {
+                first.pfn = (first.pfn + 1) & PTE_MFN_MASK;
+            }
             if let Some(tab) = self.tables.get_mut(nt) {
                 tab.fill(0, 512, first);
             }
@@ -212,27 +227,79 @@ impl P2mPt {
         e.pfn
     }
 
-    /// Models `p2m_free_entry()`.
-    fn free_entry(&mut self, mem: &mut MachineMemory, e: PtEntry, order: u32, freed: &mut u64) {
-        if order == 0 || !e.present() || e.pse() {
+    /// Models `p2m_free_entry()` for the entry `e` of `order` whose guest range is
+    /// `span`: frees its subtree through the op log's free-event check (`p2m_free_ptp`
+    /// for each table, children first as Xen recurses).
+    fn free_entry(&mut self, cx: &mut Cx, e: PtEntry, order: u32, span: GfnRange) {
+        let mut frames = Vec::new();
+        self.collect_free(cx, e, order, span.start, &mut frames);
+        if frames.is_empty() {
             return;
         }
-        if order > 9 {
+        let io: &dyn IoTables = if cx.cfg.iommu_use_hap_pt() {
+            &*self
+        } else {
+            &cx.iommu.separate
+        };
+        cx.log.free_tables(
+            cx.mem,
+            io,
+            cx.iommu.caches.records(),
+            TableOwner::P2m,
+            &frames,
+            span,
+        );
+        for &(f, _) in &frames {
+            self.tables.remove(f);
+        }
+    }
+
+    /// The frames `p2m_free_entry(e, order)` frees, children first (`base`: the first
+    /// gfn `e` translates); a pointer found in a freed table that the recursion does not
+    /// follow is logged as unlinked.
+    fn collect_free(
+        &self,
+        cx: &mut Cx,
+        e: PtEntry,
+        order: u32,
+        base: u64,
+        out: &mut Vec<(u64, u8)>,
+    ) {
+        let sw = cx.sw;
+        if sw.planted_leak_replaced_subtree {
+            return;
+        }
+        let points_to_table = e.present() && (!e.pse() || sw.planted_free_leaf_frame);
+        if order == 0 || !points_to_table {
+            return;
+        }
+        let table_level = (order / 9) as u8;
+        // Xen recurses while the freed table holds pointers (order > 9).
+        let recurse = order > 9 + 9 * sw.planted_free_entry_recurses_short as u32;
+        if table_level > 1 {
             if let Some(tab) = self.tables.get(e.pfn) {
-                let children: Vec<PtEntry> = tab
-                    .runs_in(0, 512)
-                    .into_iter()
+                let per = pages_per_entry(table_level);
+                let children: Vec<(u64, PtEntry)> = tab
+                    .iter_runs(0, 512)
                     .filter(|(_, _, c)| c.present() && !c.pse())
-                    .map(|(_, _, c)| c)
+                    .flat_map(|(s, l, c)| {
+                        (0..l).map(move |k| {
+                            (base + (s + k) as u64 * per, c.nth(k as u64, table_level))
+                        })
+                    })
                     .collect();
-                for c in children {
-                    self.free_entry(mem, c, order - 9, freed);
+                for (cb, c) in children {
+                    if recurse {
+                        self.collect_free(cx, c, order - 9, cb, out);
+                    } else {
+                        let span = GfnRange::of_order(cb, order - 9);
+                        cx.log
+                            .unlink(cx.mem, c.pfn, TableOwner::P2m, table_level - 1, span);
+                    }
                 }
             }
         }
-        self.tables.remove(e.pfn);
-        mem.free(e.pfn);
-        *freed += 1;
+        out.push((e.pfn, table_level));
     }
 
     /// Reads the old superpage-level entry as `p2m_pt_set_entry` does for orders 9/18.
@@ -320,7 +387,7 @@ impl P2mPt {
                 }
             }
             self.write(cx, l3, 3, gfn, content);
-            self.maybe_free_now(cx, &mut o, order);
+            self.maybe_free_now(cx, &mut o, gfn, order);
             (o, content == PtEntry::default())
         } else {
             let l2 = self.next_level(cx, l3, 3, gfn);
@@ -370,7 +437,7 @@ impl P2mPt {
                     }
                 }
                 self.write(cx, l2, 2, gfn, content);
-                self.maybe_free_now(cx, &mut o, order);
+                self.maybe_free_now(cx, &mut o, gfn, order);
                 (o, content == PtEntry::default())
             }
         };
@@ -407,8 +474,16 @@ impl P2mPt {
                     iommu_pte_flags
                 };
                 if !flags.is_none() {
-                    cx.iommu
-                        .iommu_map_pages(cx.mem, cx.sw, gfn, 1 << order, mfn.0, flags, cx.seq);
+                    cx.iommu.iommu_map_pages(
+                        cx.mem,
+                        cx.sw,
+                        gfn,
+                        1 << order,
+                        mfn.0,
+                        flags,
+                        cx.seq,
+                        cx.log,
+                    );
                 } else {
                     cx.iommu
                         .iommu_unmap_pages(cx.mem, cx.sw, gfn, 1 << order, cx.seq);
@@ -418,19 +493,15 @@ impl P2mPt {
 
         // Free old intermediate tables last (960265fbd8), after the IOMMU step.
         if sw.pt_delay_intermediate_free {
-            let mut freed = 0;
-            self.free_entry(cx.mem, old.intermediate, order, &mut freed);
-            cx.stats.tables_freed += freed;
+            self.free_entry(cx, old.intermediate, order, GfnRange::of_order(gfn, order));
         }
         Ok(())
     }
 
     /// Before 960265fbd8 the replaced subtree was freed right after the write.
-    fn maybe_free_now(&mut self, cx: &mut Cx, o: &mut OldEntry, order: u32) {
+    fn maybe_free_now(&mut self, cx: &mut Cx, o: &mut OldEntry, gfn: u64, order: u32) {
         if !cx.sw.pt_delay_intermediate_free {
-            let mut freed = 0;
-            self.free_entry(cx.mem, o.intermediate, order, &mut freed);
-            cx.stats.tables_freed += freed;
+            self.free_entry(cx, o.intermediate, order, GfnRange::of_order(gfn, order));
         }
     }
 

@@ -16,13 +16,14 @@
 //! page (if any) whose event merges by counting events per run, so the cost stays per
 //! table; switch `amd_suppress_pte_merging` turns merging off.
 
-use super::cache::Invalidation;
-use super::walk::{IoEntry, IoTables};
-use super::{note_overwrite, Iommu};
-use crate::machine::{MachineMemory, TableOwner};
-use crate::revision::Switches;
-use crate::table::{index_of, pages_per_entry, pages_per_table, Pte, TableStore, ENTRIES};
+use super::iommu::Iommu;
+use crate::cache::{note_overwrite, Invalidation};
+use crate::events::OpLog;
+use crate::frames::{MachineMemory, TableOwner};
+use crate::tables::{index_of, pages_per_entry, pages_per_table, Pte, TableStore, ENTRIES};
 use crate::types::{GfnRange, IommuPerm, Vendor};
+use crate::walk::{IoEntry, IoTables};
+use crate::xen46::revision::Switches;
 
 /// A VT-d `dma_pte` or AMD-Vi PTE/PDE, with the fields that matter.
 #[derive(Clone, Copy, PartialEq, Eq, Default, Debug)]
@@ -43,7 +44,7 @@ impl Pte for IoPte {
     fn nth(&self, k: u64, level: u8) -> Self {
         if self.next_level == 0 && *self != IoPte::default() {
             IoPte {
-                addr: self.addr + k * crate::table::pages_per_entry(level),
+                addr: self.addr + k * crate::tables::pages_per_entry(level),
                 ..*self
             }
         } else {
@@ -212,6 +213,7 @@ impl SeparateTables {
         mfn: u64,
         perm: IommuPerm,
         seq: u64,
+        log: &mut OpLog,
     ) {
         if pages == 0 {
             return;
@@ -240,7 +242,7 @@ impl SeparateTables {
             let pt = self.amd_pde_from_gfn(iommu, mem, s, seq);
             let chunk = l1_chunk(s, end);
             let m = mfn.wrapping_add(s - gfn);
-            s = match self.amd_map_chunk(iommu, mem, sw, &mut plan, &pt, chunk, m, perm, seq) {
+            s = match self.amd_map_chunk(iommu, mem, sw, &mut plan, &pt, chunk, m, perm, seq, log) {
                 // The next page finds a superpage and splits it again.
                 Some(merged) => merged + 1,
                 None => chunk.end,
@@ -410,6 +412,7 @@ impl SeparateTables {
         mfn: u64,
         perm: IommuPerm,
         seq: u64,
+        log: &mut OpLog,
     ) -> Option<u64> {
         let l1 = pt[1];
         self.plan_map(plan, sw, l1, chunk, mfn, perm);
@@ -466,10 +469,14 @@ impl SeparateTables {
                 let mut level = 2;
                 loop {
                     self.amd_merge_pages(iommu, mem, pt[level as usize], g, level, perm, seq);
-                    // Deallocate lower level page table (after the flush-all of the merge).
+                    // Deallocate lower level page table (after the flush-all of the merge),
+                    // without its own lower tables: those leak, as in Xen.
                     let lower = pt[level as usize - 1];
-                    self.tables.remove(lower);
-                    mem.free(lower);
+                    let span = GfnRange::of_order(
+                        g & !(pages_per_entry(level) - 1),
+                        9 * (level as u32 - 1),
+                    );
+                    self.amd_free_merged_table(iommu, mem, log, lower, level - 1, span);
                     level += 1;
                     if level > self.root_level
                         || !self.amd_update_pde_count(pt[level as usize], g, m, level)
@@ -480,6 +487,46 @@ impl SeparateTables {
                 Some(g)
             }
         }
+    }
+
+    /// Models `free_amd_iommu_pgtable` of the table `t` (at `level`, translating `span`)
+    /// that a merge replaced: the frame goes back through the op log's free-event check;
+    /// pointers it still held are logged as unlinked.
+    fn amd_free_merged_table(
+        &mut self,
+        iommu: &Iommu,
+        mem: &mut MachineMemory,
+        log: &mut OpLog,
+        t: u64,
+        level: u8,
+        span: GfnRange,
+    ) {
+        if level > 1 {
+            let per = pages_per_entry(level);
+            let children: Vec<(u64, u64)> = self
+                .tables
+                .get(t)
+                .into_iter()
+                .flat_map(|tab| tab.iter_runs(0, ENTRIES))
+                .filter(|(_, _, e)| e.present && e.next_level != 0)
+                .flat_map(|(s, l, e)| {
+                    (0..l).map(move |k| (span.start + (s + k) as u64 * per, e.addr))
+                })
+                .collect();
+            for (base, child) in children {
+                let cspan = GfnRange::of_order(base, 9 * (level as u32 - 1));
+                log.unlink(mem, child, TableOwner::Iommu, level - 1, cspan);
+            }
+        }
+        log.free_tables(
+            mem,
+            &*self,
+            iommu.caches.records(),
+            TableOwner::Iommu,
+            &[(t, level)],
+            span,
+        );
+        self.tables.remove(t);
     }
 
     /// Models `iommu_update_pde_count` for the PDE of `gfn` in table `t` at `level`:

@@ -107,7 +107,7 @@ impl MachineMemory {
 
     /// Pool slot of `mfn`, if it is a pool frame.
     fn slot(mfn: u64) -> Option<usize> {
-        crate::table::pool_slot(mfn)
+        crate::tables::pool_slot(mfn)
     }
 
     /// True when `mfn` currently holds a live table of `owner`.

@@ -1,16 +1,12 @@
 //! The IOMMU the p2m must keep in sync: separate VT-d / AMD-Vi tables, the shared
 //! flush entry points, and the caches.
 
-pub mod cache;
-pub mod separate;
-pub mod walk;
-
-use crate::machine::MachineMemory;
-use crate::revision::Switches;
+use super::iommu_tables::SeparateTables;
+use crate::cache::{Invalidation, IommuCaches};
+use crate::events::OpLog;
+use crate::frames::MachineMemory;
 use crate::types::{GfnRange, Vendor};
-use cache::{CacheRecord, Invalidation, IommuCaches, RecordKind};
-use separate::SeparateTables;
-use walk::{walk, IoEntry, IoTables, WalkResult};
+use crate::xen46::revision::Switches;
 
 /// Counters of what the IOMMU side did (for "did this run exercise anything").
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -79,16 +75,12 @@ impl Iommu {
     pub fn invalidate_each_page(&mut self, range: GfnRange, per_page: Invalidation) {
         let pages = range.len();
         match per_page {
-            Invalidation::VtdPsi { ih, .. } => {
-                self.stats.vtd_psi += pages;
-                self.caches.invalidate_pages(range, !ih);
-            }
-            Invalidation::AmdPages { .. } => {
-                self.stats.amd_pages_4k += pages;
-                self.caches.invalidate_pages(range, false);
-            }
-            other => self.invalidate(other),
+            Invalidation::VtdPsi { .. } => self.stats.vtd_psi += pages,
+            Invalidation::AmdPages { .. } => self.stats.amd_pages_4k += pages,
+            Invalidation::VtdDsi => self.stats.vtd_dsi += 1,
+            Invalidation::AmdAllPages => self.stats.amd_all += 1,
         }
+        self.caches.invalidate_each_page(range, per_page);
     }
 
     /// Models `iommu_pte_flush()` (VT-d with EPT shared): a page-selective flush of
@@ -122,10 +114,11 @@ impl Iommu {
         mfn: u64,
         perm: crate::types::IommuPerm,
         seq: u64,
+        log: &mut OpLog,
     ) {
         self.stats.map_pages += pages;
         let mut sep = std::mem::take(&mut self.separate);
-        sep.map_pages(self, mem, sw, gfn, pages, mfn, perm, seq);
+        sep.map_pages(self, mem, sw, gfn, pages, mfn, perm, seq, log);
         self.separate = sep;
     }
 
@@ -142,87 +135,5 @@ impl Iommu {
         let mut sep = std::mem::take(&mut self.separate);
         sep.unmap_pages(self, mem, sw, gfn, pages, seq);
         self.separate = sep;
-    }
-}
-
-/// Turns the old content of an IOMMU-visible entry that is being overwritten into
-/// cache records: a leaf becomes an IOTLB record; a non-leaf entry becomes a
-/// paging-structure record plus records for everything reachable below it now.
-pub fn note_overwrite(
-    caches: &mut IommuCaches,
-    tables: &dyn IoTables,
-    mem: &MachineMemory,
-    entry_range: GfnRange,
-    entry_level: u8,
-    old: IoEntry,
-    seq: u64,
-) {
-    match old {
-        IoEntry::NotPresent => {}
-        IoEntry::Leaf { mfn, perm } => caches.push(CacheRecord {
-            range: entry_range,
-            kind: RecordKind::Leaf {
-                mfn,
-                perm,
-                leaf_pages: crate::table::pages_per_entry(entry_level),
-            },
-            seq,
-        }),
-        IoEntry::Next { table, level, perm } => {
-            if level == 0 || level >= entry_level {
-                return;
-            }
-            let generation = mem.info(table).map(|i| i.generation).unwrap_or(0);
-            caches.push(CacheRecord {
-                range: entry_range,
-                kind: RecordKind::NonLeaf {
-                    table,
-                    level,
-                    generation,
-                    perm,
-                },
-                seq,
-            });
-            let mut below = WalkResult::default();
-            walk(
-                tables,
-                mem,
-                table,
-                level,
-                entry_range.start,
-                entry_range,
-                perm,
-                None,
-                &mut below,
-            );
-            records_from_walk(caches, &below, seq);
-        }
-    }
-}
-
-/// Records every translation and non-leaf entry of a walk as possibly cached.
-pub fn records_from_walk(caches: &mut IommuCaches, w: &WalkResult, seq: u64) {
-    for t in &w.translations {
-        caches.push(CacheRecord {
-            range: t.range,
-            kind: RecordKind::Leaf {
-                mfn: t.mfn,
-                perm: t.perm,
-                leaf_pages: t.leaf_pages,
-            },
-            seq,
-        });
-    }
-    for &(range, table, level, generation, perm) in &w.nonleaf {
-        caches.push(CacheRecord {
-            range,
-            kind: RecordKind::NonLeaf {
-                table,
-                level,
-                generation,
-                perm,
-            },
-            seq,
-        });
     }
 }

@@ -5,7 +5,7 @@
 //! the entry's size). A split superpage is one run, never 512 stored entries, and a
 //! 1 GiB leaf is a single entry.
 
-use crate::machine::{TABLE_POOL_BASE, TABLE_POOL_STRIDE};
+use crate::frames::{TABLE_POOL_BASE, TABLE_POOL_STRIDE};
 use std::collections::BTreeMap;
 
 /// Entries per table (`EPT_PAGETABLE_ENTRIES`, `L1_PAGETABLE_ENTRIES`, `PTE_PER_TABLE_SIZE`).
@@ -249,7 +249,7 @@ impl<E: Pte> Table<E> {
 
 /// All tables of one structure, keyed by the machine frame that holds them.
 ///
-/// Table frames come from the pool of [`crate::machine`] (fixed base and stride),
+/// Table frames come from the pool of [`crate::frames`] (fixed base and stride),
 /// so they are stored in a vector indexed by pool slot; any other frame goes to
 /// an ordered map.
 #[derive(Clone, Debug, Default)]

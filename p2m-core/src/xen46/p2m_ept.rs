@@ -3,13 +3,14 @@
 //! Levels are numbered 1..=4 here (1 holds 4 KiB entries); Xen's EPT level `i`
 //! (0..=3) is our level `i + 1`.
 
-use crate::domain::{Cx, P2mEntry};
-use crate::iommu::note_overwrite;
-use crate::iommu::walk::{IoEntry, IoTables};
-use crate::machine::{MachineMemory, TableOwner};
-use crate::policy::p2m_get_iommu_flags;
-use crate::table::{index_of, pages_per_entry, Pte, TableStore};
+use crate::cache::note_overwrite;
+use crate::frames::{MachineMemory, TableOwner};
+use crate::tables::{index_of, pages_per_entry, Pte, TableStore};
 use crate::types::*;
+use crate::view::P2mEntry;
+use crate::walk::{IoEntry, IoTables};
+use crate::xen46::domain::Cx;
+use crate::xen46::policy::p2m_get_iommu_flags;
 
 /// An `ept_entry_t` with the fields that matter (ipat, snp, suppress_ve, A/D and
 /// recalc are summarized away; `emt` is kept because it makes a leaf non-zero).
@@ -125,21 +126,26 @@ impl Ept {
     }
 
     /// Models `atomic_write_ept_entry()`; with shared tables the old content
-    /// becomes a cache record.
+    /// becomes a cache record. The entry's range is logged as changed, and a replaced
+    /// intermediate entry's table as unlinked.
     fn write(&mut self, cx: &mut Cx, t: u64, level: u8, gfn: u64, new: EptEntry) {
         let idx = index_of(gfn, level);
+        let old = self.entry(t, idx);
+        let per = pages_per_entry(level);
+        let range = GfnRange::of_order(gfn / per * per, 9 * (level as u32 - 1));
+        cx.log.changed(range);
+        if level > 1 && old.is_present() && !old.sp {
+            cx.log
+                .unlink(cx.mem, old.mfn, TableOwner::P2m, level - 1, range);
+        }
         if cx.cfg.iommu_hap_pt_share {
-            let old = self.entry(t, idx);
-            let io = ept_io_entry(old, level);
-            let per = pages_per_entry(level);
-            let range = GfnRange::of_order(gfn / per * per, 9 * (level as u32 - 1));
             note_overwrite(
                 &mut cx.iommu.caches,
                 &*self,
                 cx.mem,
                 range,
                 level,
-                io,
+                ept_io_entry(old, level),
                 cx.seq,
             );
         }
@@ -175,6 +181,9 @@ impl Ept {
             sp: child_level > 1,
             ..sp
         };
+        if cx.sw.planted_split_wrong_frame && child != EptEntry::default() {
+            child.mfn = (child.mfn + 1) & PTE_MFN_MASK;
+        }
         let t = P2mType::from_raw(sp.sa_p2mt).unwrap_or(P2mType::Invalid);
         let a = P2mAccess::from_raw(sp.access).unwrap_or(P2mAccess::N);
         ept_p2m_type_to_flags(&mut child, t, a);
@@ -201,28 +210,79 @@ impl Ept {
         }
     }
 
-    /// Models `ept_free_entry()`: frees the subtree under a non-leaf entry.
-    fn free_entry(&mut self, mem: &mut MachineMemory, e: EptEntry, level: u8, freed: &mut u64) {
-        if level == 1 || !e.is_present() || e.sp {
+    /// Models `ept_free_entry()`: frees the subtree under the non-leaf entry `e` at
+    /// `level` whose guest range is `span`, through the op log's free-event check
+    /// (`p2m_free_ptp` for each table, children first as Xen recurses).
+    fn free_entry(&mut self, cx: &mut Cx, e: EptEntry, level: u8, span: GfnRange) {
+        let mut frames = Vec::new();
+        self.collect_free(cx, e, level, span.start, &mut frames);
+        if frames.is_empty() {
             return;
         }
-        if level > 2 {
+        let io: &dyn IoTables = if cx.cfg.iommu_hap_pt_share {
+            &*self
+        } else {
+            &cx.iommu.separate
+        };
+        cx.log.free_tables(
+            cx.mem,
+            io,
+            cx.iommu.caches.records(),
+            TableOwner::P2m,
+            &frames,
+            span,
+        );
+        for &(f, _) in &frames {
+            self.tables.remove(f);
+        }
+    }
+
+    /// The frames `ept_free_entry(e, level)` frees, children first (`base`: the first
+    /// gfn `e` translates); a pointer found in a freed table that the recursion does not
+    /// follow is logged as unlinked.
+    fn collect_free(
+        &self,
+        cx: &mut Cx,
+        e: EptEntry,
+        level: u8,
+        base: u64,
+        out: &mut Vec<(u64, u8)>,
+    ) {
+        let sw = cx.sw;
+        if sw.planted_leak_replaced_subtree {
+            return;
+        }
+        let points_to_table = e.is_present() && (!e.sp || sw.planted_free_leaf_frame);
+        if level == 1 || !points_to_table {
+            return;
+        }
+        let table_level = level - 1;
+        // Xen recurses while the freed table holds pointers (level > 2).
+        let recurse = level > 2 + sw.planted_free_entry_recurses_short as u8;
+        if table_level > 1 {
             if let Some(tab) = self.tables.get(e.mfn) {
-                let children: Vec<EptEntry> = tab
-                    .runs_in(0, 512)
-                    .into_iter()
+                let per = pages_per_entry(table_level);
+                let children: Vec<(u64, EptEntry)> = tab
+                    .iter_runs(0, 512)
                     .filter(|(_, _, c)| c.is_present() && !c.sp)
-                    .flat_map(|(s, l, c)| (0..l).map(move |k| (s + k, c)))
-                    .map(|(_, c)| c)
+                    .flat_map(|(s, l, c)| {
+                        (0..l).map(move |k| {
+                            (base + (s + k) as u64 * per, c.nth(k as u64, table_level))
+                        })
+                    })
                     .collect();
-                for c in children {
-                    self.free_entry(mem, c, level - 1, freed);
+                for (cb, c) in children {
+                    if recurse {
+                        self.collect_free(cx, c, table_level, cb, out);
+                    } else {
+                        let span = GfnRange::of_order(cb, 9 * (table_level as u32 - 1));
+                        cx.log
+                            .unlink(cx.mem, c.mfn, TableOwner::P2m, table_level - 1, span);
+                    }
                 }
             }
         }
-        self.tables.remove(e.mfn);
-        mem.free(e.mfn);
-        *freed += 1;
+        out.push((e.mfn, table_level));
     }
 
     /// Models `ept_set_entry()` for the host p2m of a domain with an IOMMU.
@@ -280,6 +340,11 @@ impl Ept {
             old_entry = cur;
         } else {
             let split = self.split_super_page(cx, cur, level, target);
+            let per = pages_per_entry(level);
+            cx.log.split(
+                GfnRange::of_order(gfn / per * per, 9 * (level as u32 - 1)),
+                "ept_split_super_page",
+            );
             self.write(cx, t, level, gfn, split);
             while level > target {
                 t = self.entry(t, index_of(gfn, level)).mfn;
@@ -325,6 +390,13 @@ impl Ept {
             cx.stats.intermediate_replaced += 1;
         }
 
+        let per = pages_per_entry(target);
+        let span = GfnRange::of_order(gfn / per * per, order);
+        if sw.planted_free_before_flush {
+            self.free_entry(cx, old_entry, target, span);
+            old_entry = EptEntry::default();
+        }
+
         if need_modify_vtd_table {
             cx.stats.iommu_steps += 1;
             if cx.cfg.iommu_hap_pt_share {
@@ -336,8 +408,16 @@ impl Ept {
                     iommu_flags
                 };
                 if !flags.is_none() {
-                    cx.iommu
-                        .iommu_map_pages(cx.mem, cx.sw, gfn, 1 << order, mfn.0, flags, cx.seq);
+                    cx.iommu.iommu_map_pages(
+                        cx.mem,
+                        cx.sw,
+                        gfn,
+                        1 << order,
+                        mfn.0,
+                        flags,
+                        cx.seq,
+                        cx.log,
+                    );
                 } else {
                     cx.iommu
                         .iommu_unmap_pages(cx.mem, cx.sw, gfn, 1 << order, cx.seq);
@@ -346,9 +426,7 @@ impl Ept {
         }
 
         // Release the old intermediate tables last, after the IOMMU step.
-        let mut freed = 0;
-        self.free_entry(cx.mem, old_entry, target, &mut freed);
-        cx.stats.tables_freed += freed;
+        self.free_entry(cx, old_entry, target, span);
         Ok(())
     }
 

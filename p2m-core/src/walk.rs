@@ -1,7 +1,7 @@
 //! The IOMMU's page walk over whatever tables it uses (its own or the p2m's).
 
-use crate::machine::{FrameState, MachineMemory, TableOwner};
-use crate::table::{index_of, pages_per_entry, pages_per_table};
+use crate::frames::{FrameState, MachineMemory, TableOwner};
+use crate::tables::{index_of, pages_per_entry, pages_per_table};
 use crate::types::{GfnRange, IommuPerm};
 
 /// One entry as the IOMMU hardware reads it.

@@ -8,15 +8,16 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use crate::domain::{Domain, P2m, ViewSource};
-use crate::ept::{ept_io_entry, EptEntry};
-use crate::iommu::cache::{CacheRecord, RecordKind};
-use crate::iommu::walk::{IoEntry, IoTables, WalkFault};
-use crate::machine::{FrameState, MachineMemory, TableOwner};
-use crate::p2m_pt::{amd_io_entry, p2m_flags_to_type, PtEntry, PAGE_NX_BIT, PAGE_PRESENT};
-use crate::p2m_pt::{PAGE_PSE, PAGE_RW};
-use crate::table::{Pte, Table};
+use crate::cache::{CacheRecord, RecordKind};
+use crate::frames::{FrameState, MachineMemory, TableOwner};
+use crate::tables::{Pte, Table};
 use crate::types::{Config, GfnRange, P2mAccess, P2mType, Vendor, GFN_BITS, PTE_MFN_MASK};
+use crate::view::ViewSource;
+use crate::walk::{IoEntry, IoTables, WalkFault};
+use crate::xen46::domain::{Domain, P2m};
+use crate::xen46::p2m_ept::{ept_io_entry, EptEntry};
+use crate::xen46::p2m_pt::{amd_io_entry, p2m_flags_to_type, PtEntry, PAGE_NX_BIT, PAGE_PRESENT};
+use crate::xen46::p2m_pt::{PAGE_PSE, PAGE_RW};
 
 /// Entries per table, as an index bound.
 const ENTRIES: u16 = 512;

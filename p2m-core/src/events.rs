@@ -1,0 +1,285 @@
+//! What one op did that the oracle must look at, recorded while it runs: the guest
+//! ranges it may have changed, the invalidation commands it issued, every frame it
+//! freed together with whatever could still reach that frame *at the moment of the
+//! free*, frees of frames that were not live tables, and tables it unlinked from their
+//! structure (a leak when still allocated at the end of the op).
+//!
+//! The log is cleared at the start of each op. Recording costs what the op touches:
+//! one range per written entry or chunk, one event per freed subtree.
+
+use crate::cache::{CacheRecord, Issued, RecordKind};
+use crate::frames::{FrameState, MachineMemory, TableOwner};
+use crate::types::GfnRange;
+use crate::walk::{walk, walk_root, IoTables, WalkResult};
+
+/// What was freed.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Freed {
+    /// A page-table frame of `owner` at `level`.
+    Table {
+        /// Structure it belonged to.
+        owner: TableOwner,
+        /// Its level.
+        level: u8,
+    },
+}
+
+/// How something could still reach a frame when it was freed.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum ReachVia {
+    /// A walk through the current IOMMU-visible tables passes through it.
+    CurrentWalk,
+    /// A walk starting at a paging-structure cache record left by op `seq` passes
+    /// through it (or the record points at it).
+    CachedWalk {
+        /// The op that left the record.
+        seq: u64,
+    },
+}
+
+/// One way a freed frame could still be reached: how, and for which guest frames.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct Reach {
+    /// How.
+    pub via: ReachVia,
+    /// Guest frames whose translation goes through the frame.
+    pub range: GfnRange,
+    /// The cache record involved, if any.
+    pub record: Option<CacheRecord>,
+}
+
+/// One frame freed during an op.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FreeEvent {
+    /// The frame.
+    pub frame: u64,
+    /// What it held.
+    pub what: Freed,
+    /// Guest frames the freed subtree translated.
+    pub span: GfnRange,
+    /// Everything that could still reach it at the moment it was freed (empty: a safe free).
+    pub reaches: Vec<Reach>,
+}
+
+/// A free of a frame that was not a live table of the structure freeing it.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct BadFree {
+    /// The frame.
+    pub frame: u64,
+    /// The structure that freed it.
+    pub owner: TableOwner,
+    /// Its state at that moment (`None`: never a table frame, e.g. guest memory).
+    pub state: Option<FrameState>,
+}
+
+/// A table unlinked from its structure during an op.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct Unlinked {
+    /// The frame.
+    pub frame: u64,
+    /// Its allocation generation when it was unlinked.
+    pub generation: u32,
+    /// Its structure.
+    pub owner: TableOwner,
+    /// Its level.
+    pub level: u8,
+    /// Guest frames it translated.
+    pub span: GfnRange,
+}
+
+/// A superpage split into a table of smaller entries during an op.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct Split {
+    /// Guest frames of the superpage.
+    pub range: GfnRange,
+    /// The Xen function that split it.
+    pub by: &'static str,
+}
+
+/// Everything one op recorded for the oracle.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct OpLog {
+    /// Guest ranges whose translation (CPU or device side) the op may have changed:
+    /// every written entry's range (so a split or a replaced subtree counts whole), every
+    /// chunk the IOMMU wrote, every bounded invalidation, every freed span.
+    pub changed: Vec<GfnRange>,
+    /// Invalidation commands issued, in order.
+    pub invalidations: Vec<Issued>,
+    /// Frames freed, in order.
+    pub frees: Vec<FreeEvent>,
+    /// Frees of frames that were not live tables of the freeing structure.
+    pub bad_frees: Vec<BadFree>,
+    /// Tables unlinked from their structure.
+    pub unlinked: Vec<Unlinked>,
+    /// Superpages split (their ranges are in `changed` too).
+    pub splits: Vec<Split>,
+}
+
+impl OpLog {
+    /// Forgets the previous op.
+    pub fn clear(&mut self) {
+        self.changed.clear();
+        self.invalidations.clear();
+        self.frees.clear();
+        self.bad_frees.clear();
+        self.unlinked.clear();
+        self.splits.clear();
+    }
+
+    /// Notes a superpage split by the Xen function `by`.
+    pub fn split(&mut self, range: GfnRange, by: &'static str) {
+        self.changed(range);
+        self.splits.push(Split { range, by });
+    }
+
+    /// Notes a guest range the op changed.
+    pub fn changed(&mut self, r: GfnRange) {
+        if !r.is_empty() {
+            self.changed.push(r);
+        }
+    }
+
+    /// Notes that the table in `frame` was unlinked (its pointer overwritten or its
+    /// parent freed).
+    pub fn unlink(
+        &mut self,
+        mem: &MachineMemory,
+        frame: u64,
+        owner: TableOwner,
+        level: u8,
+        span: GfnRange,
+    ) {
+        let generation = mem.info(frame).map_or(0, |i| i.generation);
+        self.unlinked.push(Unlinked {
+            frame,
+            generation,
+            owner,
+            level,
+            span,
+        });
+    }
+
+    /// Frees the tables of one subtree of `owner` (`frames`, with their levels), all
+    /// within guest span `span`: first records, for each, whatever could still reach it
+    /// now — a walk of the current IOMMU-visible tables `io` over `span`, and every
+    /// paging-structure record of `records` pointing at it or walking through it — then
+    /// returns each frame to `mem`, noting frees of frames that are not live tables of
+    /// `owner`.
+    pub fn free_tables(
+        &mut self,
+        mem: &mut MachineMemory,
+        io: &dyn IoTables,
+        records: &[CacheRecord],
+        owner: TableOwner,
+        frames: &[(u64, u8)],
+        span: GfnRange,
+    ) {
+        if frames.is_empty() {
+            return;
+        }
+        self.changed(span);
+        let mut sorted: Vec<u64> = frames.iter().map(|f| f.0).collect();
+        sorted.sort_unstable();
+        let hit = |t: u64| sorted.binary_search(&t).is_ok();
+        let mut reaches: Vec<(u64, Reach)> = Vec::new();
+        // Walks only ever enter frames of the structure the IOMMU walks.
+        if io.owner() == owner {
+            let cur = walk_root(io, mem, span);
+            for &(range, table, ..) in &cur.nonleaf {
+                if hit(table) {
+                    reaches.push((
+                        table,
+                        Reach {
+                            via: ReachVia::CurrentWalk,
+                            range,
+                            record: None,
+                        },
+                    ));
+                }
+            }
+            for r in records {
+                let RecordKind::NonLeaf {
+                    table,
+                    level,
+                    generation,
+                    perm,
+                } = r.kind
+                else {
+                    continue;
+                };
+                let live_gen = mem.info(table).map(|i| i.generation) == Some(generation);
+                let via = ReachVia::CachedWalk { seq: r.seq };
+                if hit(table) && live_gen {
+                    reaches.push((
+                        table,
+                        Reach {
+                            via,
+                            range: r.range,
+                            record: Some(*r),
+                        },
+                    ));
+                    continue;
+                }
+                let Some(part) = r.range.intersect(&span) else {
+                    continue;
+                };
+                let mut w = WalkResult::default();
+                walk(
+                    io,
+                    mem,
+                    table,
+                    level,
+                    r.range.start,
+                    part,
+                    perm,
+                    Some(generation),
+                    &mut w,
+                );
+                for &(range, t, ..) in &w.nonleaf {
+                    if hit(t) {
+                        reaches.push((
+                            t,
+                            Reach {
+                                via,
+                                range,
+                                record: Some(*r),
+                            },
+                        ));
+                    }
+                }
+            }
+        }
+        for &(frame, level) in frames {
+            let state = mem.info(frame).map(|i| i.state);
+            let live = matches!(state, Some(FrameState::Table { owner: o, .. }) if o == owner);
+            if !live {
+                self.bad_frees.push(BadFree {
+                    frame,
+                    owner,
+                    state,
+                });
+                continue;
+            }
+            mem.free(frame);
+            self.frees.push(FreeEvent {
+                frame,
+                what: Freed::Table { owner, level },
+                span,
+                reaches: reaches
+                    .iter()
+                    .filter(|(f, _)| *f == frame)
+                    .map(|(_, r)| *r)
+                    .collect(),
+            });
+        }
+    }
+
+    /// Tables unlinked during the op and still allocated (same generation) now.
+    pub fn leaked<'a>(&'a self, mem: &'a MachineMemory) -> impl Iterator<Item = &'a Unlinked> + 'a {
+        self.unlinked.iter().filter(move |u| {
+            mem.info(u.frame).is_some_and(|i| {
+                i.generation == u.generation && matches!(i.state, FrameState::Table { .. })
+            })
+        })
+    }
+}

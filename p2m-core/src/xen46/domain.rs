@@ -1,0 +1,207 @@
+//! A 4.6 domain with a host p2m and an IOMMU (driven through [`crate::Domain`]).
+
+use crate::cache::CacheRecord;
+use crate::events::OpLog;
+use crate::frames::MachineMemory;
+use crate::revision::{Revision, Switches as LineSwitches};
+use crate::stats::ModelStats;
+use crate::types::*;
+use crate::view::{DeviceView, P2mEntry};
+use crate::walk::{walk_root, IoTables, WalkResult};
+use crate::xen46::iommu::{Iommu, IommuStats};
+use crate::xen46::p2m_ept::Ept;
+use crate::xen46::p2m_pt::P2mPt;
+use crate::xen46::revision::Switches;
+
+/// Counters of what the p2m side did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct P2mStats {
+    /// Superpages split (`ept_split_super_page`, `p2m_next_level`).
+    pub superpage_splits: u64,
+    /// Present intermediate entries replaced by a leaf.
+    pub intermediate_replaced: u64,
+    /// Times `need_modify_vtd_table` was cleared.
+    pub need_modify_cleared: u64,
+    /// IOMMU steps taken (map/unmap loop or shared flush decision).
+    pub iommu_steps: u64,
+}
+
+/// Context passed down a `set_entry`.
+pub struct Cx<'a> {
+    /// Machine memory.
+    pub mem: &'a mut MachineMemory,
+    /// The domain's IOMMU.
+    pub iommu: &'a mut Iommu,
+    /// The revision's switches.
+    pub sw: &'a Switches,
+    /// The configuration.
+    pub cfg: Config,
+    /// Sequence number of this `set_entry` (tags cache records).
+    pub seq: u64,
+    /// Counters.
+    pub stats: &'a mut P2mStats,
+    /// What this op records for the oracle.
+    pub log: &'a mut OpLog,
+}
+
+/// The host p2m implementation in use.
+#[derive(Clone, Debug)]
+pub enum P2m {
+    /// `p2m-ept.c`.
+    Ept(Ept),
+    /// `p2m-pt.c` (NPT or shadow).
+    Pt(P2mPt),
+}
+
+/// One domain: configuration, revision, machine memory, p2m and IOMMU.
+#[derive(Clone, Debug)]
+pub struct Domain {
+    /// Configuration (normalized).
+    pub cfg: Config,
+    /// Revision being modelled.
+    pub revision: Revision,
+    /// Its switch values.
+    pub switches: Switches,
+    /// Machine memory.
+    pub mem: MachineMemory,
+    /// The host p2m.
+    pub p2m: P2m,
+    /// The IOMMU.
+    pub iommu: Iommu,
+    /// p2m-side counters.
+    pub stats: P2mStats,
+    /// What the last op recorded for the oracle.
+    pub log: OpLog,
+    seq: u64,
+}
+
+impl Domain {
+    /// A fresh domain with passthrough (`need_iommu(d)`) enabled.
+    /// `revision` must be of the 4.6 line.
+    pub fn new(cfg: Config, revision: Revision) -> Self {
+        let LineSwitches::Xen46(switches) = revision.switches;
+        let cfg = cfg.normalized();
+        let mut mem = MachineMemory::new();
+        let p2m = match cfg.mode {
+            Mode::Ept => P2m::Ept(Ept::new(&mut mem)),
+            Mode::Npt | Mode::Shadow => P2m::Pt(P2mPt::new(&mut mem)),
+        };
+        let iommu = Iommu::new(cfg.vendor, &mut mem);
+        Domain {
+            cfg,
+            revision,
+            switches,
+            mem,
+            p2m,
+            iommu,
+            stats: P2mStats::default(),
+            log: OpLog::default(),
+            seq: 0,
+        }
+    }
+
+    /// Sequence number the next `set_entry` will get (the first is 1).
+    pub fn next_seq(&self) -> u64 {
+        self.seq + 1
+    }
+
+    /// Models `p2m->set_entry()` on the host p2m.
+    pub fn set_entry(
+        &mut self,
+        gfn: u64,
+        mfn: Mfn,
+        order: u32,
+        p2mt: P2mType,
+        access: P2mAccess,
+    ) -> Result<(), P2mError> {
+        self.seq += 1;
+        self.iommu.touched.clear();
+        self.log.clear();
+        let sw = self.switches;
+        let mut cx = Cx {
+            mem: &mut self.mem,
+            iommu: &mut self.iommu,
+            sw: &sw,
+            cfg: self.cfg,
+            seq: self.seq,
+            stats: &mut self.stats,
+            log: &mut self.log,
+        };
+        let rc = match &mut self.p2m {
+            P2m::Ept(e) => e.set_entry(&mut cx, gfn, mfn, order, p2mt, access),
+            P2m::Pt(p) => p.set_entry(&mut cx, gfn, mfn, order, p2mt, access),
+        };
+        self.iommu.caches.take_issued(&mut self.log.invalidations);
+        self.log.changed.extend_from_slice(&self.iommu.touched);
+        rc
+    }
+
+    /// Counters in the shared vocabulary.
+    pub fn model_stats(&self) -> ModelStats {
+        let io = self.iommu.stats;
+        ModelStats {
+            superpage_splits: self.stats.superpage_splits,
+            intermediate_replaced: self.stats.intermediate_replaced,
+            tables_freed: self.mem.free_count(),
+            need_modify_cleared: self.stats.need_modify_cleared,
+            iommu_steps: self.stats.iommu_steps,
+            vtd_psi: io.vtd_psi,
+            vtd_psi_skipped: io.vtd_psi_skipped,
+            vtd_dsi: io.vtd_dsi,
+            amd_pages_4k: io.amd_pages_4k,
+            amd_pages_large: io.amd_pages_large,
+            amd_all: io.amd_all,
+            map_pages: io.map_pages,
+            unmap_pages: io.unmap_pages,
+            records_created: self.iommu.caches.created,
+        }
+    }
+
+    /// Models `p2m->get_entry()` (query only).
+    pub fn get_entry(&self, gfn: u64) -> Option<P2mEntry> {
+        match &self.p2m {
+            P2m::Ept(e) => e.get_entry(gfn),
+            P2m::Pt(p) => p.get_entry(gfn),
+        }
+    }
+
+    /// The structure the IOMMU hardware walks: the p2m when `iommu_use_hap_pt(d)`,
+    /// else its own tables.
+    pub fn io_tables(&self) -> &dyn IoTables {
+        if self.cfg.iommu_use_hap_pt() {
+            match &self.p2m {
+                P2m::Ept(e) => e,
+                P2m::Pt(p) => p,
+            }
+        } else {
+            &self.iommu.separate
+        }
+    }
+
+    /// Live cache records.
+    pub fn cache_records(&self) -> &[CacheRecord] {
+        self.iommu.caches.records()
+    }
+
+    /// The current tables' translations for `range` (no caches).
+    pub fn current_view(&self, range: GfnRange) -> WalkResult {
+        walk_root(self.io_tables(), &self.mem, range)
+    }
+
+    /// Everything a device could reach for `range`: the current tables, every
+    /// IOTLB record covering it, and walks from every paging-structure record
+    /// covering it through the tables as they are now.
+    pub fn device_view(&self, range: GfnRange) -> DeviceView {
+        crate::view::device_view(self.io_tables(), &self.mem, self.cache_records(), range)
+    }
+
+    /// IOMMU-side counters.
+    pub fn iommu_stats(&self) -> IommuStats {
+        self.iommu.stats
+    }
+
+    /// Frames currently holding tables (p2m and IOMMU).
+    pub fn live_table_frames(&self) -> usize {
+        self.mem.live_tables()
+    }
+}

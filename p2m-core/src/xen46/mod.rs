@@ -1,0 +1,17 @@
+//! The Xen 4.6 line (2015): the p2m `set_entry` paths and the IOMMU as of the review
+//! thread of "x86/p2m: tighten conditions of IOMMU mapping updates", with the revisions
+//! of that series (`xen-4.6-pre` … `committed`, `fixed`).
+//!
+//! Files follow Xen's: [`p2m_ept`] is `xen/arch/x86/mm/p2m-ept.c`, [`p2m_pt`] is
+//! `p2m-pt.c`, [`iommu`] holds the flush entry points of `drivers/passthrough/` and
+//! [`iommu_tables`] the separate VT-d (`vtd/iommu.c`) and AMD-Vi (`amd/iommu_map.c`)
+//! tables; [`policy`] is `p2m_get_iommu_flags` (`asm-x86/p2m.h`).
+
+pub mod domain;
+pub mod iommu;
+pub mod iommu_tables;
+pub mod p2m_ept;
+pub mod p2m_pt;
+pub mod policy;
+pub mod revision;
+pub mod snapshot;

@@ -1,0 +1,284 @@
+//! The 4.6 line's revisions as sets of named switches.
+//!
+//! Every behaviour that differs between the 4.6-era revisions we model is one field of
+//! [`Switches`]; a named [`Revision`] is a set of values. The upstream commits are
+//! those of the series "x86/p2m: tighten conditions of IOMMU mapping updates"
+//! (Jan Beulich, Sept/Oct 2015), committed before Xen 4.6.0.
+
+use crate::revision::{Revision, RevisionKind, Switches as LineSwitches};
+
+/// How `p2m_pt_set_entry` decides whether the IOMMU needs updating or flushing.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+pub enum PtIommuConditions {
+    /// Before 660fd65d55: `old_mfn` is 0 unless the *new* entry is non-empty, then the
+    /// old entry's frame; the IOMMU step always runs; shared tables flush when
+    /// `old_mfn && old_mfn != mfn`.
+    Pre,
+    /// The patch as posted (seed thread): `old_flags` keeps the old entry's PTE flags
+    /// (`~0` for a present intermediate entry) and converts them with
+    /// `p2m_get_iommu_flags(p2m_flags_to_type(old_flags))`; `~0` converts to type 127,
+    /// i.e. no permission. The step runs only when those flags or the mfn differ;
+    /// shared tables flush when the converted old flags are non-zero.
+    PatchV1,
+    /// 660fd65d55: `iommu_old_flags` is 0 for a non-present old entry, the real flags
+    /// for a present leaf and `~0` (unequal to anything) for a present intermediate
+    /// entry; `old_mfn` comes from the old leaf whatever the new entry is; the step
+    /// runs only when flags or mfn differ; shared tables flush when
+    /// `iommu_old_flags != 0`.
+    Committed,
+}
+
+crate::switches! {
+/// Every revision-dependent behaviour of the 4.6 model, one field each.
+pub struct Switches {
+    /// 6c0e4ad608 "x86/EPT: tighten conditions of IOMMU mapping updates": keep
+    /// `need_modify_vtd_table` when the IOMMU flags of the old entry's type differ,
+    /// not only when the mfn differs.
+    pub ept_need_modify_checks_iommu_flags: bool,
+    /// 960265fbd8 "x86/p2m-pt: delay freeing of intermediate page tables": free the
+    /// replaced subtree after the IOMMU step instead of right after the write.
+    pub pt_delay_intermediate_free: bool,
+    /// c0a85795d8 "x86/p2m-pt: ignore pt-share flag for shadow mode guests": use
+    /// `iommu_use_hap_pt(d)` instead of the global `iommu_hap_pt_share`.
+    pub pt_shadow_ignores_share: bool,
+    /// 660fd65d55 "x86/p2m-pt: tighten conditions of IOMMU mapping updates" (and the
+    /// posted variant of it). edb9531263 only reuses the pre-computed flags: no
+    /// behaviour change, so it has no switch of its own.
+    pub pt_iommu_conditions: PtIommuConditions,
+    /// Not in Xen (closes a hole the harness found in `committed`): `ept_set_entry`
+    /// clears `need_modify_vtd_table` only when the old entry is a *present leaf*
+    /// with the same mfn and the same device-visible permission. Xen compares the
+    /// mfn field and `sa_p2mt` of whatever entry is there: an intermediate entry
+    /// (whose mfn is its table frame and whose `sa_p2mt` is 0, `ram_rw`) or a
+    /// zeroed non-present entry (mfn 0, `ram_rw`) then looks "unchanged", and with
+    /// shared tables an access-only change is never flushed.
+    pub ept_need_modify_requires_present_leaf: bool,
+    /// Not in Xen 4.6 (closes a hole the harness found in every revision):
+    /// `p2m_next_level` splitting a 1 GiB page ORs next-level 1 into the inherited
+    /// flags of each 2 MiB leaf, so a shared AMD IOMMU walks guest data as an L1
+    /// table. Fixed: the split leaves keep next-level 0.
+    pub pt_split_1g_keeps_leaf_nlevel: bool,
+    /// Not in Xen 4.6 (closes a hole the harness found in every revision):
+    /// `amd_iommu_map_page` flushes only when the PTE's address changes
+    /// (`set_iommu_pde_present` returns `need_flush` for that alone), so a
+    /// permission reduction on the same frame stays in the IOTLB. Fixed: flush when
+    /// the old PTE was present and differs in address or permission.
+    pub amd_map_flush_on_perm_change: bool,
+    /// Not in Xen (closes a hole the harness found in every revision): the separate
+    /// IOMMU step maps with `p2m_get_iommu_flags(p2mt)` even when the p2m wrote an
+    /// empty entry (e.g. `ram_rw` with `INVALID_MFN`), so the IOMMU maps a bogus
+    /// frame the CPU side does not. Fixed: an empty new entry is unmapped.
+    pub iommu_flags_require_present_entry: bool,
+    /// XSA-275, 937ef32565 (2018) "AMD/IOMMU: suppress PTE merging after initial table
+    /// creation": Xen 4.6's `amd_iommu_map_page` merges a table into a superpage
+    /// (`iommu_update_pde_count` / `iommu_merge_pages`) after 512 contiguous map
+    /// *events*, without checking the table's entries or their permissions (the last
+    /// map's permission wins), and `iommu_pde_from_gfn` splits a superpage into
+    /// read/write entries whatever its permission. Fixed: no merging once the domain
+    /// is created (every modelled op is), so separate AMD tables hold 4 KiB leaves only.
+    pub amd_suppress_pte_merging: bool,
+    /// Planted, not Xen (measures the oracle's free-event check): `ept_set_entry`
+    /// frees the replaced subtree (`ept_free_entry`) *before* the IOMMU step, so with
+    /// shared tables a paging-structure record of the old entry still points at it.
+    pub planted_free_before_flush: bool,
+    /// Planted, not Xen (measures the range check): `ept_split_super_page` and
+    /// `p2m_next_level` write every entry of the split table one page off.
+    pub planted_split_wrong_frame: bool,
+    /// Planted, not Xen (measures the leak check): `ept_free_entry` / `p2m_free_entry`
+    /// free nothing, so a replaced subtree stays allocated.
+    pub planted_leak_replaced_subtree: bool,
+    /// Planted, not Xen (measures the leak check): `ept_free_entry` / `p2m_free_entry`
+    /// recurse one level too few, leaking the level-1 tables under a freed level-2 table.
+    pub planted_free_entry_recurses_short: bool,
+    /// Planted, not Xen (measures the bad-free check): `ept_free_entry` /
+    /// `p2m_free_entry` treat a superpage leaf as a table and free its (guest) frame.
+    pub planted_free_leaf_frame: bool,
+}
+}
+
+const PRE: Switches = Switches {
+    ept_need_modify_checks_iommu_flags: false,
+    pt_delay_intermediate_free: false,
+    pt_shadow_ignores_share: false,
+    pt_iommu_conditions: PtIommuConditions::Pre,
+    ept_need_modify_requires_present_leaf: false,
+    pt_split_1g_keeps_leaf_nlevel: false,
+    amd_map_flush_on_perm_change: false,
+    iommu_flags_require_present_entry: false,
+    amd_suppress_pte_merging: false,
+    planted_free_before_flush: false,
+    planted_split_wrong_frame: false,
+    planted_leak_replaced_subtree: false,
+    planted_free_entry_recurses_short: false,
+    planted_free_leaf_frame: false,
+};
+
+const COMMITTED: Switches = Switches {
+    ept_need_modify_checks_iommu_flags: true,
+    pt_delay_intermediate_free: true,
+    pt_shadow_ignores_share: true,
+    pt_iommu_conditions: PtIommuConditions::Committed,
+    ..PRE
+};
+
+/// `committed` plus every hole known to the harness closed.
+const FIXED: Switches = Switches {
+    ept_need_modify_requires_present_leaf: true,
+    pt_split_1g_keeps_leaf_nlevel: true,
+    amd_map_flush_on_perm_change: true,
+    iommu_flags_require_present_entry: true,
+    amd_suppress_pte_merging: true,
+    ..COMMITTED
+};
+
+/// Every named revision of the 4.6 line, oldest first.
+pub const REVISIONS: &[Revision] = &[
+    Revision {
+        name: "xen-4.6-pre",
+        summary: "master just before 6c0e4ad608 (the '-' side of the seed's diff)",
+        kind: RevisionKind::History,
+        switches: LineSwitches::Xen46(PRE),
+    },
+    Revision {
+        name: "6c0e4ad608",
+        summary: "+ x86/EPT: tighten conditions of IOMMU mapping updates",
+        kind: RevisionKind::History,
+        switches: LineSwitches::Xen46(Switches {
+            ept_need_modify_checks_iommu_flags: true,
+            ..PRE
+        }),
+    },
+    Revision {
+        name: "960265fbd8",
+        summary: "+ x86/p2m-pt: delay freeing of intermediate page tables",
+        kind: RevisionKind::History,
+        switches: LineSwitches::Xen46(Switches {
+            ept_need_modify_checks_iommu_flags: true,
+            pt_delay_intermediate_free: true,
+            ..PRE
+        }),
+    },
+    Revision {
+        name: "c0a85795d8",
+        summary: "+ x86/p2m-pt: ignore pt-share flag for shadow mode guests",
+        kind: RevisionKind::History,
+        switches: LineSwitches::Xen46(Switches {
+            ept_need_modify_checks_iommu_flags: true,
+            pt_delay_intermediate_free: true,
+            pt_shadow_ignores_share: true,
+            ..PRE
+        }),
+    },
+    Revision {
+        name: "660fd65d55",
+        summary: "+ x86/p2m-pt: tighten conditions of IOMMU mapping updates",
+        kind: RevisionKind::History,
+        switches: LineSwitches::Xen46(COMMITTED),
+    },
+    Revision {
+        name: "edb9531263",
+        summary: "+ x86/p2m-pt: use pre-calculated IOMMU flags (no behaviour change)",
+        kind: RevisionKind::History,
+        switches: LineSwitches::Xen46(COMMITTED),
+    },
+    Revision {
+        name: "patch-v1",
+        summary: "the series as posted in the seed thread (old PTE flags converted late)",
+        kind: RevisionKind::History,
+        switches: LineSwitches::Xen46(Switches {
+            pt_iommu_conditions: PtIommuConditions::PatchV1,
+            ..COMMITTED
+        }),
+    },
+    Revision {
+        name: "committed",
+        summary: "after all five upstream commits (= edb9531263)",
+        kind: RevisionKind::History,
+        switches: LineSwitches::Xen46(COMMITTED),
+    },
+    Revision {
+        name: "fixed",
+        summary: "committed plus every hole known to this harness closed",
+        kind: RevisionKind::Reference,
+        switches: LineSwitches::Xen46(FIXED),
+    },
+    Revision {
+        name: "planted-free-first",
+        summary: "fixed, but both p2m flavours free a replaced subtree before the IOMMU step",
+        kind: RevisionKind::Planted,
+        switches: LineSwitches::Xen46(Switches {
+            planted_free_before_flush: true,
+            pt_delay_intermediate_free: false,
+            ..FIXED
+        }),
+    },
+    Revision {
+        name: "planted-split-wrong-frame",
+        summary: "fixed, but a p2m superpage split writes every entry one page off",
+        kind: RevisionKind::Planted,
+        switches: LineSwitches::Xen46(Switches {
+            planted_split_wrong_frame: true,
+            ..FIXED
+        }),
+    },
+    Revision {
+        name: "planted-leak-subtree",
+        summary: "fixed, but a replaced p2m subtree is never freed",
+        kind: RevisionKind::Planted,
+        switches: LineSwitches::Xen46(Switches {
+            planted_leak_replaced_subtree: true,
+            ..FIXED
+        }),
+    },
+    Revision {
+        name: "planted-free-recursion-short",
+        summary: "fixed, but freeing a p2m subtree recurses one level too few",
+        kind: RevisionKind::Planted,
+        switches: LineSwitches::Xen46(Switches {
+            planted_free_entry_recurses_short: true,
+            ..FIXED
+        }),
+    },
+    Revision {
+        name: "planted-free-leaf-frame",
+        summary: "fixed, but freeing a replaced superpage leaf frees its guest frame",
+        kind: RevisionKind::Planted,
+        switches: LineSwitches::Xen46(Switches {
+            planted_free_leaf_frame: true,
+            ..FIXED
+        }),
+    },
+];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_known() {
+        for n in ["xen-4.6-pre", "patch-v1", "committed", "fixed"] {
+            assert!(Revision::by_name(n).is_some());
+        }
+        assert!(Revision::by_name("nope").is_none());
+    }
+
+    #[test]
+    fn every_switch_name_is_adoptable() {
+        let fixed = Switches {
+            planted_free_before_flush: true,
+            planted_split_wrong_frame: true,
+            planted_leak_replaced_subtree: true,
+            planted_free_entry_recurses_short: true,
+            planted_free_leaf_frame: true,
+            ..FIXED
+        };
+        assert_eq!(PRE.differing(&fixed).len(), Switches::NAMES.len());
+        let mut s = PRE;
+        for n in Switches::NAMES {
+            s = s.with_switch_from(n, &fixed).expect("known switch");
+        }
+        assert_eq!(s, fixed);
+        assert!(PRE.with_switch_from("nope", &fixed).is_none());
+        assert!(fixed.differing(&fixed).is_empty());
+    }
+}
