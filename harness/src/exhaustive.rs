@@ -274,12 +274,7 @@ pub fn configs(modes: &[Mode]) -> Vec<Config> {
     for &mode in modes {
         for vendor in [Vendor::Vtd, Vendor::Amd] {
             for share in [false, true] {
-                let c = Config {
-                    mode,
-                    vendor,
-                    iommu_hap_pt_share: share,
-                }
-                .normalized();
+                let c = Config::new(mode, vendor, share).normalized();
                 if !v.contains(&c) {
                     v.push(c);
                 }

@@ -40,12 +40,7 @@ impl Swarm {
         } else {
             Vendor::Amd
         };
-        let config = Config {
-            mode,
-            vendor,
-            iommu_hap_pt_share: rng.gen_bool(0.5),
-        }
-        .normalized();
+        let config = Config::new(mode, vendor, rng.gen_bool(0.5)).normalized();
         let mut types = subset(rng, P2mType::ALL);
         // Always keep one type that maps something, so scenarios do something.
         if !types

@@ -130,12 +130,7 @@ fn alphabet_is_deduplicated_and_aligned() {
 
 /// The configuration of `mode` with sharing `share` (vendor as normalized; VT-d for shadow).
 fn cfg(mode: Mode, share: bool) -> Config {
-    Config {
-        mode,
-        vendor: Vendor::Vtd,
-        iommu_hap_pt_share: share,
-    }
-    .normalized()
+    Config::new(mode, Vendor::Vtd, share).normalized()
 }
 
 /// Finds the first sequence that diverges under `bad` and is clean under `good`,

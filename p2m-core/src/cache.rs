@@ -25,7 +25,7 @@
 use std::fmt;
 
 use crate::frames::MachineMemory;
-use crate::types::{GfnRange, IommuPerm};
+use crate::types::{GfnRange, HwSemantics, IommuPerm};
 use crate::walk::{walk, IoEntry, IoTables, WalkResult};
 
 /// An invalidation command as Xen issues it.
@@ -148,6 +148,8 @@ pub struct CacheRecord {
 /// The IOTLB plus paging-structure caches of one domain.
 #[derive(Clone, Debug, Default)]
 pub struct IommuCaches {
+    /// Hardware semantics of invalidations.
+    hw: HwSemantics,
     records: Vec<CacheRecord>,
     /// Records created so far.
     pub created: u64,
@@ -156,6 +158,19 @@ pub struct IommuCaches {
 }
 
 impl IommuCaches {
+    /// Empty caches of an IOMMU with the hardware semantics `hw`.
+    pub fn new(hw: HwSemantics) -> Self {
+        IommuCaches {
+            hw,
+            ..Default::default()
+        }
+    }
+
+    /// The hardware semantics in use.
+    pub fn hw(&self) -> HwSemantics {
+        self.hw
+    }
+
     /// Adds a record.
     pub fn push(&mut self, r: CacheRecord) {
         self.created += 1;
@@ -175,10 +190,10 @@ impl IommuCaches {
     /// Applies an invalidation command.
     pub fn invalidate(&mut self, cmd: Invalidation) {
         self.issued.push(Issued { cmd, pages: 1 });
-        let (range, nonleaf_too) = cmd.scope();
+        let (range, nonleaf_too) = self.scope(cmd);
         match range {
             None => self.records.clear(),
-            Some(inv) => self.invalidate_pages(inv, nonleaf_too),
+            Some(inv) => self.invalidate_pages(inv, inv.len(), nonleaf_too),
         }
     }
 
@@ -202,13 +217,25 @@ impl IommuCaches {
             cmd,
             pages: range.len(),
         });
-        let (_, nonleaf_too) = cmd.scope();
-        self.invalidate_pages(range, nonleaf_too);
+        let (_, nonleaf_too) = self.scope(cmd);
+        self.invalidate_pages(range, 1, nonleaf_too);
     }
 
-    /// Removes what one per-page command for each page of `inv` removes: the leaves
-    /// touching `inv`, and the non-leaf records touching it when `nonleaf_too`.
-    fn invalidate_pages(&mut self, inv: GfnRange, nonleaf_too: bool) {
+    /// What `cmd` removes under the hardware semantics: `(range or None for all,
+    /// non-leaf records too)`.
+    fn scope(&self, cmd: Invalidation) -> (Option<GfnRange>, bool) {
+        let (range, nonleaf_too) = cmd.scope();
+        let amd_order0 = matches!(cmd, Invalidation::AmdPages { order: 0, .. });
+        (
+            range,
+            nonleaf_too || amd_order0 && !self.hw.amd_pde0_keeps_pdc,
+        )
+    }
+
+    /// Removes what commands of `cmd_pages` pages each, covering `inv`, remove: the
+    /// leaves they touch — except, when `superpage_survives_partial_inval`, leaves larger
+    /// than one command — and the non-leaf records touching `inv` when `nonleaf_too`.
+    fn invalidate_pages(&mut self, inv: GfnRange, cmd_pages: u64, nonleaf_too: bool) {
         let mut kept = Vec::with_capacity(self.records.len());
         for r in self.records.drain(..) {
             let Some(hit) = r.range.intersect(&inv) else {
@@ -226,11 +253,13 @@ impl IommuCaches {
                     perm,
                     leaf_pages,
                 } => {
-                    // Drop the whole leaves the invalidated range touches.
-                    let off_lo = (hit.start - r.range.start) / leaf_pages * leaf_pages;
-                    let off_hi = (hit.end - r.range.start).div_ceil(leaf_pages) * leaf_pages;
-                    let cut_lo = r.range.start + off_lo;
-                    let cut_hi = (r.range.start + off_hi).min(r.range.end);
+                    if leaf_pages > cmd_pages && self.hw.superpage_survives_partial_inval {
+                        kept.push(r);
+                        continue;
+                    }
+                    // Drop the whole (naturally aligned) leaves the invalidated range touches.
+                    let cut_lo = (hit.start / leaf_pages * leaf_pages).max(r.range.start);
+                    let cut_hi = (hit.end.div_ceil(leaf_pages) * leaf_pages).min(r.range.end);
                     if cut_lo > r.range.start {
                         kept.push(CacheRecord {
                             range: GfnRange {
@@ -408,7 +437,7 @@ mod tests {
 
     #[test]
     fn vtd_psi_drops_large_leaf_and_nonleaf_unless_hinted() {
-        let mut c = IommuCaches::default();
+        let mut c = IommuCaches::new(HwSemantics::DROP_ON_HIT);
         c.push(leaf(0x200, 512, 0x1000, 512));
         c.push(nonleaf(0x200));
         c.invalidate(Invalidation::VtdPsi {
@@ -423,6 +452,51 @@ mod tests {
             ih: false,
         });
         assert!(c.records().is_empty());
+    }
+
+    #[test]
+    fn conservative_superpage_survives_smaller_invalidations_only() {
+        let mut c = IommuCaches::new(HwSemantics::CONSERVATIVE);
+        c.push(leaf(0x200, 512, 0x1000, 512));
+        c.invalidate(Invalidation::VtdPsi {
+            gfn: 0x3ff,
+            order: 0,
+            ih: false,
+        });
+        c.invalidate_each_page(
+            GfnRange::of_order(0x200, 9),
+            Invalidation::AmdPages { gfn: 0, order: 0 },
+        );
+        assert_eq!(c.records().len(), 1, "AM=0 never drops a 2 MiB entry");
+        c.invalidate(Invalidation::VtdPsi {
+            gfn: 0x200,
+            order: 9,
+            ih: false,
+        });
+        assert!(c.records().is_empty(), "AM=9 covering it does");
+        // A 4 KiB leaf goes with any command that hits it.
+        c.push(leaf(0x200, 1, 0x1000, 1));
+        c.invalidate(Invalidation::AmdPages {
+            gfn: 0x200,
+            order: 0,
+        });
+        assert!(c.records().is_empty());
+    }
+
+    #[test]
+    fn amd_pde0_switch() {
+        for (keeps, left) in [(true, 1), (false, 0)] {
+            let mut c = IommuCaches::new(HwSemantics {
+                amd_pde0_keeps_pdc: keeps,
+                ..HwSemantics::CONSERVATIVE
+            });
+            c.push(nonleaf(0x200));
+            c.invalidate(Invalidation::AmdPages {
+                gfn: 0x201,
+                order: 0,
+            });
+            assert_eq!(c.records().len(), left);
+        }
     }
 
     #[test]

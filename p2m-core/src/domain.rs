@@ -26,6 +26,7 @@ impl Domain {
     pub fn new(cfg: Config, revision: Revision) -> Domain {
         match revision.switches {
             Switches::Xen46(_) => Domain::Xen46(xen46::domain::Domain::new(cfg, revision)),
+            Switches::Master(_) => unimplemented!("the master line is being built"),
         }
     }
 

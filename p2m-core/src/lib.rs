@@ -5,7 +5,7 @@
 //! [`cache`] (conservative IOTLB / paging-structure cache records and invalidations),
 //! [`walk`] (the IOMMU's page walk), [`view`] (CPU and device views), [`events`] (what
 //! an op did, for the oracle) and [`stats`]. Each Xen line is a folder over it:
-//! [`xen46`] (Xen 4.6, 2015). [`Domain`] and [`Revision`] are the one interface the
+//! [`xen46`] (Xen 4.6, 2015) and [`master`] (Xen master, 2026). [`Domain`] and [`Revision`] are the one interface the
 //! harness sees; the revision chooses the line. See `README.md` in this crate for the
 //! fidelity tables.
 
@@ -13,6 +13,7 @@ pub mod cache;
 pub mod domain;
 pub mod events;
 pub mod frames;
+pub mod master;
 pub mod revision;
 pub mod stats;
 pub mod tables;

@@ -60,16 +60,19 @@ macro_rules! switches {
 pub enum Line {
     /// Xen 4.6 (2015): [`crate::xen46`].
     Xen46,
+    /// Xen master at `c447b7308b` (2026): [`crate::master`].
+    Master,
 }
 
 impl Line {
     /// Every line, oldest first.
-    pub const ALL: &'static [Line] = &[Line::Xen46];
+    pub const ALL: &'static [Line] = &[Line::Xen46, Line::Master];
 
     /// Name used in reports and on the command line.
     pub fn name(self) -> &'static str {
         match self {
             Line::Xen46 => "xen-4.6",
+            Line::Master => "xen-master",
         }
     }
 }
@@ -89,6 +92,9 @@ pub enum RevisionKind {
     Reference,
     /// Test-only: a bug planted into the reference to measure the harness. Not Xen.
     Planted,
+    /// Undoes a change that only ever added work (extra flushes or updates): the oracle
+    /// must stay silent.
+    NegativeControl,
 }
 
 impl RevisionKind {
@@ -98,6 +104,7 @@ impl RevisionKind {
             RevisionKind::History => "history",
             RevisionKind::Reference => "reference",
             RevisionKind::Planted => "planted (test-only, not Xen)",
+            RevisionKind::NegativeControl => "negative control",
         }
     }
 }
@@ -107,6 +114,8 @@ impl RevisionKind {
 pub enum Switches {
     /// A Xen 4.6 revision.
     Xen46(crate::xen46::revision::Switches),
+    /// A Xen master revision.
+    Master(crate::master::revision::Switches),
 }
 
 impl Switches {
@@ -114,6 +123,7 @@ impl Switches {
     pub fn line(&self) -> Line {
         match self {
             Switches::Xen46(_) => Line::Xen46,
+            Switches::Master(_) => Line::Master,
         }
     }
 
@@ -121,6 +131,7 @@ impl Switches {
     pub fn names(&self) -> &'static [&'static str] {
         match self {
             Switches::Xen46(_) => crate::xen46::revision::Switches::NAMES,
+            Switches::Master(_) => crate::master::revision::Switches::NAMES,
         }
     }
 
@@ -131,6 +142,10 @@ impl Switches {
             (Switches::Xen46(a), Switches::Xen46(b)) => {
                 a.with_switch_from(name, b).map(Switches::Xen46)
             }
+            (Switches::Master(a), Switches::Master(b)) => {
+                a.with_switch_from(name, b).map(Switches::Master)
+            }
+            _ => None,
         }
     }
 
@@ -138,6 +153,8 @@ impl Switches {
     pub fn differing(&self, other: &Switches) -> Vec<&'static str> {
         match (self, other) {
             (Switches::Xen46(a), Switches::Xen46(b)) => a.differing(b),
+            (Switches::Master(a), Switches::Master(b)) => a.differing(b),
+            _ => self.names().to_vec(),
         }
     }
 }
@@ -146,6 +163,7 @@ impl fmt::Display for Switches {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Switches::Xen46(s) => s.fmt(f),
+            Switches::Master(s) => s.fmt(f),
         }
     }
 }
@@ -166,7 +184,9 @@ pub struct Revision {
 impl Revision {
     /// Every revision of every line, line by line, oldest first.
     pub fn all() -> impl Iterator<Item = &'static Revision> {
-        crate::xen46::revision::REVISIONS.iter()
+        crate::xen46::revision::REVISIONS
+            .iter()
+            .chain(crate::master::revision::REVISIONS)
     }
     /// Looks a revision up by name.
     pub fn by_name(name: &str) -> Option<Revision> {

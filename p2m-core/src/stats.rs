@@ -52,5 +52,21 @@ pub struct ModelStats {
     pub unmap_pages,
     /// Cache records created (stale state that may exist).
     pub records_created,
+    /// IOMMU superpages shattered at level 2 (a 2 MiB entry into 4 KiB entries).
+    pub iommu_shatters_2m,
+    /// IOMMU superpages shattered at level 3 (a 1 GiB entry into 2 MiB entries).
+    pub iommu_shatters_1g,
+    /// IOMMU tables coalesced into a 2 MiB superpage.
+    pub iommu_coalesce_2m,
+    /// IOMMU tables coalesced into a 1 GiB superpage.
+    pub iommu_coalesce_1g,
+    /// IOMMU tables freed (queued) because they became empty.
+    pub iommu_tables_freed_empty,
+    /// IOMMU tables queued for freeing (`iommu_queue_free_pgtable`).
+    pub iommu_tables_queued,
+    /// Tables queued while `iommu_dont_flush_iotlb` was set.
+    pub iommu_queued_while_dont_flush,
+    /// Drains of the deferred-free queue (`free_queued_pgtables`) that freed something.
+    pub iommu_drains_nonempty,
 }
 }

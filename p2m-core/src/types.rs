@@ -304,7 +304,134 @@ named_enum! {
     }
 }
 
-/// A domain's configuration: p2m flavour, IOMMU vendor and the global sharing flag.
+/// The IOMMU page sizes Xen may use (`hd->platform_ops->page_sizes`): 4 KiB always;
+/// 2 MiB and 1 GiB when the IOMMU supports them (VT-d `cap_sps_*`; AMD always) and
+/// `iommu=no-superpages` is not given. The 4.6 line ignores it (its IOMMU code maps
+/// 4 KiB pages only).
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug, Default)]
+pub enum PageSizes {
+    /// 4 KiB only (`iommu=no-superpages`, or a VT-d unit without superpages).
+    Only4k,
+    /// 4 KiB and 2 MiB (a VT-d unit with `cap_sps_2mb` but not `cap_sps_1gb`).
+    Up2m,
+    /// 4 KiB, 2 MiB and 1 GiB (the default on AMD and on most VT-d units).
+    #[default]
+    Up1g,
+}
+
+impl PageSizes {
+    /// Every value.
+    pub const ALL: &'static [PageSizes] = &[PageSizes::Only4k, PageSizes::Up2m, PageSizes::Up1g];
+    /// True when a mapping of `order` (0, 9, 18) may be used.
+    pub fn has_order(self, order: u32) -> bool {
+        match order {
+            0 => true,
+            9 => self >= PageSizes::Up2m,
+            18 => self == PageSizes::Up1g,
+            _ => false,
+        }
+    }
+    /// The bitmask of page shifts, as `page_sizes` holds it (bit 12, 21, 30).
+    pub fn mask(self) -> u64 {
+        match self {
+            PageSizes::Only4k => 1 << 12,
+            PageSizes::Up2m => (1 << 12) | (1 << 21),
+            PageSizes::Up1g => (1 << 12) | (1 << 21) | (1 << 30),
+        }
+    }
+    /// Name used in config lines.
+    pub fn name(self) -> &'static str {
+        match self {
+            PageSizes::Only4k => "4k",
+            PageSizes::Up2m => "2m",
+            PageSizes::Up1g => "1g",
+        }
+    }
+    /// Parses [`Self::name`].
+    pub fn from_name(s: &str) -> Option<PageSizes> {
+        PageSizes::ALL.iter().copied().find(|p| p.name() == s)
+    }
+}
+
+/// Hardware behaviours the Xen source does not settle, each a named switch, and
+/// conservative by default (the reading under which a device can reach the most). Every
+/// report prints the values it relied on.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+pub struct HwSemantics {
+    /// An IOTLB entry for a superpage survives an invalidation that covers only part of
+    /// it. Intel documents that to invalidate a 2 MiB mapping software must give an
+    /// address mask of at least 9 (IVA_REG, Address Mask field; VT-d spec 6.5.1.2); the
+    /// AMD spec does not say. Conservative: `true`.
+    pub superpage_survives_partial_inval: bool,
+    /// An AMD `INVALIDATE_IOMMU_PAGES` with PDE=0 leaves page-directory cache entries (the
+    /// AMD IOMMU spec's reading of the PDE bit). Conservative: `true`.
+    pub amd_pde0_keeps_pdc: bool,
+    /// VT-d Caching Mode (`cap_caching_mode`): the unit may cache non-present entries, so
+    /// Xen also flushes non-present → present changes. Conservative: `false` (fewer flushes).
+    pub vtd_caching_mode: bool,
+    /// VT-d `cap_max_amask_val`: a page-selective invalidation of a larger order falls
+    /// back to a domain-selective one. Conservative: 18 (no fallback for any order Xen
+    /// issues, so no extra flushing).
+    pub vtd_max_amask: u8,
+}
+
+impl HwSemantics {
+    /// The default: every open question answered the way a device reaches the most.
+    pub const CONSERVATIVE: HwSemantics = HwSemantics {
+        superpage_survives_partial_inval: true,
+        amd_pde0_keeps_pdc: true,
+        vtd_caching_mode: false,
+        vtd_max_amask: 18,
+    };
+    /// The reading under which a cached entry is dropped by any invalidation that hits it
+    /// (what the 4.6 line's cache model assumed before these switches existed).
+    pub const DROP_ON_HIT: HwSemantics = HwSemantics {
+        superpage_survives_partial_inval: false,
+        ..HwSemantics::CONSERVATIVE
+    };
+    /// Named presets, for `hw=NAME` in config lines and `P2M_HW`.
+    pub const PRESETS: &'static [(&'static str, HwSemantics)] = &[
+        ("conservative", HwSemantics::CONSERVATIVE),
+        ("drop-on-hit", HwSemantics::DROP_ON_HIT),
+    ];
+    /// The preset `name`, if any.
+    pub fn preset(name: &str) -> Option<HwSemantics> {
+        HwSemantics::PRESETS
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, h)| *h)
+    }
+    /// The preset name of this value, if it is one.
+    pub fn preset_name(&self) -> Option<&'static str> {
+        HwSemantics::PRESETS
+            .iter()
+            .find(|(_, h)| h == self)
+            .map(|(n, _)| *n)
+    }
+}
+
+impl Default for HwSemantics {
+    fn default() -> Self {
+        HwSemantics::CONSERVATIVE
+    }
+}
+
+impl fmt::Display for HwSemantics {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let yn = |b: bool| if b { "yes" } else { "no" };
+        write!(
+            f,
+            "superpage-survives-partial-inval={} amd-pde0-keeps-pdc={} vtd-caching-mode={} vtd-max-amask={}",
+            yn(self.superpage_survives_partial_inval),
+            yn(self.amd_pde0_keeps_pdc),
+            yn(self.vtd_caching_mode),
+            self.vtd_max_amask
+        )
+    }
+}
+
+/// A domain's configuration: p2m flavour, IOMMU vendor, the global sharing flag, the
+/// IOMMU page sizes and the hardware semantics assumed.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
 pub struct Config {
     /// p2m implementation.
@@ -313,9 +440,23 @@ pub struct Config {
     pub vendor: Vendor,
     /// The global `iommu_hap_pt_share` command-line flag.
     pub iommu_hap_pt_share: bool,
+    /// IOMMU page sizes (`page_sizes`); the 4.6 line ignores it.
+    pub page_sizes: PageSizes,
+    /// Hardware semantics assumed for the IOMMU's caches and invalidations.
+    pub hw: HwSemantics,
 }
 
 impl Config {
+    /// A configuration with all page sizes and the conservative hardware semantics.
+    pub const fn new(mode: Mode, vendor: Vendor, iommu_hap_pt_share: bool) -> Config {
+        Config {
+            mode,
+            vendor,
+            iommu_hap_pt_share,
+            page_sizes: PageSizes::Up1g,
+            hw: HwSemantics::CONSERVATIVE,
+        }
+    }
     /// The configuration with the vendor forced to the one the mode requires.
     pub fn normalized(mut self) -> Config {
         match self.mode {
@@ -331,6 +472,8 @@ impl Config {
     }
 }
 
+/// `mode=.. vendor=.. share=..`, then `superpages=..` when not all page sizes, and
+/// `hw=<preset>` (or every value) when not conservative.
 impl fmt::Display for Config {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
@@ -339,7 +482,17 @@ impl fmt::Display for Config {
             self.mode,
             self.vendor,
             if self.iommu_hap_pt_share { "on" } else { "off" }
-        )
+        )?;
+        if self.page_sizes != PageSizes::Up1g {
+            write!(f, " superpages={}", self.page_sizes.name())?;
+        }
+        if self.hw != HwSemantics::CONSERVATIVE {
+            match self.hw.preset_name() {
+                Some(n) => write!(f, " hw={n}")?,
+                None => write!(f, " hw=[{}]", self.hw)?,
+            }
+        }
+        Ok(())
     }
 }
 

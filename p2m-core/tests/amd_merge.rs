@@ -9,11 +9,7 @@ use p2m_core::*;
 
 fn dom(mode: Mode, rev: &str) -> Domain {
     Domain::new(
-        Config {
-            mode,
-            vendor: Vendor::Amd,
-            iommu_hap_pt_share: false,
-        },
+        Config::new(mode, Vendor::Amd, false),
         Revision::by_name(rev).unwrap(),
     )
 }
@@ -353,6 +349,7 @@ mod range_form {
     fn sw46(name: &str) -> p2m_core::xen46::revision::Switches {
         match Revision::by_name(name).unwrap().switches {
             Switches::Xen46(s) => s,
+            other => panic!("{name} is not a 4.6 revision: {other}"),
         }
     }
 
@@ -363,7 +360,7 @@ mod range_form {
     ) -> (Iommu, MachineMemory) {
         let mut log = p2m_core::events::OpLog::default();
         let mut mem = MachineMemory::new();
-        let mut io = Iommu::new(Vendor::Amd, &mut mem);
+        let mut io = Iommu::new(Vendor::Amd, HwSemantics::CONSERVATIVE, &mut mem);
         for (i, op) in ops.iter().enumerate() {
             let seq = i as u64 + 1;
             match *op {

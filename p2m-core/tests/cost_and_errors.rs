@@ -12,11 +12,7 @@ const ALL_CONFIGS: [(Mode, Vendor); 4] = [
 
 fn dom(mode: Mode, vendor: Vendor, share: bool, rev: &str) -> Domain {
     Domain::new(
-        Config {
-            mode,
-            vendor,
-            iommu_hap_pt_share: share,
-        },
+        Config::new(mode, vendor, share),
         Revision::by_name(rev).unwrap(),
     )
 }

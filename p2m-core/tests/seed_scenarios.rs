@@ -10,11 +10,7 @@ use p2m_core::*;
 
 fn dom(mode: Mode, vendor: Vendor, share: bool, rev: &str) -> Domain {
     Domain::new(
-        Config {
-            mode,
-            vendor,
-            iommu_hap_pt_share: share,
-        },
+        Config::new(mode, vendor, share),
         Revision::by_name(rev).unwrap_or_else(|| panic!("unknown revision {rev}")),
     )
 }

@@ -269,15 +269,15 @@ mod tests {
     const RWX: P2mAccess = P2mAccess::Rwx;
 
     fn cfg(mode: Mode, share: bool) -> Config {
-        Config {
+        Config::new(
             mode,
-            vendor: if mode == Mode::Npt {
+            if mode == Mode::Npt {
                 Vendor::Amd
             } else {
                 Vendor::Vtd
             },
-            iommu_hap_pt_share: share,
-        }
+            share,
+        )
     }
 
     fn model(mode: Mode, share: bool) -> RefModel {

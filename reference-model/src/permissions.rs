@@ -255,11 +255,7 @@ mod tests {
 
     #[test]
     fn column_choice() {
-        let c = |mode, vendor, share| Config {
-            mode,
-            vendor,
-            iommu_hap_pt_share: share,
-        };
+        let c = |mode, vendor, share| Config::new(mode, vendor, share);
         assert_eq!(
             column_for(&c(Mode::Ept, Vendor::Vtd, true)),
             Column::EptShared

@@ -203,15 +203,15 @@ pub fn decode(data: &[u8]) -> Option<Scenario> {
     if rest.len() < OP_SIZE {
         return None;
     }
-    let config = Config {
-        mode: Mode::from_raw((h & 3) % 3)?,
-        vendor: if h & HDR_AMD != 0 {
+    let config = Config::new(
+        Mode::from_raw((h & 3) % 3)?,
+        if h & HDR_AMD != 0 {
             Vendor::Amd
         } else {
             Vendor::Vtd
         },
-        iommu_hap_pt_share: h & HDR_SHARE != 0,
-    }
+        h & HDR_SHARE != 0,
+    )
     .normalized();
     let ops = rest
         .chunks_exact(OP_SIZE)
@@ -432,11 +432,11 @@ mod tests {
     }
 
     fn random_canonical(rng: &mut XorShift) -> Scenario {
-        let config = Config {
-            mode: Mode::ALL[rng.below(3) as usize],
-            vendor: Vendor::ALL[rng.below(2) as usize],
-            iommu_hap_pt_share: rng.below(2) == 1,
-        }
+        let config = Config::new(
+            Mode::ALL[rng.below(3) as usize],
+            Vendor::ALL[rng.below(2) as usize],
+            rng.below(2) == 1,
+        )
         .normalized();
         let n = 1 + rng.below(MAX_OPS as u64) as usize;
         let ops = (0..n)
@@ -491,11 +491,7 @@ mod tests {
     #[test]
     fn non_canonical_is_reported_and_encoded_lossily() {
         let base = Scenario {
-            config: Config {
-                mode: Mode::Ept,
-                vendor: Vendor::Vtd,
-                iommu_hap_pt_share: false,
-            },
+            config: Config::new(Mode::Ept, Vendor::Vtd, false),
             allow_under_permissive: false,
             ops: vec![op(0, MfnSel::Invalid, 0)],
         };

@@ -182,11 +182,7 @@ mod tests {
     #[test]
     fn scenario_display_matches_trace_look() {
         let mut s = Scenario {
-            config: Config {
-                mode: Mode::Npt,
-                vendor: Vendor::Amd,
-                iommu_hap_pt_share: true,
-            },
+            config: Config::new(Mode::Npt, Vendor::Amd, true),
             allow_under_permissive: false,
             ops: vec![
                 op(
@@ -206,11 +202,7 @@ mod tests {
              set_entry gfn=0x200 mfn=INVALID_MFN order=9 invalid rwx"
         );
         s.allow_under_permissive = true;
-        s.config = Config {
-            mode: Mode::Shadow,
-            vendor: Vendor::Vtd,
-            iommu_hap_pt_share: false,
-        };
+        s.config = Config::new(Mode::Shadow, Vendor::Vtd, false);
         assert_eq!(
             s.config_line(),
             "config mode=shadow vendor=vtd share=off allow-under-permissive"

@@ -197,11 +197,7 @@ fn parse_config<'a>(words: impl Iterator<Item = &'a str>) -> Result<(Config, boo
         (Some(v), _) | (None, Some(v)) => v,
         (None, None) => return Err("mode=shadow needs `vendor=` (vtd or amd)".into()),
     };
-    let config = Config {
-        mode,
-        vendor,
-        iommu_hap_pt_share: share.unwrap_or(false),
-    };
+    let config = Config::new(mode, vendor, share.unwrap_or(false));
     debug_assert_eq!(config, config.normalized());
     Ok((config, allow))
 }
@@ -330,14 +326,7 @@ mod tests {
     #[test]
     fn george_case_parses() {
         let s = parse_trace(GEORGE).unwrap();
-        assert_eq!(
-            s.config,
-            Config {
-                mode: Mode::Npt,
-                vendor: Vendor::Amd,
-                iommu_hap_pt_share: true
-            }
-        );
+        assert_eq!(s.config, Config::new(Mode::Npt, Vendor::Amd, true));
         assert!(!s.allow_under_permissive);
         assert_eq!(
             s.ops,

@@ -44,6 +44,31 @@ pub struct Cx<'a> {
     pub log: &'a mut OpLog,
 }
 
+impl Cx<'_> {
+    /// The `(gfn, order)` the shared-table flush of an op on `(gfn, order)` covers:
+    /// the op's own range in Xen; with `flush_covers_split_superpage`, the largest
+    /// superpage the op split, if any.
+    pub fn shared_flush_scope(&self, gfn: u64, order: u32) -> (u64, u32) {
+        match self.split_to_flush() {
+            Some(r) if r.len() > 1u64 << order => (r.start, r.len().trailing_zeros()),
+            _ => (gfn, order),
+        }
+    }
+
+    /// With `flush_covers_split_superpage`: the largest superpage this op split (its
+    /// IOTLB entry must go even when the op leaves the device view unchanged).
+    pub fn split_to_flush(&self) -> Option<GfnRange> {
+        if !self.sw.flush_covers_split_superpage {
+            return None;
+        }
+        self.log
+            .splits
+            .iter()
+            .map(|s| s.range)
+            .max_by_key(|r| r.len())
+    }
+}
+
 /// The host p2m implementation in use.
 #[derive(Clone, Debug)]
 pub enum P2m {
@@ -79,14 +104,16 @@ impl Domain {
     /// A fresh domain with passthrough (`need_iommu(d)`) enabled.
     /// `revision` must be of the 4.6 line.
     pub fn new(cfg: Config, revision: Revision) -> Self {
-        let LineSwitches::Xen46(switches) = revision.switches;
+        let LineSwitches::Xen46(switches) = revision.switches else {
+            panic!("{} is not a 4.6 revision", revision.name)
+        };
         let cfg = cfg.normalized();
         let mut mem = MachineMemory::new();
         let p2m = match cfg.mode {
             Mode::Ept => P2m::Ept(Ept::new(&mut mem)),
             Mode::Npt | Mode::Shadow => P2m::Pt(P2mPt::new(&mut mem)),
         };
-        let iommu = Iommu::new(cfg.vendor, &mut mem);
+        let iommu = Iommu::new(cfg.vendor, cfg.hw, &mut mem);
         Domain {
             cfg,
             revision,

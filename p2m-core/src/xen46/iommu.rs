@@ -5,7 +5,7 @@ use super::iommu_tables::SeparateTables;
 use crate::cache::{Invalidation, IommuCaches};
 use crate::events::OpLog;
 use crate::frames::MachineMemory;
-use crate::types::{GfnRange, Vendor};
+use crate::types::{GfnRange, HwSemantics, Vendor};
 use crate::xen46::revision::Switches;
 
 /// Counters of what the IOMMU side did (for "did this run exercise anything").
@@ -47,12 +47,12 @@ pub struct Iommu {
 }
 
 impl Iommu {
-    /// A fresh IOMMU domain with an empty root table.
-    pub fn new(vendor: Vendor, mem: &mut MachineMemory) -> Self {
+    /// A fresh IOMMU domain with an empty root table, its caches following `hw`.
+    pub fn new(vendor: Vendor, hw: HwSemantics, mem: &mut MachineMemory) -> Self {
         Iommu {
             vendor,
             separate: SeparateTables::new(vendor, mem),
-            caches: IommuCaches::default(),
+            caches: IommuCaches::new(hw),
             stats: IommuStats::default(),
             touched: Vec::new(),
         }

@@ -397,11 +397,14 @@ impl Ept {
             old_entry = EptEntry::default();
         }
 
-        if need_modify_vtd_table {
+        let shared = cx.cfg.iommu_hap_pt_share;
+        if shared && (need_modify_vtd_table || cx.split_to_flush().is_some()) {
             cx.stats.iommu_steps += 1;
-            if cx.cfg.iommu_hap_pt_share {
-                cx.iommu.iommu_pte_flush(gfn, order, vtd_pte_present);
-            } else {
+            let (fg, fo) = cx.shared_flush_scope(gfn, order);
+            cx.iommu.iommu_pte_flush(fg, fo, vtd_pte_present);
+        } else if need_modify_vtd_table && !shared {
+            cx.stats.iommu_steps += 1;
+            {
                 let flags = if sw.iommu_flags_require_present_entry && !keeps_frame {
                     IommuPerm::NONE
                 } else {

@@ -456,16 +456,19 @@ impl P2mPt {
             PtIommuConditions::Pre => true,
             _ => old.iommu_flags != new_flags || old.mfn != mfn.0,
         };
-        if run_step {
+        let split_flush = shared && cx.split_to_flush().is_some();
+        if run_step || split_flush {
             cx.stats.iommu_steps += 1;
             if shared {
-                let flush = match cond {
-                    PtIommuConditions::Pre => old.mfn != 0 && old.mfn != mfn.0,
-                    PtIommuConditions::PatchV1 => true,
-                    PtIommuConditions::Committed => old.iommu_flags != 0,
-                };
+                let flush = split_flush
+                    || match cond {
+                        PtIommuConditions::Pre => old.mfn != 0 && old.mfn != mfn.0,
+                        PtIommuConditions::PatchV1 => true,
+                        PtIommuConditions::Committed => old.iommu_flags != 0,
+                    };
                 if flush {
-                    cx.iommu.amd_iommu_flush_pages(gfn, order);
+                    let (fg, fo) = cx.shared_flush_scope(gfn, order);
+                    cx.iommu.amd_iommu_flush_pages(fg, fo);
                 }
             } else {
                 let flags = if sw.iommu_flags_require_present_entry && wrote_empty {

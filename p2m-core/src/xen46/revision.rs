@@ -77,6 +77,13 @@ pub struct Switches {
     /// read/write entries whatever its permission. Fixed: no merging once the domain
     /// is created (every modelled op is), so separate AMD tables hold 4 KiB leaves only.
     pub amd_suppress_pte_merging: bool,
+    /// Not in Xen (closes a hole the harness found in every revision, under the
+    /// conservative hardware reading `superpage_survives_partial_inval`): when
+    /// `ept_set_entry` / `p2m_pt_set_entry` split a superpage to change part of it, the
+    /// shared-table flush (`iommu_pte_flush`, `amd_iommu_flush_pages`) covers only the
+    /// op's `(gfn, order)`, so an IOTLB entry for the whole superpage may survive and keep
+    /// translating the changed page. Fixed: flush the split superpage's range.
+    pub flush_covers_split_superpage: bool,
     /// Planted, not Xen (measures the oracle's free-event check): `ept_set_entry`
     /// frees the replaced subtree (`ept_free_entry`) *before* the IOMMU step, so with
     /// shared tables a paging-structure record of the old entry still points at it.
@@ -106,6 +113,7 @@ const PRE: Switches = Switches {
     amd_map_flush_on_perm_change: false,
     iommu_flags_require_present_entry: false,
     amd_suppress_pte_merging: false,
+    flush_covers_split_superpage: false,
     planted_free_before_flush: false,
     planted_split_wrong_frame: false,
     planted_leak_replaced_subtree: false,
@@ -128,6 +136,7 @@ const FIXED: Switches = Switches {
     amd_map_flush_on_perm_change: true,
     iommu_flags_require_present_entry: true,
     amd_suppress_pte_merging: true,
+    flush_covers_split_superpage: true,
     ..COMMITTED
 };
 

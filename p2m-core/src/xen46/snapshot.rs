@@ -725,11 +725,7 @@ mod tests {
     /// George Dunlap's case: a 4 KiB map, then an empty 2 MiB entry over it (NPT, shared).
     fn george(rev: &str) -> Domain {
         let mut d = Domain::new(
-            Config {
-                mode: Mode::Npt,
-                vendor: Vendor::Amd,
-                iommu_hap_pt_share: true,
-            },
+            Config::new(Mode::Npt, Vendor::Amd, true),
             Revision::by_name(rev).unwrap(),
         );
         d.set_entry(0x200, Mfn(0x100200), 0, P2mType::RamRw, P2mAccess::Rwx)
@@ -796,11 +792,7 @@ mod tests {
     #[test]
     fn separate_tables_are_listed_with_their_owner() {
         let mut d = Domain::new(
-            Config {
-                mode: Mode::Ept,
-                vendor: Vendor::Vtd,
-                iommu_hap_pt_share: false,
-            },
+            Config::new(Mode::Ept, Vendor::Vtd, false),
             Revision::fixed(),
         );
         d.set_entry(0x40000, Mfn(0x100000), 18, P2mType::RamRw, P2mAccess::Rwx)

@@ -1,0 +1,14 @@
+//! The Xen master line: the p2m ↔ IOMMU code as Xen runs it today, pinned at commit
+//! `c447b7308b` (2026-08-18). `../shared/spec/MASTER.md` is the reading this model
+//! follows; file and line references in doc comments are at that commit.
+//!
+//! Files follow Xen's: [`p2m`] is `xen/arch/x86/mm/p2m.c` (`p2m_set_entry`, and
+//! `p2m_get_iommu_flags` of `asm/p2m.h`), [`p2m_ept`] is `p2m-ept.c`, [`p2m_pt`] is
+//! `p2m-pt.c`, [`iommu`] is `drivers/passthrough/iommu.c` (the generic glue),
+//! [`x86_iommu`] is `drivers/passthrough/x86/iommu.c` (table allocation and the deferred
+//! free queue), [`vtd_iommu`] is `drivers/passthrough/vtd/iommu.c`, [`amd_iommu_map`] is
+//! `drivers/passthrough/amd/iommu_map.c` (with `amd_iommu_flush_iotlb_pages`),
+//! [`pt_contig_markers`] is `asm/pt-contig-markers.h` and [`memory`] is
+//! `xen/common/memory.c` (the `XENMAPSPACE_gmfn_range` batch).
+
+pub mod revision;

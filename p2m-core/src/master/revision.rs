@@ -1,0 +1,219 @@
+//! The master line's revisions as sets of named switches.
+//!
+//! The reference revision `xen-master` is the pinned commit `c447b7308b`. Each historical
+//! revision is that commit with one later change undone (a doc comment names the commit);
+//! planted revisions add a bug that is not Xen history; negative controls undo a change
+//! that only ever added work (extra flushes or updates), so the oracle must stay silent.
+
+use crate::revision::{Revision, RevisionKind, Switches as LineSwitches};
+
+crate::switches! {
+/// Every revision-dependent behaviour of the master model, one field each.
+pub struct Switches {
+    /// 6c0e4ad608 (`p2m-ept.c:924-929`): `ept_set_entry` clears `need_modify_vtd_table`
+    /// only when the old entry's `p2m_get_iommu_flags` equal the new ones, not only its
+    /// mfn. Undone (`ept-perm-noflush`): the mfn alone decides.
+    pub ept_need_modify_checks_iommu_flags: bool,
+    /// 660fd65d55 (`p2m-pt.c:747-752`): the p2m-pt IOMMU step runs when the old IOMMU flags
+    /// or the mfn differ. Undone (`pt-perm-noflush`): only when the mfn differs.
+    pub pt_step_checks_iommu_flags: bool,
+    /// ee91a49a44, restoring what 854a49a748 dropped: `p2m_pt_set_entry` calls
+    /// `iommu_legacy_map` / `iommu_legacy_unmap`. Undone (`pt-no-sync`): it never does.
+    pub pt_syncs_iommu: bool,
+    /// The 1a7ffe466c analogue (`amd/iommu_map.c:80-111`, `set_iommu_pte_present`): a map
+    /// reports "changed" (so `amd_iommu_map_page` sets `IOMMU_FLUSHF_modified`) when pr,
+    /// next_level, mfn, iw or ir differ. Undone (`amd-perm-noflush`): when the mfn differs.
+    pub amd_pte_change_checks_perms: bool,
+    /// d1bb6c97c3 (XSA-378, `asm/p2m.h:975-1036`): `p2m_get_iommu_flags` gives an
+    /// `mmio_direct` entry `p2m_access_to_iommu_flags(access)`. Undone (`xsa378-access`):
+    /// read/write whatever the access (the frame's `mmio_ro_ranges` check stays).
+    pub mmio_direct_honours_access: bool,
+    /// 6f6d3b10ec ("add missing break"): `p2m_get_iommu_flags` maps `mmio_direct`. Undone
+    /// (`mmio-nobreak`): `mmio_direct` falls through to no permission (50a498c8ba's bug).
+    pub mmio_direct_mapped: bool,
+    /// `p2m-ept.c:988-995`: `ept_free_entry` runs last, after the IOMMU flush or update.
+    /// Undone (`ept-free-first`): the replaced subtree is freed before it.
+    pub ept_free_entry_last: bool,
+    /// dea460d869 (XSA-346, `memory.c:527-539`): `guest_remove_page` inside the
+    /// `XENMAPSPACE_gmfn_range` batch clears `iommu_dont_flush_iotlb`, so the displaced
+    /// page is flushed before it is freed. Undone: `xsa346-remove`.
+    pub guest_remove_page_flushes: bool,
+    /// 5777a3742d (XSA-346, `memory.c:1059-1081`): the batch holds its page references
+    /// until after the flush of the moved-from range. Undone: `xsa346-ref`.
+    pub batch_holds_page_refs: bool,
+    /// 5a991ad8a5 (`x86/iommu.c:674-718`): replaced or emptied IOMMU tables are queued
+    /// (`iommu_queue_free_pgtable`) and freed by a tasklet after the hypercall. Undone
+    /// (`free-queued-immediately`, synthetic, not Xen history): freed at once, before the
+    /// caller's flush.
+    pub free_queue_deferred: bool,
+    /// `vtd/iommu.c:2229` `++level < min_pt_levels` and `amd/iommu_map.c:523`
+    /// `++level < paging_mode`: the free-empty loop stops below the root, whose frame the
+    /// context / device table entries point at. Undone (`no-min-pt-levels`, synthetic, not
+    /// Xen history): the loop runs on while the table it emptied is empty, up to queueing
+    /// the root itself.
+    pub free_loop_level_bound: bool,
+    /// `vtd/iommu.c:2130` and `amd/iommu_map.c:92-108`: a map that leaves the PTE unchanged
+    /// returns without flush flags. Negative control (`no-identical-pte-check`): the PTE is
+    /// rewritten and reported as changed (only extra flushes).
+    pub identical_pte_short_circuit: bool,
+    /// e70a9a043a (`p2m-pt.c:538-546`): `p2m_flags_to_access` reconstructs the access of an
+    /// old 4K entry the right way round. Negative control (`e70a9a043a-undone`): d1bb6c97c3's
+    /// inverted test (its message: only extra updates, "never too few").
+    pub pt_flags_to_access_fixed: bool,
+    /// c8a25eb617: `iommu_pde_from_dfn` no longer flushes all pages after a shatter (the
+    /// caller flushes). Negative control (`c8a25eb617-undone`): the stray flush-all is back.
+    pub amd_shatter_no_flush_all: bool,
+    /// 83432adeb8: shared EPT honours `iommu_dont_flush_iotlb` (the batch flushes once
+    /// afterwards). Negative control (`83432adeb8-undone`): shared EPT also flushes at once.
+    pub shared_ept_honours_dont_flush: bool,
+}
+}
+
+/// The pinned master commit `c447b7308b`.
+const MASTER: Switches = Switches {
+    ept_need_modify_checks_iommu_flags: true,
+    pt_step_checks_iommu_flags: true,
+    pt_syncs_iommu: true,
+    amd_pte_change_checks_perms: true,
+    mmio_direct_honours_access: true,
+    mmio_direct_mapped: true,
+    ept_free_entry_last: true,
+    guest_remove_page_flushes: true,
+    batch_holds_page_refs: true,
+    free_queue_deferred: true,
+    free_loop_level_bound: true,
+    identical_pte_short_circuit: true,
+    pt_flags_to_access_fixed: true,
+    amd_shatter_no_flush_all: true,
+    shared_ept_honours_dont_flush: true,
+};
+
+macro_rules! undo {
+    ($name:literal, $kind:ident, $summary:literal, $field:ident) => {
+        Revision {
+            name: $name,
+            summary: $summary,
+            kind: RevisionKind::$kind,
+            switches: LineSwitches::Master(Switches {
+                $field: false,
+                ..MASTER
+            }),
+        }
+    };
+}
+
+/// Every named revision of the master line: the reference, then one change undone each.
+pub const REVISIONS: &[Revision] = &[
+    Revision {
+        name: "xen-master",
+        summary: "Xen master at c447b7308b (2026-08-18)",
+        kind: RevisionKind::Reference,
+        switches: LineSwitches::Master(MASTER),
+    },
+    undo!(
+        "ept-perm-noflush",
+        History,
+        "master without 6c0e4ad608: EPT keeps the IOMMU when only permissions change",
+        ept_need_modify_checks_iommu_flags
+    ),
+    undo!(
+        "pt-perm-noflush",
+        History,
+        "master without 660fd65d55: p2m-pt updates the IOMMU only when the mfn changes",
+        pt_step_checks_iommu_flags
+    ),
+    undo!(
+        "pt-no-sync",
+        History,
+        "854a49a748 before ee91a49a44: p2m-pt never updates the IOMMU",
+        pt_syncs_iommu
+    ),
+    undo!(
+        "amd-perm-noflush",
+        History,
+        "1a7ffe466c analogue undone: an AMD remap flushes only when the mfn changes",
+        amd_pte_change_checks_perms
+    ),
+    undo!(
+        "xsa378-access",
+        History,
+        "master without d1bb6c97c3: mmio_direct is mapped read/write whatever its access",
+        mmio_direct_honours_access
+    ),
+    undo!(
+        "mmio-nobreak",
+        History,
+        "50a498c8ba before 6f6d3b10ec: mmio_direct falls through to no IOMMU permission",
+        mmio_direct_mapped
+    ),
+    undo!(
+        "ept-free-first",
+        History,
+        "ept_set_entry frees a replaced subtree before the IOMMU flush",
+        ept_free_entry_last
+    ),
+    undo!(
+        "xsa346-remove",
+        History,
+        "master without dea460d869: guest_remove_page in the batch keeps dont_flush",
+        guest_remove_page_flushes
+    ),
+    undo!(
+        "xsa346-ref",
+        History,
+        "master without 5777a3742d: the batch drops page references before its flush",
+        batch_holds_page_refs
+    ),
+    undo!(
+        "free-queued-immediately",
+        Planted,
+        "synthetic, not Xen history: IOMMU tables are freed at once, not queued",
+        free_queue_deferred
+    ),
+    undo!(
+        "no-min-pt-levels",
+        Planted,
+        "synthetic, not Xen history: the free-empty loop runs up to the root",
+        free_loop_level_bound
+    ),
+    undo!(
+        "no-identical-pte-check",
+        NegativeControl,
+        "negative control: vendor map rewrites an identical PTE and reports a change",
+        identical_pte_short_circuit
+    ),
+    undo!(
+        "e70a9a043a-undone",
+        NegativeControl,
+        "negative control: p2m_flags_to_access inverted as in d1bb6c97c3",
+        pt_flags_to_access_fixed
+    ),
+    undo!(
+        "c8a25eb617-undone",
+        NegativeControl,
+        "negative control: AMD flushes all pages after a shatter",
+        amd_shatter_no_flush_all
+    ),
+    undo!(
+        "83432adeb8-undone",
+        NegativeControl,
+        "negative control: shared EPT flushes at once inside the batch too",
+        shared_ept_honours_dont_flush
+    ),
+];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_revision_undoes_exactly_one_switch() {
+        for r in &REVISIONS[1..] {
+            let LineSwitches::Master(s) = r.switches else {
+                panic!("{} is not a master revision", r.name)
+            };
+            assert_eq!(s.differing(&MASTER).len(), 1, "{}", r.name);
+        }
+        assert_eq!(REVISIONS.len(), Switches::NAMES.len() + 1);
+    }
+}
