@@ -181,6 +181,7 @@ impl Domain {
             map_pages: io.map_pages,
             unmap_pages: io.unmap_pages,
             records_created: self.iommu.caches.created,
+            ..ModelStats::default()
         }
     }
 
