@@ -26,4 +26,4 @@ pub use domain::Domain;
 pub use revision::{Line, Revision, RevisionKind, Switches};
 pub use stats::ModelStats;
 pub use types::*;
-pub use view::{DeviceView, P2mEntry, ViewSource};
+pub use view::{CpuExtent, DeviceView, P2mEntry, ViewSource};

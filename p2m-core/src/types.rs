@@ -20,6 +20,17 @@ pub const INVALID_MFN: Mfn = Mfn(u64::MAX);
 /// Models `max_page`: frames below it are `mfn_valid()`; above it is MMIO space.
 pub const MAX_PAGE: u64 = 1 << 32;
 
+/// Models `mmio_ro_ranges`: MMIO frames (above [`MAX_PAGE`], so not `mfn_valid`) that
+/// must never be mapped writable — by the CPU (`ept_p2m_type_to_flags`,
+/// `p2m_type_to_flags`) or, on the master line, by the IOMMU (`p2m_get_iommu_flags`).
+/// The 4.6 line does not model it.
+pub const MMIO_RO_FRAMES: std::ops::Range<u64> = MAX_PAGE + 0x100..MAX_PAGE + 0x200;
+
+/// Models `rangeset_contains_singleton(mmio_ro_ranges, mfn)`.
+pub fn in_mmio_ro_ranges(mfn: Mfn) -> bool {
+    MMIO_RO_FRAMES.contains(&mfn.0)
+}
+
 /// Width of the gfn space of a 4-level table (48-bit guest physical addresses).
 pub const GFN_BITS: u32 = 36;
 

@@ -17,6 +17,21 @@ pub struct P2mEntry {
     pub access: P2mAccess,
 }
 
+/// A run of the CPU view: every gfn of `range` has `type` and `access`, and maps
+/// `mfn + (gfn - range.start)` (or `INVALID_MFN` for all of them); consistent with
+/// `get_entry` at every gfn (an unmapped gfn reads as `INVALID_MFN`, `invalid`, `rwx`).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct CpuExtent {
+    /// Guest frames covered.
+    pub range: GfnRange,
+    /// Frame of `range.start`, or `INVALID_MFN`.
+    pub mfn: Mfn,
+    /// Type.
+    pub p2mt: P2mType,
+    /// Access.
+    pub access: P2mAccess,
+}
+
 /// Where a translation in the device view comes from.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum ViewSource {
