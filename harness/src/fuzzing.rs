@@ -4,10 +4,10 @@
 use std::sync::OnceLock;
 
 use arbitrary::{Arbitrary, Unstructured};
-use p2m_core::{Mode, Revision};
+use p2m_core::{HwSemantics, Mode, Revision};
 
 use crate::scenario::bytes::{decode_with_mode, HEADER_SIZE, OP_SIZE};
-use crate::{revision_from_env, run, Scenario};
+use crate::{hw_from, revision_from_env, run_with, strict_from_env, Scenario};
 
 /// The revision the targets check: `P2M_REVISION`, else `fixed`. An unknown name stops the
 /// fuzzer at once with a one-line error (exit 2) instead of fuzzing nothing.
@@ -22,9 +22,32 @@ pub fn target_revision() -> Revision {
     })
 }
 
-/// Runs `s` under the target revision; a divergence panics with the full report.
+/// The hardware semantics the targets impose (`P2M_HW`, else each scenario's own) and
+/// whether every class is fatal (`P2M_STRICT=1`); a bad value stops the fuzzer at once.
+pub fn target_options() -> (Option<HwSemantics>, bool) {
+    static OPTS: OnceLock<(Option<HwSemantics>, bool)> = OnceLock::new();
+    *OPTS.get_or_init(|| match hw_from(None) {
+        Ok(h) => (h, strict_from_env()),
+        Err(e) => {
+            eprintln!("p2m-fuzz target: P2M_HW: {e}");
+            std::process::exit(2)
+        }
+    })
+}
+
+/// Runs `s` under the target revision and options; a divergence panics with the full
+/// report.
 pub fn check(s: &Scenario) {
-    if let Some(d) = run(s, target_revision()).divergence {
+    let (hw, strict) = target_options();
+    let d = match hw {
+        Some(h) if h != s.config.hw => {
+            let mut s = s.clone();
+            s.config.hw = h;
+            run_with(&s, target_revision(), strict).divergence
+        }
+        _ => run_with(s, target_revision(), strict).divergence,
+    };
+    if let Some(d) = d {
         panic!("\n{d}");
     }
 }

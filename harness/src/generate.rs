@@ -61,6 +61,13 @@ impl Swarm {
         }
     }
 
+    /// Draws a swarm whose scenarios all have `config` (normalized).
+    pub fn for_config(rng: &mut SmallRng, config: Config) -> Swarm {
+        let mut s = Swarm::new(rng, Some(config.mode));
+        s.config = config.normalized();
+        s
+    }
+
     /// Draws one scenario from the swarm.
     pub fn scenario(&self, rng: &mut SmallRng) -> Scenario {
         let n = rng.gen_range(1..=self.max_ops);

@@ -14,7 +14,7 @@ pub mod runner;
 pub mod scenario;
 
 pub use oracle::{DivergenceClass, Finding};
-pub use runner::{run, Divergence, RunOutcome, RunStats, Session, StepOutcome};
+pub use runner::{run, run_with, Divergence, RunOutcome, RunStats, Session, StepOutcome};
 pub use scenario::{Op, Scenario};
 
 /// Resolves a revision by name, or explains which names exist.
@@ -50,4 +50,28 @@ pub fn assume_fixed(
     names: &[String],
 ) -> Result<p2m_core::Revision, String> {
     rev.assume_fixed(names)
+}
+
+/// The hardware semantics preset `name`, else `$P2M_HW`, else none (keep each
+/// scenario's own, conservative unless its config line says otherwise).
+pub fn hw_from(name: Option<&str>) -> Result<Option<p2m_core::HwSemantics>, String> {
+    let env = std::env::var("P2M_HW").ok().filter(|v| !v.is_empty());
+    match name.map(str::to_string).or(env) {
+        None => Ok(None),
+        Some(n) => p2m_core::HwSemantics::preset(&n).map(Some).ok_or_else(|| {
+            let names: Vec<&str> = p2m_core::HwSemantics::PRESETS.iter().map(|p| p.0).collect();
+            format!(
+                "unknown hardware preset '{n}' (known: {})",
+                names.join(", ")
+            )
+        }),
+    }
+}
+
+/// True when `$P2M_STRICT` asks for every divergence class to be fatal.
+pub fn strict_from_env() -> bool {
+    matches!(
+        std::env::var("P2M_STRICT").as_deref(),
+        Ok("1") | Ok("yes") | Ok("true")
+    )
 }

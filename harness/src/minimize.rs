@@ -2,12 +2,12 @@
 //! same divergence class.
 
 use crate::oracle::DivergenceClass;
-use crate::runner::run;
+use crate::runner::run_with;
 use crate::scenario::{MfnSel, Op, Scenario};
 use p2m_core::{P2mAccess, P2mType, Revision};
 
-fn class_of(s: &Scenario, rev: Revision) -> Option<DivergenceClass> {
-    run(s, rev).divergence.map(|d| d.class())
+fn class_of(s: &Scenario, rev: Revision, strict: bool) -> Option<DivergenceClass> {
+    run_with(s, rev, strict).divergence.map(|d| d.class())
 }
 
 /// Candidate simplifications of one op, simplest first.
@@ -85,12 +85,18 @@ fn with_order(e: &crate::scenario::SetEntryOp, order: u32) -> crate::scenario::S
 /// diverges with the same class under `rev`; then simplifies each op. Returns `s`
 /// unchanged when it does not diverge.
 pub fn minimize(s: &Scenario, rev: Revision) -> Scenario {
-    let Some(class) = class_of(s, rev) else {
+    minimize_with(s, rev, false)
+}
+
+/// [`minimize`], with every divergence class fatal when `strict` (so a leaked-table
+/// finding shrinks like any other).
+pub fn minimize_with(s: &Scenario, rev: Revision, strict: bool) -> Scenario {
+    let Some(class) = class_of(s, rev, strict) else {
         return s.clone();
     };
     let mut cur = s.clone();
     // Truncate after the observing op.
-    if let Some(d) = run(&cur, rev).divergence {
+    if let Some(d) = run_with(&cur, rev, strict).divergence {
         cur.ops.truncate(d.observed_op + 1);
     }
     loop {
@@ -103,7 +109,7 @@ pub fn minimize(s: &Scenario, rev: Revision) -> Scenario {
                 let mut t = cur.clone();
                 let end = (i + chunk).min(t.ops.len());
                 t.ops.drain(i..end);
-                if !t.ops.is_empty() && class_of(&t, rev) == Some(class) {
+                if !t.ops.is_empty() && class_of(&t, rev, strict) == Some(class) {
                     cur = t;
                     changed = true;
                 } else {
@@ -116,7 +122,7 @@ pub fn minimize(s: &Scenario, rev: Revision) -> Scenario {
             for cand in simpler_ops(&cur.ops[i]) {
                 let mut t = cur.clone();
                 t.ops[i] = cand;
-                if class_of(&t, rev) == Some(class) {
+                if class_of(&t, rev, strict) == Some(class) {
                     cur = t;
                     changed = true;
                     break;
@@ -126,7 +132,7 @@ pub fn minimize(s: &Scenario, rev: Revision) -> Scenario {
         if cur.allow_under_permissive {
             let mut t = cur.clone();
             t.allow_under_permissive = false;
-            if class_of(&t, rev) == Some(class) {
+            if class_of(&t, rev, strict) == Some(class) {
                 cur = t;
                 changed = true;
             }

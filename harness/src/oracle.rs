@@ -1,24 +1,43 @@
-//! The differential oracle (spec §4).
+//! The differential oracle (MODEL.md §4, MASTER.md §4.3).
 //!
-//! After each `set_entry` it compares, for the op's gfn range and every range a
-//! live cache record covers, everything a device could reach through the IOMMU
-//! (current tables, cached leaves, walks from cached non-leaf entries) with what
-//! the flat reference permits:
+//! After each op it compares the model with the flat reference over *everything the op
+//! changed* — the op's own range, every entry range the model wrote (so a superpage split
+//! or a replaced subtree counts whole), every range the IOMMU wrote or invalidated, every
+//! freed span — plus every range a live cache record covers. It also looks inside the op:
+//! every frame the op freed was checked by the model *at the moment of the free* for a
+//! current walk or a cached paging-structure record still reaching it.
 //!
-//! - **over-permissive** (fatal): a translation with a frame or a right the
+//! Classes (fatal ones stop the run; non-fatal ones are reported as notes and counted, and
+//! become fatal with `--strict` / `P2M_STRICT=1`):
+//!
+//! - **over-permissive** (fatal): a translation the device could use — current tables, an
+//!   IOTLB record, a walk from a paging-structure record — with a frame or right the
 //!   reference does not grant for that gfn;
-//! - **freed-frame reachable** (fatal): a walk passes through a freed table frame
-//!   (or one that holds no table of the structure);
-//! - **under-permissive** (fatal unless the scenario allows it): the current tables
-//!   grant less than the reference;
-//! - **CPU view**: `get_entry` or the `set_entry` result disagrees with the reference.
+//! - **freed-frame-reachable** (fatal): a walk passes through a freed (or non-table) frame
+//!   now, or a frame was freed while a current walk or a cached record still reached it;
+//! - **bad-free** (fatal): a structure freed a frame that was not one of its live tables
+//!   (a guest page, another structure's table, or a frame already free);
+//! - **under-permissive** (fatal unless the scenario allows it): the current tables grant
+//!   less than the reference over the ranges the op changed;
+//! - **cpu-view**: `set_entry`'s result or the CPU view (`get_entry`, compared as extents over
+//!   the changed ranges) disagrees with the reference;
+//! - **leaked-table** (non-fatal): a table was unlinked from its structure during the op
+//!   and is still allocated at its end, not freed or queued for freeing — a memory leak in
+//!   Xen (a denial-of-service class), not a DMA hole;
+//! - **cached-under-permissive** (non-fatal): a walk from a paging-structure record that
+//!   may still be cached reaches a table that no longer holds a mapping the reference
+//!   grants (a table installed later in its range is missed): the device may fault where
+//!   the guest expects DMA to work. It never gives access beyond the reference (a wrong
+//!   frame there is over-permissive), so by default it is reported, not fatal.
 //!
-//! Cost per op: proportional to the translations and reference extents in the
-//! checked ranges, never to the size of the gfn window.
+//! Cost per op: proportional to the translations, extents and records in the checked
+//! ranges and to the frames the op freed, never to the size of the gfn window.
 
+use p2m_core::cache::{CacheRecord, Invalidation, Issued, RecordKind};
+use p2m_core::events::{FreeEvent, Freed, ReachVia};
+use p2m_core::frames::TableOwner;
 use p2m_core::walk::{Translation, WalkFault};
-use p2m_core::ViewSource;
-use p2m_core::{Domain, GfnRange, Mfn, P2mError, INVALID_MFN};
+use p2m_core::{Domain, GfnRange, HwSemantics, Mfn, P2mError, ViewSource, INVALID_MFN};
 use reference_model::{RefModel, RefView};
 use std::fmt;
 
@@ -27,15 +46,33 @@ use std::fmt;
 pub enum DivergenceClass {
     /// The device can reach a frame or right the reference forbids.
     OverPermissive,
-    /// A device walk passes through a freed (or non-table) frame.
+    /// A device walk passes (or passed, when the frame was freed) through a freed frame.
     FreedFrameReachable,
     /// The current IOMMU view grants less than the reference.
     UnderPermissive,
     /// The CPU-side p2m disagrees with the reference.
     CpuView,
+    /// A structure freed a frame that was not one of its live tables.
+    BadFree,
+    /// A table was unlinked and neither freed nor queued (non-fatal by default).
+    LeakedTable,
+    /// A cached paging-structure walk misses a mapping the reference grants (non-fatal by
+    /// default).
+    CachedUnderPermissive,
 }
 
 impl DivergenceClass {
+    /// Every class.
+    pub const ALL: [DivergenceClass; 7] = [
+        DivergenceClass::OverPermissive,
+        DivergenceClass::FreedFrameReachable,
+        DivergenceClass::UnderPermissive,
+        DivergenceClass::CpuView,
+        DivergenceClass::BadFree,
+        DivergenceClass::LeakedTable,
+        DivergenceClass::CachedUnderPermissive,
+    ];
+
     /// Stable name (used in reports and regression file checks).
     pub fn name(self) -> &'static str {
         match self {
@@ -43,18 +80,24 @@ impl DivergenceClass {
             DivergenceClass::FreedFrameReachable => "freed-frame-reachable",
             DivergenceClass::UnderPermissive => "under-permissive",
             DivergenceClass::CpuView => "cpu-view",
+            DivergenceClass::BadFree => "bad-free",
+            DivergenceClass::LeakedTable => "leaked-table",
+            DivergenceClass::CachedUnderPermissive => "cached-under-permissive",
         }
     }
+
     /// Parses [`Self::name`].
     pub fn from_name(s: &str) -> Option<Self> {
-        [
-            DivergenceClass::OverPermissive,
-            DivergenceClass::FreedFrameReachable,
-            DivergenceClass::UnderPermissive,
-            DivergenceClass::CpuView,
-        ]
-        .into_iter()
-        .find(|c| c.name() == s)
+        Self::ALL.into_iter().find(|c| c.name() == s)
+    }
+
+    /// True when a finding of this class stops the run (`strict`: every class does).
+    pub fn is_fatal(self, strict: bool) -> bool {
+        strict
+            || !matches!(
+                self,
+                DivergenceClass::LeakedTable | DivergenceClass::CachedUnderPermissive
+            )
     }
 }
 
@@ -75,8 +118,26 @@ pub struct Finding {
     pub device: String,
     /// What the reference permits.
     pub reference: String,
-    /// `set_entry` sequence number that left the stale state (if from a cache record).
+    /// Op sequence number that left the stale state (if from a cache record).
     pub stale_seq: Option<u64>,
+    /// The cache record involved, if any (for the report's invalidation analysis).
+    pub record: Option<CacheRecord>,
+    /// Further lines for the report (the free, the split, ...), most important first.
+    pub context: Vec<String>,
+}
+
+impl Finding {
+    fn new(class: DivergenceClass, gfn: u64, device: String, reference: String) -> Finding {
+        Finding {
+            class,
+            gfn,
+            device,
+            reference,
+            stale_seq: None,
+            record: None,
+            context: Vec::new(),
+        }
+    }
 }
 
 fn describe_source(src: ViewSource) -> &'static str {
@@ -94,11 +155,49 @@ fn seq_of(src: ViewSource) -> Option<u64> {
     }
 }
 
+fn record_of(src: ViewSource) -> Option<CacheRecord> {
+    match src {
+        ViewSource::Current => None,
+        ViewSource::Cached { record, .. } => Some(record),
+    }
+}
+
 fn ref_desc(v: &RefView) -> String {
     if v.perm.is_none() {
         format!("gfn {} → nothing", v.range)
     } else {
         format!("gfn {} → mfn {} {}", v.range, v.mfn, v.perm)
+    }
+}
+
+/// The reference's device view of one gfn, described.
+fn ref_at(refm: &RefModel, gfn: u64) -> String {
+    refm.device_extents(GfnRange {
+        start: gfn,
+        end: gfn + 1,
+    })
+    .first()
+    .map(ref_desc)
+    .unwrap_or_default()
+}
+
+/// Describes a cache record on one line.
+pub fn describe_record(r: &CacheRecord) -> String {
+    match r.kind {
+        RecordKind::Leaf {
+            mfn,
+            perm,
+            leaf_pages,
+        } => format!(
+            "IOTLB record gfn {} → mfn {} {perm} ({}-page leaves)",
+            r.range,
+            Mfn(mfn),
+            leaf_pages
+        ),
+        RecordKind::NonLeaf { table, level, .. } => format!(
+            "paging-structure record gfn {} → L{level} table {table:#x}",
+            r.range
+        ),
     }
 }
 
@@ -121,14 +220,104 @@ pub fn merge_ranges(mut v: Vec<GfnRange>) -> Vec<GfnRange> {
     out
 }
 
-/// Checks the device view of `range` against the reference.
+fn owner_name(o: TableOwner) -> &'static str {
+    match o {
+        TableOwner::P2m => "p2m",
+        TableOwner::Iommu => "IOMMU",
+    }
+}
+
+/// Frees of this op that happened while something still reached the frame.
+pub fn check_free_events(dom: &Domain, refm: &RefModel) -> Option<Finding> {
+    let log = dom.op_log();
+    let (ev, reach): (&FreeEvent, _) = log
+        .frees
+        .iter()
+        .find_map(|e| e.reaches.first().map(|r| (e, r)))?;
+    let Freed::Table { owner, level } = ev.what;
+    let via = match reach.via {
+        ReachVia::CurrentWalk => "a walk of the current tables".to_string(),
+        ReachVia::CachedWalk { seq } => format!(
+            "a paging-structure record left by op #{}",
+            seq.saturating_sub(1)
+        ),
+    };
+    let mut f = Finding::new(
+        DivergenceClass::FreedFrameReachable,
+        reach.range.start,
+        format!(
+            "{via} for gfn {} still reached {} L{level} table {:#x} when this op freed it",
+            reach.range,
+            owner_name(owner),
+            ev.frame
+        ),
+        ref_at(refm, reach.range.start),
+    );
+    if let ReachVia::CachedWalk { seq } = reach.via {
+        f.stale_seq = Some(seq);
+    }
+    f.record = reach.record;
+    f.context.push(format!(
+        "freed: {} L{level} table {:#x} (translating gfn {})",
+        owner_name(owner),
+        ev.frame,
+        ev.span
+    ));
+    if let Some(r) = &reach.record {
+        f.context.push(format!("record: {}", describe_record(r)));
+    }
+    Some(f)
+}
+
+/// Frees of frames that were not live tables of the freeing structure.
+pub fn check_bad_frees(dom: &Domain) -> Option<Finding> {
+    let b = dom.op_log().bad_frees.first()?;
+    let what = match b.state {
+        None => "a frame that never held a table (guest memory?)".to_string(),
+        Some(p2m_core::frames::FrameState::Free) => "a frame that was already free".to_string(),
+        Some(p2m_core::frames::FrameState::Table { owner, level }) => {
+            format!("an {} L{level} table", owner_name(owner))
+        }
+    };
+    Some(Finding::new(
+        DivergenceClass::BadFree,
+        0,
+        format!(
+            "the {} structure freed frame {:#x}: {what}",
+            owner_name(b.owner),
+            b.frame
+        ),
+        "only live tables of the freeing structure are freed".into(),
+    ))
+}
+
+/// Tables unlinked during the op that are still allocated at its end.
+pub fn check_leaks(dom: &Domain) -> Option<Finding> {
+    let u = dom.op_log().leaked(dom.mem()).next()?;
+    Some(Finding::new(
+        DivergenceClass::LeakedTable,
+        u.span.start,
+        format!(
+            "{} L{} table {:#x} (translating gfn {}) was unlinked and is still allocated",
+            owner_name(u.owner),
+            u.level,
+            u.frame,
+            u.span
+        ),
+        "an unlinked table is freed, or queued for freeing".into(),
+    ))
+}
+
+/// Checks the device view of `range` against the reference; `check_under` also judges
+/// under-permission of the current tables. Returns the first fatal-or-not finding of
+/// each kind: `(fatal, cached-under-permissive note)`.
 pub fn check_range(
     dom: &Domain,
     refm: &RefModel,
     range: GfnRange,
     allow_under: bool,
     check_under: bool,
-) -> Option<Finding> {
+) -> (Option<Finding>, Option<Finding>) {
     let dv = dom.device_view(range);
     if let Some((f, src)) = dv.faults.first() {
         let (frame, r, what) = match f {
@@ -137,26 +326,21 @@ pub fn check_range(
                 (*frame, *range, "frame that holds no table (guest data?)")
             }
         };
-        return Some(Finding {
-            class: DivergenceClass::FreedFrameReachable,
-            gfn: r.start,
-            device: format!(
+        let mut fd = Finding::new(
+            DivergenceClass::FreedFrameReachable,
+            r.start,
+            format!(
                 "{} for gfn {} walks through {} {:#x}",
                 describe_source(*src),
                 r,
                 what,
                 frame
             ),
-            reference: refm
-                .device_extents(GfnRange {
-                    start: r.start,
-                    end: r.start + 1,
-                })
-                .first()
-                .map(ref_desc)
-                .unwrap_or_default(),
-            stale_seq: seq_of(*src),
-        });
+            ref_at(refm, r.start),
+        );
+        fd.stale_seq = seq_of(*src);
+        fd.record = record_of(*src);
+        return (Some(fd), None);
     }
     let views = refm.device_extents(range);
     for (t, src) in &dv.translations {
@@ -164,7 +348,7 @@ pub fn check_range(
             continue;
         }
         if let Some(f) = over_permissive(t, *src, &views) {
-            return Some(f);
+            return (Some(f), None);
         }
     }
     if check_under && !allow_under {
@@ -175,7 +359,63 @@ pub fn check_range(
             .map(|(t, _)| t)
             .collect();
         for v in &views {
-            if let Some(f) = under_permissive(v, &current) {
+            if let Some(f) = under_permissive(v, &current, "current tables") {
+                return (Some(f), None);
+            }
+        }
+    }
+    (
+        None,
+        cached_under_permissive(&dv.translations, &views, range),
+    )
+}
+
+/// A walk from a paging-structure record that lacks a mapping the reference grants.
+fn cached_under_permissive(
+    translations: &[(Translation, ViewSource)],
+    views: &[RefView],
+    range: GfnRange,
+) -> Option<Finding> {
+    let mut records: Vec<CacheRecord> = translations
+        .iter()
+        .filter_map(|(_, s)| match s {
+            ViewSource::Cached {
+                nonleaf: true,
+                record,
+                ..
+            } => Some(*record),
+            _ => None,
+        })
+        .collect();
+    records.dedup();
+    for rec in records {
+        let Some(span) = rec.range.intersect(&range) else {
+            continue;
+        };
+        let walk: Vec<&Translation> = translations
+            .iter()
+            .filter(|(_, s)| {
+                matches!(s, ViewSource::Cached { nonleaf: true, record, .. } if *record == rec)
+            })
+            .map(|(t, _)| t)
+            .collect();
+        for v in views {
+            let Some(part) = v.range.intersect(&span) else {
+                continue;
+            };
+            let clipped = RefView {
+                range: part,
+                mfn: if v.perm.is_none() {
+                    v.mfn
+                } else {
+                    v.mfn.plus(part.start - v.range.start)
+                },
+                perm: v.perm,
+            };
+            if let Some(mut f) = under_permissive(&clipped, &walk, "paging-structure-cache walk") {
+                f.class = DivergenceClass::CachedUnderPermissive;
+                f.stale_seq = Some(rec.seq);
+                f.record = Some(rec);
                 return Some(f);
             }
         }
@@ -190,18 +430,18 @@ fn over_permissive(t: &Translation, src: ViewSource, views: &[RefView]) -> Optio
         };
         let t_mfn = t.mfn.wrapping_add(o.start - t.range.start);
         let v_mfn = if v.mfn == INVALID_MFN {
-            Some(INVALID_MFN.0)
+            INVALID_MFN.0
         } else {
-            Some(v.mfn.0.wrapping_add(o.start - v.range.start))
+            v.mfn.0.wrapping_add(o.start - v.range.start)
         };
         let ok = !v.perm.is_none()
-            && v_mfn.map(frame_field) == Some(frame_field(t_mfn))
+            && frame_field(v_mfn) == frame_field(t_mfn)
             && t.perm.is_subset_of(v.perm);
         if !ok {
-            return Some(Finding {
-                class: DivergenceClass::OverPermissive,
-                gfn: o.start,
-                device: format!(
+            let mut f = Finding::new(
+                DivergenceClass::OverPermissive,
+                o.start,
+                format!(
                     "{} maps gfn {} → mfn {} {} (leaf of {} pages)",
                     describe_source(src),
                     o,
@@ -209,19 +449,21 @@ fn over_permissive(t: &Translation, src: ViewSource, views: &[RefView]) -> Optio
                     t.perm,
                     t.leaf_pages
                 ),
-                reference: ref_desc(&RefView {
+                ref_desc(&RefView {
                     range: o,
-                    mfn: v_mfn.map(Mfn).unwrap_or(INVALID_MFN),
+                    mfn: Mfn(v_mfn),
                     perm: v.perm,
                 }),
-                stale_seq: seq_of(src),
-            });
+            );
+            f.stale_seq = seq_of(src);
+            f.record = record_of(src);
+            return Some(f);
         }
     }
     None
 }
 
-fn under_permissive(v: &RefView, current: &[&Translation]) -> Option<Finding> {
+fn under_permissive(v: &RefView, current: &[&Translation], what: &str) -> Option<Finding> {
     if v.perm.is_none() {
         return None;
     }
@@ -233,81 +475,237 @@ fn under_permissive(v: &RefView, current: &[&Translation]) -> Option<Finding> {
         .collect();
     pieces.sort_by_key(|t| t.range.start);
     let fail = |gfn: u64, dev: String| {
-        Some(Finding {
-            class: DivergenceClass::UnderPermissive,
+        Some(Finding::new(
+            DivergenceClass::UnderPermissive,
             gfn,
-            device: dev,
-            reference: ref_desc(v),
-            stale_seq: None,
-        })
+            dev,
+            ref_desc(v),
+        ))
     };
     for t in pieces {
         let o = t.range.intersect(&v.range)?;
         if o.start > covered {
-            return fail(
-                covered,
-                format!("current tables map nothing at gfn {covered:#x}"),
-            );
+            return fail(covered, format!("{what} map nothing at gfn {covered:#x}"));
         }
         let want = v.mfn.0.wrapping_add(o.start - v.range.start);
         let got = t.mfn.wrapping_add(o.start - t.range.start);
         if frame_field(got) != frame_field(want) || !v.perm.is_subset_of(t.perm) {
             return fail(
                 o.start,
-                format!("current tables map gfn {} → mfn {} {}", o, Mfn(got), t.perm),
+                format!("{what} map gfn {} → mfn {} {}", o, Mfn(got), t.perm),
             );
         }
         covered = covered.max(o.end);
     }
     if covered < v.range.end {
-        return fail(
-            covered,
-            format!("current tables map nothing at gfn {covered:#x}"),
-        );
+        return fail(covered, format!("{what} map nothing at gfn {covered:#x}"));
     }
     None
 }
 
-/// Compares the `set_entry` results and the CPU view at a few gfns of the op range.
+/// Compares the `set_entry` results, then the CPU view of every range in `ranges` as
+/// extents (model `cpu_extents` against the reference's).
 pub fn check_cpu(
     dom: &Domain,
     refm: &RefModel,
     real: Result<(), P2mError>,
     reference: Result<(), P2mError>,
-    range: GfnRange,
+    ranges: &[GfnRange],
 ) -> Option<Finding> {
     // Both must accept or both refuse; the error kinds may be checked in another
     // order (Xen's p2m-pt tests the type before anything else).
     if real.is_ok() != reference.is_ok() {
-        return Some(Finding {
-            class: DivergenceClass::CpuView,
-            gfn: range.start,
-            device: format!("set_entry returned {real:?}"),
-            reference: format!("reference returned {reference:?}"),
-            stale_seq: None,
-        });
+        return Some(Finding::new(
+            DivergenceClass::CpuView,
+            ranges.first().map_or(0, |r| r.start),
+            format!("set_entry returned {real:?}"),
+            format!("reference returned {reference:?}"),
+        ));
     }
-    if real.is_err() || range.start >> p2m_core::GFN_BITS != 0 {
-        return None;
-    }
-    let probes = [range.start, range.start + range.len() / 2, range.end - 1];
-    for g in probes {
-        let (rmfn, rtype, _) = refm.get_entry(g);
-        let got = dom.get_entry(g);
-        let (gmfn, gtype) = match got {
-            Some(e) => (e.mfn, e.p2mt),
-            None => (INVALID_MFN, p2m_core::P2mType::Invalid),
+    for &range in ranges {
+        let range = GfnRange {
+            start: range.start,
+            end: range.end.min(1u64 << p2m_core::GFN_BITS),
         };
-        let mfn_ok = !rmfn.is_valid() || gmfn == rmfn;
-        if gtype != rtype || !mfn_ok {
-            return Some(Finding {
-                class: DivergenceClass::CpuView,
-                gfn: g,
-                device: format!("get_entry gives mfn {gmfn} {gtype}"),
-                reference: format!("mfn {rmfn} {rtype}"),
-                stale_seq: None,
-            });
+        if range.is_empty() {
+            continue;
+        }
+        let model = dom.cpu_extents(range);
+        let want = refm.cpu_extents(range);
+        let (mut i, mut j) = (0, 0);
+        while i < model.len() && j < want.len() {
+            let m = &model[i];
+            let (wr, wmfn, wtype, _) = want[j];
+            if let Some(o) = m.range.intersect(&wr) {
+                let rmfn = if wmfn == INVALID_MFN {
+                    INVALID_MFN
+                } else {
+                    wmfn.plus(o.start - wr.start)
+                };
+                let gmfn = if m.mfn == INVALID_MFN {
+                    INVALID_MFN
+                } else {
+                    m.mfn.plus(o.start - m.range.start)
+                };
+                let mfn_ok = !rmfn.is_valid() || gmfn == rmfn;
+                if m.p2mt != wtype || !mfn_ok {
+                    return Some(Finding::new(
+                        DivergenceClass::CpuView,
+                        o.start,
+                        format!("get_entry gives gfn {o} → mfn {gmfn} {}", m.p2mt),
+                        format!("gfn {o} → mfn {rmfn} {wtype}"),
+                    ));
+                }
+            }
+            if m.range.end <= wr.end {
+                i += 1;
+            } else {
+                j += 1;
+            }
         }
     }
     None
+}
+
+/// Why `inv` did not remove the record `r` (or `None` if it would have), under `hw`.
+pub fn why_not_covered(inv: &Issued, r: &CacheRecord, hw: HwSemantics) -> Option<String> {
+    let (range, cmd_pages, nonleaf) = match inv.cmd {
+        Invalidation::VtdDsi | Invalidation::AmdAllPages => return None,
+        Invalidation::VtdPsi { gfn, order, ih } => {
+            let start = gfn & !((1u64 << order) - 1);
+            (
+                GfnRange {
+                    start,
+                    end: start + (1u64 << order) * inv.pages.max(1),
+                },
+                1u64 << order,
+                !ih,
+            )
+        }
+        Invalidation::AmdPages { gfn, order } => {
+            let start = gfn & !((1u64 << order) - 1);
+            (
+                GfnRange {
+                    start,
+                    end: start + (1u64 << order) * inv.pages.max(1),
+                },
+                1u64 << order,
+                order != 0 || !hw.amd_pde0_keeps_pdc,
+            )
+        }
+    };
+    if r.range.intersect(&range).is_none() {
+        return Some(format!("does not cover gfn {}", r.range));
+    }
+    match r.kind {
+        RecordKind::NonLeaf { .. } if !nonleaf => Some(
+            "keeps paging-structure (page-directory) entries: order 0 means PDE=0 on AMD, IH=1 on VT-d"
+                .into(),
+        ),
+        RecordKind::Leaf { leaf_pages, .. }
+            if leaf_pages > cmd_pages && hw.superpage_survives_partial_inval =>
+        {
+            Some(format!(
+                "covers {cmd_pages} page(s) per command, less than the cached {leaf_pages}-page entry (hw: superpage-survives-partial-inval=yes)"
+            ))
+        }
+        _ => None,
+    }
+}
+
+/// What the report should say about the invalidations issued by ops `from..=to`
+/// (`issued[op]` per op) and the stale record `r`: which command came closest and why it
+/// missed, or that none was issued.
+pub fn explain_record(
+    r: &CacheRecord,
+    issued: &[(usize, Issued)],
+    from: usize,
+    to: usize,
+    hw: HwSemantics,
+) -> String {
+    let mut lines = Vec::new();
+    for (op, inv) in issued.iter().filter(|(op, _)| (from..=to).contains(op)) {
+        match why_not_covered(inv, r, hw) {
+            Some(why) => lines.push(format!("op #{op} issued {inv}: {why}")),
+            None => lines.push(format!(
+                "op #{op} issued {inv}, which removes it if issued after the record was made"
+            )),
+        }
+    }
+    if lines.is_empty() {
+        return format!("no invalidation was issued by ops #{from}..#{to}");
+    }
+    // The most informative: a command that hit the record's range but missed it.
+    lines.sort_by_key(|l| l.contains("does not cover"));
+    lines.join("; ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use p2m_core::IommuPerm;
+
+    fn leaf(start: u64, len: u64, pages: u64) -> CacheRecord {
+        CacheRecord {
+            range: GfnRange {
+                start,
+                end: start + len,
+            },
+            kind: RecordKind::Leaf {
+                mfn: 0x1000,
+                perm: IommuPerm::RW,
+                leaf_pages: pages,
+            },
+            seq: 1,
+        }
+    }
+
+    #[test]
+    fn invalidation_misses_are_explained() {
+        let hw = HwSemantics::CONSERVATIVE;
+        let psi0 = Issued {
+            cmd: Invalidation::VtdPsi {
+                gfn: 0x200,
+                order: 0,
+                ih: false,
+            },
+            pages: 1,
+        };
+        let why = why_not_covered(&psi0, &leaf(0x200, 512, 512), hw).unwrap();
+        assert!(why.contains("less than the cached 512-page entry"), "{why}");
+        assert!(why_not_covered(&psi0, &leaf(0x200, 1, 1), hw).is_none());
+        let far = why_not_covered(&psi0, &leaf(0x400, 1, 1), hw).unwrap();
+        assert!(far.contains("does not cover"));
+        let nl = CacheRecord {
+            kind: RecordKind::NonLeaf {
+                table: 0x40000,
+                level: 1,
+                generation: 1,
+                perm: IommuPerm::RW,
+            },
+            ..leaf(0x200, 512, 1)
+        };
+        let amd0 = Issued {
+            cmd: Invalidation::AmdPages {
+                gfn: 0x200,
+                order: 0,
+            },
+            pages: 1,
+        };
+        assert!(why_not_covered(&amd0, &nl, hw).unwrap().contains("PDE=0"));
+        assert_eq!(
+            explain_record(&nl, &[], 1, 2, hw),
+            "no invalidation was issued by ops #1..#2"
+        );
+    }
+
+    #[test]
+    fn non_fatal_classes() {
+        assert!(!DivergenceClass::LeakedTable.is_fatal(false));
+        assert!(DivergenceClass::LeakedTable.is_fatal(true));
+        assert!(DivergenceClass::BadFree.is_fatal(false));
+        for c in DivergenceClass::ALL {
+            assert_eq!(DivergenceClass::from_name(c.name()), Some(c));
+        }
+    }
 }

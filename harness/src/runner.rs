@@ -1,7 +1,11 @@
 //! The runner: applies each op to the model and the reference, then runs the oracle.
 
-use crate::oracle::{check_cpu, check_range, merge_ranges, DivergenceClass, Finding};
+use crate::oracle::{
+    check_bad_frees, check_cpu, check_free_events, check_leaks, check_range, explain_record,
+    merge_ranges, DivergenceClass, Finding,
+};
 use crate::scenario::{MfnSel, Op, Scenario};
+use p2m_core::cache::Issued;
 use p2m_core::{Config, Domain, GfnRange, Mfn, ModelStats, Revision, INVALID_MFN};
 use reference_model::{IommuPolicy, RefModel};
 use std::fmt;
@@ -21,6 +25,8 @@ pub struct RunStats {
     pub range_checks: u64,
     /// Frees the oracle checked at the moment they happened.
     pub free_checks: u64,
+    /// Non-fatal findings (leaked tables, cached under-permission) seen.
+    pub notes: u64,
     /// What the model did.
     pub model: ModelStats,
 }
@@ -36,6 +42,7 @@ impl RunStats {
         }
         self.range_checks += o.range_checks;
         self.free_checks += o.free_checks;
+        self.notes += o.notes;
         self.model.add(&o.model);
     }
 
@@ -50,6 +57,7 @@ impl RunStats {
             ("order18", self.by_order[2]),
             ("range_checks", self.range_checks),
             ("free_checks", self.free_checks),
+            ("notes", self.notes),
         ];
         v.extend(self.model.fields());
         v
@@ -71,6 +79,10 @@ pub struct Divergence {
     pub revision: &'static str,
     /// The scenario's ops up to and including the observing one, numbered.
     pub trace: Vec<String>,
+    /// The invalidation commands each op of `trace` issued.
+    pub flushes: Vec<Vec<String>>,
+    /// Why no invalidation removed the stale record (when a record is to blame).
+    pub explanation: Option<String>,
 }
 
 impl Divergence {
@@ -85,20 +97,32 @@ impl fmt::Display for Divergence {
         let d = &self.finding;
         writeln!(f, "DIVERGENCE: {} at gfn {:#x}", d.class, d.gfn)?;
         writeln!(f, "  config:    {} revision={}", self.config, self.revision)?;
+        writeln!(f, "  hardware:  {}", self.config.hw)?;
         writeln!(f, "  device:    {}", d.device)?;
         writeln!(f, "  reference: {}", d.reference)?;
+        for c in &d.context {
+            writeln!(f, "  {c}")?;
+        }
         match self.stale_op {
-            Some(i) => writeln!(f, "  stale state left by op #{i}: {}", self.trace[i])?,
-            None => writeln!(f, "  state left by the observing op itself")?,
+            Some(i) if i < self.trace.len() => {
+                writeln!(f, "  stale state left by op #{i}: {}", self.trace[i])?
+            }
+            _ => writeln!(f, "  state left by the observing op itself")?,
         }
         writeln!(
             f,
             "  observed after op #{}: {}",
             self.observed_op, self.trace[self.observed_op]
         )?;
-        writeln!(f, "  trace:")?;
+        if let Some(e) = &self.explanation {
+            writeln!(f, "  not invalidated: {e}")?;
+        }
+        writeln!(f, "  trace (with the invalidations each op issued):")?;
         for (i, l) in self.trace.iter().enumerate() {
             writeln!(f, "    #{i:<3} {l}")?;
+            for fl in self.flushes.get(i).into_iter().flatten() {
+                writeln!(f, "           flushed: {fl}")?;
+            }
         }
         Ok(())
     }
@@ -107,8 +131,10 @@ impl fmt::Display for Divergence {
 /// The outcome of running one scenario.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RunOutcome {
-    /// The first divergence, if any.
+    /// The first fatal divergence, if any.
     pub divergence: Option<Divergence>,
+    /// The first non-fatal finding of each class, in the order seen.
+    pub notes: Vec<Divergence>,
     /// What the run exercised.
     pub stats: RunStats,
 }
@@ -160,6 +186,8 @@ pub struct Session {
     revision: &'static str,
     /// Tolerate under-permissive views (the scenario flag).
     allow_under_permissive: bool,
+    /// Every class is fatal (`--strict`, `P2M_STRICT=1`).
+    strict: bool,
     /// The model of Xen.
     dom: Domain,
     /// The flat reference.
@@ -168,6 +196,10 @@ pub struct Session {
     stats: RunStats,
     /// The ops applied so far with their resolved frames.
     steps: Vec<Step>,
+    /// Invalidations issued, tagged with the index of the op that issued them.
+    issued: Vec<(usize, Issued)>,
+    /// First non-fatal finding of each class.
+    notes: Vec<Divergence>,
 }
 
 impl Session {
@@ -178,10 +210,13 @@ impl Session {
             cfg,
             revision: revision.name,
             allow_under_permissive: false,
+            strict: false,
             dom: Domain::new(cfg, revision),
             refm: RefModel::new(cfg, IommuPolicy::Xen46),
             stats: RunStats::default(),
             steps: Vec::new(),
+            issued: Vec::new(),
+            notes: Vec::new(),
         }
     }
 
@@ -190,6 +225,16 @@ impl Session {
         let mut sess = Session::new(s.config, revision);
         sess.allow_under_permissive = s.allow_under_permissive;
         sess
+    }
+
+    /// Makes every class fatal (leaked tables and cached under-permission included).
+    pub fn set_strict(&mut self, strict: bool) {
+        self.strict = strict;
+    }
+
+    /// The non-fatal findings so far (first of each class).
+    pub fn notes(&self) -> &[Divergence] {
+        &self.notes
     }
 
     /// Sets the scenario flag that tolerates under-permissive views.
@@ -257,28 +302,62 @@ impl Session {
         } else {
             GfnRange::of_order(e.gfn, 0)
         };
-        let mut finding = check_cpu(&self.dom, &self.refm, real, reference, op_range);
+        let log = self.dom.op_log();
+        stats.free_checks += log.frees.len() as u64;
+        let idx = self.steps.len() - 1;
+        self.issued
+            .extend(log.invalidations.iter().map(|inv| (idx, *inv)));
+        let mut changed: Vec<GfnRange> = log.changed.clone();
+        for inv in &log.invalidations {
+            if let (Some(r), _) = inv.cmd.scope() {
+                changed.push(GfnRange {
+                    start: r.start,
+                    end: r.start + r.len() * inv.pages.max(1),
+                });
+            }
+        }
+        if real.is_ok() {
+            changed.push(op_range);
+        }
+        let changed = merge_ranges(changed);
+        let mut notes: Vec<Finding> = Vec::new();
+        // Inside-the-op findings first: they are the earliest and the root of later ones.
+        let mut finding = check_free_events(&self.dom, &self.refm)
+            .or_else(|| check_bad_frees(&self.dom))
+            .or_else(|| check_cpu(&self.dom, &self.refm, real, reference, &changed));
         if finding.is_none() {
             let mut ranges: Vec<GfnRange> =
                 self.dom.cache_records().iter().map(|r| r.range).collect();
-            ranges.extend_from_slice(&self.dom.op_log().changed);
-            if real.is_ok() {
-                ranges.push(op_range);
-            }
-            let merged = merge_ranges(ranges);
-            for r in merged {
+            ranges.extend_from_slice(&changed);
+            for r in merge_ranges(ranges) {
                 stats.range_checks += 1;
-                // Under-permissive is judged on the op's own range only.
-                let check_under = real.is_ok() && r.intersect(&op_range).is_some();
-                finding = check_range(
+                // Under-permission is judged where the op changed something.
+                let check_under = real.is_ok() && changed.iter().any(|c| c.intersect(&r).is_some());
+                let (fatal, note) = check_range(
                     &self.dom,
                     &self.refm,
                     r,
                     self.allow_under_permissive,
                     check_under,
                 );
-                if finding.is_some() {
+                notes.extend(note);
+                if fatal.is_some() {
+                    finding = fatal;
                     break;
+                }
+            }
+        }
+        if finding.is_none() {
+            notes.extend(check_leaks(&self.dom));
+        }
+        for n in notes {
+            if n.class.is_fatal(self.strict) {
+                finding = finding.or(Some(n));
+            } else {
+                self.stats.notes += 1;
+                if !self.notes.iter().any(|d| d.finding.class == n.class) {
+                    let d = self.divergence(n);
+                    self.notes.push(d);
                 }
             }
         }
@@ -291,13 +370,31 @@ impl Session {
     /// The report for a finding of the last op: its trace lines are built here.
     pub fn divergence(&self, finding: Finding) -> Divergence {
         let stale_op = finding.stale_seq.map(|q| q.saturating_sub(1) as usize);
+        let observed_op = self.steps.len().saturating_sub(1);
+        let mut flushes = vec![Vec::new(); self.steps.len()];
+        for (op, inv) in &self.issued {
+            if let Some(v) = flushes.get_mut(*op) {
+                v.push(inv.to_string());
+            }
+        }
+        let explanation = finding.record.map(|r| {
+            explain_record(
+                &r,
+                &self.issued,
+                stale_op.unwrap_or(observed_op),
+                observed_op,
+                self.cfg.hw,
+            )
+        });
         Divergence {
             finding,
-            observed_op: self.steps.len().saturating_sub(1),
+            observed_op,
             stale_op,
             config: self.cfg,
             revision: self.revision,
             trace: self.steps.iter().map(Step::line).collect(),
+            flushes,
+            explanation,
         }
     }
 
@@ -328,9 +425,15 @@ pub struct StepOutcome {
     pub both_refused: bool,
 }
 
-/// Runs a scenario under a revision, stopping at the first divergence.
+/// Runs a scenario under a revision, stopping at the first fatal divergence.
 pub fn run(s: &Scenario, revision: Revision) -> RunOutcome {
+    run_with(s, revision, false)
+}
+
+/// [`run`], with every class fatal when `strict`.
+pub fn run_with(s: &Scenario, revision: Revision, strict: bool) -> RunOutcome {
     let mut sess = Session::for_scenario(s, revision);
+    sess.set_strict(strict);
     let mut divergence = None;
     for op in &s.ops {
         if let Some(f) = sess.step(op) {
@@ -340,6 +443,7 @@ pub fn run(s: &Scenario, revision: Revision) -> RunOutcome {
     }
     RunOutcome {
         divergence,
+        notes: sess.notes.clone(),
         stats: sess.stats(),
     }
 }

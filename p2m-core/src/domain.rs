@@ -10,7 +10,7 @@ use crate::frames::MachineMemory;
 use crate::revision::{Line, Revision, Switches};
 use crate::stats::ModelStats;
 use crate::types::{Config, GfnRange, Mfn, P2mAccess, P2mError, P2mType};
-use crate::view::{DeviceView, P2mEntry};
+use crate::view::{CpuExtent, DeviceView, P2mEntry};
 use crate::walk::{IoTables, WalkResult};
 use crate::xen46;
 
@@ -83,6 +83,13 @@ impl Domain {
     pub fn get_entry(&self, gfn: u64) -> Option<P2mEntry> {
         match self {
             Domain::Xen46(d) => d.get_entry(gfn),
+        }
+    }
+
+    /// The CPU view of `range` as extents, consistent with [`Domain::get_entry`].
+    pub fn cpu_extents(&self, range: GfnRange) -> Vec<CpuExtent> {
+        match self {
+            Domain::Xen46(d) => d.cpu_extents(range),
         }
     }
 

@@ -174,6 +174,23 @@ impl OpLog {
         frames: &[(u64, u8)],
         span: GfnRange,
     ) {
+        self.free_tables_own(mem, io, io, records, owner, frames, span)
+    }
+
+    /// [`Self::free_tables`] for a structure `own` that the IOMMU may not walk (a p2m
+    /// with separate IOMMU tables): a current walk of `own` still reaching a freed frame
+    /// (its root included) is a reach too — the structure freed a table it still links.
+    #[allow(clippy::too_many_arguments)]
+    pub fn free_tables_own(
+        &mut self,
+        mem: &mut MachineMemory,
+        io: &dyn IoTables,
+        own: &dyn IoTables,
+        records: &[CacheRecord],
+        owner: TableOwner,
+        frames: &[(u64, u8)],
+        span: GfnRange,
+    ) {
         if frames.is_empty() {
             return;
         }
@@ -182,9 +199,37 @@ impl OpLog {
         sorted.sort_unstable();
         let hit = |t: u64| sorted.binary_search(&t).is_ok();
         let mut reaches: Vec<(u64, Reach)> = Vec::new();
-        // Walks only ever enter frames of the structure the IOMMU walks.
-        if io.owner() == owner {
-            let cur = walk_root(io, mem, span);
+        let same = std::ptr::addr_eq(io as *const dyn IoTables, own as *const dyn IoTables);
+        let structures: &[&dyn IoTables] = if same { &[io] } else { &[io, own] };
+        // Where to look: the freed span, and the span a freed frame was allocated for when
+        // that lies elsewhere (a wrong free of a table linked under other gfns).
+        let mut spans = vec![span];
+        for &(f, _) in frames {
+            if let Some(s) = mem.info(f).and_then(|i| i.span) {
+                if s.intersect(&span) != Some(s) && !spans.contains(&s) {
+                    spans.push(s);
+                }
+            }
+        }
+        for (&structure, &look) in structures
+            .iter()
+            .flat_map(|s| spans.iter().map(move |l| (s, l)))
+        {
+            if structure.owner() != owner {
+                continue;
+            }
+            let (root, _) = structure.io_root();
+            if hit(root) && look == span {
+                reaches.push((
+                    root,
+                    Reach {
+                        via: ReachVia::CurrentWalk,
+                        range: span,
+                        record: None,
+                    },
+                ));
+            }
+            let cur = walk_root(structure, mem, look);
             for &(range, table, ..) in &cur.nonleaf {
                 if hit(table) {
                     reaches.push((
@@ -197,6 +242,9 @@ impl OpLog {
                     ));
                 }
             }
+        }
+        // Cached walks only ever enter frames of the structure the IOMMU walks.
+        if io.owner() == owner {
             for r in records {
                 let RecordKind::NonLeaf {
                     table,
@@ -249,9 +297,12 @@ impl OpLog {
                 }
             }
         }
-        for &(frame, level) in frames {
+        for &(frame, expected_level) in frames {
             let state = mem.info(frame).map(|i| i.state);
-            let live = matches!(state, Some(FrameState::Table { owner: o, .. }) if o == owner);
+            let (live, level) = match state {
+                Some(FrameState::Table { owner: o, level }) if o == owner => (true, level),
+                _ => (false, expected_level),
+            };
             if !live {
                 self.bad_frees.push(BadFree {
                     frame,

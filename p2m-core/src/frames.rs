@@ -11,6 +11,8 @@ pub const TABLE_POOL_BASE: u64 = 0x40000;
 /// table frame can also be a legal order-9 `mfn` argument.
 pub const TABLE_POOL_STRIDE: u64 = 512;
 
+use crate::types::GfnRange;
+
 /// Who owns a table frame.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum TableOwner {
@@ -42,6 +44,9 @@ pub struct FrameInfo {
     /// Bumped at every allocation: a cache record naming an older generation
     /// points at a frame that was freed (and perhaps reused) since.
     pub generation: u32,
+    /// The guest frames the table translates, when its allocator said so
+    /// ([`MachineMemory::alloc_for`]): where to look for whatever still links it.
+    pub span: Option<GfnRange>,
 }
 
 /// The frame allocator and the per-frame state.
@@ -65,6 +70,20 @@ impl MachineMemory {
         }
     }
 
+    /// Allocates a table frame for the table at `level` that translates `gfn`: as
+    /// [`Self::alloc`], also recording the guest span the table covers.
+    pub fn alloc_for(&mut self, owner: TableOwner, level: u8, gfn: u64) -> u64 {
+        let m = self.alloc(owner, level);
+        let pages = crate::tables::pages_per_table(level);
+        if let Some(info) = Self::slot(m).and_then(|s| self.frames.get_mut(s)) {
+            info.span = Some(GfnRange {
+                start: gfn & !(pages - 1),
+                end: (gfn & !(pages - 1)).saturating_add(pages),
+            });
+        }
+        m
+    }
+
     /// Allocates a table frame: the most recently freed one, else a fresh one.
     pub fn alloc(&mut self, owner: TableOwner, level: u8) -> u64 {
         let mfn = match self.free_list.pop() {
@@ -81,11 +100,13 @@ impl MachineMemory {
             self.frames.push(FrameInfo {
                 state: FrameState::Free,
                 generation: 0,
+                span: None,
             });
         }
         let info = &mut self.frames[slot];
         info.state = FrameState::Table { owner, level };
         info.generation += 1;
+        info.span = None;
         mfn
     }
 

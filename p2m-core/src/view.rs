@@ -32,6 +32,70 @@ pub struct CpuExtent {
     pub access: P2mAccess,
 }
 
+/// Appends an extent to `out`, merging it into the last one when it continues it (same
+/// type and access, adjacent, and the frames linear or both `INVALID_MFN`).
+pub fn push_cpu_extent(out: &mut Vec<CpuExtent>, e: CpuExtent) {
+    if e.range.is_empty() {
+        return;
+    }
+    if let Some(last) = out.last_mut() {
+        let linear = if last.mfn == crate::types::INVALID_MFN {
+            e.mfn == crate::types::INVALID_MFN
+        } else {
+            e.mfn != crate::types::INVALID_MFN && last.mfn.plus(last.range.len()) == e.mfn
+        };
+        if last.range.end == e.range.start
+            && last.p2mt == e.p2mt
+            && last.access == e.access
+            && linear
+        {
+            last.range.end = e.range.end;
+            return;
+        }
+    }
+    out.push(e);
+}
+
+/// True when the entries `first..=last` of a leaf run whose entry 0 holds frame `m0`
+/// (entry `k` holding `m0 + k·per` in a 40-bit field) are one linear extent: the field
+/// does not wrap and no entry holds one of the `invalid` field values that `get_entry`
+/// reports as `INVALID_MFN`.
+pub fn leaf_run_is_plain(m0: u64, per: u64, first: u64, last: u64, invalid: &[u64]) -> bool {
+    let Some(top) = last.checked_mul(per).and_then(|x| x.checked_add(m0)) else {
+        return false;
+    };
+    if top > crate::types::PTE_MFN_MASK {
+        return false;
+    }
+    !invalid.iter().any(|&v| {
+        v >= m0 && (v - m0) % per == 0 && ((v - m0) / per) >= first && (v - m0) / per <= last
+    })
+}
+
+/// Fills the gaps of `out` (extents in order, inside `range`) with unmapped extents
+/// (`INVALID_MFN`, `invalid`, `rwx`), so that the result covers `range` exactly.
+pub fn fill_cpu_gaps(range: GfnRange, found: Vec<CpuExtent>) -> Vec<CpuExtent> {
+    let mut out = Vec::with_capacity(found.len() * 2 + 1);
+    let mut at = range.start;
+    let gap = |start: u64, end: u64| CpuExtent {
+        range: GfnRange { start, end },
+        mfn: crate::types::INVALID_MFN,
+        p2mt: P2mType::Invalid,
+        access: P2mAccess::Rwx,
+    };
+    for e in found {
+        if e.range.start > at {
+            push_cpu_extent(&mut out, gap(at, e.range.start));
+        }
+        at = e.range.end;
+        push_cpu_extent(&mut out, e);
+    }
+    if at < range.end {
+        push_cpu_extent(&mut out, gap(at, range.end));
+    }
+    out
+}
+
 /// Where a translation in the device view comes from.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum ViewSource {
@@ -43,6 +107,8 @@ pub enum ViewSource {
         seq: u64,
         /// True for a paging-structure (non-leaf) record.
         nonleaf: bool,
+        /// The record itself.
+        record: CacheRecord,
     },
 }
 
@@ -92,6 +158,7 @@ pub fn device_view(
                 ViewSource::Cached {
                     seq: r.seq,
                     nonleaf: false,
+                    record: *r,
                 },
             )),
             RecordKind::NonLeaf {
@@ -115,6 +182,7 @@ pub fn device_view(
                 let src = ViewSource::Cached {
                     seq: r.seq,
                     nonleaf: true,
+                    record: *r,
                 };
                 v.translations
                     .extend(w.translations.into_iter().map(|t| (t, src)));

@@ -250,6 +250,51 @@ impl RefModel {
         out
     }
 
+    /// The CPU view of `range`, in order, covering all of it: `(gfns, frame of the first,
+    /// type, access)`; gaps read as `(INVALID_MFN, invalid, rwx)` like [`Self::get_entry`].
+    /// O(log n + extents overlapped).
+    pub fn cpu_extents(&self, range: GfnRange) -> Vec<(GfnRange, Mfn, P2mType, P2mAccess)> {
+        let mut out = Vec::new();
+        if range.is_empty() {
+            return out;
+        }
+        let first = self
+            .extents
+            .range(..range.start)
+            .next_back()
+            .filter(|(&s, e)| s + e.len > range.start);
+        let mut cursor = range.start;
+        let gap = |a: u64, b: u64| {
+            (
+                GfnRange { start: a, end: b },
+                INVALID_MFN,
+                P2mType::Invalid,
+                P2mAccess::Rwx,
+            )
+        };
+        for (&start, ext) in first
+            .into_iter()
+            .chain(self.extents.range(range.start..range.end))
+        {
+            let ext_range = GfnRange {
+                start,
+                end: start + ext.len,
+            };
+            let Some(clip) = ext_range.intersect(&range) else {
+                continue;
+            };
+            if clip.start > cursor {
+                out.push(gap(cursor, clip.start));
+            }
+            out.push((clip, ext.mfn_at(clip.start - start), ext.p2mt, ext.access));
+            cursor = clip.end;
+        }
+        if cursor < range.end {
+            out.push(gap(cursor, range.end));
+        }
+        out
+    }
+
     /// Number of stored (non-empty) extents.
     pub fn extent_count(&self) -> usize {
         self.extents.len()

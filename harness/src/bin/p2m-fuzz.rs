@@ -3,9 +3,10 @@
 use clap::{Parser, Subcommand};
 use harness::exhaustive;
 use harness::generate::Swarm;
-use harness::minimize::minimize;
+use harness::minimize::{minimize, minimize_with};
+use harness::scenario::trace::parse_config_words;
 use harness::scenario::{decode, encode, parse_trace, to_trace, Scenario};
-use harness::{revision_by_name, run, RunStats};
+use harness::{revision_by_name, run, run_with, RunStats};
 use p2m_core::{Mode, Revision};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
@@ -22,6 +23,39 @@ use std::time::{Duration, Instant};
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
+}
+
+/// Options of `p2m-fuzz hunt`.
+#[derive(clap::Args)]
+struct HuntArgs {
+    /// p2m mode (ept, npt, shadow); default: all.
+    #[arg(long)]
+    mode: Option<String>,
+    /// A whole configuration, as a trace's config line without `config`
+    /// (e.g. "mode=ept vendor=vtd share=off superpages=2m"); overrides --mode.
+    #[arg(long)]
+    config: Option<String>,
+    /// Hardware semantics preset for every scenario (default: $P2M_HW, else conservative).
+    #[arg(long)]
+    hw: Option<String>,
+    /// Revision to model.
+    #[arg(long, default_value = "fixed")]
+    revision: String,
+    /// Time budget in seconds.
+    #[arg(long, default_value_t = 60)]
+    seconds: u64,
+    /// RNG seed.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Directory for reproducers.
+    #[arg(long, default_value = "hunt-out")]
+    out: PathBuf,
+    /// Assume this switch has its reference value (repeatable): look past a known hole.
+    #[arg(long = "assume-fixed", value_name = "SWITCH")]
+    assume_fixed: Vec<String>,
+    /// Every class is fatal, leaked tables and cached under-permission included.
+    #[arg(long)]
+    strict: bool,
 }
 
 #[derive(Subcommand)]
@@ -45,26 +79,7 @@ enum Cmd {
         file: PathBuf,
     },
     /// Random swarm search on stable Rust; writes a reproducer on divergence.
-    Hunt {
-        /// p2m mode (ept, npt, shadow); default: all.
-        #[arg(long)]
-        mode: Option<String>,
-        /// Revision to model.
-        #[arg(long, default_value = "fixed")]
-        revision: String,
-        /// Time budget in seconds.
-        #[arg(long, default_value_t = 60)]
-        seconds: u64,
-        /// RNG seed.
-        #[arg(long, default_value_t = 0)]
-        seed: u64,
-        /// Directory for reproducers.
-        #[arg(long, default_value = "hunt-out")]
-        out: PathBuf,
-        /// Assume this switch has its `fixed` value (repeatable): look past a known hole.
-        #[arg(long = "assume-fixed", value_name = "SWITCH")]
-        assume_fixed: Vec<String>,
-    },
+    Hunt(HuntArgs),
     /// Shrink a diverging file to a minimal op sequence (same divergence class).
     Minimize {
         /// Revision to model.
@@ -255,45 +270,64 @@ fn write_reproducer(out: &Path, s: &Scenario, name: &str) -> Result<PathBuf, Str
     Ok(trace)
 }
 
-fn hunt(
-    mode: Option<String>,
-    revision: String,
-    assume_fixed: &[String],
-    seconds: u64,
-    seed: u64,
-    out: PathBuf,
-) -> ExitCode {
-    let rev = match revision_by_name(&revision).and_then(|r| harness::assume_fixed(r, assume_fixed))
+fn hunt(args: HuntArgs) -> ExitCode {
+    let rev = match revision_by_name(&args.revision)
+        .and_then(|r| harness::assume_fixed(r, &args.assume_fixed))
     {
         Ok(r) => r,
         Err(e) => return fail(e),
     };
-    let mode = match mode.as_deref().map(parse_mode).transpose() {
+    let mode = match args.mode.as_deref().map(parse_mode).transpose() {
         Ok(m) => m,
         Err(e) => return fail(e),
     };
-    let mut rng = SmallRng::seed_from_u64(seed);
+    let config = match args.config.as_deref().map(parse_config_words).transpose() {
+        Ok(c) => c.map(|(c, _)| c),
+        Err(e) => return fail(format!("--config: {e}")),
+    };
+    let hw = match harness::hw_from(args.hw.as_deref()) {
+        Ok(h) => h,
+        Err(e) => return fail(e),
+    };
+    let mut rng = SmallRng::seed_from_u64(args.seed);
     let start = Instant::now();
-    let budget = Duration::from_secs(seconds);
+    let budget = Duration::from_secs(args.seconds);
     let mut last = Instant::now();
     let mut total = RunStats::default();
     let mut scenarios = 0u64;
+    let mut noted: Vec<harness::DivergenceClass> = Vec::new();
     while start.elapsed() < budget {
-        let swarm = Swarm::new(&mut rng, mode);
+        let mut swarm = match config {
+            Some(c) => Swarm::for_config(&mut rng, c),
+            None => Swarm::new(&mut rng, mode),
+        };
+        if let Some(h) = hw {
+            swarm.config.hw = h;
+        }
         for _ in 0..64 {
             let s = swarm.scenario(&mut rng);
-            let o = run(&s, rev);
+            let o = run_with(&s, rev, args.strict);
             scenarios += 1;
             total.add(&o.stats);
+            for n in &o.notes {
+                if !noted.contains(&n.class()) {
+                    noted.push(n.class());
+                    eprintln!(
+                        "hunt: note after {:.2}s (non-fatal; --strict makes it fatal):",
+                        start.elapsed().as_secs_f64()
+                    );
+                    eprintln!("{n}");
+                }
+            }
             if let Some(d) = o.divergence {
                 let class = d.class();
-                let small = minimize(&s, rev);
+                let small = minimize_with(&s, rev, args.strict);
                 let name = format!("{}-{}-{}", rev.name, class.name(), s.config.mode);
-                let path = match write_reproducer(&out, &small, &name) {
+                let path = match write_reproducer(&args.out, &small, &name) {
                     Ok(p) => p,
                     Err(e) => return fail(e),
                 };
-                let d2 = run(&small, rev).divergence.unwrap_or(d);
+                let d2 = run_with(&small, rev, args.strict).divergence.unwrap_or(d);
                 eprintln!(
                     "hunt: divergence after {:.2}s, {} scenarios",
                     start.elapsed().as_secs_f64(),
@@ -319,8 +353,16 @@ fn hunt(
         }
     }
     eprintln!(
-        "hunt: clean after {}s: {} scenarios, {} ops (revision {})",
-        seconds, scenarios, total.ops, rev.name
+        "hunt: clean after {}s: {} scenarios, {} ops (revision {}){}",
+        args.seconds,
+        scenarios,
+        total.ops,
+        rev.name,
+        if total.notes > 0 {
+            format!(", {} non-fatal notes", total.notes)
+        } else {
+            String::new()
+        }
     );
     let counts: Vec<String> = total
         .fields()
@@ -617,14 +659,7 @@ fn main() -> ExitCode {
             }
             Err(e) => fail(e),
         },
-        Cmd::Hunt {
-            mode,
-            revision,
-            seconds,
-            seed,
-            out,
-            assume_fixed,
-        } => hunt(mode, revision, &assume_fixed, seconds, seed, out),
+        Cmd::Hunt(args) => hunt(args),
         Cmd::Minimize {
             revision,
             file,

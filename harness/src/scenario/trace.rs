@@ -29,7 +29,7 @@
 use std::fmt;
 use std::str::FromStr;
 
-use p2m_core::{Config, Mode, P2mAccess, P2mType, Vendor};
+use p2m_core::{Config, HwSemantics, Mode, P2mAccess, P2mType, PageSizes, Vendor};
 
 use super::bytes::{gfn_escape_ok, GFN_ESCAPE_SHIFT};
 use super::{MfnSel, Op, Scenario, SetEntryOp, GFN_WINDOW, MAX_OPS, MFN_LITERAL_LIMIT};
@@ -147,8 +147,15 @@ fn set_once<T>(slot: &mut Option<T>, key: &str, v: T) -> Result<(), String> {
     Ok(())
 }
 
+/// Parses the words of a config line after `config` (as printed by `Config`'s
+/// `Display`, plus `allow-under-permissive`): `(config, allow_under_permissive)`.
+pub fn parse_config_words(line: &str) -> Result<(Config, bool), String> {
+    parse_config(line.split_whitespace())
+}
+
 fn parse_config<'a>(words: impl Iterator<Item = &'a str>) -> Result<(Config, bool), String> {
     let (mut mode, mut vendor, mut share, mut allow) = (None, None, None, false);
+    let (mut sizes, mut hw) = (None, None);
     for w in words {
         if w == "allow-under-permissive" {
             if allow {
@@ -179,6 +186,18 @@ fn parse_config<'a>(words: impl Iterator<Item = &'a str>) -> Result<(Config, boo
                 };
                 set_once(&mut share, k, b)?;
             }
+            "superpages" => {
+                let p = PageSizes::from_name(v)
+                    .ok_or_else(|| format!("bad superpages value `{v}` (4k, 2m or 1g)"))?;
+                set_once(&mut sizes, k, p)?;
+            }
+            "hw" => {
+                let h = HwSemantics::preset(v).ok_or_else(|| {
+                    let names: Vec<&str> = HwSemantics::PRESETS.iter().map(|p| p.0).collect();
+                    format!("unknown hw preset `{v}` ({})", names.join(", "))
+                })?;
+                set_once(&mut hw, k, h)?;
+            }
             _ => return Err(format!("unknown config key `{k}`")),
         }
     }
@@ -197,7 +216,9 @@ fn parse_config<'a>(words: impl Iterator<Item = &'a str>) -> Result<(Config, boo
         (Some(v), _) | (None, Some(v)) => v,
         (None, None) => return Err("mode=shadow needs `vendor=` (vtd or amd)".into()),
     };
-    let config = Config::new(mode, vendor, share.unwrap_or(false));
+    let mut config = Config::new(mode, vendor, share.unwrap_or(false));
+    config.page_sizes = sizes.unwrap_or_default();
+    config.hw = hw.unwrap_or_default();
     debug_assert_eq!(config, config.normalized());
     Ok((config, allow))
 }

@@ -185,6 +185,14 @@ impl Domain {
         }
     }
 
+    /// The CPU view of `range` as extents (see [`crate::view::CpuExtent`]).
+    pub fn cpu_extents(&self, range: GfnRange) -> Vec<crate::view::CpuExtent> {
+        match &self.p2m {
+            P2m::Ept(e) => e.cpu_extents(range),
+            P2m::Pt(p) => p.cpu_extents(range),
+        }
+    }
+
     /// Models `p2m->get_entry()` (query only).
     pub fn get_entry(&self, gfn: u64) -> Option<P2mEntry> {
         match &self.p2m {

@@ -7,7 +7,7 @@ use crate::cache::note_overwrite;
 use crate::frames::{MachineMemory, TableOwner};
 use crate::tables::{index_of, pages_per_entry, Pte, TableStore};
 use crate::types::*;
-use crate::view::P2mEntry;
+use crate::view::{fill_cpu_gaps, leaf_run_is_plain, push_cpu_extent, CpuExtent, P2mEntry};
 use crate::walk::{IoEntry, IoTables};
 use crate::xen46::domain::Cx;
 use crate::xen46::policy::p2m_get_iommu_flags;
@@ -156,7 +156,7 @@ impl Ept {
 
     /// Models `ept_set_middle_entry()`: a new zeroed table and an rwx entry to it.
     fn set_middle_entry(&mut self, cx: &mut Cx, t: u64, level: u8, gfn: u64) -> u64 {
-        let nt = cx.mem.alloc(TableOwner::P2m, level - 1);
+        let nt = cx.mem.alloc_for(TableOwner::P2m, level - 1, gfn);
         self.tables.insert(nt, level - 1);
         let e = EptEntry {
             r: true,
@@ -172,9 +172,17 @@ impl Ept {
 
     /// Models `ept_split_super_page()`: builds the subtree under a new middle entry
     /// (split down to `target`) and returns that entry; not yet installed.
-    fn split_super_page(&mut self, cx: &mut Cx, sp: EptEntry, level: u8, target: u8) -> EptEntry {
+    /// `base` is the first gfn the superpage translates.
+    fn split_super_page(
+        &mut self,
+        cx: &mut Cx,
+        sp: EptEntry,
+        level: u8,
+        target: u8,
+        base: u64,
+    ) -> EptEntry {
         cx.stats.superpage_splits += 1;
-        let nt = cx.mem.alloc(TableOwner::P2m, level - 1);
+        let nt = cx.mem.alloc_for(TableOwner::P2m, level - 1, base);
         self.tables.insert(nt, level - 1);
         let child_level = level - 1;
         let mut child = EptEntry {
@@ -194,7 +202,8 @@ impl Ept {
         } else {
             for i in 0..512u16 {
                 let c = child.nth(i as u64, child_level);
-                let sub = self.split_super_page(cx, c, child_level, target);
+                let cb = base + i as u64 * pages_per_entry(child_level);
+                let sub = self.split_super_page(cx, c, child_level, target, cb);
                 if let Some(tab) = self.tables.get_mut(nt) {
                     tab.set(i, sub);
                 }
@@ -224,9 +233,10 @@ impl Ept {
         } else {
             &cx.iommu.separate
         };
-        cx.log.free_tables(
+        cx.log.free_tables_own(
             cx.mem,
             io,
+            &*self,
             cx.iommu.caches.records(),
             TableOwner::P2m,
             &frames,
@@ -325,6 +335,10 @@ impl Ept {
                 if e.sa_p2mt == P2mType::PopulateOnDemand as u8 {
                     break;
                 }
+                if sw.ept_split_nonpresent_superpage && e.sp && e.is_valid() {
+                    // Split it like a present superpage, keeping the other entries.
+                    break;
+                }
                 t = self.set_middle_entry(cx, t, level, gfn);
             } else if e.sp {
                 break;
@@ -339,8 +353,8 @@ impl Ept {
         if level == target {
             old_entry = cur;
         } else {
-            let split = self.split_super_page(cx, cur, level, target);
             let per = pages_per_entry(level);
+            let split = self.split_super_page(cx, cur, level, target, gfn / per * per);
             cx.log.split(
                 GfnRange::of_order(gfn / per * per, 9 * (level as u32 - 1)),
                 "ept_split_super_page",
@@ -457,6 +471,101 @@ impl Ept {
             }
             t = e.mfn;
             level -= 1;
+        }
+    }
+}
+
+impl Ept {
+    /// The CPU view of `range` as extents, consistent with [`Ept::get_entry`] at every
+    /// gfn; cost proportional to the runs it visits.
+    pub fn cpu_extents(&self, range: GfnRange) -> Vec<CpuExtent> {
+        let mut out = Vec::new();
+        self.extents_in(self.root, 4, 0, range, &mut out);
+        fill_cpu_gaps(range, out)
+    }
+
+    fn extents_in(&self, t: u64, level: u8, base: u64, range: GfnRange, out: &mut Vec<CpuExtent>) {
+        let Some(tab) = self.tables.get(t) else {
+            return;
+        };
+        let per = pages_per_entry(level);
+        let span = GfnRange {
+            start: base,
+            end: base + per * 512,
+        };
+        let Some(r) = range.intersect(&span) else {
+            return;
+        };
+        let lo = index_of(r.start, level);
+        let hi = index_of(r.end - 1, level) + 1;
+        for (s, l, e) in tab.iter_runs(lo, hi) {
+            let run = GfnRange {
+                start: base + s as u64 * per,
+                end: base + (s + l) as u64 * per,
+            };
+            let Some(clip) = run.intersect(&r) else {
+                continue;
+            };
+            if level == 1 || e.sp || !e.is_present() {
+                // A leaf run: one extent (its frames advance with the gfns), unless it
+                // holds the all-ones frame field `get_entry` reports as INVALID_MFN.
+                if !e.is_valid() {
+                    continue;
+                }
+                let first = (clip.start - run.start) / per;
+                let last = (clip.end - 1 - run.start) / per;
+                let step = if level == 1 || e.sp { per } else { 0 };
+                // Entries that do not advance (non-present, not SP) are handled one by one.
+                let has_invalid = if step == 0 {
+                    e.mfn == PTE_MFN_MASK || last > first
+                } else {
+                    !leaf_run_is_plain(e.mfn, step, first, last, &[PTE_MFN_MASK])
+                };
+                let p2mt = P2mType::from_raw(e.sa_p2mt).unwrap_or(P2mType::Invalid);
+                let access = P2mAccess::from_raw(e.access).unwrap_or(P2mAccess::N);
+                for k in if has_invalid {
+                    first..=last
+                } else {
+                    first..=first
+                } {
+                    let piece = if has_invalid {
+                        GfnRange {
+                            start: run.start + k * per,
+                            end: run.start + (k + 1) * per,
+                        }
+                        .intersect(&clip)
+                        .unwrap_or(clip)
+                    } else {
+                        clip
+                    };
+                    let ek = e.nth(k, level);
+                    let mfn = if ek.mfn == PTE_MFN_MASK {
+                        INVALID_MFN
+                    } else {
+                        Mfn(ek.mfn + (piece.start - (run.start + k * per)))
+                    };
+                    push_cpu_extent(
+                        out,
+                        CpuExtent {
+                            range: piece,
+                            mfn,
+                            p2mt,
+                            access,
+                        },
+                    );
+                }
+            } else {
+                for k in 0..l as u64 {
+                    let eb = run.start + k * per;
+                    let er = GfnRange {
+                        start: eb,
+                        end: eb + per,
+                    };
+                    if let Some(c) = er.intersect(&clip) {
+                        self.extents_in(e.nth(k, level).mfn, level - 1, eb, c, out);
+                    }
+                }
+            }
         }
     }
 }

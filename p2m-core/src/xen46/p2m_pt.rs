@@ -8,7 +8,7 @@ use crate::cache::note_overwrite;
 use crate::frames::{MachineMemory, TableOwner};
 use crate::tables::{index_of, pages_per_entry, Pte, TableStore};
 use crate::types::*;
-use crate::view::P2mEntry;
+use crate::view::{fill_cpu_gaps, leaf_run_is_plain, push_cpu_extent, CpuExtent, P2mEntry};
 use crate::walk::{IoEntry, IoTables};
 use crate::xen46::domain::Cx;
 use crate::xen46::policy::{iommu_flags_of_raw_type, p2m_get_iommu_flags};
@@ -178,7 +178,7 @@ impl P2mPt {
         let e = self.entry(t, idx);
         let child = level - 1;
         if e.flags == 0 {
-            let nt = cx.mem.alloc(TableOwner::P2m, child);
+            let nt = cx.mem.alloc_for(TableOwner::P2m, child, gfn);
             self.tables.insert(nt, child);
             let mut ne = PtEntry::from_pfn(nt, P2M_BASE_FLAGS | PAGE_RW);
             Self::add_iommu_flags(cx, &mut ne, child as u32, IommuPerm::RW);
@@ -192,7 +192,7 @@ impl P2mPt {
                 GfnRange::of_order(gfn / per * per, 9 * (level as u32 - 1)),
                 "p2m_next_level",
             );
-            let nt = cx.mem.alloc(TableOwner::P2m, child);
+            let nt = cx.mem.alloc_for(TableOwner::P2m, child, gfn);
             self.tables.insert(nt, child);
             let (mut pfn, mut flags) = (e.pfn, e.flags);
             let mut first;
@@ -241,9 +241,10 @@ impl P2mPt {
         } else {
             &cx.iommu.separate
         };
-        cx.log.free_tables(
+        cx.log.free_tables_own(
             cx.mem,
             io,
+            &*self,
             cx.iommu.caches.records(),
             TableOwner::P2m,
             &frames,
@@ -375,6 +376,9 @@ impl P2mPt {
         let (old, wrote_empty) = if order == 18 {
             let cur = self.entry(l3, index_of(gfn, 3));
             let mut o = Self::old_superpage_entry(cond, cur);
+            if sw.planted_free_leaf_frame && cur.present() && cur.pse() {
+                o.intermediate = cur;
+            }
             let mut content = if mfn.is_valid() {
                 PtEntry::from_pfn(mfn.0, type_flags | PAGE_PSE)
             } else {
@@ -425,6 +429,9 @@ impl P2mPt {
             } else {
                 let cur = self.entry(l2, index_of(gfn, 2));
                 let mut o = Self::old_superpage_entry(cond, cur);
+                if sw.planted_free_leaf_frame && cur.present() && cur.pse() {
+                    o.intermediate = cur;
+                }
                 let mut content = if mfn.is_valid() || p2mt == P2mType::PopulateOnDemand {
                     PtEntry::from_pfn(mfn.0, type_flags | PAGE_PSE)
                 } else {
@@ -537,6 +544,100 @@ impl P2mPt {
             }
             t = e.pfn;
             level -= 1;
+        }
+    }
+}
+
+impl P2mPt {
+    /// The CPU view of `range` as extents, consistent with [`P2mPt::get_entry`] at every
+    /// gfn; cost proportional to the runs it visits.
+    pub fn cpu_extents(&self, range: GfnRange) -> Vec<CpuExtent> {
+        let mut out = Vec::new();
+        self.extents_in(self.root, 4, 0, range, &mut out);
+        fill_cpu_gaps(range, out)
+    }
+
+    fn extents_in(&self, t: u64, level: u8, base: u64, range: GfnRange, out: &mut Vec<CpuExtent>) {
+        let Some(tab) = self.tables.get(t) else {
+            return;
+        };
+        let per = pages_per_entry(level);
+        let span = GfnRange {
+            start: base,
+            end: base + per * 512,
+        };
+        let Some(r) = range.intersect(&span) else {
+            return;
+        };
+        let lo = index_of(r.start, level);
+        let hi = index_of(r.end - 1, level) + 1;
+        for (s, l, e) in tab.iter_runs(lo, hi) {
+            let run = GfnRange {
+                start: base + s as u64 * per,
+                end: base + (s + l) as u64 * per,
+            };
+            let Some(clip) = run.intersect(&r) else {
+                continue;
+            };
+            if level == 1 || e.pse() || !e.present() {
+                // A leaf run: one extent (its frames advance with the gfns), unless it
+                // holds a frame field `get_entry` reports as INVALID_MFN.
+                if e.flags == 0 {
+                    continue;
+                }
+                let raw = p2m_flags_to_type(e.flags);
+                let p2mt = P2mType::from_raw(raw as u8).unwrap_or(P2mType::Invalid);
+                if p2mt == P2mType::Invalid {
+                    continue;
+                }
+                let first = (clip.start - run.start) / per;
+                let last = (clip.end - 1 - run.start) / per;
+                let bad = |m: u64| m == PTE_MFN_MASK || m == PTE_MFN_MASK - 1;
+                let has_invalid =
+                    !leaf_run_is_plain(e.pfn, per, first, last, &[PTE_MFN_MASK - 1, PTE_MFN_MASK]);
+                for k in if has_invalid {
+                    first..=last
+                } else {
+                    first..=first
+                } {
+                    let piece = if has_invalid {
+                        GfnRange {
+                            start: run.start + k * per,
+                            end: run.start + (k + 1) * per,
+                        }
+                        .intersect(&clip)
+                        .unwrap_or(clip)
+                    } else {
+                        clip
+                    };
+                    let ek = e.nth(k, level);
+                    let mfn = if bad(ek.pfn) {
+                        INVALID_MFN
+                    } else {
+                        Mfn(ek.pfn + (piece.start - (run.start + k * per)))
+                    };
+                    push_cpu_extent(
+                        out,
+                        CpuExtent {
+                            range: piece,
+                            mfn,
+                            p2mt,
+                            access: P2mAccess::Rwx,
+                        },
+                    );
+                }
+            } else {
+                for k in 0..l as u64 {
+                    let eb = run.start + k * per;
+                    let er = GfnRange {
+                        start: eb,
+                        end: eb + per,
+                    };
+                    if let Some(c) = er.intersect(&clip) {
+                        self.extents_in(e.nth(k, level).pfn, level - 1, eb, c, out);
+                    }
+                }
+            }
         }
     }
 }

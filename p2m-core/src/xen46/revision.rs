@@ -84,6 +84,13 @@ pub struct Switches {
     /// op's `(gfn, order)`, so an IOTLB entry for the whole superpage may survive and keep
     /// translating the changed page. Fixed: flush the split superpage's range.
     pub flush_covers_split_superpage: bool,
+    /// Not in Xen (closes a CPU-view hole the harness found in every revision, and still
+    /// in master): `ept_next_level` overwrites any non-present, non-PoD entry with a new
+    /// empty middle table — also a *valid* non-present superpage (e.g. `ram_rw` with access
+    /// `n`), so a 4 KiB change inside it drops the other 511 (or 262,143) p2m entries,
+    /// while separate IOMMU tables keep mapping them. Fixed: split it like a present
+    /// superpage.
+    pub ept_split_nonpresent_superpage: bool,
     /// Planted, not Xen (measures the oracle's free-event check): `ept_set_entry`
     /// frees the replaced subtree (`ept_free_entry`) *before* the IOMMU step, so with
     /// shared tables a paging-structure record of the old entry still points at it.
@@ -114,6 +121,7 @@ const PRE: Switches = Switches {
     iommu_flags_require_present_entry: false,
     amd_suppress_pte_merging: false,
     flush_covers_split_superpage: false,
+    ept_split_nonpresent_superpage: false,
     planted_free_before_flush: false,
     planted_split_wrong_frame: false,
     planted_leak_replaced_subtree: false,
@@ -137,6 +145,7 @@ const FIXED: Switches = Switches {
     iommu_flags_require_present_entry: true,
     amd_suppress_pte_merging: true,
     flush_covers_split_superpage: true,
+    ept_split_nonpresent_superpage: true,
     ..COMMITTED
 };
 
