@@ -316,23 +316,40 @@ fn npt_shared_superpage_over_table_other_frame_is_flushed_everywhere() {
     }
 }
 
-/// MODEL LIMITATION (reported, not a failing assertion about Xen): the window
-/// between `p2m_free_entry` and `amd_iommu_flush_pages` in pre-960265fbd8 Xen is not
-/// observable in the model, because the device view is taken after `set_entry`
-/// returns and nothing allocates between the early free and the flush in the shared
-/// path. So `xen-4.6-pre` and `960265fbd8` cannot be told apart by the end state.
+/// Pre-960265fbd8: `p2m_pt_set_entry` freed the replaced L1 table right after the write,
+/// before `amd_iommu_flush_pages` of the same call. The end state hides it (the flush
+/// follows), but the free event records what still reached the frame at that moment: the
+/// paging-structure record of the old L2 entry. From 960265fbd8 on, the free comes after
+/// the flush and nothing reaches it.
 #[test]
-#[ignore = "model limitation: early free (pre-960265fbd8) followed by a flush in the same \
-            set_entry leaves no trace in the end-state device view"]
 fn pre_npt_early_free_window_is_visible() {
-    let mut d = dom(Mode::Npt, Vendor::Amd, true, "xen-4.6-pre");
-    set(&mut d, 0x200, Mfn(0x100200), 0, P2mType::RamRw);
-    set(&mut d, 0x200, Mfn(0x100400), 9, P2mType::RamRw);
-    let v = d.device_view(range(0x200, 0x400));
-    assert!(
-        !freed_faults(&v).is_empty(),
-        "xen-4.6-pre hole (960265fbd8): L1 table freed before amd_iommu_flush_pages: {v:?}"
-    );
+    for (rev, early) in [
+        ("xen-4.6-pre", true),
+        ("6c0e4ad608", true),
+        ("960265fbd8", false),
+        ("committed", false),
+        ("fixed", false),
+    ] {
+        let mut d = dom(Mode::Npt, Vendor::Amd, true, rev);
+        set(&mut d, 0x200, Mfn(0x100200), 0, P2mType::RamRw);
+        set(&mut d, 0x200, Mfn(0x100400), 9, P2mType::RamRw);
+        let frees = &d.log.frees;
+        assert_eq!(frees.len(), 1, "{rev}: the L1 table is freed: {frees:?}");
+        let reached = !frees[0].reaches.is_empty();
+        assert_eq!(
+            reached, early,
+            "{rev}: a record still reaching the L1 table when it was freed: {frees:?}"
+        );
+        if early {
+            assert!(matches!(
+                frees[0].reaches[0].via,
+                p2m_core::events::ReachVia::CachedWalk { seq: 2 }
+            ));
+            // ... and by the end of the op the flush has dropped it.
+            let v = d.device_view(range(0x200, 0x400));
+            assert!(freed_faults(&v).is_empty());
+        }
+    }
 }
 
 /// Shadow with the global share flag: before c0a85795d8 p2m-pt takes the shared

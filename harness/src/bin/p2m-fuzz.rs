@@ -99,9 +99,12 @@ enum Cmd {
         /// Files to blame.
         #[arg(required = true)]
         files: Vec<PathBuf>,
-        /// Assume this switch has its `fixed` value (repeatable).
+        /// Assume this switch has its reference value (repeatable).
         #[arg(long = "assume-fixed", value_name = "SWITCH")]
         assume_fixed: Vec<String>,
+        /// Every class is fatal (blame leaked tables and cached under-permission too).
+        #[arg(long)]
+        strict: bool,
     },
     /// Write a file's scenario as fuzz-input bytes (a text trace becomes a seed corpus entry).
     Encode {
@@ -434,7 +437,12 @@ fn encode_cmd(file: &Path, out: &Path) -> ExitCode {
     }
 }
 
-fn blame(revision: Option<String>, assume_fixed: &[String], files: Vec<PathBuf>) -> ExitCode {
+fn blame(
+    revision: Option<String>,
+    assume_fixed: &[String],
+    strict: bool,
+    files: Vec<PathBuf>,
+) -> ExitCode {
     let rev = match pick_revision(revision).and_then(|r| harness::assume_fixed(r, assume_fixed)) {
         Ok(r) => r,
         Err(e) => return fail(e),
@@ -445,20 +453,16 @@ fn blame(revision: Option<String>, assume_fixed: &[String], files: Vec<PathBuf>)
             Ok(s) => s,
             Err(e) => return fail(e),
         };
-        match harness::blame::blame(&s, rev) {
+        match harness::blame::blame_with(&s, rev, strict) {
             None => println!("{}: clean under {}", f.display(), rev.name),
             Some(b) => {
                 any = true;
-                let culprits = if b.culprits.is_empty() {
-                    "no single switch (several behaviours combine)".to_string()
-                } else {
-                    b.culprits.join(", ")
-                };
                 println!(
-                    "{}: {} under {}; root cause: {culprits}",
+                    "{}: {} under {}; {}",
                     f.display(),
                     b.class,
-                    rev.name
+                    rev.name,
+                    b.verdict()
                 );
             }
         }
@@ -673,6 +677,12 @@ fn main() -> ExitCode {
             revision,
             files,
             assume_fixed,
-        } => blame(revision, &assume_fixed, files),
+            strict,
+        } => blame(
+            revision,
+            &assume_fixed,
+            strict || harness::strict_from_env(),
+            files,
+        ),
     }
 }
