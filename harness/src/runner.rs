@@ -6,6 +6,7 @@ use crate::oracle::{
 };
 use crate::scenario::{MfnSel, Op, Scenario};
 use p2m_core::cache::Issued;
+use p2m_core::events::Split;
 use p2m_core::{Config, Domain, GfnRange, Mfn, ModelStats, Revision, INVALID_MFN};
 use reference_model::{IommuPolicy, RefModel};
 use std::fmt;
@@ -198,6 +199,8 @@ pub struct Session {
     steps: Vec<Step>,
     /// Invalidations issued, tagged with the index of the op that issued them.
     issued: Vec<(usize, Issued)>,
+    /// Superpages split, tagged with the index of the op that split them.
+    splits: Vec<(usize, Split)>,
     /// First non-fatal finding of each class.
     notes: Vec<Divergence>,
 }
@@ -216,6 +219,7 @@ impl Session {
             stats: RunStats::default(),
             steps: Vec::new(),
             issued: Vec::new(),
+            splits: Vec::new(),
             notes: Vec::new(),
         }
     }
@@ -307,6 +311,7 @@ impl Session {
         let idx = self.steps.len() - 1;
         self.issued
             .extend(log.invalidations.iter().map(|inv| (idx, *inv)));
+        self.splits.extend(log.splits.iter().map(|sp| (idx, *sp)));
         let mut changed: Vec<GfnRange> = log.changed.clone();
         for inv in &log.invalidations {
             if let (Some(r), _) = inv.cmd.scope() {
@@ -368,8 +373,20 @@ impl Session {
     }
 
     /// The report for a finding of the last op: its trace lines are built here.
-    pub fn divergence(&self, finding: Finding) -> Divergence {
+    pub fn divergence(&self, mut finding: Finding) -> Divergence {
         let stale_op = finding.stale_seq.map(|q| q.saturating_sub(1) as usize);
+        // The last split of a superpage holding the gfn, if any: it rewrote the entries.
+        if let Some((op, sp)) = self
+            .splits
+            .iter()
+            .rev()
+            .find(|(_, sp)| sp.range.contains(finding.gfn))
+        {
+            finding.context.push(format!(
+                "gfn {:#x} lies in the superpage gfn {} split by op #{op} ({})",
+                finding.gfn, sp.range, sp.by
+            ));
+        }
         let observed_op = self.steps.len().saturating_sub(1);
         let mut flushes = vec![Vec::new(); self.steps.len()];
         for (op, inv) in &self.issued {

@@ -68,7 +68,10 @@ pub fn leaf_run_is_plain(m0: u64, per: u64, first: u64, last: u64, invalid: &[u6
         return false;
     }
     !invalid.iter().any(|&v| {
-        v >= m0 && (v - m0) % per == 0 && ((v - m0) / per) >= first && (v - m0) / per <= last
+        v >= m0
+            && (v - m0).is_multiple_of(per)
+            && ((v - m0) / per) >= first
+            && (v - m0) / per <= last
     })
 }
 
