@@ -1,0 +1,120 @@
+#!/usr/bin/env bash
+# Mutation score of the model's decision code, earned by the oracle alone.
+#
+# Usage: ci/mutants.sh [K/N]          run shard K of N (default 0/1: everything)
+#        ci/mutants.sh --aggregate DIR...   combine the mutants.out dirs of several shards
+#        ci/mutants.sh --list          list the mutant set (no build, no tests)
+#
+# The mutant set is fixed by .cargo/mutants.toml (`examine_re`: need-update, flush, free and
+# invalidation-scope functions of both lines). Only `harness/tests/mutation_kill.rs` may
+# kill a mutant: the corpus replay, `exhaustive` depth 2 and a fixed-seed hunt per mode.
+# Score = caught / (caught + missed), after removing mutants declared equivalent in
+# ci/mutants-equivalent.txt (at most 10 % of the set, each with a reason); timeouts and
+# unviable mutants are reported apart. Writes $MUTANTS_OUT/summary.md (default
+# target/mutants). Exit 0 when the score is at least $MUTANTS_MIN_SCORE (default 90).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export PATH="$HOME/.cargo/bin:$PATH"
+OUT=${MUTANTS_OUT:-target/mutants}
+MIN=${MUTANTS_MIN_SCORE:-90}
+EQUIV=ci/mutants-equivalent.txt
+
+need_mutants() {
+  if ! cargo mutants --version >/dev/null 2>&1; then
+    cargo install cargo-mutants --locked
+  fi
+}
+
+# in_set: keeps the mutant names (stdin) that the config's examine_re / exclude_re select.
+# cargo-mutants 27.1 generates "delete field ... from struct ... expression" mutants whatever
+# those filters say, so the set is (re)applied here from .cargo/mutants.toml.
+in_set() {
+  python3 -c '
+import re, sys, tomllib
+cfg = tomllib.load(open(".cargo/mutants.toml", "rb"))
+ex = [re.compile(p) for p in cfg.get("examine_re", [])]
+no = [re.compile(p) for p in cfg.get("exclude_re", [])]
+for line in sys.stdin:
+    n = line.rstrip("\n")
+    if n and any(p.search(n) for p in ex) and not any(p.search(n) for p in no):
+        print(n)
+'
+}
+
+# summarize DIR...: score over the union of the shards' outcome lists.
+summarize() {
+  mkdir -p "$OUT"
+  local f
+  for f in caught missed timeout unviable; do
+    cat "${@/%//mutants.out/$f.txt}" 2>/dev/null | in_set | sort -u >"$OUT/$f.all" || true
+  done
+  # Declared equivalents: "<mutant name prefix>\t<reason>"; only missed ones count.
+  grep -v '^#' "$EQUIV" 2>/dev/null | cut -f1 | sed '/^$/d' >"$OUT/equiv.names" || true
+  grep -F -f "$OUT/equiv.names" "$OUT/missed.all" >"$OUT/equivalent.all" 2>/dev/null || true
+  grep -v -F -f "$OUT/equiv.names" "$OUT/missed.all" >"$OUT/survivors.all" 2>/dev/null || cp "$OUT/missed.all" "$OUT/survivors.all"
+  local caught missed equiv timeout unviable total score
+  caught=$(wc -l <"$OUT/caught.all"); missed=$(wc -l <"$OUT/survivors.all")
+  equiv=$(wc -l <"$OUT/equivalent.all"); timeout=$(wc -l <"$OUT/timeout.all")
+  unviable=$(wc -l <"$OUT/unviable.all")
+  total=$((caught + missed + equiv + timeout + unviable))
+  score=$(awk -v c="$caught" -v m="$missed" 'BEGIN { if (c + m == 0) print "n/a"; else printf "%.1f", 100 * c / (c + m) }')
+  {
+    echo "## Mutation score (oracle-only kill)"
+    echo
+    echo "\`bash ci/mutants.sh\` on $(date -u +%Y-%m-%d): $total mutants of the decision code"
+    echo "(\`.cargo/mutants.toml\`); killed only by \`harness/tests/mutation_kill.rs\`."
+    echo
+    echo "| caught | missed | declared equivalent | timeout | unviable | score |"
+    echo "|---|---|---|---|---|---|"
+    echo "| $caught | $missed | $equiv | $timeout | $unviable | **$score %** |"
+    echo
+    if [ "$missed" -gt 0 ]; then
+      echo "Survivors (not declared equivalent):"
+      echo
+      sed 's/^/- `/; s/$/`/' "$OUT/survivors.all"
+      echo
+    fi
+    if [ "$equiv" -gt 0 ]; then
+      echo "Declared equivalent (reasons in \`ci/mutants-equivalent.txt\`):"
+      echo
+      sed 's/^/- `/; s/$/`/' "$OUT/equivalent.all"
+      echo
+    fi
+  } >"$OUT/summary.md"
+  cat "$OUT/summary.md"
+  if [ "$total" -gt 0 ] && [ $((equiv * 10)) -gt "$total" ]; then
+    echo "mutants: $equiv declared equivalent out of $total: more than 10 %" >&2
+    exit 3
+  fi
+  if [ "$score" = "n/a" ] || awk -v s="$score" -v m="$MIN" 'BEGIN { exit !(s < m) }'; then
+    echo "mutants: score $score % below $MIN %" >&2
+    exit 1
+  fi
+}
+
+case "${1:-0/1}" in
+  --aggregate)
+    shift
+    [ "$#" -gt 0 ] || { echo "usage: ci/mutants.sh --aggregate DIR..." >&2; exit 2; }
+    summarize "$@"
+    ;;
+  --list)
+    need_mutants
+    cargo mutants --workspace --list | in_set
+    ;;
+  */*)
+    need_mutants
+    shard=${1:-0/1}
+    dir="$OUT/shard-${shard/\//-of-}"
+    mkdir -p "$dir"
+    rc=0
+    cargo mutants --workspace --shard "$shard" --output "$dir" -j "${MUTANTS_JOBS:-2}" || rc=$?
+    # cargo-mutants exits 2 when mutants were missed, 3 on timeouts: the score decides.
+    case $rc in 0|2|3) ;; *) echo "mutants: cargo mutants failed (exit $rc)" >&2; exit "$rc" ;; esac
+    summarize "$dir"
+    ;;
+  *)
+    echo "usage: ci/mutants.sh [K/N] | --aggregate DIR... | --list" >&2
+    exit 2
+    ;;
+esac

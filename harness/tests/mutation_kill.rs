@@ -1,0 +1,120 @@
+//! The oracle-only kill suite of mutation testing (`ci/mutants.sh`, `.cargo/mutants.toml`).
+//!
+//! A mutant of the model's decision code (need-update, flush, free, invalidation scope)
+//! counts as caught only if *the harness* notices: this target runs the corpus replay,
+//! `exhaustive` at depth 2 and a fixed-seed swarm hunt per mode, all through the oracle —
+//! never the model's own unit tests, which pin exact counts and would inflate the score.
+//! Run alone it is an ordinary (fast) test: `cargo test --release -p harness --test
+//! mutation_kill`.
+
+use harness::exhaustive::{explore, Options};
+use harness::generate::Swarm;
+use harness::scenario::{decode_with_mode, parse_trace};
+use harness::{revision_by_name, run_with, DivergenceClass};
+use p2m_core::{Mode, Revision};
+use rand::rngs::SmallRng;
+use rand::SeedableRng;
+use std::path::Path;
+
+/// Scenarios per mode of the swarm hunt (a few seconds each in release).
+const HUNT_SCENARIOS: usize = 20_000;
+
+fn header<'a>(text: &'a str, key: &str) -> Option<&'a str> {
+    text.lines()
+        .filter_map(|l| l.strip_prefix('#'))
+        .filter_map(|l| l.trim().strip_prefix(key))
+        .find_map(|l| l.strip_prefix(':'))
+        .map(str::trim)
+}
+
+/// Every regression trace still shows its class under its revision and is clean with its
+/// root causes fixed; every seed-corpus input is clean under `fixed`.
+#[test]
+fn corpus_replay() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../corpus");
+    let mut dirs: Vec<_> = std::fs::read_dir(root.join("regressions"))
+        .unwrap()
+        .map(|d| d.unwrap().path())
+        .collect();
+    dirs.sort();
+    for dir in dirs {
+        let rev = revision_by_name(dir.file_name().unwrap().to_str().unwrap()).unwrap();
+        let mut files: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|f| f.unwrap().path())
+            .collect();
+        files.sort();
+        for f in files {
+            let text = std::fs::read_to_string(&f).unwrap();
+            let s = parse_trace(&text).unwrap();
+            let want = header(&text, "expect").and_then(DivergenceClass::from_name);
+            let causes: Vec<String> = header(&text, "root-cause")
+                .unwrap_or_default()
+                .split_whitespace()
+                .map(String::from)
+                .collect();
+            let got = run_with(&s, rev, true).divergence.map(|d| d.class());
+            assert_eq!(got, want, "{} under {}", f.display(), rev.name);
+            let healed = rev.assume_fixed(&causes).unwrap();
+            assert!(
+                run_with(&s, healed, true).divergence.is_none(),
+                "{}",
+                f.display()
+            );
+        }
+    }
+    for (target, mode) in [
+        ("ept", Some(Mode::Ept)),
+        ("npt", Some(Mode::Npt)),
+        ("shadow", Some(Mode::Shadow)),
+        ("mixed", None),
+    ] {
+        let Ok(rd) = std::fs::read_dir(root.join(target)) else {
+            continue;
+        };
+        let mut files: Vec<_> = rd.map(|f| f.unwrap().path()).collect();
+        files.sort();
+        for f in files {
+            let data = std::fs::read(&f).unwrap();
+            let s = match mode {
+                Some(m) => decode_with_mode(&data, m),
+                None => harness::scenario::decode(&data),
+            };
+            if let Some(s) = s {
+                if let Some(d) = run_with(&s, Revision::fixed(), true).divergence {
+                    panic!("{}:\n{d}", f.display());
+                }
+            }
+        }
+    }
+}
+
+/// `exhaustive --depth 2` is clean on every line's reference revision, in every mode.
+#[test]
+fn exhaustive_depth_2_is_clean() {
+    let mut opts = Options::new(Revision::fixed(), 2);
+    opts.jobs = 2;
+    let report = explore(Mode::ALL, &opts);
+    if let Some((d, _)) = report.shortest() {
+        panic!("{d}");
+    }
+}
+
+/// A fixed-seed swarm hunt per mode is clean under `fixed` with every class fatal.
+#[test]
+fn fixed_seed_hunt_is_clean() {
+    for (i, &mode) in Mode::ALL.iter().enumerate() {
+        let mut rng = SmallRng::seed_from_u64(1000 + i as u64);
+        let mut n = 0;
+        while n < HUNT_SCENARIOS {
+            let swarm = Swarm::new(&mut rng, Some(mode));
+            for _ in 0..64 {
+                let s = swarm.scenario(&mut rng);
+                if let Some(d) = run_with(&s, Revision::fixed(), true).divergence {
+                    panic!("{d}");
+                }
+                n += 1;
+            }
+        }
+    }
+}
