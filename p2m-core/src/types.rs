@@ -477,9 +477,21 @@ impl Config {
         }
         self
     }
-    /// Models `iommu_use_hap_pt(d)`: `hap_enabled(d) && iommu_hap_pt_share`.
+    /// Models `iommu_use_hap_pt(d)` of Xen 4.6: `hap_enabled(d) && iommu_hap_pt_share`.
     pub fn iommu_use_hap_pt(&self) -> bool {
         self.mode != Mode::Shadow && self.iommu_hap_pt_share
+    }
+
+    /// Models `hd->hap_pt_share` of Xen master (`drivers/passthrough/iommu.c:196`
+    /// `iommu_domain_init`): HAP and the share flag, on VT-d only (AMD clears
+    /// `iommu_hap_pt_share`, `amd/iommu_init.c:1469-1474`), so EPT only, and only when every
+    /// page size the EPT may use is one VT-d supports (`vtd_ept_page_compatible`,
+    /// `vtd/iommu.c:2302-2318`; HAP here has 2 MiB and 1 GiB pages).
+    pub fn master_hap_pt_share(&self) -> bool {
+        self.mode == Mode::Ept
+            && self.vendor == Vendor::Vtd
+            && self.iommu_hap_pt_share
+            && self.page_sizes == PageSizes::Up1g
     }
 }
 

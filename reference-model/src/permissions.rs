@@ -49,6 +49,10 @@ pub enum IommuPolicy {
     /// Xen 4.6: `p2m_get_iommu_flags(type)` depends on the type only.
     #[default]
     Xen46,
+    /// Xen master (c447b7308b): `p2m_get_iommu_flags(type, access, mfn)` — `mmio_direct`
+    /// is mapped with its access's permission, minus write for a frame in
+    /// `mmio_ro_ranges`; shared tables exist only for VT-d with EPT.
+    Master,
 }
 
 /// Which column of the table a configuration uses.
@@ -62,9 +66,20 @@ pub enum Column {
     NptShared,
 }
 
-/// The column for `config`: shared when `iommu_use_hap_pt(d)` holds (never for shadow).
+/// The column for `config` under the 4.6 policy (see [`column_for_policy`]).
 pub fn column_for(config: &Config) -> Column {
-    if !config.iommu_use_hap_pt() {
+    column_for_policy(config, IommuPolicy::Xen46)
+}
+
+/// The column for `config`: shared when the device walks the p2m — 4.6:
+/// `iommu_use_hap_pt(d)` (never for shadow); master: `hd->hap_pt_share` (VT-d with EPT,
+/// page sizes compatible), so never NPT.
+pub fn column_for_policy(config: &Config, policy: IommuPolicy) -> Column {
+    let shared = match policy {
+        IommuPolicy::Xen46 => config.iommu_use_hap_pt(),
+        IommuPolicy::Master => config.master_hap_pt_share(),
+    };
+    if !shared {
         return Column::Separate;
     }
     match config.mode {
@@ -75,9 +90,60 @@ pub fn column_for(config: &Config) -> Column {
     }
 }
 
+/// Master `p2m_access_to_iommu_flags` (`asm/p2m.h:975-1001`): rw, rwx → RW; r, rx,
+/// rx2rw (and r_pw, not modelled) → R; w, wx → W; n, x, n2rwx → nothing.
+pub fn master_access_to_iommu_flags(a: P2mAccess) -> IommuPerm {
+    match a {
+        P2mAccess::Rw | P2mAccess::Rwx => IommuPerm::RW,
+        P2mAccess::R | P2mAccess::Rx | P2mAccess::Rx2rw => IommuPerm::R,
+        P2mAccess::W | P2mAccess::Wx => IommuPerm {
+            read: false,
+            write: true,
+        },
+        P2mAccess::N | P2mAccess::X | P2mAccess::N2rwx => IommuPerm::NONE,
+    }
+}
+
+/// Separate-table column of the master policy: `p2m_get_iommu_flags(t, a, mfn)`
+/// (`asm/p2m.h:1007-1036`); `ro_frame`: the page's frame is in `mmio_ro_ranges`.
+pub fn master_separate_perm(t: P2mType, a: P2mAccess, ro_frame: bool) -> IommuPerm {
+    match t {
+        P2mType::RamRw | P2mType::GrantMapRw | P2mType::RamLogdirty | P2mType::MapForeign => {
+            IommuPerm::RW
+        }
+        P2mType::RamRo | P2mType::GrantMapRo => IommuPerm::R,
+        P2mType::MmioDirect => {
+            let f = master_access_to_iommu_flags(a);
+            IommuPerm {
+                write: f.write && !ro_frame,
+                ..f
+            }
+        }
+        _ => IommuPerm::NONE,
+    }
+}
+
+/// r/w bits the type switch of master `ept_p2m_type_to_flags` (`p2m-ept.c:69-209`) gives
+/// a leaf, before the access restriction: `ioreq_server` (number 15) is r, and w only while
+/// no ioreq server claims write accesses — a page only has that type once a server has
+/// claimed it, and writes are the only accesses a server can claim
+/// (`XEN_DMOP_IOREQ_MEM_ACCESS_WRITE`), so r; `mmio_direct` loses w for a frame in
+/// `mmio_ro_ranges`; `ram_logdirty` is r (PML off); otherwise as 4.6.
+pub fn master_ept_type_bits(t: P2mType, ro_frame: bool) -> IommuPerm {
+    match t {
+        P2mType::MmioWriteDm => IommuPerm::R,
+        P2mType::MmioDirect => IommuPerm {
+            read: true,
+            write: !ro_frame,
+        },
+        other => ept_type_bits(other),
+    }
+}
+
 /// Separate-table column: the revision's `p2m_get_iommu_flags` (`asm-x86/p2m.h`).
 pub fn separate_perm(policy: IommuPolicy, t: P2mType) -> IommuPerm {
     match policy {
+        IommuPolicy::Master => master_separate_perm(t, P2mAccess::Rwx, false),
         IommuPolicy::Xen46 => match t {
             P2mType::RamRw | P2mType::GrantMapRw | P2mType::RamLogdirty | P2mType::MapForeign => {
                 IommuPerm::RW
@@ -127,8 +193,10 @@ pub fn ept_shared_perm(t: P2mType, a: P2mAccess) -> IommuPerm {
 }
 
 /// NPT-shared column: the IR/IW bits `p2m_add_iommu_flags` writes (`p2m-pt.c`); access ignored.
+/// Master never shares with AMD; its arm is the separate policy, for totality.
 pub fn npt_shared_perm(policy: IommuPolicy, t: P2mType) -> IommuPerm {
     match policy {
+        IommuPolicy::Master => master_separate_perm(t, P2mAccess::Rwx, false),
         IommuPolicy::Xen46 => match t {
             P2mType::RamRw | P2mType::GrantMapRw | P2mType::RamLogdirty | P2mType::MapForeign => {
                 IommuPerm::RW
@@ -139,13 +207,35 @@ pub fn npt_shared_perm(policy: IommuPolicy, t: P2mType) -> IommuPerm {
     }
 }
 
-/// What a device may do through a present (non-empty) entry of type `t` with access `a`.
+/// What a device may do through a present (non-empty) entry of type `t` with access `a`
+/// (4.6 policy; see [`device_perm_at`] for the frame-dependent master policy).
 pub fn device_perm(column: Column, policy: IommuPolicy, t: P2mType, a: P2mAccess) -> IommuPerm {
-    match column {
-        Column::Separate => separate_perm(policy, t),
-        Column::EptShared => ept_shared_perm(t, a),
-        Column::NptShared => npt_shared_perm(policy, t),
+    device_perm_at(column, policy, t, a, false)
+}
+
+/// What a device may do through a present (non-empty) entry of type `t` with access `a`
+/// whose frame is (`ro_frame`) or is not in `mmio_ro_ranges` (only master looks).
+pub fn device_perm_at(
+    column: Column,
+    policy: IommuPolicy,
+    t: P2mType,
+    a: P2mAccess,
+    ro_frame: bool,
+) -> IommuPerm {
+    match (policy, column) {
+        (IommuPolicy::Xen46, Column::Separate) => separate_perm(policy, t),
+        (IommuPolicy::Xen46, Column::EptShared) => ept_shared_perm(t, a),
+        (IommuPolicy::Xen46, Column::NptShared) => npt_shared_perm(policy, t),
+        (IommuPolicy::Master, Column::EptShared) => {
+            master_ept_type_bits(t, ro_frame).and(ept_access_mask(a))
+        }
+        (IommuPolicy::Master, _) => master_separate_perm(t, a, ro_frame),
     }
+}
+
+/// True when the permission of `t` can depend on the frame (`mmio_ro_ranges`).
+pub fn depends_on_frame(policy: IommuPolicy, t: P2mType) -> bool {
+    policy == IommuPolicy::Master && t == P2mType::MmioDirect
 }
 
 #[cfg(test)]
