@@ -521,6 +521,16 @@ pub enum P2mError {
     /// `ept_set_entry` asserts foreign mappings are 4 KiB; `atomic_write_ept_entry`
     /// refuses a foreign entry that is not present or has no valid frame.
     ForeignRejected,
+    /// Master: `p2m_entry_modify` hits `BUG_ON` for a foreign or ioreq-server entry
+    /// above 4 KiB (`asm/p2m.h:1050`), crashing the host; the model refuses the op and
+    /// leaves the domain unchanged.
+    SpecialTypeAbove4k,
+    /// Master: the IOMMU step of `set_entry` failed with `-ENOMEM`; the p2m entry was
+    /// written (and any replaced subtree freed) all the same.
+    IommuNoMem,
+    /// Master: the IOMMU step of `set_entry` failed with `-EFAULT`; the p2m entry was
+    /// written (and any replaced subtree freed) all the same.
+    IommuFault,
 }
 
 impl fmt::Display for P2mError {
@@ -531,6 +541,9 @@ impl fmt::Display for P2mError {
             P2mError::GfnOutOfRange => "-EINVAL (gfn beyond address width)",
             P2mError::ForeignOnP2mPt => "-EINVAL (foreign type on p2m-pt)",
             P2mError::ForeignRejected => "-EINVAL (foreign entry rejected)",
+            P2mError::SpecialTypeAbove4k => "BUG_ON (foreign/ioreq_server entry above 4 KiB)",
+            P2mError::IommuNoMem => "-ENOMEM (IOMMU step failed; p2m entry written)",
+            P2mError::IommuFault => "-EFAULT (IOMMU step failed; p2m entry written)",
         };
         f.write_str(s)
     }

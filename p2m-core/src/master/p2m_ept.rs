@@ -1,0 +1,645 @@
+//! EPT of the master line: `xen/arch/x86/mm/p2m-ept.c` at `c447b7308b`.
+//!
+//! Levels are numbered 1..=4 here (1 holds 4 KiB entries); Xen's EPT level `i` (0..=3) is
+//! our level `i + 1`. Not modelled (no IOMMU effect in scope, or a state the model never
+//! reaches): `resolve_misconfig` and the EMT/`recalc` machinery (no op here leaves an entry
+//! misconfigured), `ept_sync_domain` (CPU only), PML (modelled as off), A/D bits,
+//! `suppress_ve`, altp2m propagation and `max_mapped_pfn` (it never changes a
+//! `get_entry` result the model can produce).
+
+use crate::cache::note_overwrite;
+use crate::frames::{MachineMemory, TableOwner};
+use crate::master::domain::Cx;
+use crate::master::iommu::FlushFlags;
+use crate::master::p2m::{
+    access_of_raw, linear_pieces, p2m_allows_invalid_mfn, p2m_entry_modify_bugs,
+    p2m_get_iommu_flags, p2m_is_pod, push_extent, type_of_raw, unmapped_extent,
+    IOREQ_MEM_ACCESS_WRITE, P2M_IOREQ_SERVER,
+};
+use crate::tables::{index_of, pages_per_entry, Pte, TableStore};
+use crate::types::*;
+use crate::view::{CpuExtent, P2mEntry};
+use crate::walk::{IoEntry, IoTables};
+
+/// `vmx.exec_sp` (`p2m-ept.c:189`): executable superpages allowed (hardware not affected
+/// by CVE-2018-12207). Only the x bit depends on it, which neither the CPU view (type,
+/// access, frame) nor the IOMMU (r/w) reads.
+pub const EXEC_SP: bool = true;
+
+/// `is_iommu_enabled(d) && iommu_snoop` (`p2m-ept.c:275,920`; `iommu_snoop` defaults to
+/// true, `vtd/iommu.c:63`): the `snp` bit of every leaf `ept_set_entry` or a split writes.
+pub const EPT_SNP: bool = true;
+
+/// An `ept_entry_t` with the fields that matter: r/w/x, sp, the 40-bit frame, `sa_p2mt`,
+/// `access` and `snp` (which keeps a written leaf non-zero, hence `is_epte_valid`, even
+/// when it has no permission). EMT, ipat, A/D, `recalc` and `suppress_ve` are left out.
+#[derive(Clone, Copy, PartialEq, Eq, Default, Debug)]
+pub struct EptEntry {
+    /// Read bit (VT-d's read bit when shared).
+    pub r: bool,
+    /// Write bit (VT-d's write bit when shared).
+    pub w: bool,
+    /// Execute bit.
+    pub x: bool,
+    /// Superpage bit.
+    pub sp: bool,
+    /// 40-bit frame field.
+    pub mfn: u64,
+    /// `sa_p2mt`: the p2m type (0 = `ram_rw`).
+    pub sa_p2mt: u8,
+    /// `access` (0 = `n`).
+    pub access: u8,
+    /// `snp`: snoop control.
+    pub snp: bool,
+}
+
+impl EptEntry {
+    /// `is_epte_present()` (`p2m-ept.c:31`): any of r, w, x.
+    pub fn is_present(&self) -> bool {
+        self.r || self.w || self.x
+    }
+    /// `is_epte_valid()` (`p2m-ept.c:34-38`): non-zero and not `p2m_invalid`.
+    pub fn is_valid(&self) -> bool {
+        *self != EptEntry::default() && self.sa_p2mt != P2mType::Invalid as u8
+    }
+    /// The type in `sa_p2mt`.
+    pub fn p2mt(&self) -> P2mType {
+        type_of_raw(self.sa_p2mt as u32)
+    }
+}
+
+impl Pte for EptEntry {
+    fn nth(&self, k: u64, level: u8) -> Self {
+        if (self.sp || level == 1) && *self != EptEntry::default() {
+            EptEntry {
+                mfn: self
+                    .mfn
+                    .wrapping_add(k.wrapping_mul(pages_per_entry(level)))
+                    & PTE_MFN_MASK,
+                ..*self
+            }
+        } else {
+            *self
+        }
+    }
+}
+
+/// Models `ept_p2m_type_to_flags()` (`p2m-ept.c:69-193`): r/w/x from `sa_p2mt` (w cleared
+/// for `mmio_direct` frames in `mmio_ro_ranges`, for `ram_logdirty` without PML, for
+/// `p2m_ioreq_server` while writes are claimed), then restricted by `access`.
+pub fn ept_p2m_type_to_flags(e: &mut EptEntry) {
+    let (r, w, x) = match e.p2mt() {
+        P2mType::RamRw => (true, true, true),
+        P2M_IOREQ_SERVER => (true, !IOREQ_MEM_ACCESS_WRITE, false),
+        P2mType::MmioDirect => (true, !in_mmio_ro_ranges(Mfn(e.mfn)), true),
+        // PML is modelled as off: log-dirty pages are write-protected.
+        P2mType::RamLogdirty | P2mType::RamRo | P2mType::RamShared => (true, false, true),
+        P2mType::GrantMapRw | P2mType::MapForeign => (true, true, false),
+        P2mType::GrantMapRo => (true, false, false),
+        _ => (false, false, false),
+    };
+    let (mr, mw, mx) = match access_of_raw(e.access) {
+        P2mAccess::N | P2mAccess::N2rwx => (false, false, false),
+        P2mAccess::R => (true, false, false),
+        P2mAccess::W => (false, true, false),
+        P2mAccess::X => (false, false, true),
+        P2mAccess::Rx | P2mAccess::Rx2rw => (true, false, true),
+        P2mAccess::Wx => (false, true, true),
+        P2mAccess::Rw => (true, true, false),
+        P2mAccess::Rwx => (true, true, true),
+    };
+    e.r = r && mr;
+    e.w = w && mw;
+    e.x = x && mx && (EXEC_SP || !e.sp);
+}
+
+/// The middle entry `ept_set_middle_entry()` builds (`p2m-ept.c:199-227`): rwx, the new
+/// table's frame, `p2m->default_access` (rwx, `p2m-basic.c:34`), `sa_p2mt` 0.
+fn middle_entry(table: u64) -> EptEntry {
+    EptEntry {
+        r: true,
+        w: true,
+        x: true,
+        mfn: table,
+        access: P2mAccess::Rwx as u8,
+        ..Default::default()
+    }
+}
+
+/// The frame `get_entry` reports for a leaf whose frame field is `field`, `off` pages into
+/// it: the field plus the offset, except that the clipped `INVALID_MFN` (the all-ones
+/// 40-bit field) reads as `INVALID_MFN` (Xen returns the raw field).
+fn leaf_mfn(field: u64, off: u64) -> Mfn {
+    if field == PTE_MFN_MASK {
+        INVALID_MFN
+    } else {
+        Mfn(field + off)
+    }
+}
+
+/// The guest range of the entry covering `gfn` at `level`.
+fn entry_range(gfn: u64, level: u8) -> GfnRange {
+    let per = pages_per_entry(level);
+    GfnRange::of_order(gfn / per * per, 9 * (level as u32 - 1))
+}
+
+/// The EPT of a host p2m (`struct ept_data` and its tables).
+#[derive(Clone, Debug)]
+pub struct Ept {
+    /// Tables by frame.
+    pub tables: TableStore<EptEntry>,
+    /// Root (level-4) table frame.
+    pub root: u64,
+}
+
+impl Ept {
+    /// A fresh, empty 4-level EPT (`ept_p2m_init`, `ept->wl = 3`, `p2m-ept.c:1463`).
+    pub fn new(mem: &mut MachineMemory) -> Self {
+        let root = mem.alloc(TableOwner::P2m, 4);
+        let mut tables = TableStore::new();
+        tables.insert(root, 4);
+        Ept { tables, root }
+    }
+
+    /// The entry `idx` of the table in frame `t` (zero when there is no such table).
+    fn entry(&self, t: u64, idx: u16) -> EptEntry {
+        self.tables.get(t).map(|x| x.get(idx)).unwrap_or_default()
+    }
+
+    /// Models `atomic_write_ept_entry()` (`p2m-ept.c:41-67`; its `p2m_entry_modify` refusal
+    /// is checked before the op starts): logs the entry's range as changed and a replaced
+    /// pointer as unlinked, and, when VT-d walks the EPT, turns the old content into cache
+    /// records.
+    fn write(&mut self, cx: &mut Cx, t: u64, level: u8, gfn: u64, new: EptEntry) {
+        let idx = index_of(gfn, level);
+        let old = self.entry(t, idx);
+        let range = entry_range(gfn, level);
+        cx.log.changed(range);
+        if level > 1 && old.is_present() && !old.sp {
+            cx.log
+                .unlink(cx.mem, old.mfn, TableOwner::P2m, level - 1, range);
+        }
+        if cx.iommu.shared {
+            note_overwrite(
+                &mut cx.iommu.caches,
+                &*self,
+                cx.mem,
+                range,
+                level,
+                ept_io_entry(old, level),
+                cx.seq,
+            );
+        }
+        if let Some(tab) = self.tables.get_mut(t) {
+            tab.set(idx, new);
+        }
+    }
+
+    /// Models `ept_next_level()` creating a missing table (`p2m-ept.c:339-352`, with
+    /// `ept_set_middle_entry`): allocates a zeroed table, installs the middle entry and
+    /// returns the table's frame.
+    fn set_middle_entry(&mut self, cx: &mut Cx, t: u64, level: u8, gfn: u64) -> u64 {
+        let nt = cx.mem.alloc(TableOwner::P2m, level - 1);
+        self.tables.insert(nt, level - 1);
+        self.write(cx, t, level, gfn, middle_entry(nt));
+        nt
+    }
+
+    /// Models `ept_split_super_page()` (`p2m-ept.c:247-300`): builds, in new tables, the
+    /// subtree that splits the superpage `sp` at `level` down to `target` and returns the
+    /// middle entry pointing at it; the caller installs it (the subtree is filled first).
+    /// Each child copies the superpage with `snp` set and its frame advanced, and gets
+    /// `ept_p2m_type_to_flags` again (so `mmio_direct` children in `mmio_ro_ranges` lose w).
+    fn split_super_page(&mut self, cx: &mut Cx, sp: EptEntry, level: u8, target: u8) -> EptEntry {
+        cx.stats.superpage_splits += 1;
+        let cl = level - 1;
+        let nt = cx.mem.alloc(TableOwner::P2m, cl);
+        self.tables.insert(nt, cl);
+        let per = pages_per_entry(cl);
+        let child = |k: u64| {
+            let mut c = EptEntry {
+                sp: cl > 1,
+                snp: EPT_SNP,
+                mfn: sp.mfn.wrapping_add(k * per) & PTE_MFN_MASK,
+                ..sp
+            };
+            ept_p2m_type_to_flags(&mut c);
+            c
+        };
+        if cl == target {
+            let ro = [MMIO_RO_FRAMES.start, MMIO_RO_FRAMES.end];
+            for (k0, k1) in linear_pieces(sp.mfn, per, 512, &ro) {
+                if let Some(tab) = self.tables.get_mut(nt) {
+                    tab.fill(k0 as u16, (k1 - k0) as u16, child(k0));
+                }
+            }
+        } else {
+            for i in 0..512u16 {
+                let sub = self.split_super_page(cx, child(i as u64), cl, target);
+                if let Some(tab) = self.tables.get_mut(nt) {
+                    tab.set(i, sub);
+                }
+            }
+        }
+        middle_entry(nt)
+    }
+
+    /// Models `ept_free_entry()` (`p2m-ept.c:229-245`) on the entry `e` at `level` whose
+    /// guest range is `span`: frees the tables under it (children first, as Xen recurses)
+    /// through the op log's free check, against the structure the IOMMU walks.
+    fn free_entry(&mut self, cx: &mut Cx, e: EptEntry, level: u8, span: GfnRange) {
+        let mut frames = Vec::new();
+        self.collect_free(e, level, &mut frames);
+        if frames.is_empty() {
+            return;
+        }
+        let Cx {
+            mem, iommu, log, ..
+        } = cx;
+        let io: &dyn IoTables = if iommu.shared {
+            &*self
+        } else {
+            iommu.io_tables()
+        };
+        log.free_tables(
+            mem,
+            io,
+            iommu.caches.records(),
+            TableOwner::P2m,
+            &frames,
+            span,
+        );
+        for &(f, _) in &frames {
+            self.tables.remove(f);
+        }
+    }
+
+    /// The `(frame, level)` of every table `ept_free_entry(e)` frees, children first: none
+    /// for a 4 KiB entry, a non-present entry or a superpage; otherwise the subtree,
+    /// recursing while the freed table holds pointers.
+    fn collect_free(&self, e: EptEntry, level: u8, out: &mut Vec<(u64, u8)>) {
+        if level == 1 || !e.is_present() || e.sp {
+            return;
+        }
+        let tl = level - 1;
+        if tl > 1 {
+            if let Some(tab) = self.tables.get(e.mfn) {
+                for (_, l, c) in tab.iter_runs(0, 512) {
+                    if c.is_present() && !c.sp {
+                        for k in 0..l {
+                            self.collect_free(c.nth(k as u64, tl), tl, out);
+                        }
+                    }
+                }
+            }
+        }
+        out.push((e.mfn, tl));
+    }
+
+    /// Models `ept_set_entry()` (`p2m-ept.c:794-1003`) on the host p2m.
+    ///
+    /// `-EINVAL` (`:823-826`) for a misaligned `gfn` (and `mfn`, unless `INVALID_MFN`), a
+    /// gfn beyond 48 bits, an order not a multiple of 9; the model also refuses orders
+    /// above 18 (`BadOrder`; Xen only asserts) and the `p2m_entry_modify` `BUG_ON`
+    /// (`SpecialTypeAbove4k`). Then: walk down with `ept_next_level` (creating middle
+    /// entries, stopping at a superpage or a PoD entry); sample `vtd_pte_present`; split a
+    /// superpage above the target (the split subtree is filled, then installed); build the
+    /// new entry only for a valid frame or a type allowing an invalid one, clearing
+    /// `need_modify_vtd_table` when the target entry's frame and
+    /// `p2m_get_iommu_flags(sa_p2mt, access, mfn)` are unchanged (an intermediate entry
+    /// reads as `ram_rw`/rwx with the table's frame); write it; then the IOMMU step of
+    /// `:972-986`; then `ept_free_entry` of a replaced intermediate entry, last.
+    pub fn set_entry(
+        &mut self,
+        cx: &mut Cx,
+        gfn: u64,
+        mfn: Mfn,
+        order: u32,
+        p2mt: P2mType,
+        p2ma: P2mAccess,
+    ) -> Result<(), P2mError> {
+        let sw = *cx.sw;
+        // `order % EPT_TABLE_ORDER` is -EINVAL; above 18 Xen only asserts.
+        if !PAGE_ORDERS.contains(&order) {
+            return Err(P2mError::BadOrder);
+        }
+        let fn_mask = if mfn != INVALID_MFN { gfn | mfn.0 } else { gfn };
+        if fn_mask & ((1u64 << order) - 1) != 0 {
+            return Err(P2mError::Misaligned);
+        }
+        if gfn >> GFN_BITS != 0 {
+            return Err(P2mError::GfnOutOfRange);
+        }
+        let target = (order / 9) as u8 + 1;
+        let writes_type = mfn.is_valid() || p2m_allows_invalid_mfn(p2mt);
+        if p2m_entry_modify_bugs(p2mt, target, writes_type) {
+            return Err(P2mError::SpecialTypeAbove4k);
+        }
+        let iommu_flags = p2m_get_iommu_flags(&sw, p2mt, p2ma, mfn);
+        let mut need_modify_vtd_table = true;
+
+        // The walk (`:841-852`): ept_next_level with read_only = 0.
+        let mut t = self.root;
+        let mut level = 4u8;
+        while level > target {
+            let e = self.entry(t, index_of(gfn, level));
+            if !e.is_present() {
+                if p2m_is_pod(e.p2mt()) {
+                    break;
+                }
+                t = self.set_middle_entry(cx, t, level, gfn);
+            } else if e.sp {
+                break;
+            } else {
+                t = e.mfn;
+            }
+            level -= 1;
+        }
+        let stopped = self.entry(t, index_of(gfn, level));
+        let vtd_pte_present = stopped.is_present();
+        let mut old_entry = EptEntry::default();
+        if level == target {
+            old_entry = stopped;
+        } else {
+            // `:883-911`: split, install, walk down the new subtree.
+            let split = self.split_super_page(cx, stopped, level, target);
+            cx.log
+                .split(entry_range(gfn, level), "ept_split_super_page");
+            self.write(cx, t, level, gfn, split);
+            while level > target {
+                t = self.entry(t, index_of(gfn, level)).mfn;
+                level -= 1;
+            }
+        }
+        let ept_entry = self.entry(t, index_of(gfn, target));
+
+        // `:915-942`: the new entry and `need_modify_vtd_table`.
+        let mut new_entry = EptEntry::default();
+        if writes_type {
+            new_entry = EptEntry {
+                sp: target > 1,
+                sa_p2mt: p2mt as u8,
+                access: p2ma as u8,
+                snp: EPT_SNP,
+                mfn: mfn.0 & PTE_MFN_MASK,
+                ..Default::default()
+            };
+            let old_flags = p2m_get_iommu_flags(
+                &sw,
+                ept_entry.p2mt(),
+                access_of_raw(ept_entry.access),
+                Mfn(ept_entry.mfn),
+            );
+            let same_flags = !sw.ept_need_modify_checks_iommu_flags || old_flags == iommu_flags;
+            if ept_entry.mfn == new_entry.mfn && same_flags {
+                need_modify_vtd_table = false;
+                cx.stats.need_modify_cleared += 1;
+            }
+            ept_p2m_type_to_flags(&mut new_entry);
+        }
+        self.write(cx, t, target, gfn, new_entry);
+        if old_entry.is_present() && !old_entry.sp && target > 1 {
+            cx.stats.intermediate_replaced += 1;
+        }
+        let span = entry_range(gfn, target);
+        if !sw.ept_free_entry_last {
+            // ept-free-first: the replaced subtree goes before the IOMMU step.
+            self.free_entry(cx, old_entry, target, span);
+            old_entry = EptEntry::default();
+        }
+
+        // `:972-986`: the IOMMU step (rc is 0 here: the write cannot fail in the model).
+        let mut rc = Ok(());
+        if need_modify_vtd_table {
+            let flush_now = !cx.iommu.dont_flush || !sw.shared_ept_honours_dont_flush;
+            if cx.iommu.shared && flush_now {
+                let flags = FlushFlags {
+                    added: !iommu_flags.is_none(),
+                    modified: vtd_pte_present,
+                    all: false,
+                };
+                rc = cx.iommu_iotlb_flush(gfn, 1 << order, flags);
+            } else if cx.need_iommu_pt_sync() {
+                rc = if !iommu_flags.is_none() {
+                    cx.iommu_legacy_map(gfn, mfn.0, 1 << order, iommu_flags)
+                } else {
+                    cx.iommu_legacy_unmap(gfn, 1 << order)
+                };
+            }
+        }
+
+        // `:988-995`: release the replaced intermediate tables last.
+        self.free_entry(cx, old_entry, target, span);
+        rc
+    }
+
+    /// Models `ept_get_entry()` (`p2m-ept.c:1008-1117`) for a query without `P2M_ALLOC`:
+    /// walking with `read_only = 1`, a non-present entry above 4 KiB ends the walk with
+    /// Xen's defaults (`None`) — even a valid one, e.g. a 2 MiB `ram_rw` page with access
+    /// `n` — unless it is PoD; PoD reads as `populate_on_demand`, `INVALID_MFN`, access `n`;
+    /// a valid leaf gives its type, access and frame (plus the offset in a superpage).
+    pub fn get_entry(&self, gfn: u64) -> Option<P2mEntry> {
+        if gfn >> GFN_BITS != 0 {
+            return None;
+        }
+        let mut t = self.root;
+        let mut level = 4u8;
+        let e = loop {
+            let e = self.entry(t, index_of(gfn, level));
+            if level == 1 || e.sp {
+                break e;
+            }
+            if !e.is_present() {
+                return p2m_is_pod(e.p2mt()).then_some(POD_READING);
+            }
+            t = e.mfn;
+            level -= 1;
+        };
+        if level > 1 && !e.is_present() {
+            return p2m_is_pod(e.p2mt()).then_some(POD_READING);
+        }
+        if p2m_is_pod(e.p2mt()) {
+            return Some(POD_READING);
+        }
+        e.is_valid().then(|| P2mEntry {
+            mfn: leaf_mfn(e.mfn, gfn & (pages_per_entry(level) - 1)),
+            p2mt: e.p2mt(),
+            access: access_of_raw(e.access),
+        })
+    }
+
+    /// The CPU view of `range` as runs, consistent with [`Self::get_entry`] at every gfn.
+    /// Cost: the table runs the range meets, never its pages.
+    pub fn cpu_extents(&self, range: GfnRange) -> Vec<CpuExtent> {
+        let mut out = Vec::new();
+        let limit = 1u64 << GFN_BITS;
+        let inside = GfnRange {
+            start: range.start.min(limit),
+            end: range.end.min(limit),
+        };
+        if !inside.is_empty() {
+            self.extents_in(self.root, 4, 0, inside, &mut out);
+        }
+        push_extent(
+            &mut out,
+            unmapped_extent(GfnRange {
+                start: inside.end.max(range.start),
+                end: range.end,
+            }),
+        );
+        out
+    }
+
+    /// [`Self::cpu_extents`] within the table `t` at `level` whose first gfn is `base`.
+    fn extents_in(&self, t: u64, level: u8, base: u64, range: GfnRange, out: &mut Vec<CpuExtent>) {
+        let Some(tab) = self.tables.get(t) else {
+            push_extent(out, unmapped_extent(range));
+            return;
+        };
+        let per = pages_per_entry(level);
+        let lo = index_of(range.start, level);
+        let hi = index_of(range.end - 1, level) + 1;
+        let mut cursor = range.start;
+        for (s, l, e) in tab.iter_runs(lo, hi) {
+            let run_start = base + s as u64 * per;
+            let run = GfnRange {
+                start: run_start,
+                end: run_start + l as u64 * per,
+            };
+            let Some(hit) = run.intersect(&range) else {
+                continue;
+            };
+            push_extent(
+                out,
+                unmapped_extent(GfnRange {
+                    start: cursor,
+                    end: hit.start,
+                }),
+            );
+            cursor = hit.end;
+            let reading = |r: GfnRange| CpuExtent {
+                range: r,
+                mfn: INVALID_MFN,
+                p2mt: POD_READING.p2mt,
+                access: POD_READING.access,
+            };
+            let leaf = level == 1 || e.sp;
+            if (level > 1 && !e.is_present()) || (leaf && p2m_is_pod(e.p2mt())) {
+                if p2m_is_pod(e.p2mt()) {
+                    push_extent(out, reading(hit));
+                } else {
+                    push_extent(out, unmapped_extent(hit));
+                }
+            } else if !leaf {
+                for k in 0..l as u64 {
+                    let c = e.nth(k, level);
+                    let er = GfnRange {
+                        start: run_start + k * per,
+                        end: run_start + (k + 1) * per,
+                    };
+                    if let Some(sub) = er.intersect(&hit) {
+                        self.extents_in(c.mfn, level - 1, er.start, sub, out);
+                    }
+                }
+            } else if !e.is_valid() {
+                push_extent(out, unmapped_extent(hit));
+            } else {
+                for (k0, k1) in linear_pieces(e.mfn, per, l as u64, &[PTE_MFN_MASK]) {
+                    let pr = GfnRange {
+                        start: run_start + k0 * per,
+                        end: run_start + k1 * per,
+                    };
+                    let Some(ph) = pr.intersect(&hit) else {
+                        continue;
+                    };
+                    let field = e.nth(k0, level).mfn;
+                    push_extent(
+                        out,
+                        CpuExtent {
+                            range: ph,
+                            mfn: leaf_mfn(field, ph.start - pr.start),
+                            p2mt: e.p2mt(),
+                            access: access_of_raw(e.access),
+                        },
+                    );
+                }
+            }
+        }
+        push_extent(
+            out,
+            unmapped_extent(GfnRange {
+                start: cursor,
+                end: range.end,
+            }),
+        );
+    }
+}
+
+/// What `ept_get_entry` returns for PoD without `P2M_ALLOC` (`:1047-1052`, `:1071-1076`):
+/// `populate_on_demand`, `INVALID_MFN`, access `n` (the initial value).
+const POD_READING: P2mEntry = P2mEntry {
+    mfn: INVALID_MFN,
+    p2mt: P2mType::PopulateOnDemand,
+    access: P2mAccess::N,
+};
+
+/// How VT-d reads an EPT entry at `level` when it shares the EPT: present when r or w is
+/// set (x alone is not a DMA permission), a leaf at level 1 or with the superpage bit.
+pub fn ept_io_entry(e: EptEntry, level: u8) -> IoEntry {
+    let perm = IommuPerm {
+        read: e.r,
+        write: e.w,
+    };
+    if perm.is_none() {
+        IoEntry::NotPresent
+    } else if level == 1 || e.sp {
+        IoEntry::Leaf { mfn: e.mfn, perm }
+    } else {
+        IoEntry::Next {
+            table: e.mfn,
+            level: level - 1,
+            perm,
+        }
+    }
+}
+
+/// The EPT as a shared VT-d unit walks it (`domain_pgd_maddr` hands it the p2m root).
+impl IoTables for Ept {
+    fn owner(&self) -> TableOwner {
+        TableOwner::P2m
+    }
+    fn io_root(&self) -> (u64, u8) {
+        (self.root, 4)
+    }
+    fn for_each_io_run(
+        &self,
+        t: u64,
+        lo: u16,
+        hi: u16,
+        f: &mut dyn FnMut(u16, u16, IoEntry),
+    ) -> bool {
+        let Some(tab) = self.tables.get(t) else {
+            return false;
+        };
+        let level = tab.level;
+        let per = pages_per_entry(level);
+        for (s, l, e) in tab.iter_runs(lo, hi) {
+            match ept_io_entry(e, level) {
+                IoEntry::NotPresent => f(s, l, IoEntry::NotPresent),
+                IoEntry::Leaf { .. } => {
+                    // Split where the 40-bit frame field wraps: the walk adds linearly.
+                    for (k0, k1) in linear_pieces(e.mfn, per, l as u64, &[]) {
+                        let first = ept_io_entry(e.nth(k0, level), level);
+                        f(s + k0 as u16, (k1 - k0) as u16, first);
+                    }
+                }
+                IoEntry::Next { .. } => {
+                    for k in 0..l {
+                        f(s + k, 1, ept_io_entry(e.nth(k as u64, level), level));
+                    }
+                }
+            }
+        }
+        true
+    }
+}
