@@ -643,3 +643,477 @@ impl IoTables for Ept {
         true
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::events::ReachVia;
+    use crate::master::domain::{Domain, P2m};
+    use crate::master::p2m::IommuCall;
+    use crate::revision::Revision;
+
+    fn dom(share: bool, rev: &str) -> Domain {
+        Domain::new(
+            Config::new(Mode::Ept, Vendor::Vtd, share),
+            Revision::by_name(rev).unwrap(),
+        )
+    }
+
+    fn ept(d: &Domain) -> &Ept {
+        match &d.p2m {
+            P2m::Ept(e) => e,
+            P2m::Pt(_) => unreachable!(),
+        }
+    }
+
+    const RW: P2mAccess = P2mAccess::Rwx;
+
+    fn flush(dfn: u64, page_count: u64, added: bool, modified: bool) -> IommuCall {
+        IommuCall::IotlbFlush {
+            dfn,
+            page_count,
+            flags: FlushFlags {
+                added,
+                modified,
+                all: false,
+            },
+        }
+    }
+
+    #[test]
+    fn type_to_flags() {
+        let f = |t: P2mType, a: P2mAccess, mfn: u64, sp: bool| {
+            let mut e = EptEntry {
+                sa_p2mt: t as u8,
+                access: a as u8,
+                mfn,
+                sp,
+                ..Default::default()
+            };
+            ept_p2m_type_to_flags(&mut e);
+            (e.r, e.w, e.x)
+        };
+        let ro = MMIO_RO_FRAMES.start;
+        assert_eq!(f(P2mType::RamRw, RW, 5, false), (true, true, true));
+        assert_eq!(
+            f(P2mType::RamRw, P2mAccess::R, 5, false),
+            (true, false, false)
+        );
+        assert_eq!(
+            f(P2mType::RamRw, P2mAccess::W, 5, false),
+            (false, true, false)
+        );
+        assert_eq!(
+            f(P2mType::RamRw, P2mAccess::N2rwx, 5, false),
+            (false, false, false)
+        );
+        assert_eq!(f(P2mType::RamLogdirty, RW, 5, false), (true, false, true));
+        assert_eq!(f(P2M_IOREQ_SERVER, RW, 5, false), (true, false, false));
+        assert_eq!(
+            f(P2mType::MmioDirect, RW, MAX_PAGE, true),
+            (true, true, true)
+        );
+        assert_eq!(f(P2mType::MmioDirect, RW, ro, false), (true, false, true));
+        assert_eq!(f(P2mType::GrantMapRw, RW, 5, false), (true, true, false));
+        assert_eq!(f(P2mType::GrantMapRo, RW, 5, false), (true, false, false));
+        assert_eq!(
+            f(P2mType::RamShared, P2mAccess::Wx, 5, false),
+            (false, false, true)
+        );
+        for t in [
+            P2mType::Invalid,
+            P2mType::MmioDm,
+            P2mType::PopulateOnDemand,
+            P2mType::RamPaged,
+            P2mType::RamBroken,
+        ] {
+            assert_eq!(f(t, RW, 5, false), (false, false, false), "{t}");
+        }
+    }
+
+    #[test]
+    fn map_split_and_views() {
+        let mut d = dom(false, "xen-master");
+        d.set_entry(0x200, Mfn(0x1000), 9, P2mType::RamRw, RW)
+            .unwrap();
+        assert_eq!(
+            d.calls,
+            [IommuCall::LegacyMap {
+                dfn: 0x200,
+                mfn: 0x1000,
+                page_count: 512,
+                perm: IommuPerm::RW
+            }]
+        );
+        let tables_before = ept(&d).tables.len();
+        d.set_entry(0x205, Mfn(0x9000), 0, P2mType::RamRo, RW)
+            .unwrap();
+        assert_eq!(d.log.splits.len(), 1);
+        assert_eq!(d.log.splits[0].range, GfnRange::of_order(0x200, 9));
+        assert_eq!(ept(&d).tables.len(), tables_before + 1);
+        assert_eq!(d.stats.superpage_splits, 1);
+        assert_eq!(d.get_entry(0x204).unwrap().mfn, Mfn(0x1004));
+        assert_eq!(
+            d.get_entry(0x205).unwrap(),
+            P2mEntry {
+                mfn: Mfn(0x9000),
+                p2mt: P2mType::RamRo,
+                access: RW
+            }
+        );
+        assert_eq!(d.get_entry(0x206).unwrap().mfn, Mfn(0x1006));
+        let x = d.cpu_extents(GfnRange::of_order(0x200, 9));
+        assert_eq!(x.len(), 3);
+        assert_eq!(
+            x[0].range,
+            GfnRange {
+                start: 0x200,
+                end: 0x205
+            }
+        );
+        assert_eq!(x[2].mfn, Mfn(0x1006));
+        // The split keeps the old entry's frame at 0x205, so the IOMMU is told.
+        assert_eq!(
+            d.calls,
+            [IommuCall::LegacyMap {
+                dfn: 0x205,
+                mfn: 0x9000,
+                page_count: 1,
+                perm: IommuPerm::R
+            }]
+        );
+    }
+
+    #[test]
+    fn split_1g_to_4k_builds_513_tables_as_runs() {
+        let mut d = dom(true, "xen-master");
+        d.set_entry(0, Mfn(0x40000 * 8), 18, P2mType::RamRw, RW)
+            .unwrap();
+        let before = ept(&d).tables.len();
+        d.set_entry(0x12345, Mfn(7), 0, P2mType::RamRw, RW).unwrap();
+        assert_eq!(ept(&d).tables.len(), before + 513);
+        assert_eq!(d.stats.superpage_splits, 513);
+        assert!(ept(&d).tables.frames().all(|(_, t)| t.run_count() <= 512));
+        let l1_runs: usize = ept(&d)
+            .tables
+            .frames()
+            .filter(|(_, t)| t.level == 1)
+            .map(|(_, t)| t.run_count())
+            .sum();
+        assert_eq!(
+            l1_runs,
+            512 + 2,
+            "one run per split table, three in the changed one"
+        );
+        assert_eq!(
+            d.get_entry(0x12344).unwrap().mfn,
+            Mfn(0x40000 * 8 + 0x12344)
+        );
+        assert_eq!(d.get_entry(0x12345).unwrap().mfn, Mfn(7));
+        // The split sampled a present superpage: flush with MODIFIED, exactly the op's range.
+        assert_eq!(d.calls, [flush(0x12345, 1, true, true)]);
+    }
+
+    #[test]
+    fn split_mmio_over_ro_frames_removes_write_per_child() {
+        let mut d = dom(true, "xen-master");
+        d.set_entry(0x200, Mfn(MAX_PAGE), 9, P2mType::MmioDirect, RW)
+            .unwrap();
+        d.set_entry(0x200, Mfn(MAX_PAGE), 0, P2mType::MmioDirect, RW)
+            .unwrap();
+        let ro = d.get_entry(0x300).unwrap();
+        assert_eq!(ro.mfn, Mfn(MMIO_RO_FRAMES.start));
+        let view = d.current_view(GfnRange::of_order(0x200, 9));
+        let perm_at = |g: u64| {
+            view.translations
+                .iter()
+                .find(|t| t.range.contains(g))
+                .map(|t| t.perm)
+        };
+        assert_eq!(perm_at(0x2ff), Some(IommuPerm::RW));
+        assert_eq!(perm_at(0x300), Some(IommuPerm::R));
+        assert_eq!(perm_at(0x3ff), Some(IommuPerm::R));
+    }
+
+    #[test]
+    fn need_modify_decisions() {
+        for share in [false, true] {
+            let mut d = dom(share, "xen-master");
+            d.set_entry(0x10, Mfn(0x500), 0, P2mType::RamRw, RW)
+                .unwrap();
+            // Same frame, same IOMMU flags: no IOMMU step.
+            d.set_entry(0x10, Mfn(0x500), 0, P2mType::RamRw, RW)
+                .unwrap();
+            assert!(d.calls.is_empty(), "share={share}");
+            // Access-only change on ram_rw: the flags ignore access, so none (by design).
+            d.set_entry(0x10, Mfn(0x500), 0, P2mType::RamRw, P2mAccess::R)
+                .unwrap();
+            assert!(d.calls.is_empty(), "share={share}");
+            // ram_rw -> ram_ro on the same frame: the flags differ.
+            d.set_entry(0x10, Mfn(0x500), 0, P2mType::RamRo, RW)
+                .unwrap();
+            let want = if share {
+                flush(0x10, 1, true, true)
+            } else {
+                IommuCall::LegacyMap {
+                    dfn: 0x10,
+                    mfn: 0x500,
+                    page_count: 1,
+                    perm: IommuPerm::R,
+                }
+            };
+            assert_eq!(d.calls, [want], "share={share}");
+            // ept-perm-noflush: the frame alone decides.
+            let mut u = dom(share, "ept-perm-noflush");
+            u.set_entry(0x10, Mfn(0x500), 0, P2mType::RamRw, RW)
+                .unwrap();
+            u.set_entry(0x10, Mfn(0x500), 0, P2mType::RamRo, RW)
+                .unwrap();
+            assert!(u.calls.is_empty(), "share={share}");
+        }
+    }
+
+    #[test]
+    fn empty_entry_reads_as_ram_rw_frame_0() {
+        // An empty entry is sa_p2mt 0 (ram_rw) with frame 0: mapping frame 0 as ram_rw
+        // there clears need_modify_vtd_table, so the IOMMU is not told.
+        let mut d = dom(false, "xen-master");
+        d.set_entry(0x10, Mfn(0), 0, P2mType::RamRw, RW).unwrap();
+        assert!(d.calls.is_empty());
+        assert_eq!(d.stats.need_modify_cleared, 1);
+        // An intermediate entry reads as ram_rw with the table's frame.
+        let mut d = dom(false, "xen-master");
+        d.set_entry(0x200, Mfn(0x1000), 0, P2mType::RamRw, RW)
+            .unwrap();
+        let l2 = ept(&d).entry(ept(&d).root, 0);
+        let l2 = ept(&d).entry(l2.mfn, 0);
+        let table = ept(&d).entry(l2.mfn, 1).mfn;
+        d.set_entry(0x200, Mfn(table), 9, P2mType::RamRw, RW)
+            .unwrap();
+        assert!(
+            d.calls.is_empty(),
+            "leaf over a table with the table's frame"
+        );
+        assert_eq!(d.log.frees.len(), 1);
+    }
+
+    #[test]
+    fn shared_flush_flags_and_dont_flush() {
+        let mut d = dom(true, "xen-master");
+        d.set_entry(0x10, Mfn(0x500), 0, P2mType::RamRw, RW)
+            .unwrap();
+        assert_eq!(d.calls, [flush(0x10, 1, true, false)]);
+        d.set_entry(0x10, Mfn(0x600), 0, P2mType::RamRw, RW)
+            .unwrap();
+        assert_eq!(d.calls, [flush(0x10, 1, true, true)]);
+        d.set_entry(0x10, INVALID_MFN, 0, P2mType::Invalid, RW)
+            .unwrap();
+        assert_eq!(d.calls, [flush(0x10, 1, false, true)]);
+        d.iommu.dont_flush = true;
+        d.set_entry(0x10, Mfn(0x700), 0, P2mType::RamRw, RW)
+            .unwrap();
+        assert!(
+            d.calls.is_empty(),
+            "the batch flushes afterwards (83432adeb8)"
+        );
+        let mut u = dom(true, "83432adeb8-undone");
+        u.iommu.dont_flush = true;
+        u.set_entry(0x10, Mfn(0x700), 0, P2mType::RamRw, RW)
+            .unwrap();
+        assert_eq!(u.calls, [flush(0x10, 1, true, false)]);
+    }
+
+    #[test]
+    fn separate_map_and_unmap_calls() {
+        let mut d = dom(false, "xen-master");
+        d.iommu.dont_flush = true;
+        d.set_entry(0x400, Mfn(0x800), 9, P2mType::GrantMapRo, RW)
+            .unwrap();
+        assert_eq!(
+            d.calls,
+            [IommuCall::LegacyMap {
+                dfn: 0x400,
+                mfn: 0x800,
+                page_count: 512,
+                perm: IommuPerm::R
+            }]
+        );
+        d.set_entry(0x400, INVALID_MFN, 9, P2mType::Invalid, RW)
+            .unwrap();
+        assert_eq!(
+            d.calls,
+            [IommuCall::LegacyUnmap {
+                dfn: 0x400,
+                page_count: 512
+            }]
+        );
+        assert_eq!(d.get_entry(0x400), None);
+        // A RAM type with an invalid frame writes an empty entry but still maps it
+        // (the flags come from the type).
+        d.set_entry(0x10, INVALID_MFN, 0, P2mType::RamRw, RW)
+            .unwrap();
+        assert_eq!(
+            d.calls,
+            [IommuCall::LegacyMap {
+                dfn: 0x10,
+                mfn: INVALID_MFN.0,
+                page_count: 1,
+                perm: IommuPerm::RW
+            }]
+        );
+        assert_eq!(d.get_entry(0x10), None);
+        // W-only mmio_direct is mapped W-only.
+        d.set_entry(
+            0x11,
+            Mfn(MAX_PAGE + 1),
+            0,
+            P2mType::MmioDirect,
+            P2mAccess::W,
+        )
+        .unwrap();
+        assert_eq!(
+            d.calls,
+            [IommuCall::LegacyMap {
+                dfn: 0x11,
+                mfn: MAX_PAGE + 1,
+                page_count: 1,
+                perm: IommuPerm {
+                    read: false,
+                    write: true
+                }
+            }]
+        );
+    }
+
+    /// Shared EPT, 4 KiB maps then a 2 MiB leaf over their table: the table is freed after
+    /// the flush, so nothing reaches it; freed first (`ept-free-first`), the cached
+    /// pointer to it still does.
+    #[test]
+    fn shared_leaf_over_intermediate_frees_after_flush() {
+        for (rev, reached) in [("xen-master", false), ("ept-free-first", true)] {
+            let mut d = dom(true, rev);
+            for g in 0x200..0x204 {
+                d.set_entry(g, Mfn(0x1000 + g), 0, P2mType::RamRw, RW)
+                    .unwrap();
+            }
+            d.set_entry(0x200, Mfn(0x4000), 9, P2mType::RamRw, RW)
+                .unwrap();
+            assert_eq!(d.calls, [flush(0x200, 512, true, true)], "{rev}");
+            assert_eq!(d.log.frees.len(), 1, "{rev}");
+            let ev = &d.log.frees[0];
+            assert_eq!(ev.span, GfnRange::of_order(0x200, 9));
+            assert_eq!(!ev.reaches.is_empty(), reached, "{rev}: {:?}", ev.reaches);
+            if reached {
+                assert!(ev
+                    .reaches
+                    .iter()
+                    .all(|r| matches!(r.via, ReachVia::CachedWalk { .. })));
+            }
+            assert_eq!(d.log.unlinked.len(), 1);
+            assert!(d.log.leaked(&d.mem).next().is_none());
+            assert!(d.log.bad_frees.is_empty());
+            assert_eq!(d.stats.intermediate_replaced, 1);
+            assert_eq!(d.get_entry(0x203).unwrap().mfn, Mfn(0x4003));
+        }
+    }
+
+    /// A 1 GiB leaf over a two-level subtree frees it children first, every table once.
+    #[test]
+    fn free_entry_recurses() {
+        let mut d = dom(false, "xen-master");
+        d.set_entry(0x10, Mfn(0x10), 0, P2mType::RamRw, RW).unwrap();
+        d.set_entry(0x400, Mfn(0x400), 0, P2mType::RamRw, RW)
+            .unwrap();
+        d.set_entry(0x800, Mfn(0x800), 9, P2mType::RamRw, RW)
+            .unwrap();
+        d.set_entry(0, Mfn(0x40000 * 4), 18, P2mType::RamRw, RW)
+            .unwrap();
+        let levels: Vec<_> = d
+            .log
+            .frees
+            .iter()
+            .map(|f| match f.what {
+                crate::events::Freed::Table { level, .. } => level,
+            })
+            .collect();
+        assert_eq!(levels, [1, 1, 2]);
+        assert!(d.log.bad_frees.is_empty());
+        assert!(d.log.leaked(&d.mem).next().is_none());
+    }
+
+    #[test]
+    fn get_entry_quirks() {
+        let mut d = dom(false, "xen-master");
+        // A valid but non-present 2 MiB page reads as nothing (read-only walk fails).
+        d.set_entry(0x200, Mfn(0x1000), 9, P2mType::RamRw, P2mAccess::N)
+            .unwrap();
+        assert_eq!(d.get_entry(0x201), None);
+        // At 4 KiB it reads back.
+        d.set_entry(0x10, Mfn(0x1000), 0, P2mType::RamRw, P2mAccess::N)
+            .unwrap();
+        assert_eq!(d.get_entry(0x10).unwrap().access, P2mAccess::N);
+        // PoD reads as populate_on_demand with no frame and access n.
+        d.set_entry(0x400, INVALID_MFN, 9, P2mType::PopulateOnDemand, RW)
+            .unwrap();
+        assert_eq!(d.get_entry(0x4ff), Some(POD_READING));
+        // mmio_direct without a frame: the clipped field reads as INVALID_MFN.
+        d.set_entry(0x11, INVALID_MFN, 0, P2mType::MmioDirect, RW)
+            .unwrap();
+        assert_eq!(d.get_entry(0x11).unwrap().mfn, INVALID_MFN);
+        assert_eq!(d.get_entry(1 << 40), None);
+        let x = d.cpu_extents(GfnRange {
+            start: 0x3ff,
+            end: 0x601,
+        });
+        assert_eq!(x.len(), 3);
+        assert_eq!(x[1].p2mt, P2mType::PopulateOnDemand);
+    }
+
+    #[test]
+    fn errors_leave_the_domain_unchanged() {
+        let mut d = dom(true, "xen-master");
+        let mut before = String::new();
+        d.write_state(&mut before).unwrap();
+        let bad = [
+            (0x201, Mfn(0x200), 9, P2mType::RamRw, P2mError::Misaligned),
+            (0x200, Mfn(0x201), 9, P2mType::RamRw, P2mError::Misaligned),
+            (0, Mfn(0), 27, P2mType::RamRw, P2mError::BadOrder),
+            (0, Mfn(0), 3, P2mType::RamRw, P2mError::BadOrder),
+            (1 << 36, Mfn(0), 0, P2mType::RamRw, P2mError::GfnOutOfRange),
+            (
+                0x200,
+                Mfn(0x200),
+                9,
+                P2mType::MapForeign,
+                P2mError::SpecialTypeAbove4k,
+            ),
+            (
+                0x200,
+                Mfn(0x200),
+                9,
+                P2M_IOREQ_SERVER,
+                P2mError::SpecialTypeAbove4k,
+            ),
+        ];
+        for (g, m, o, t, e) in bad {
+            assert_eq!(d.set_entry(g, m, o, t, RW), Err(e));
+        }
+        let mut after = String::new();
+        d.write_state(&mut after).unwrap();
+        assert_eq!(before, after);
+        // INVALID_MFN only needs an aligned gfn; foreign / ioreq_server without a frame
+        // write an empty entry, so no BUG_ON.
+        assert_eq!(
+            d.set_entry(0x200, INVALID_MFN, 9, P2mType::MapForeign, RW),
+            Ok(())
+        );
+        assert_eq!(
+            d.set_entry(0x200, INVALID_MFN, 9, P2mType::MmioDirect, RW),
+            Ok(())
+        );
+        assert_eq!(
+            d.set_entry(0x10, Mfn(3), 0, P2mType::MapForeign, P2mAccess::N),
+            Ok(())
+        );
+    }
+}

@@ -659,3 +659,263 @@ const POD_READING: P2mEntry = P2mEntry {
     p2mt: P2mType::PopulateOnDemand,
     access: P2mAccess::Rwx,
 };
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::master::domain::{Domain, P2m};
+    use crate::master::p2m::IommuCall;
+    use crate::revision::{Revision, Switches as LineSwitches};
+
+    fn dom(mode: Mode, rev: &str) -> Domain {
+        Domain::new(
+            Config::new(mode, Vendor::Amd, true),
+            Revision::by_name(rev).unwrap(),
+        )
+    }
+
+    fn pt(d: &Domain) -> &P2mPt {
+        match &d.p2m {
+            P2m::Pt(p) => p,
+            P2m::Ept(_) => unreachable!(),
+        }
+    }
+
+    fn map(dfn: u64, mfn: u64, page_count: u64, perm: IommuPerm) -> IommuCall {
+        IommuCall::LegacyMap {
+            dfn,
+            mfn,
+            page_count,
+            perm,
+        }
+    }
+
+    const RWX: P2mAccess = P2mAccess::Rwx;
+
+    #[test]
+    fn type_flags_and_access_reconstruction() {
+        let master = match Revision::by_name("xen-master").unwrap().switches {
+            LineSwitches::Master(s) => s,
+            _ => unreachable!(),
+        };
+        let inverted = Switches {
+            pt_flags_to_access_fixed: false,
+            ..master
+        };
+        let rw = p2m_type_to_flags(P2mType::RamRw, Mfn(5));
+        assert_eq!(rw & (PAGE_PRESENT | PAGE_RW), PAGE_PRESENT | PAGE_RW);
+        assert_eq!(p2m_flags_to_type(rw), 0);
+        let ro_mmio = p2m_type_to_flags(P2mType::MmioDirect, Mfn(MMIO_RO_FRAMES.start));
+        assert_eq!(ro_mmio & PAGE_RW, 0);
+        assert_eq!(ro_mmio & PAGE_UC, PAGE_UC);
+        let ioreq = p2m_type_to_flags(P2M_IOREQ_SERVER, Mfn(5));
+        assert_eq!(ioreq & (PAGE_PRESENT | PAGE_RW), PAGE_PRESENT);
+        assert_eq!(
+            p2m_type_to_flags(P2mType::PopulateOnDemand, Mfn(5)) & PAGE_PRESENT,
+            0
+        );
+        assert_eq!(p2m_flags_to_type(0), P2mType::Invalid as u32);
+        assert_eq!(p2m_flags_to_access(&master, 0), P2mAccess::N);
+        assert_eq!(p2m_flags_to_access(&master, rw), P2mAccess::Rw);
+        assert_eq!(p2m_flags_to_access(&master, ro_mmio), P2mAccess::R);
+        assert_eq!(p2m_flags_to_access(&inverted, rw), P2mAccess::N);
+        assert_eq!(p2m_flags_to_access(&inverted, PAGE_RW), P2mAccess::Rw);
+    }
+
+    #[test]
+    fn splits_and_views() {
+        for mode in [Mode::Npt, Mode::Shadow] {
+            let mut d = dom(mode, "xen-master");
+            d.set_entry(0, Mfn(0x40000 * 4), 18, P2mType::RamRw, RWX)
+                .unwrap();
+            assert_eq!(d.calls, [map(0, 0x40000 * 4, 1 << 18, IommuPerm::RW)]);
+            let before = pt(&d).tables.len();
+            d.set_entry(0x12345, Mfn(7), 0, P2mType::RamRo, RWX)
+                .unwrap();
+            // 1 GiB -> 2 MiB -> 4 KiB: two tables, each a run or three.
+            assert_eq!(pt(&d).tables.len(), before + 2);
+            assert_eq!(d.log.splits.len(), 2);
+            assert_eq!(d.stats.superpage_splits, 2);
+            assert!(pt(&d).tables.frames().all(|(_, t)| t.run_count() <= 3));
+            assert_eq!(d.calls, [map(0x12345, 7, 1, IommuPerm::R)]);
+            let e = d.get_entry(0x12344).unwrap();
+            assert_eq!(
+                (e.mfn, e.p2mt, e.access),
+                (Mfn(0x40000 * 4 + 0x12344), P2mType::RamRw, RWX)
+            );
+            assert_eq!(d.get_entry(0x12345).unwrap().mfn, Mfn(7));
+            assert_eq!(d.get_entry(0x3ffff).unwrap().mfn, Mfn(0x40000 * 5 - 1));
+            let x = d.cpu_extents(GfnRange::of_order(0, 18));
+            assert_eq!(x.len(), 3, "{x:?}");
+        }
+    }
+
+    #[test]
+    fn step_rules() {
+        let mut d = dom(Mode::Npt, "xen-master");
+        d.set_entry(0x10, Mfn(0x500), 0, P2mType::RamRw, RWX)
+            .unwrap();
+        d.set_entry(0x10, Mfn(0x500), 0, P2mType::RamRw, RWX)
+            .unwrap();
+        assert!(d.calls.is_empty());
+        d.set_entry(0x10, Mfn(0x500), 0, P2mType::RamRo, RWX)
+            .unwrap();
+        assert_eq!(d.calls, [map(0x10, 0x500, 1, IommuPerm::R)]);
+        // An empty 4 KiB entry reads as frame 0, flags 0: removing nothing is no step,
+        // mapping frame 0 is one (the flags differ).
+        d.set_entry(0x11, INVALID_MFN, 0, P2mType::Invalid, RWX)
+            .unwrap();
+        assert_eq!(
+            d.calls,
+            [IommuCall::LegacyUnmap {
+                dfn: 0x11,
+                page_count: 1
+            }]
+        );
+        d.set_entry(0x12, Mfn(0), 0, P2mType::Invalid, RWX).unwrap();
+        assert!(d.calls.is_empty());
+        // pt-perm-noflush: only the frame decides.
+        let mut u = dom(Mode::Shadow, "pt-perm-noflush");
+        u.set_entry(0x10, Mfn(0x500), 0, P2mType::RamRw, RWX)
+            .unwrap();
+        u.set_entry(0x10, Mfn(0x500), 0, P2mType::RamRo, RWX)
+            .unwrap();
+        assert!(u.calls.is_empty());
+        // pt-no-sync: never.
+        let mut n = dom(Mode::Npt, "pt-no-sync");
+        n.set_entry(0x10, Mfn(0x500), 0, P2mType::RamRw, RWX)
+            .unwrap();
+        assert!(n.calls.is_empty());
+    }
+
+    /// A present intermediate entry gives `~0` old flags: the step always runs, then the
+    /// subtree is freed after it.
+    #[test]
+    fn leaf_over_intermediate() {
+        let mut d = dom(Mode::Npt, "xen-master");
+        d.set_entry(0x200, Mfn(0x4000), 0, P2mType::RamRw, RWX)
+            .unwrap();
+        d.set_entry(0x200, INVALID_MFN, 9, P2mType::Invalid, RWX)
+            .unwrap();
+        assert_eq!(
+            d.calls,
+            [IommuCall::LegacyUnmap {
+                dfn: 0x200,
+                page_count: 512
+            }]
+        );
+        assert_eq!(d.log.frees.len(), 1);
+        assert!(d.log.frees[0].reaches.is_empty());
+        assert_eq!(d.log.unlinked.len(), 1);
+        assert!(d.log.leaked(&d.mem).next().is_none());
+        assert_eq!(d.stats.intermediate_replaced, 1);
+        assert_eq!(d.get_entry(0x200), None);
+        // A 1 GiB leaf over two levels frees children first.
+        d.set_entry(0x40000 + 0x10, Mfn(0x10), 0, P2mType::RamRw, RWX)
+            .unwrap();
+        d.set_entry(0x40000 + 0x400, Mfn(0x800), 9, P2mType::RamRw, RWX)
+            .unwrap();
+        d.set_entry(0x40000, Mfn(0x40000 * 8), 18, P2mType::RamRw, RWX)
+            .unwrap();
+        let levels: Vec<_> = d
+            .log
+            .frees
+            .iter()
+            .map(|f| match f.what {
+                crate::events::Freed::Table { level, .. } => level,
+            })
+            .collect();
+        assert_eq!(levels, [1, 2]);
+    }
+
+    /// With e70a9a043a undone, an old present `mmio_direct` entry reconstructs access `n`
+    /// (flags 0): a same-frame change to access `n` is then skipped and the IOMMU keeps
+    /// the earlier mapping; fixed, the old access reads `rw` and the unmap happens.
+    #[test]
+    fn flags_to_access_inversion_skips_mmio_unmap() {
+        for (rev, unmapped) in [("xen-master", true), ("e70a9a043a-undone", false)] {
+            let mut d = dom(Mode::Npt, rev);
+            let m = Mfn(MAX_PAGE + 0x10);
+            d.set_entry(0x10, m, 0, P2mType::MmioDirect, RWX).unwrap();
+            d.set_entry(0x10, m, 0, P2mType::MmioDirect, P2mAccess::N)
+                .unwrap();
+            let want: &[IommuCall] = if unmapped {
+                &[IommuCall::LegacyUnmap {
+                    dfn: 0x10,
+                    page_count: 1,
+                }]
+            } else {
+                &[]
+            };
+            assert_eq!(d.calls, want, "{rev}");
+        }
+    }
+
+    #[test]
+    fn get_entry_quirks() {
+        let mut d = dom(Mode::Npt, "xen-master");
+        d.set_entry(0x200, Mfn(0x1000), 9, P2mType::GrantMapRw, RWX)
+            .unwrap();
+        let g = d.get_entry(0x201).unwrap();
+        assert_eq!((g.mfn, g.p2mt), (INVALID_MFN, P2mType::GrantMapRw));
+        d.set_entry(0x10, Mfn(0x1000), 0, P2mType::GrantMapRw, RWX)
+            .unwrap();
+        assert_eq!(d.get_entry(0x10).unwrap().mfn, Mfn(0x1000));
+        d.set_entry(0x400, Mfn(0), 9, P2mType::PopulateOnDemand, RWX)
+            .unwrap();
+        assert_eq!(d.get_entry(0x5ff), Some(POD_READING));
+        for t in [
+            P2mType::MmioDm,
+            P2mType::RamBroken,
+            P2mType::RamPaged,
+            P2mType::Invalid,
+        ] {
+            d.set_entry(0x11, Mfn(0x1000), 0, t, RWX).unwrap();
+            assert_eq!(d.get_entry(0x11), None, "{t}");
+        }
+        d.set_entry(0x12, INVALID_MFN, 0, P2mType::MmioDirect, RWX)
+            .unwrap();
+        assert_eq!(d.get_entry(0x12).unwrap().mfn, INVALID_MFN);
+        d.set_entry(0x600, INVALID_MFN, 9, P2mType::MmioDirect, RWX)
+            .unwrap();
+        assert_eq!(d.get_entry(0x601).unwrap().mfn, INVALID_MFN);
+        // Splitting that clipped superpage gives fields 2^40-2 | i: all read as INVALID_MFN.
+        d.set_entry(0x601, Mfn(9), 0, P2mType::RamRw, RWX).unwrap();
+        assert_eq!(d.get_entry(0x602).unwrap().mfn, INVALID_MFN);
+        assert_eq!(d.get_entry(0x603).unwrap().mfn, INVALID_MFN);
+        let x = d.cpu_extents(GfnRange::of_order(0x600, 9));
+        assert_eq!(x.len(), 3, "{x:?}");
+    }
+
+    #[test]
+    fn errors_leave_the_domain_unchanged() {
+        let mut d = dom(Mode::Shadow, "xen-master");
+        let mut before = String::new();
+        d.write_state(&mut before).unwrap();
+        let bad = [
+            (0x201, Mfn(0x200), 9, P2mType::RamRw, P2mError::Misaligned),
+            (0x200, Mfn(0x201), 9, P2mType::RamRw, P2mError::Misaligned),
+            (0, Mfn(0), 27, P2mType::RamRw, P2mError::BadOrder),
+            (1 << 36, Mfn(0), 0, P2mType::RamRw, P2mError::GfnOutOfRange),
+            (
+                0x200,
+                Mfn(0x200),
+                9,
+                P2mType::MapForeign,
+                P2mError::SpecialTypeAbove4k,
+            ),
+        ];
+        for (g, m, o, t, e) in bad {
+            assert_eq!(d.set_entry(g, m, o, t, RWX), Err(e));
+        }
+        let mut after = String::new();
+        d.write_state(&mut after).unwrap();
+        assert_eq!(before, after);
+        // Foreign at 4 KiB is accepted on master's p2m-pt.
+        assert_eq!(
+            d.set_entry(0x10, Mfn(3), 0, P2mType::MapForeign, RWX),
+            Ok(())
+        );
+        assert_eq!(d.get_entry(0x10).unwrap().mfn, Mfn(3));
+    }
+}
