@@ -20,7 +20,7 @@ use crate::types::*;
 use crate::view::{CpuExtent, DeviceView, P2mEntry};
 use crate::walk::{walk_root, IoTables, WalkResult};
 
-/// Counters of what the p2m side did.
+/// Counters of what the p2m side did (no Xen counterpart; for `ModelStats`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct P2mStats {
     /// Superpages split (`ept_split_super_page` per superpage, `p2m_next_level`).
@@ -34,7 +34,8 @@ pub struct P2mStats {
     pub iommu_steps: u64,
 }
 
-/// Context passed down a `set_entry`.
+/// Context passed down a `set_entry`: the parts of `struct domain` / `struct p2m_domain`
+/// (`asm/p2m.h:200`) the p2m code reaches.
 pub struct Cx<'a> {
     /// Machine memory.
     pub mem: &'a mut MachineMemory,
@@ -54,7 +55,8 @@ pub struct Cx<'a> {
     pub calls: &'a mut Vec<IommuCall>,
 }
 
-/// An IOMMU error as the p2m returns it.
+/// An IOMMU error as `set_entry` returns it (`rc = iommu_...`, `p2m-ept.c:976-985`,
+/// `p2m-pt.c:749-752`).
 fn iommu_rc(r: Result<(), IommuErr>) -> Result<(), P2mError> {
     r.map_err(|e| match e {
         IommuErr::NoMem => P2mError::IommuNoMem,
@@ -128,7 +130,7 @@ impl Cx<'_> {
     }
 }
 
-/// The host p2m implementation in use.
+/// The host p2m implementation in use (`p2m_initialise`, `p2m-basic.c:43-46`).
 #[derive(Clone, Debug)]
 pub enum P2m {
     /// `p2m-ept.c` (HAP on VT-d).
@@ -137,7 +139,8 @@ pub enum P2m {
     Pt(P2mPt),
 }
 
-/// One master-line domain: configuration, revision, machine memory, p2m and IOMMU.
+/// One master-line domain: configuration, revision, machine memory, p2m and IOMMU
+/// (`struct domain_iommu`, `xen/include/xen/iommu.h:419`).
 #[derive(Clone, Debug)]
 pub struct Domain {
     /// Configuration (normalized).

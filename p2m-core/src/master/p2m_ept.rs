@@ -30,7 +30,7 @@ pub const EXEC_SP: bool = true;
 /// true, `vtd/iommu.c:63`): the `snp` bit of every leaf `ept_set_entry` or a split writes.
 pub const EPT_SNP: bool = true;
 
-/// An `ept_entry_t` with the fields that matter: r/w/x, sp, the 40-bit frame, `sa_p2mt`,
+/// An `ept_entry_t` (`asm/hvm/vmx/vmx.h:22-42`) with the fields that matter: r/w/x, sp, the 40-bit frame, `sa_p2mt`,
 /// `access` and `snp` (which keeps a written leaf non-zero, hence `is_epte_valid`, even
 /// when it has no permission). EMT, ipat, A/D, `recalc` and `suppress_ve` are left out.
 #[derive(Clone, Copy, PartialEq, Eq, Default, Debug)]
@@ -137,13 +137,14 @@ fn leaf_mfn(field: u64, off: u64) -> Mfn {
     }
 }
 
-/// The guest range of the entry covering `gfn` at `level`.
+/// The guest range of the entry covering `gfn` at `level` (`ept_next_level`'s index
+/// arithmetic, `p2m-ept.c:323-328`).
 fn entry_range(gfn: u64, level: u8) -> GfnRange {
     let per = pages_per_entry(level);
     GfnRange::of_order(gfn / per * per, 9 * (level as u32 - 1))
 }
 
-/// The EPT of a host p2m (`struct ept_data` and its tables).
+/// The EPT of a host p2m (`struct ept_data`, `asm/hvm/vmx/vmcs.h:34`, and its tables).
 #[derive(Clone, Debug)]
 pub struct Ept {
     /// Tables by frame.
@@ -575,7 +576,7 @@ impl Ept {
     }
 }
 
-/// What `ept_get_entry` returns for PoD without `P2M_ALLOC` (`:1047-1052`, `:1071-1076`):
+/// What `ept_get_entry` returns for PoD without `P2M_ALLOC` (`p2m-ept.c:1023-1024`, `:1054`, `:1079`):
 /// `populate_on_demand`, `INVALID_MFN`, access `n` (the initial value).
 const POD_READING: P2mEntry = P2mEntry {
     mfn: INVALID_MFN,
@@ -583,8 +584,9 @@ const POD_READING: P2mEntry = P2mEntry {
     access: P2mAccess::N,
 };
 
-/// How VT-d reads an EPT entry at `level` when it shares the EPT: present when r or w is
-/// set (x alone is not a DMA permission), a leaf at level 1 or with the superpage bit.
+/// How VT-d reads an EPT entry at `level` when it shares the EPT (`domain_pgd_maddr`,
+/// `vtd/iommu.c:434-481`, hands it the p2m root): present when r or w is set (x alone is
+/// not a DMA permission), a leaf at level 1 or with the superpage bit.
 pub fn ept_io_entry(e: EptEntry, level: u8) -> IoEntry {
     let perm = IommuPerm {
         read: e.r,
@@ -603,7 +605,7 @@ pub fn ept_io_entry(e: EptEntry, level: u8) -> IoEntry {
     }
 }
 
-/// The EPT as a shared VT-d unit walks it (`domain_pgd_maddr` hands it the p2m root).
+/// The EPT as a shared VT-d unit walks it (`vtd/iommu.c:434-481`).
 impl IoTables for Ept {
     fn owner(&self) -> TableOwner {
         TableOwner::P2m

@@ -22,21 +22,21 @@ use crate::tables::{index_of, pages_per_entry, Pte, TableStore};
 use crate::types::*;
 use crate::view::{CpuExtent, P2mEntry};
 
-/// `_PAGE_PRESENT`.
+/// `_PAGE_PRESENT` (`asm/page.h:299`).
 pub const PAGE_PRESENT: u32 = 0x001;
-/// `_PAGE_RW`.
+/// `_PAGE_RW` (`asm/page.h:300`).
 pub const PAGE_RW: u32 = 0x002;
-/// `_PAGE_USER`.
+/// `_PAGE_USER` (`asm/page.h:301`).
 pub const PAGE_USER: u32 = 0x004;
-/// `_PAGE_PWT`.
+/// `_PAGE_PWT` (`asm/page.h:302`).
 pub const PAGE_PWT: u32 = 0x008;
-/// `_PAGE_PCD`.
+/// `_PAGE_PCD` (`asm/page.h:303`).
 pub const PAGE_PCD: u32 = 0x010;
-/// `_PAGE_ACCESSED`.
+/// `_PAGE_ACCESSED` (`asm/page.h:304`).
 pub const PAGE_ACCESSED: u32 = 0x020;
-/// `_PAGE_DIRTY`.
+/// `_PAGE_DIRTY` (`asm/page.h:305`).
 pub const PAGE_DIRTY: u32 = 0x040;
-/// `_PAGE_PSE`.
+/// `_PAGE_PSE` (`asm/page.h:307`).
 pub const PAGE_PSE: u32 = 0x080;
 /// `_PAGE_UCM` (`asm/page.h:326`).
 pub const PAGE_UCM: u32 = PAGE_PCD;
@@ -50,7 +50,8 @@ pub const P2M_BASE_FLAGS: u32 = PAGE_PRESENT | PAGE_USER | PAGE_DIRTY | PAGE_ACC
 /// 40 bits without `_PAGE_PSE_PAT`'s frame bit 0.
 pub const PSE_PFN_MASK: u64 = PTE_MFN_MASK & !1;
 
-/// An `l1_pgentry_t` of the p2m (any level): frame and flags.
+/// An `l1_pgentry_t` of the p2m at any level (`asm/x86_64/page.h:65`): frame and the
+/// flags word of `get_pte_flags` (`:104`).
 #[derive(Clone, Copy, PartialEq, Eq, Default, Debug)]
 pub struct PtEntry {
     /// `l1e_get_pfn()`: 40-bit frame.
@@ -60,11 +61,11 @@ pub struct PtEntry {
 }
 
 impl PtEntry {
-    /// `_PAGE_PRESENT` set.
+    /// `_PAGE_PRESENT` set (`l1e_get_flags(e) & _PAGE_PRESENT`).
     pub fn present(&self) -> bool {
         self.flags & PAGE_PRESENT != 0
     }
-    /// `_PAGE_PSE` set.
+    /// `_PAGE_PSE` set (a superpage at level 2 or 3).
     pub fn pse(&self) -> bool {
         self.flags & PAGE_PSE != 0
     }
@@ -147,8 +148,8 @@ pub fn p2m_flags_to_access(sw: &Switches, flags: u32) -> P2mAccess {
     }
 }
 
-/// The IOMMU flags `p2m_pt_set_entry` computes for an old present leaf (`:642-646`,
-/// `:687-690`, `:716-720`): `p2m_get_iommu_flags` of its type, reconstructed access and
+/// The IOMMU flags `p2m_pt_set_entry` computes for an old present leaf (`:641-646`,
+/// `:687-691`, `:715-720`): `p2m_get_iommu_flags` of its type, reconstructed access and
 /// raw frame.
 fn old_leaf_iommu_flags(sw: &Switches, e: PtEntry) -> u32 {
     p2m_get_iommu_flags(sw, e.p2mt(), p2m_flags_to_access(sw, e.flags), Mfn(e.pfn)).bits()
@@ -165,13 +166,14 @@ fn leaf_mfn(field: u64, off: u64) -> Mfn {
     }
 }
 
-/// The guest range of the entry covering `gfn` at `level`.
+/// The guest range of the entry covering `gfn` at `level` (`p2m_find_entry`,
+/// `p2m-pt.c:168-185`).
 fn entry_range(gfn: u64, level: u8) -> GfnRange {
     let per = pages_per_entry(level);
     GfnRange::of_order(gfn / per * per, 9 * (level as u32 - 1))
 }
 
-/// What `p2m_pt_set_entry` records about the entry it replaces.
+/// What `p2m_pt_set_entry` records about the entry it replaces (`p2m-pt.c:576-594`).
 struct Old {
     /// `iommu_old_flags` (`!0` for a present intermediate entry).
     iommu_flags: u32,
@@ -181,7 +183,8 @@ struct Old {
     intermediate: PtEntry,
 }
 
-/// The p2m-pt tables of a host p2m.
+/// The p2m-pt tables of a host p2m (`p2m->phys_table`, `asm/p2m.h:233`; `p2m_pt_init`,
+/// `p2m-pt.c:1167`).
 #[derive(Clone, Debug)]
 pub struct P2mPt {
     /// Tables by frame.
@@ -336,7 +339,7 @@ impl P2mPt {
         out.push((e.pfn, tl));
     }
 
-    /// The old values of a 2 MiB / 1 GiB target entry (`:636-652`, `:710-726`): a present
+    /// The old values of a 2 MiB / 1 GiB target entry (`:637-652`, `:711-726`): a present
     /// PSE leaf gives its frame and IOMMU flags; a present intermediate entry gives
     /// `iommu_old_flags = ~0` and is kept to be freed; anything else leaves 0 and
     /// `INVALID_MFN`.
@@ -415,7 +418,7 @@ impl P2mPt {
             let l2 = self.next_level(cx, l3, 3, gfn);
             if order == 0 {
                 let l1 = self.next_level(cx, l2, 2, gfn);
-                // `:684-690`: a 4 KiB entry is always evaluated, present or not.
+                // `:687-691`: a 4 KiB entry is always evaluated, present or not.
                 let cur = self.entry(l1, index_of(gfn, 1));
                 let o = Old {
                     iommu_flags: old_leaf_iommu_flags(&sw, cur),
@@ -653,7 +656,7 @@ impl P2mPt {
 }
 
 /// What `p2m_pt_get_entry` returns for PoD without `P2M_ALLOC`: `populate_on_demand`,
-/// `INVALID_MFN`, access `rwx` (`p2m-pt.c:788-789`).
+/// `INVALID_MFN`, access `rwx` (`p2m-pt.c:790-792`, `:843`).
 const POD_READING: P2mEntry = P2mEntry {
     mfn: INVALID_MFN,
     p2mt: P2mType::PopulateOnDemand,
