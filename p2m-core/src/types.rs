@@ -521,10 +521,10 @@ pub enum P2mError {
     /// `ept_set_entry` asserts foreign mappings are 4 KiB; `atomic_write_ept_entry`
     /// refuses a foreign entry that is not present or has no valid frame.
     ForeignRejected,
-    /// Master: `p2m_entry_modify` hits `BUG_ON` for a foreign or ioreq-server entry
-    /// above 4 KiB (`asm/p2m.h:1050`), crashing the host; the model refuses the op and
-    /// leaves the domain unchanged.
-    SpecialTypeAbove4k,
+    /// Master: the op reaches a `BUG_ON` in Xen, crashing the host; the model refuses it
+    /// and leaves the domain unchanged. The text names the assertion (see
+    /// `master::p2m::BUG_SPECIAL_TYPE_ABOVE_4K`, `master::p2m::BUG_PRESENT_INVALID_MFN`).
+    XenBug(&'static str),
     /// Master: the IOMMU step of `set_entry` failed with `-ENOMEM`; the p2m entry was
     /// written (and any replaced subtree freed) all the same.
     IommuNoMem,
@@ -536,12 +536,12 @@ pub enum P2mError {
 impl fmt::Display for P2mError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let s = match self {
+            P2mError::XenBug(what) => return write!(f, "BUG_ON ({what})"),
             P2mError::Misaligned => "-EINVAL (gfn/mfn not aligned to order)",
             P2mError::BadOrder => "-EINVAL (order not 0, 9 or 18)",
             P2mError::GfnOutOfRange => "-EINVAL (gfn beyond address width)",
             P2mError::ForeignOnP2mPt => "-EINVAL (foreign type on p2m-pt)",
             P2mError::ForeignRejected => "-EINVAL (foreign entry rejected)",
-            P2mError::SpecialTypeAbove4k => "BUG_ON (foreign/ioreq_server entry above 4 KiB)",
             P2mError::IommuNoMem => "-ENOMEM (IOMMU step failed; p2m entry written)",
             P2mError::IommuFault => "-EFAULT (IOMMU step failed; p2m entry written)",
         };

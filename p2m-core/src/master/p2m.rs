@@ -68,6 +68,14 @@ pub fn p2m_allows_invalid_mfn(t: P2mType) -> bool {
     p2m_is_pod(t) || t == P2mType::MmioDirect || p2m_is_paging(t)
 }
 
+/// `P2mError::XenBug` text of the `p2m_entry_modify()` `BUG_ON` (`asm/p2m.h:1050`).
+pub const BUG_SPECIAL_TYPE_ABOVE_4K: &str =
+    "p2m_entry_modify: foreign or ioreq_server entry above 4 KiB, asm/p2m.h:1050";
+
+/// `P2mError::XenBug` text of the `ept_set_entry` `BUG_ON` (`p2m-ept.c:940`).
+pub const BUG_PRESENT_INVALID_MFN: &str =
+    "ept_set_entry: present entry with INVALID_MFN, p2m-ept.c:940";
+
 /// The `BUG_ON` of `p2m_entry_modify()` (`asm/p2m.h:1050`): a foreign or ioreq-server
 /// entry written above 4 KiB crashes the host. `writes_type`: the written entry carries
 /// the type (its frame is valid or the type allows an invalid one).

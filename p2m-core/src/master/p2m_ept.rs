@@ -14,7 +14,7 @@ use crate::master::iommu::FlushFlags;
 use crate::master::p2m::{
     access_of_raw, linear_pieces, p2m_allows_invalid_mfn, p2m_entry_modify_bugs,
     p2m_get_iommu_flags, p2m_is_pod, push_extent, type_of_raw, unmapped_extent,
-    IOREQ_MEM_ACCESS_WRITE, P2M_IOREQ_SERVER,
+    BUG_PRESENT_INVALID_MFN, BUG_SPECIAL_TYPE_ABOVE_4K, IOREQ_MEM_ACCESS_WRITE, P2M_IOREQ_SERVER,
 };
 use crate::tables::{index_of, pages_per_entry, Pte, TableStore};
 use crate::types::*;
@@ -301,8 +301,9 @@ impl Ept {
     ///
     /// `-EINVAL` (`:823-826`) for a misaligned `gfn` (and `mfn`, unless `INVALID_MFN`), a
     /// gfn beyond 48 bits, an order not a multiple of 9; the model also refuses orders
-    /// above 18 (`BadOrder`; Xen only asserts) and the `p2m_entry_modify` `BUG_ON`
-    /// (`SpecialTypeAbove4k`). Then: walk down with `ept_next_level` (creating middle
+    /// above 18 (`BadOrder`; Xen only asserts) and the two `BUG_ON`s (`XenBug`): a foreign
+    /// or ioreq-server leaf above 4 KiB (`p2m_entry_modify`), a present leaf with
+    /// `INVALID_MFN` (`:940`, e.g. `mmio_direct` without a frame). Then: walk down with `ept_next_level` (creating middle
     /// entries, stopping at a superpage or a PoD entry); sample `vtd_pte_present`; split a
     /// superpage above the target (the split subtree is filled, then installed); build the
     /// new entry only for a valid frame or a type allowing an invalid one, clearing
@@ -334,7 +335,20 @@ impl Ept {
         let target = (order / 9) as u8 + 1;
         let writes_type = mfn.is_valid() || p2m_allows_invalid_mfn(p2mt);
         if p2m_entry_modify_bugs(p2mt, target, writes_type) {
-            return Err(P2mError::SpecialTypeAbove4k);
+            return Err(P2mError::XenBug(BUG_SPECIAL_TYPE_ABOVE_4K));
+        }
+        // The leaf `:915-943` builds (its content depends on the arguments only).
+        let mut new_leaf = EptEntry {
+            sp: target > 1,
+            sa_p2mt: p2mt as u8,
+            access: p2ma as u8,
+            snp: EPT_SNP,
+            mfn: mfn.0 & PTE_MFN_MASK,
+            ..Default::default()
+        };
+        ept_p2m_type_to_flags(&mut new_leaf);
+        if writes_type && new_leaf.is_present() && mfn == INVALID_MFN {
+            return Err(P2mError::XenBug(BUG_PRESENT_INVALID_MFN));
         }
         let iommu_flags = p2m_get_iommu_flags(&sw, p2mt, p2ma, mfn);
         let mut need_modify_vtd_table = true;
@@ -377,14 +391,7 @@ impl Ept {
         // `:915-942`: the new entry and `need_modify_vtd_table`.
         let mut new_entry = EptEntry::default();
         if writes_type {
-            new_entry = EptEntry {
-                sp: target > 1,
-                sa_p2mt: p2mt as u8,
-                access: p2ma as u8,
-                snp: EPT_SNP,
-                mfn: mfn.0 & PTE_MFN_MASK,
-                ..Default::default()
-            };
+            new_entry = new_leaf;
             let old_flags = p2m_get_iommu_flags(
                 &sw,
                 ept_entry.p2mt(),
@@ -396,7 +403,6 @@ impl Ept {
                 need_modify_vtd_table = false;
                 cx.stats.need_modify_cleared += 1;
             }
-            ept_p2m_type_to_flags(&mut new_entry);
         }
         self.write(cx, t, target, gfn, new_entry);
         if old_entry.is_present() && !old_entry.sp && target > 1 {
@@ -1058,8 +1064,13 @@ mod tests {
         d.set_entry(0x400, INVALID_MFN, 9, P2mType::PopulateOnDemand, RW)
             .unwrap();
         assert_eq!(d.get_entry(0x4ff), Some(POD_READING));
-        // mmio_direct without a frame: the clipped field reads as INVALID_MFN.
-        d.set_entry(0x11, INVALID_MFN, 0, P2mType::MmioDirect, RW)
+        // mmio_direct without a frame: BUG_ON when present; not present (access n), the
+        // clipped field reads as INVALID_MFN.
+        assert_eq!(
+            d.set_entry(0x11, INVALID_MFN, 0, P2mType::MmioDirect, RW),
+            Err(P2mError::XenBug(BUG_PRESENT_INVALID_MFN))
+        );
+        d.set_entry(0x11, INVALID_MFN, 0, P2mType::MmioDirect, P2mAccess::N)
             .unwrap();
         assert_eq!(d.get_entry(0x11).unwrap().mfn, INVALID_MFN);
         assert_eq!(d.get_entry(1 << 40), None);
@@ -1087,14 +1098,21 @@ mod tests {
                 Mfn(0x200),
                 9,
                 P2mType::MapForeign,
-                P2mError::SpecialTypeAbove4k,
+                P2mError::XenBug(BUG_SPECIAL_TYPE_ABOVE_4K),
             ),
             (
                 0x200,
                 Mfn(0x200),
                 9,
                 P2M_IOREQ_SERVER,
-                P2mError::SpecialTypeAbove4k,
+                P2mError::XenBug(BUG_SPECIAL_TYPE_ABOVE_4K),
+            ),
+            (
+                0x200,
+                INVALID_MFN,
+                9,
+                P2mType::MmioDirect,
+                P2mError::XenBug(BUG_PRESENT_INVALID_MFN),
             ),
         ];
         for (g, m, o, t, e) in bad {
@@ -1110,7 +1128,7 @@ mod tests {
             Ok(())
         );
         assert_eq!(
-            d.set_entry(0x200, INVALID_MFN, 9, P2mType::MmioDirect, RW),
+            d.set_entry(0x200, INVALID_MFN, 9, P2mType::MmioDirect, P2mAccess::N2rwx),
             Ok(())
         );
         assert_eq!(

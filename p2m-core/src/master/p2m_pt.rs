@@ -15,7 +15,7 @@ use crate::master::domain::Cx;
 use crate::master::p2m::{
     linear_pieces, p2m_allows_invalid_mfn, p2m_entry_modify_bugs, p2m_get_iommu_flags,
     p2m_is_any_ram, p2m_is_paging, p2m_is_pod, p2m_is_valid, push_extent, type_of_raw,
-    unmapped_extent, IOREQ_MEM_ACCESS_WRITE, P2M_IOREQ_SERVER,
+    unmapped_extent, BUG_SPECIAL_TYPE_ABOVE_4K, IOREQ_MEM_ACCESS_WRITE, P2M_IOREQ_SERVER,
 };
 use crate::master::revision::Switches;
 use crate::tables::{index_of, pages_per_entry, Pte, TableStore};
@@ -367,7 +367,7 @@ impl P2mPt {
     /// turn into garbage: an order other than 0, 9, 18 (`BadOrder`), a `gfn` (or `mfn`,
     /// unless `INVALID_MFN`) not aligned to it (`Misaligned`), and a gfn beyond four
     /// levels (`GfnOutOfRange`; Xen's `p2m_find_entry` gives `-ENOENT` before any change);
-    /// and the `p2m_entry_modify` `BUG_ON` (`SpecialTypeAbove4k`). Then: walk with
+    /// and the `p2m_entry_modify` `BUG_ON` (`XenBug`). Then: walk with
     /// `p2m_next_level`, record the old values, write the leaf (content only for a valid
     /// frame or a type allowing an invalid one), the IOMMU step of `:747-752` (switches
     /// `pt_step_checks_iommu_flags`, `pt_syncs_iommu`), then `p2m_free_entry` of a
@@ -395,7 +395,7 @@ impl P2mPt {
         let level = (order / 9) as u8 + 1;
         let writes_type = mfn.is_valid() || p2m_allows_invalid_mfn(p2mt);
         if p2m_entry_modify_bugs(p2mt, level, writes_type) {
-            return Err(P2mError::SpecialTypeAbove4k);
+            return Err(P2mError::XenBug(BUG_SPECIAL_TYPE_ABOVE_4K));
         }
         let iommu_pte_flags = p2m_get_iommu_flags(&sw, p2mt, p2ma, mfn);
         let type_flags = p2m_type_to_flags(p2mt, mfn);
@@ -905,7 +905,7 @@ mod tests {
                 Mfn(0x200),
                 9,
                 P2mType::MapForeign,
-                P2mError::SpecialTypeAbove4k,
+                P2mError::XenBug(BUG_SPECIAL_TYPE_ABOVE_4K),
             ),
         ];
         for (g, m, o, t, e) in bad {
