@@ -320,7 +320,10 @@ fn cpu_extents_match_get_entry_under_random_ops() {
         let mut touched: Vec<u64> = Vec::new();
         for step in 0..400 {
             let (gfn, mfn, order, t, a, chunked) = random_op(&mut rng, &d);
-            let tag = format!("{mode:?}/{vendor:?}/share={share} step {step}: {gfn:#x} {mfn} {order} {t} {a} chunked={chunked}");
+            let tag = format!(
+                "{mode:?}/{vendor:?}/share={share} step {step}: \
+                 {gfn:#x} {mfn} {order} {t} {a} chunked={chunked}"
+            );
             let (r1, r2) = if chunked {
                 (
                     d.p2m_set_entry(gfn, mfn, order, t, a),

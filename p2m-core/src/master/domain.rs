@@ -85,7 +85,8 @@ impl Cx<'_> {
         !self.iommu.shared
     }
 
-    /// Calls `iommu_iotlb_flush(d, dfn, page_count, flags)` (`drivers/passthrough/iommu.c:478-505`).
+    /// Calls `iommu_iotlb_flush(d, dfn, page_count, flags)`
+    /// (`drivers/passthrough/iommu.c:478-505`).
     pub fn iommu_iotlb_flush(
         &mut self,
         dfn: u64,

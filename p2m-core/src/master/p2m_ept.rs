@@ -30,9 +30,10 @@ pub const EXEC_SP: bool = true;
 /// true, `vtd/iommu.c:63`): the `snp` bit of every leaf `ept_set_entry` or a split writes.
 pub const EPT_SNP: bool = true;
 
-/// An `ept_entry_t` (`asm/hvm/vmx/vmx.h:22-42`) with the fields that matter: r/w/x, sp, the 40-bit frame, `sa_p2mt`,
-/// `access` and `snp` (which keeps a written leaf non-zero, hence `is_epte_valid`, even
-/// when it has no permission). EMT, ipat, A/D, `recalc` and `suppress_ve` are left out.
+/// An `ept_entry_t` (`asm/hvm/vmx/vmx.h:22-42`) with the fields that matter: r/w/x, sp,
+/// the 40-bit frame, `sa_p2mt`, `access` and `snp` (which keeps a written leaf non-zero,
+/// hence `is_epte_valid`, even when it has no permission). EMT, ipat, A/D, `recalc` and
+/// `suppress_ve` are left out.
 #[derive(Clone, Copy, PartialEq, Eq, Default, Debug)]
 pub struct EptEntry {
     /// Read bit (VT-d's read bit when shared).
@@ -303,14 +304,15 @@ impl Ept {
     /// gfn beyond 48 bits, an order not a multiple of 9; the model also refuses orders
     /// above 18 (`BadOrder`; Xen only asserts) and the two `BUG_ON`s (`XenBug`): a foreign
     /// or ioreq-server leaf above 4 KiB (`p2m_entry_modify`), a present leaf with
-    /// `INVALID_MFN` (`:940`, e.g. `mmio_direct` without a frame). Then: walk down with `ept_next_level` (creating middle
-    /// entries, stopping at a superpage or a PoD entry); sample `vtd_pte_present`; split a
-    /// superpage above the target (the split subtree is filled, then installed); build the
-    /// new entry only for a valid frame or a type allowing an invalid one, clearing
-    /// `need_modify_vtd_table` when the target entry's frame and
-    /// `p2m_get_iommu_flags(sa_p2mt, access, mfn)` are unchanged (an intermediate entry
-    /// reads as `ram_rw`/rwx with the table's frame); write it; then the IOMMU step of
-    /// `:972-986`; then `ept_free_entry` of a replaced intermediate entry, last.
+    /// `INVALID_MFN` (`:940`, e.g. `mmio_direct` without a frame). Then: walk down with
+    /// `ept_next_level` (creating middle entries, stopping at a superpage or a PoD entry);
+    /// sample `vtd_pte_present`; split a superpage above the target (the split subtree is
+    /// filled, then installed); build the new entry only for a valid frame or a type
+    /// allowing an invalid one, clearing `need_modify_vtd_table` when the target entry's
+    /// frame and `p2m_get_iommu_flags(sa_p2mt, access, mfn)` are unchanged (an
+    /// intermediate entry reads as `ram_rw`/rwx with the table's frame); write it; then the
+    /// IOMMU step of `:972-986`; then `ept_free_entry` of a replaced intermediate entry,
+    /// last.
     pub fn set_entry(
         &mut self,
         cx: &mut Cx,
@@ -582,8 +584,8 @@ impl Ept {
     }
 }
 
-/// What `ept_get_entry` returns for PoD without `P2M_ALLOC` (`p2m-ept.c:1023-1024`, `:1054`, `:1079`):
-/// `populate_on_demand`, `INVALID_MFN`, access `n` (the initial value).
+/// What `ept_get_entry` returns for PoD without `P2M_ALLOC` (`p2m-ept.c:1023-1024`,
+/// `:1054`, `:1079`): `populate_on_demand`, `INVALID_MFN`, access `n` (the initial value).
 const POD_READING: P2mEntry = P2mEntry {
     mfn: INVALID_MFN,
     p2mt: P2mType::PopulateOnDemand,
