@@ -533,16 +533,29 @@ pub enum P2mError {
     /// `ept_set_entry` asserts foreign mappings are 4 KiB; `atomic_write_ept_entry`
     /// refuses a foreign entry that is not present or has no valid frame.
     ForeignRejected,
+    /// Master: the op reaches a `BUG_ON` in Xen, crashing the host; the model refuses it
+    /// and leaves the domain unchanged. The text names the assertion (see
+    /// `master::p2m::BUG_SPECIAL_TYPE_ABOVE_4K`, `master::p2m::BUG_PRESENT_INVALID_MFN`).
+    XenBug(&'static str),
+    /// Master: the IOMMU step of `set_entry` failed with `-ENOMEM`; the p2m entry was
+    /// written (and any replaced subtree freed) all the same.
+    IommuNoMem,
+    /// Master: the IOMMU step of `set_entry` failed with `-EFAULT`; the p2m entry was
+    /// written (and any replaced subtree freed) all the same.
+    IommuFault,
 }
 
 impl fmt::Display for P2mError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let s = match self {
+            P2mError::XenBug(what) => return write!(f, "BUG_ON ({what})"),
             P2mError::Misaligned => "-EINVAL (gfn/mfn not aligned to order)",
             P2mError::BadOrder => "-EINVAL (order not 0, 9 or 18)",
             P2mError::GfnOutOfRange => "-EINVAL (gfn beyond address width)",
             P2mError::ForeignOnP2mPt => "-EINVAL (foreign type on p2m-pt)",
             P2mError::ForeignRejected => "-EINVAL (foreign entry rejected)",
+            P2mError::IommuNoMem => "-ENOMEM (IOMMU step failed; p2m entry written)",
+            P2mError::IommuFault => "-EFAULT (IOMMU step failed; p2m entry written)",
         };
         f.write_str(s)
     }

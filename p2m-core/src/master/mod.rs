@@ -11,4 +11,9 @@
 //! [`pt_contig_markers`] is `asm/pt-contig-markers.h` and [`memory`] is
 //! `xen/common/memory.c` (the `XENMAPSPACE_gmfn_range` batch).
 
+pub mod domain;
+pub mod iommu;
+pub mod p2m;
+pub mod p2m_ept;
+pub mod p2m_pt;
 pub mod revision;

@@ -1,0 +1,344 @@
+//! A master-line domain with a host p2m and an IOMMU.
+//!
+//! The p2m is chosen as `p2m_initialise` does (`p2m-basic.c:43-46`): EPT only with HAP on
+//! VT-d (`Mode::Ept`); NPT and shadow use p2m-pt. The IOMMU is `master::iommu::Iommu`,
+//! whose tables exist from domain creation (f89f555827).
+
+use std::fmt;
+
+use crate::cache::CacheRecord;
+use crate::events::OpLog;
+use crate::frames::MachineMemory;
+use crate::master::iommu::{FlushFlags, IoCx, Iommu, IommuErr};
+use crate::master::p2m::{p2m_set_entry, IommuCall, P2mCaps};
+use crate::master::p2m_ept::Ept;
+use crate::master::p2m_pt::P2mPt;
+use crate::master::revision::Switches;
+use crate::revision::{Revision, Switches as LineSwitches};
+use crate::stats::ModelStats;
+use crate::types::*;
+use crate::view::{CpuExtent, DeviceView, P2mEntry};
+use crate::walk::{walk_root, IoTables, WalkResult};
+
+/// Counters of what the p2m side did (no Xen counterpart; for `ModelStats`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct P2mStats {
+    /// Superpages split (`ept_split_super_page` per superpage, `p2m_next_level`).
+    pub superpage_splits: u64,
+    /// Present intermediate entries replaced by a leaf.
+    pub intermediate_replaced: u64,
+    /// Times `need_modify_vtd_table` was cleared (EPT) or the p2m-pt IOMMU step was
+    /// skipped because old flags and mfn were equal.
+    pub need_modify_cleared: u64,
+    /// IOMMU steps taken by `set_entry` (flush, map or unmap call).
+    pub iommu_steps: u64,
+}
+
+/// Context passed down a `set_entry`: the parts of `struct domain` / `struct p2m_domain`
+/// (`asm/p2m.h:200`) the p2m code reaches.
+pub struct Cx<'a> {
+    /// Machine memory.
+    pub mem: &'a mut MachineMemory,
+    /// The domain's IOMMU.
+    pub iommu: &'a mut Iommu,
+    /// The revision's switches.
+    pub sw: &'a Switches,
+    /// The configuration.
+    pub cfg: Config,
+    /// Sequence number of this op (tags cache records).
+    pub seq: u64,
+    /// p2m-side counters.
+    pub stats: &'a mut P2mStats,
+    /// What this op records for the oracle.
+    pub log: &'a mut OpLog,
+    /// The IOMMU entry points the p2m called during this op, in order.
+    pub calls: &'a mut Vec<IommuCall>,
+}
+
+/// An IOMMU error as `set_entry` returns it (`rc = iommu_...`, `p2m-ept.c:976-985`,
+/// `p2m-pt.c:749-752`).
+fn iommu_rc(r: Result<(), IommuErr>) -> Result<(), P2mError> {
+    r.map_err(|e| match e {
+        IommuErr::NoMem => P2mError::IommuNoMem,
+        IommuErr::Fault => P2mError::IommuFault,
+    })
+}
+
+impl Cx<'_> {
+    /// Splits the borrows: the IOMMU and the context its calls need.
+    pub fn io(&mut self) -> (&mut Iommu, IoCx<'_>) {
+        (
+            &mut *self.iommu,
+            IoCx {
+                mem: &mut *self.mem,
+                log: &mut *self.log,
+                sw: self.sw,
+                seq: self.seq,
+            },
+        )
+    }
+
+    /// `need_iommu_pt_sync(d)` (`xen/include/xen/iommu.h:459-463`): `hd->need_sync`,
+    /// set for every non-hardware domain whose IOMMU does not walk the p2m
+    /// (`iommu_domain_init`, `drivers/passthrough/iommu.c:196`).
+    pub fn need_iommu_pt_sync(&self) -> bool {
+        !self.iommu.shared
+    }
+
+    /// Calls `iommu_iotlb_flush(d, dfn, page_count, flags)`
+    /// (`drivers/passthrough/iommu.c:478-505`).
+    pub fn iommu_iotlb_flush(
+        &mut self,
+        dfn: u64,
+        page_count: u64,
+        flags: FlushFlags,
+    ) -> Result<(), P2mError> {
+        self.stats.iommu_steps += 1;
+        self.calls.push(IommuCall::IotlbFlush {
+            dfn,
+            page_count,
+            flags,
+        });
+        let (io, mut icx) = self.io();
+        iommu_rc(io.iommu_iotlb_flush(&mut icx, dfn, page_count, flags))
+    }
+
+    /// Calls `iommu_legacy_map(d, dfn, mfn, page_count, flags)` (`iommu.c:384-397`).
+    pub fn iommu_legacy_map(
+        &mut self,
+        dfn: u64,
+        mfn: u64,
+        page_count: u64,
+        perm: IommuPerm,
+    ) -> Result<(), P2mError> {
+        self.stats.iommu_steps += 1;
+        self.calls.push(IommuCall::LegacyMap {
+            dfn,
+            mfn,
+            page_count,
+            perm,
+        });
+        let (io, mut icx) = self.io();
+        iommu_rc(io.iommu_legacy_map(&mut icx, dfn, mfn, page_count, perm))
+    }
+
+    /// Calls `iommu_legacy_unmap(d, dfn, page_count)` (`iommu.c:456-465`).
+    pub fn iommu_legacy_unmap(&mut self, dfn: u64, page_count: u64) -> Result<(), P2mError> {
+        self.stats.iommu_steps += 1;
+        self.calls.push(IommuCall::LegacyUnmap { dfn, page_count });
+        let (io, mut icx) = self.io();
+        iommu_rc(io.iommu_legacy_unmap(&mut icx, dfn, page_count))
+    }
+}
+
+/// The host p2m implementation in use (`p2m_initialise`, `p2m-basic.c:43-46`).
+#[derive(Clone, Debug)]
+pub enum P2m {
+    /// `p2m-ept.c` (HAP on VT-d).
+    Ept(Ept),
+    /// `p2m-pt.c` (NPT or shadow).
+    Pt(P2mPt),
+}
+
+/// One master-line domain: configuration, revision, machine memory, p2m and IOMMU
+/// (`struct domain_iommu`, `xen/include/xen/iommu.h:419`).
+#[derive(Clone, Debug)]
+pub struct Domain {
+    /// Configuration (normalized).
+    pub cfg: Config,
+    /// Revision being modelled.
+    pub revision: Revision,
+    /// Its switch values.
+    pub switches: Switches,
+    /// Machine memory.
+    pub mem: MachineMemory,
+    /// The host p2m.
+    pub p2m: P2m,
+    /// The IOMMU (`struct domain_iommu`).
+    pub iommu: Iommu,
+    /// p2m-side counters.
+    pub stats: P2mStats,
+    /// What the last op recorded for the oracle.
+    pub log: OpLog,
+    /// The IOMMU entry points the p2m called during the last op, in order.
+    pub calls: Vec<IommuCall>,
+    seq: u64,
+}
+
+impl Domain {
+    /// A fresh domain with passthrough enabled (IOMMU tables built at creation).
+    /// `revision` must be of the master line (a programming error otherwise: panics, as
+    /// the 4.6 line does; `crate::Domain` dispatches by line so it never happens there).
+    pub fn new(cfg: Config, revision: Revision) -> Self {
+        let LineSwitches::Master(switches) = revision.switches else {
+            panic!("{} is not a master revision", revision.name)
+        };
+        let cfg = cfg.normalized();
+        let mut mem = MachineMemory::new();
+        let p2m = match cfg.mode {
+            Mode::Ept => P2m::Ept(Ept::new(&mut mem)),
+            Mode::Npt | Mode::Shadow => P2m::Pt(P2mPt::new(&mut mem)),
+        };
+        let iommu = Iommu::new(&cfg, &mut mem);
+        Domain {
+            cfg,
+            revision,
+            switches,
+            mem,
+            p2m,
+            iommu,
+            stats: P2mStats::default(),
+            log: OpLog::default(),
+            calls: Vec::new(),
+            seq: 0,
+        }
+    }
+
+    /// Sequence number the next op will get (the first is 1).
+    pub fn next_seq(&self) -> u64 {
+        self.seq + 1
+    }
+
+    /// The HAP capabilities `p2m_set_entry` uses for this domain.
+    pub fn caps(&self) -> P2mCaps {
+        P2mCaps::of(&self.cfg)
+    }
+
+    /// Runs one op: clears the log, runs `body` on the p2m, then — the hypercall has
+    /// returned — drains the IOMMU's deferred-free queue (`free_queued_pgtables`) and
+    /// moves the invalidations issued into the log.
+    fn op(
+        &mut self,
+        body: impl FnOnce(&mut P2m, &mut Cx) -> Result<(), P2mError>,
+    ) -> Result<(), P2mError> {
+        self.seq += 1;
+        self.log.clear();
+        self.calls.clear();
+        let sw = self.switches;
+        let mut cx = Cx {
+            mem: &mut self.mem,
+            iommu: &mut self.iommu,
+            sw: &sw,
+            cfg: self.cfg,
+            seq: self.seq,
+            stats: &mut self.stats,
+            log: &mut self.log,
+            calls: &mut self.calls,
+        };
+        let rc = body(&mut self.p2m, &mut cx);
+        let (io, mut icx) = cx.io();
+        io.free_queued_pgtables(&mut icx);
+        self.iommu.caches.take_issued(&mut self.log.invalidations);
+        rc
+    }
+
+    /// Models the host p2m's `p2m->set_entry()` (the internal API: any order, frame,
+    /// type and access; `ept_set_entry` or `p2m_pt_set_entry`) as one hypercall.
+    pub fn set_entry(
+        &mut self,
+        gfn: u64,
+        mfn: Mfn,
+        order: u32,
+        p2mt: P2mType,
+        access: P2mAccess,
+    ) -> Result<(), P2mError> {
+        self.op(|p2m, cx| match p2m {
+            P2m::Ept(e) => e.set_entry(cx, gfn, mfn, order, p2mt, access),
+            P2m::Pt(p) => p.set_entry(cx, gfn, mfn, order, p2mt, access),
+        })
+    }
+
+    /// Models `p2m_set_entry()` (`p2m.c:422-452`, what every caller goes through): the
+    /// range is chunked as Xen chunks it and each chunk goes to the p2m's `set_entry`; one
+    /// hypercall (the deferred-free queue drains once, at the end).
+    pub fn p2m_set_entry(
+        &mut self,
+        gfn: u64,
+        mfn: Mfn,
+        page_order: u32,
+        p2mt: P2mType,
+        access: P2mAccess,
+    ) -> Result<(), P2mError> {
+        let caps = self.caps();
+        self.op(|p2m, cx| {
+            p2m_set_entry(caps, gfn, mfn, page_order, |g, m, o| match p2m {
+                P2m::Ept(e) => e.set_entry(cx, g, m, o, p2mt, access),
+                P2m::Pt(p) => p.set_entry(cx, g, m, o, p2mt, access),
+            })
+        })
+    }
+
+    /// Models `p2m->get_entry()` (a query without `P2M_ALLOC`); `None` where Xen returns
+    /// its defaults for "nothing here" (`INVALID_MFN`, `p2m_mmio_dm`).
+    pub fn get_entry(&self, gfn: u64) -> Option<P2mEntry> {
+        match &self.p2m {
+            P2m::Ept(e) => e.get_entry(gfn),
+            P2m::Pt(p) => p.get_entry(gfn),
+        }
+    }
+
+    /// The CPU view of `range` as runs, consistent with [`Self::get_entry`] at every gfn
+    /// (a `None` gfn reads as `INVALID_MFN`, `invalid`, `rwx`).
+    pub fn cpu_extents(&self, range: GfnRange) -> Vec<CpuExtent> {
+        match &self.p2m {
+            P2m::Ept(e) => e.cpu_extents(range),
+            P2m::Pt(p) => p.cpu_extents(range),
+        }
+    }
+
+    /// The structure the IOMMU hardware walks: the EPT when shared, else the IOMMU's own.
+    pub fn io_tables(&self) -> &dyn IoTables {
+        match &self.p2m {
+            P2m::Ept(e) if self.iommu.shared => e,
+            _ => self.iommu.io_tables(),
+        }
+    }
+
+    /// Live cache records.
+    pub fn cache_records(&self) -> &[CacheRecord] {
+        self.iommu.caches.records()
+    }
+
+    /// The current tables' translations for `range` (no caches).
+    pub fn current_view(&self, range: GfnRange) -> WalkResult {
+        walk_root(self.io_tables(), &self.mem, range)
+    }
+
+    /// Everything a device could reach for `range`: the current tables, every IOTLB
+    /// record covering it, and walks from every paging-structure record covering it.
+    pub fn device_view(&self, range: GfnRange) -> DeviceView {
+        crate::view::device_view(self.io_tables(), &self.mem, self.cache_records(), range)
+    }
+
+    /// Counters in the shared vocabulary (p2m side, frees, records, and the IOMMU's).
+    pub fn model_stats(&self) -> ModelStats {
+        let mut s = ModelStats {
+            superpage_splits: self.stats.superpage_splits,
+            intermediate_replaced: self.stats.intermediate_replaced,
+            tables_freed: self.mem.free_count(),
+            need_modify_cleared: self.stats.need_modify_cleared,
+            iommu_steps: self.stats.iommu_steps,
+            records_created: self.iommu.caches.created,
+            ..ModelStats::default()
+        };
+        self.iommu.stats(&mut s);
+        s
+    }
+
+    /// Writes everything that can influence a later op or oracle check: the p2m tables,
+    /// machine memory, the IOMMU's sharing / `dont_flush` / crash state and its own
+    /// tables and deferred-free queue; no counters, no cache records.
+    pub fn write_state(&self, w: &mut dyn fmt::Write) -> fmt::Result {
+        write!(
+            w,
+            "{:?}|{:?}|shared={} dont_flush={} crashed={:?}|",
+            self.p2m, self.mem, self.iommu.shared, self.iommu.dont_flush, self.iommu.crashed
+        )?;
+        self.iommu.write_state(w)
+    }
+
+    /// Frames currently holding tables (p2m and IOMMU).
+    pub fn live_table_frames(&self) -> usize {
+        self.mem.live_tables()
+    }
+}
