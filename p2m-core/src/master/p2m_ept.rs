@@ -477,8 +477,11 @@ impl Ept {
         })
     }
 
-    /// The CPU view of `range` as runs, consistent with [`Self::get_entry`] at every gfn.
-    /// Cost: the table runs the range meets, never its pages.
+    /// The p2m's content over `range` as runs: every valid entry with the type, access and
+    /// frame it stores — the state the oracle compares with the reference. Unlike
+    /// [`Self::get_entry`], which models the query with Xen's quirks (a non-present
+    /// superpage or PoD reads as no frame), it does not hide what a split or a walk
+    /// dropped. Cost: the table runs the range meets, never its pages.
     pub fn cpu_extents(&self, range: GfnRange) -> Vec<CpuExtent> {
         let mut out = Vec::new();
         let limit = 1u64 << GFN_BITS;
@@ -526,20 +529,8 @@ impl Ept {
                 }),
             );
             cursor = hit.end;
-            let reading = |r: GfnRange| CpuExtent {
-                range: r,
-                mfn: INVALID_MFN,
-                p2mt: POD_READING.p2mt,
-                access: POD_READING.access,
-            };
-            let leaf = level == 1 || e.sp;
-            if (level > 1 && !e.is_present()) || (leaf && p2m_is_pod(e.p2mt())) {
-                if p2m_is_pod(e.p2mt()) {
-                    push_extent(out, reading(hit));
-                } else {
-                    push_extent(out, unmapped_extent(hit));
-                }
-            } else if !leaf {
+            let leaf = level == 1 || e.sp || !e.is_present();
+            if !leaf {
                 for k in 0..l as u64 {
                     let c = e.nth(k, level);
                     let er = GfnRange {

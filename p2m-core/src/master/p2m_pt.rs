@@ -577,19 +577,8 @@ impl P2mPt {
             );
             cursor = hit.end;
             let p2mt = e.p2mt();
-            let pod = CpuExtent {
-                range: hit,
-                mfn: INVALID_MFN,
-                p2mt: POD_READING.p2mt,
-                access: POD_READING.access,
-            };
-            // What get_entry does with this run: not present, pointer or leaf.
-            let not_present = if level == 1 {
-                !e.present() && !p2m_is_paging(p2mt)
-            } else {
-                !e.present()
-            };
-            if (level == 4 && e.present()) || (level > 1 && e.present() && !e.pse()) {
+            let pointer = e.present() && (level == 4 || (level > 1 && !e.pse()));
+            if pointer {
                 for k in 0..l as u64 {
                     let c = e.nth(k, level);
                     let er = GfnRange {
@@ -600,30 +589,9 @@ impl P2mPt {
                         self.extents_in(c.pfn, level - 1, er.start, sub, out);
                     }
                 }
-            } else if not_present {
-                if level < 4 && p2m_is_pod(p2mt) {
-                    push_extent(out, pod);
-                } else {
-                    push_extent(out, unmapped_extent(hit));
-                }
+            } else if e.flags == 0 || p2mt == P2mType::Invalid {
+                push_extent(out, unmapped_extent(hit));
             } else {
-                let has_frame = if level == 1 {
-                    p2m_is_valid(p2mt) || p2m_is_any_ram(p2mt)
-                } else {
-                    p2m_is_valid(p2mt)
-                };
-                if !has_frame {
-                    push_extent(
-                        out,
-                        CpuExtent {
-                            range: hit,
-                            mfn: INVALID_MFN,
-                            p2mt,
-                            access: P2mAccess::Rwx,
-                        },
-                    );
-                    continue;
-                }
                 for (k0, k1) in linear_pieces(e.pfn, per, l as u64, &[PSE_PFN_MASK]) {
                     let pr = GfnRange {
                         start: run_start + k0 * per,
