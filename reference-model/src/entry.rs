@@ -2,7 +2,61 @@
 //! empty one, per mode. Read from Xen 4.6 `ept_set_entry`, `atomic_write_ept_entry`
 //! (`p2m-ept.c`) and `p2m_pt_set_entry` (`p2m-pt.c`).
 
+use crate::permissions::IommuPolicy;
 use p2m_core::{Mfn, Mode, P2mAccess, P2mError, P2mType, GFN_BITS, INVALID_MFN, PAGE_ORDERS};
+
+/// [`validate`] for the line of `policy`. Xen master (`ept_set_entry` at c447b7308b):
+/// order not 0/9/18 → `BadOrder`; `fn_mask` = gfn alone for `INVALID_MFN`, else gfn | mfn,
+/// misaligned → `Misaligned` (p2m-pt checks nothing; no caller passes a misaligned pair, and
+/// the model refuses it the same way); gfn beyond 36 bits → `GfnOutOfRange`. Foreign
+/// entries are accepted at 4 KiB by both p2m flavours on master.
+pub fn validate_for(
+    policy: IommuPolicy,
+    mode: Mode,
+    gfn: u64,
+    mfn: Mfn,
+    order: u32,
+    p2mt: P2mType,
+    access: P2mAccess,
+) -> Result<(), P2mError> {
+    match policy {
+        IommuPolicy::Xen46 => validate(mode, gfn, mfn, order, p2mt, access),
+        IommuPolicy::Master => {
+            if !PAGE_ORDERS.contains(&order) {
+                return Err(P2mError::BadOrder);
+            }
+            let bits = if mfn == INVALID_MFN { gfn } else { gfn | mfn.0 };
+            if bits & ((1u64 << order) - 1) != 0 {
+                return Err(P2mError::Misaligned);
+            }
+            if gfn >> GFN_BITS != 0 {
+                return Err(P2mError::GfnOutOfRange);
+            }
+            Ok(())
+        }
+    }
+}
+
+/// [`writes_real_entry`] for the line of `policy`. Xen master writes a typed entry, at
+/// every order and in both p2m flavours, when `mfn_valid(mfn) ||
+/// p2m_allows_invalid_mfn(t)`, whose types are PoD and `mmio_direct` (`asm/p2m.h:156`;
+/// the paging types too only with `CONFIG_MEM_PAGING`, off by default).
+pub fn writes_real_entry_for(
+    policy: IommuPolicy,
+    mode: Mode,
+    mfn: Mfn,
+    order: u32,
+    p2mt: P2mType,
+) -> bool {
+    match policy {
+        IommuPolicy::Xen46 => writes_real_entry(mode, mfn, order, p2mt),
+        IommuPolicy::Master => {
+            p2mt != P2mType::Invalid
+                && (mfn != INVALID_MFN && mfn.is_valid()
+                    || matches!(p2mt, P2mType::PopulateOnDemand | P2mType::MmioDirect))
+        }
+    }
+}
 
 /// Checks `set_entry` arguments in this order: order, alignment, gfn width, foreign rules.
 ///

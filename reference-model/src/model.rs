@@ -2,10 +2,13 @@
 
 use std::collections::BTreeMap;
 
-use p2m_core::{Config, GfnRange, IommuPerm, Mfn, P2mAccess, P2mError, P2mType, INVALID_MFN};
+use p2m_core::{
+    in_mmio_ro_ranges, Config, GfnRange, IommuPerm, Mfn, P2mAccess, P2mError, P2mType, INVALID_MFN,
+    MMIO_RO_FRAMES,
+};
 
-use crate::entry::{validate, writes_real_entry};
-use crate::permissions::{column_for, device_perm, Column, IommuPolicy};
+use crate::entry::{validate_for, writes_real_entry_for};
+use crate::permissions::{column_for_policy, depends_on_frame, device_perm_at, Column, IommuPolicy};
 
 /// A run of `len` guest frames with one type and access; frame `i` maps `mfn + i`.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -66,7 +69,7 @@ impl RefModel {
         RefModel {
             config,
             policy,
-            column: column_for(&config),
+            column: column_for_policy(&config, policy),
             extents: BTreeMap::new(),
         }
     }
@@ -96,10 +99,10 @@ impl RefModel {
         p2mt: P2mType,
         access: P2mAccess,
     ) -> Result<(), P2mError> {
-        validate(self.config.mode, gfn, mfn, order, p2mt, access)?;
+        validate_for(self.policy, self.config.mode, gfn, mfn, order, p2mt, access)?;
         let range = GfnRange::of_order(gfn, order);
         self.carve(range);
-        if writes_real_entry(self.config.mode, mfn, order, p2mt) {
+        if writes_real_entry_for(self.policy, self.config.mode, mfn, order, p2mt) {
             self.extents.insert(
                 gfn,
                 Extent {
@@ -155,16 +158,49 @@ impl RefModel {
         }
     }
 
-    /// What a device may do through an entry of this type and access, in this configuration.
+    /// What a device may do through an entry of this type and access, in this configuration
+    /// (for a frame outside `mmio_ro_ranges`).
     pub fn perm_of(&self, p2mt: P2mType, access: P2mAccess) -> IommuPerm {
-        device_perm(self.column, self.policy, p2mt, access)
+        device_perm_at(self.column, self.policy, p2mt, access, false)
+    }
+
+    /// [`Self::perm_of`] for the page whose frame is `mfn`.
+    pub fn perm_at(&self, p2mt: P2mType, access: P2mAccess, mfn: Mfn) -> IommuPerm {
+        device_perm_at(self.column, self.policy, p2mt, access, in_mmio_ro_ranges(mfn))
+    }
+
+    /// Splits `clip` (frames from `mfn`) where a page's permission may change: at the
+    /// bounds of `mmio_ro_ranges`, when the type's permission depends on the frame.
+    fn frame_pieces(&self, p2mt: P2mType, clip: GfnRange, mfn: Mfn) -> Vec<(GfnRange, Mfn)> {
+        if !depends_on_frame(self.policy, p2mt) || mfn == INVALID_MFN {
+            return vec![(clip, mfn)];
+        }
+        let mut out = Vec::new();
+        let mut at = clip.start;
+        while at < clip.end {
+            let m = mfn.0 + (at - clip.start);
+            let next_bound = [MMIO_RO_FRAMES.start, MMIO_RO_FRAMES.end]
+                .into_iter()
+                .filter(|&b| b > m)
+                .min()
+                .map_or(clip.end, |b| (at + (b - m)).min(clip.end));
+            out.push((
+                GfnRange {
+                    start: at,
+                    end: next_bound,
+                },
+                Mfn(m),
+            ));
+            at = next_bound;
+        }
+        out
     }
 
     /// The device view of `gfn`: `(mfn, perm)`, `(INVALID_MFN, none)` when nothing is granted.
     pub fn device_entry(&self, gfn: u64) -> (Mfn, IommuPerm) {
         match self.lookup(gfn) {
             Some((off, ext)) => {
-                let perm = self.perm_of(ext.p2mt, ext.access);
+                let perm = self.perm_at(ext.p2mt, ext.access, ext.mfn_at(off));
                 if perm.is_none() {
                     (INVALID_MFN, IommuPerm::NONE)
                 } else {
@@ -224,17 +260,15 @@ impl RefModel {
                     perm: IommuPerm::NONE,
                 });
             }
-            let perm = self.perm_of(ext.p2mt, ext.access);
-            let mfn = if perm.is_none() {
-                INVALID_MFN
-            } else {
-                ext.mfn_at(clip.start - start)
-            };
-            push(RefView {
-                range: clip,
-                mfn,
-                perm,
-            });
+            for (piece, first) in self.frame_pieces(ext.p2mt, clip, ext.mfn_at(clip.start - start)) {
+                let perm = self.perm_at(ext.p2mt, ext.access, first);
+                let mfn = if perm.is_none() { INVALID_MFN } else { first };
+                push(RefView {
+                    range: piece,
+                    mfn,
+                    perm,
+                });
+            }
             cursor = clip.end;
         }
         if cursor < range.end {
