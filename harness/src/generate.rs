@@ -6,7 +6,7 @@
 //! each other's tables.
 
 use crate::scenario::{MfnSel, Op, Scenario, SetEntryOp, MFN_POOL_BASE};
-use p2m_core::{Config, Mode, P2mAccess, P2mType, Vendor, PAGE_ORDERS};
+use p2m_core::{Config, Mode, P2mAccess, P2mType, PageSizes, Vendor, MMIO_RO_FRAMES, PAGE_ORDERS};
 use rand::rngs::SmallRng;
 use rand::seq::SliceRandom;
 use rand::Rng;
@@ -21,6 +21,9 @@ pub struct Swarm {
     accesses: Vec<P2mAccess>,
     mfn_kinds: Vec<u8>,
     max_ops: usize,
+    /// Frame of gfn 0 for the "linear" frame kind (a multiple of 1 GiB): maps keep
+    /// `dfn ≡ mfn` modulo every table size, so IOMMU tables can coalesce.
+    linear_base: u64,
 }
 
 fn subset<T: Copy>(rng: &mut SmallRng, all: &[T]) -> Vec<T> {
@@ -40,7 +43,8 @@ impl Swarm {
         } else {
             Vendor::Amd
         };
-        let config = Config::new(mode, vendor, rng.gen_bool(0.5)).normalized();
+        let mut config = Config::new(mode, vendor, rng.gen_bool(0.5)).normalized();
+        config.page_sizes = *PageSizes::ALL.choose(rng).expect("page sizes");
         let mut types = subset(rng, P2mType::ALL);
         // Always keep one type that maps something, so scenarios do something.
         if !types
@@ -56,8 +60,9 @@ impl Swarm {
             orders: subset(rng, &PAGE_ORDERS),
             types,
             accesses,
-            mfn_kinds: subset(rng, &[0u8, 1, 2, 3]),
+            mfn_kinds: subset(rng, &[0u8, 1, 2, 3, 4, 5]),
             max_ops: rng.gen_range(2..=12),
+            linear_base: MFN_POOL_BASE + (rng.gen_range(0..4u64) << 18),
         }
     }
 
@@ -92,7 +97,13 @@ impl Swarm {
                 }
                 1 => MfnSel::Frame(last_mfn & mask),
                 2 => MfnSel::Invalid,
-                _ => MfnSel::TableFrame(rng.gen_range(0..8)),
+                3 => MfnSel::TableFrame(rng.gen_range(0..8)),
+                4 => MfnSel::Frame((self.linear_base + gfn) & mask),
+                _ => {
+                    // MMIO frames above the RAM, around and inside `mmio_ro_ranges`.
+                    let m = MMIO_RO_FRAMES.start - 0x100 + rng.gen_range(0..0x300u64);
+                    MfnSel::Frame(m & mask)
+                }
             };
             ops.push(Op::SetEntry(SetEntryOp {
                 gfn,
