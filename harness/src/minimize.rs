@@ -8,8 +8,9 @@
 //! every dropped table-allocating op renumbers). The shrinker therefore remembers, for
 //! every selector op, the frame it resolved to in the last accepted run, and the relative
 //! selectors (`tbl:L`, `cur`) that named that frame there (its *roles*). A candidate
-//! (ops dropped or one op simplified) is tried in two spellings, the first that keeps the
-//! divergence class winning:
+//! (ops dropped or one op simplified) is tried in two spellings; it is kept when one of
+//! them keeps the divergence class, spelled the first way unless only the second keeps
+//! the class or it needs fewer `ptf:` selectors:
 //! 1. **same frames**: every selector op names the frame it named before, spelled, in
 //!    order of preference, `INVALID_MFN` (it resolved to nothing), a plain literal (the
 //!    frame is not a table frame of the candidate run), a relative selector that resolves
@@ -158,7 +159,19 @@ fn attempt(
     None
 }
 
-/// The candidate `items` as a new [`Work`] when some spelling keeps `class`.
+/// How simple the spelling of `items` is, smaller first: `ptf:` ops, then relative ones.
+fn spelling_cost(items: &[Item]) -> (usize, usize) {
+    items
+        .iter()
+        .fold((0, 0), |(p, r), it| match it.entry().mfn {
+            MfnSel::TableFrame(_) => (p + 1, r),
+            MfnSel::TableAt(_) | MfnSel::Current => (p, r + 1),
+            MfnSel::Frame(_) | MfnSel::Invalid => (p, r),
+        })
+}
+
+/// The candidate `items` as a new [`Work`] when some spelling keeps `class`: same frames,
+/// or same roles when only those keep it or they spell it with fewer `ptf:` selectors.
 fn fit(
     w: &Work,
     items: Vec<Item>,
@@ -166,13 +179,28 @@ fn fit(
     rev: Revision,
     class: DivergenceClass,
 ) -> Option<Work> {
-    [Spelling::SameFrames, Spelling::SameRoles]
-        .into_iter()
-        .find_map(|how| attempt(&w.base, &items, fixed, how, rev, class))
-        .map(|items| Work {
-            base: w.base.clone(),
-            items,
-        })
+    let frames = attempt(&w.base, &items, fixed, Spelling::SameFrames, rev, class);
+    let roles_differ = match &frames {
+        None => true,
+        Some(f) => f
+            .iter()
+            .zip(&items)
+            .any(|(a, b)| matches!(a.entry().mfn, MfnSel::TableFrame(_)) && b.roles != 0),
+    };
+    let roles = if roles_differ {
+        attempt(&w.base, &items, fixed, Spelling::SameRoles, rev, class)
+    } else {
+        None
+    };
+    let best = match (frames, roles) {
+        (Some(f), Some(r)) if spelling_cost(&r) < spelling_cost(&f) => r,
+        (Some(f), _) => f,
+        (None, r) => r?,
+    };
+    Some(Work {
+        base: w.base.clone(),
+        items: best,
+    })
 }
 
 /// Candidate simplifications of one op, simplest first.
@@ -237,6 +265,12 @@ fn simpler_ops(op: &Op) -> Vec<Op> {
         }
     }
     v
+}
+
+/// The frame selector of `op`.
+fn cand_mfn(op: &Op) -> MfnSel {
+    let Op::SetEntry(e) = op;
+    e.mfn
 }
 
 /// `e` with `order`.
@@ -344,8 +378,11 @@ pub fn minimize(s: &Scenario, rev: Revision) -> Scenario {
             let mut next = None;
             for cand in simpler_ops(&w.items[i].op) {
                 let mut items = w.items.clone();
+                // A new frame is taken as spelled; otherwise the op's selector, too,
+                // keeps naming its frame (or role).
+                let pin = (cand_mfn(&cand) != items[i].entry().mfn).then_some(i);
                 items[i].op = cand;
-                if let Some(t) = fit(&w, items, Some(i), rev, class) {
+                if let Some(t) = fit(&w, items, pin, rev, class) {
                     next = Some(t);
                     break;
                 }
