@@ -44,7 +44,7 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fmt::Write;
 
 use crate::runner::{resolve_mfn, run, Divergence};
-use crate::scenario::{MfnSel, Op, Scenario};
+use crate::scenario::{Op, Scenario};
 use p2m_core::cache::RecordKind;
 use p2m_core::frames::TableOwner;
 use p2m_core::walk::IoEntry;
@@ -85,10 +85,7 @@ pub struct DotMeta {
 /// One line per op as the runner prints it (table-frame selectors resolved).
 fn op_line(op: &Op, dom: &Domain) -> String {
     let Op::SetEntry(e) = op;
-    match e.mfn {
-        MfnSel::TableFrame(_) => format!("{op}  (ptf = {})", resolve_mfn(dom, e.mfn)),
-        _ => format!("{op}"),
-    }
+    crate::runner::op_line(op, e.mfn, resolve_mfn(dom, e.gfn, e.mfn))
 }
 
 /// Replays the first `count` ops of `s` on a fresh domain, as the runner applies them;
@@ -99,7 +96,7 @@ pub fn replay(s: &Scenario, rev: Revision, count: usize) -> (Domain, Vec<String>
     for op in s.ops.iter().take(count) {
         let Op::SetEntry(e) = op;
         lines.push(op_line(op, &dom));
-        let mfn = resolve_mfn(&dom, e.mfn);
+        let mfn = resolve_mfn(&dom, e.gfn, e.mfn);
         // Refused ops change nothing; the runner judges them, not the picture.
         let _ = dom.set_entry(e.gfn, mfn, e.order, e.p2mt, e.access);
     }

@@ -70,14 +70,41 @@
 //!   entry that is not present but typed, like `invalid` with a real frame).
 //! - **frames** ([`FrameKind`]): "same" (`SAME_BASE + gfn`, the linear mapping, so an op
 //!   inside a superpage can rewrite the very frame the superpage maps), "other"
-//!   (`OTHER_BASE + gfn`, a different frame for the same gfns), `INVALID_MFN`, and
+//!   (`OTHER_BASE + gfn`, a different frame for the same gfns), `INVALID_MFN`,
 //!   `ptf:0`, the p2m root table frame (1 GiB-aligned, so legal at every order): a guest
-//!   mapping of a page-table frame, which a wrong walk can then use as a table. Frame
-//!   decisions compare frames for equality, test `mfn_valid` and alignment, and walk
-//!   table frames; these four realise equal, different, invalid and table-frame.
+//!   mapping of a page-table frame, which a wrong walk can then use as a table; and
+//!   `tbl:L` one level below the op's entry (`tbl:1` at order 9, `tbl:2` at order 18, no
+//!   letter at order 0), resolved when the op runs: the table that an intermediate entry
+//!   at the op's level points to (`INVALID_MFN` when the entry there is a leaf or empty).
+//!
+//!   Frame decisions compare the new frame with the frame field of the entry being
+//!   replaced (`need_modify_vtd_table` in `ept_set_entry`, `old_mfn` in
+//!   `p2m_pt_set_entry`), test `mfn_valid` and alignment, and walk table frames. The
+//!   replaced entry's frame field is a leaf's frame — equal to the new one when both ops
+//!   use "same" (or both "other", or both `ptf:0`) at related gfns, since "same" and
+//!   "other" are linear and a split superpage's children keep the offsets — or
+//!   `INVALID_MFN`'s field, or the table frame of an intermediate entry: a frame no fixed
+//!   letter can name, because which pool frame a table gets depends on the allocations
+//!   before it. `tbl:L` names it whatever the history, so "a new leaf whose frame is the
+//!   table it replaces" (the hole `ept_need_modify_requires_present_leaf` closes, and the
+//!   pre-660fd65d55 p2m-pt flush test `old_mfn != mfn`) is reached at depth 2. The five
+//!   kinds realise equal-to-leaf, equal-to-replaced-table, different, invalid and
+//!   table-frame (`ptf:0`, and `tbl:L` mapped anywhere it resolves).
+//!
+//!   Not realised, with reasons: (a) `tbl:2` at order 18 needs a 1 GiB-aligned L2 table,
+//!   which the model's allocator (2 MiB stride from `TABLE_POOL_BASE`) hands out only as
+//!   its 513th table, beyond these depths (the letters are mostly refused as misaligned);
+//!   the decision at stake is the one the order-9 instance reaches, and freeing a
+//!   two-level subtree after a 1 GiB op is reached by other letters. (b) The frame field 0 of a zeroed entry: a new frame 0 over an empty EPT
+//!   entry also looks unchanged (the other half of that switch's doc: one op,
+//!   `mfn=0 ram_rw` with separate tables, under-permissive); frame 0 is no letter.
+//!   (c) `cur` (the frame the gfn maps now) adds no relation over the kinds above except
+//!   offsets inside a superpage that maps a table frame (table frames again, which matter
+//!   only to a walk that reads a leaf as a table); [`AbstractDomain::wide`] has it.
 //!
 //! Letters that coincide after alignment are enumerated once ([`AbstractDomain::alphabet`]).
-//! The standard alphabet has 96 letters.
+//! The standard alphabet has 108 letters: 6 (gfn, order) pairs × 4 types × 4 frame kinds,
+//! plus `tbl:L` at the 3 pairs of order 9 or 18 × 4 types.
 //!
 //! # Reductions (all sound: no divergence reachable in the full enumeration is lost)
 //!
@@ -95,8 +122,9 @@
 //!    `mfn_valid`, 1 GiB-aligned, below the 40-bit field and far above any page-table
 //!    frame (the pool would need 2^19 allocations to reach [`SAME_BASE`]), and nothing
 //!    but equality, those tests and offsets inside a superpage (linear in both sets)
-//!    looks at a frame. So only sequences whose first "same"-or-"other" letter is
-//!    "same" are enumerated.
+//!    looks at a frame. `ptf:`, `tbl:` and `cur` resolve from the state, so they map onto
+//!    themselves (`cur` resolving to the renamed frame). So only sequences whose first
+//!    "same"-or-"other" letter is "same" are enumerated.
 //! 4. **Equal states.** Two prefixes that leave equal states (p2m tables, machine memory
 //!    with generations and free list, separate IOMMU tables, cache records, the reference,
 //!    and the flag of reduction 3) have identical futures, so a prefix whose state was
@@ -117,18 +145,25 @@
 //!
 //! [`Options::reduce`] `= false` (`p2m-fuzz exhaustive --no-reduce`) turns reductions
 //! 2-4 off to cross-check them: the harness test `reductions_keep_verdicts` compares both
-//! at depth 2; at depth 3 `fixed` on EPT is clean either way (1,788,096 sequences plain,
-//! 336,576 reduced).
+//! at depth 2; at depth 3 `fixed` on EPT is clean either way (2,542,968 sequences plain in
+//! ~36 s, 412,404 reduced).
 //!
 //! # Cost and what depth 3 finds
 //!
-//! `fixed`, depth 3, one thread, on the 2-core development machine under load: EPT
-//! 336,576 sequences in ~11 s, NPT 409,728 in ~24 s, shadow (four configurations)
-//! 841,200 in ~46 s; all clean. Time is dominated by 1 GiB ops that split superpages or
+//! `fixed`, depth 3, one thread, on the 2-core development machine under load (load
+//! average 2-3): EPT 412,404 sequences in ~5-6 s, NPT 511,788 in ~8 s, shadow (four
+//! configurations) 1,099,200 in ~21 s; all clean. The 12 `tbl:L` letters add ~15% to the
+//! sequences of the 96-letter alphabet (358,104 / 445,536 / 951,744, timed alongside at
+//! ~6 / ~8.5 / ~20 s) and no measurable time: at order 18 they are refused as misaligned,
+//! and where no intermediate entry is replaced they resolve to `INVALID_MFN` and reach
+//! states already seen. Time is dominated by 1 GiB ops that split superpages or
 //! fill separate IOMMU tables (512 tables each); shared-table configurations are far
 //! cheaper. Every hole of the historical revisions has a witness of at most two ops
-//! here. 960265fbd8 alone closes nothing the search can see (`--revision 6c0e4ad608
-//! --baseline 960265fbd8` is clean): the early free is followed by the flush in the same
+//! here; `committed` with shared EPT reports the intermediate-entry one first
+//! (`set_entry gfn=0x40000 mfn=0x10040000 order=0 ram_rw`, then `mfn=tbl:1 order=9
+//! ram_rw`: freed-frame-reachable, blamed on `ept_need_modify_requires_present_leaf`).
+//! 960265fbd8 alone closes nothing the search can see (`--revision 6c0e4ad608
+//! --baseline 960265fbd8` is clean at depth 3, 1,449,528 sequences in ~64 s): the early free is followed by the flush in the same
 //! `set_entry`, and the device view is taken between calls (the model limitation
 //! documented in `p2m-core/README.md`).
 
@@ -181,14 +216,37 @@ pub enum FrameKind {
     Invalid,
     /// The first page-table frame ever allocated (`ptf:0`, the p2m root: 1 GiB-aligned).
     TableFrame,
+    /// `tbl:L` for the level just below the op's entry (`tbl:1` at order 9, `tbl:2` at
+    /// order 18; no letter at order 0): the table an intermediate entry the op replaces
+    /// points to, `INVALID_MFN` when the entry is not one.
+    TableBelow,
+    /// `cur`: the frame the p2m maps at the op's gfn when the op runs (wide domain only).
+    Current,
 }
 
-/// The frame kinds of the abstract domain, in enumeration order.
-pub const FRAMES: [FrameKind; 4] = [
+impl FrameKind {
+    /// The selector of this kind for an op of `order` on `gfn`, `None` when the kind has
+    /// no letter at that order.
+    pub fn selector(self, gfn: u64, order: u32) -> Option<MfnSel> {
+        Some(match self {
+            FrameKind::Same => MfnSel::Frame(SAME_BASE + gfn),
+            FrameKind::Other => MfnSel::Frame(OTHER_BASE + gfn),
+            FrameKind::Invalid => MfnSel::Invalid,
+            FrameKind::TableFrame => MfnSel::TableFrame(0),
+            FrameKind::TableBelow if order >= 9 => MfnSel::TableAt((order / 9) as u8),
+            FrameKind::TableBelow => return None,
+            FrameKind::Current => MfnSel::Current,
+        })
+    }
+}
+
+/// The frame kinds of the standard domain, in enumeration order.
+pub const FRAMES: [FrameKind; 5] = [
     FrameKind::Same,
     FrameKind::Invalid,
     FrameKind::Other,
     FrameKind::TableFrame,
+    FrameKind::TableBelow,
 ];
 
 /// One letter of the search alphabet: an op and the frame kind it was built from.
@@ -200,26 +258,29 @@ pub struct Letter {
     pub frame: FrameKind,
 }
 
-/// The gfns and types letters are built from (orders, frames and access are fixed).
+/// The gfns, types and frame kinds letters are built from (orders and access are fixed).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AbstractDomain {
     /// Guest frames (aligned down to each order).
     pub gfns: Vec<u64>,
     /// p2m types.
     pub types: Vec<P2mType>,
+    /// Frame kinds, in enumeration order.
+    pub frames: Vec<FrameKind>,
 }
 
 impl AbstractDomain {
-    /// The standard domain: [`GFNS`] and [`TYPES`].
+    /// The standard domain: [`GFNS`], [`TYPES`] and [`FRAMES`].
     pub fn standard() -> Self {
         AbstractDomain {
             gfns: GFNS.to_vec(),
             types: TYPES.to_vec(),
+            frames: FRAMES.to_vec(),
         }
     }
 
-    /// A wider domain for shallow runs: also [`GFN_4K_LAST`], and every type that can
-    /// arise in a domain with an IOMMU (`map_foreign` only for EPT).
+    /// A wider domain for shallow runs: also [`GFN_4K_LAST`], every type that can
+    /// arise in a domain with an IOMMU (`map_foreign` only for EPT) and the `cur` frame.
     pub fn wide(mode: Mode) -> Self {
         let mut gfns = GFNS.to_vec();
         gfns.push(GFN_4K_LAST);
@@ -231,7 +292,13 @@ impl AbstractDomain {
                 types.push(t);
             }
         }
-        AbstractDomain { gfns, types }
+        let mut frames = FRAMES.to_vec();
+        frames.push(FrameKind::Current);
+        AbstractDomain {
+            gfns,
+            types,
+            frames,
+        }
     }
 
     /// The deduplicated alphabet: every (gfn aligned to order, order, type, frame), rwx,
@@ -243,12 +310,9 @@ impl AbstractDomain {
             for &g in &self.gfns {
                 let gfn = g & mask;
                 for &p2mt in &self.types {
-                    for &frame in &FRAMES {
-                        let mfn = match frame {
-                            FrameKind::Same => MfnSel::Frame(SAME_BASE + gfn),
-                            FrameKind::Other => MfnSel::Frame(OTHER_BASE + gfn),
-                            FrameKind::Invalid => MfnSel::Invalid,
-                            FrameKind::TableFrame => MfnSel::TableFrame(0),
+                    for &frame in &self.frames {
+                        let Some(mfn) = frame.selector(gfn, order) else {
+                            continue;
                         };
                         let op = Op::SetEntry(SetEntryOp {
                             gfn,

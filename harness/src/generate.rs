@@ -60,7 +60,7 @@ impl Swarm {
             orders: subset(rng, &PAGE_ORDERS),
             types,
             accesses,
-            mfn_kinds: subset(rng, &[0u8, 1, 2, 3, 4, 5]),
+            mfn_kinds: subset(rng, &[0u8, 1, 2, 3, 4, 5, 6]),
             max_ops: rng.gen_range(2..=12),
             linear_base: MFN_POOL_BASE + (rng.gen_range(0..4u64) << 18),
         }
@@ -99,6 +99,10 @@ impl Swarm {
                 2 => MfnSel::Invalid,
                 3 => MfnSel::TableFrame(rng.gen_range(0..8)),
                 4 => MfnSel::Frame((self.linear_base + gfn) & mask),
+                6 => match rng.gen_range(0..4u8) {
+                    0 => MfnSel::Current,
+                    l => MfnSel::TableAt(l),
+                },
                 _ => {
                     // MMIO frames above the RAM, around and inside `mmio_ro_ranges`.
                     let m = MMIO_RO_FRAMES.start - 0x100 + rng.gen_range(0..0x300u64);

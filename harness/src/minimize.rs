@@ -1,19 +1,230 @@
 //! Op-level delta debugging: shrink a diverging scenario while it still shows the
 //! same divergence class.
+//!
+//! # Frame selectors
+//!
+//! `ptf:K`, `tbl:L` and `cur` are resolved when their op runs, so dropping or simplifying
+//! an earlier op can make them name another frame (`ptf:K` counts allocations, which
+//! every dropped table-allocating op renumbers). The shrinker therefore remembers, for
+//! every selector op, the frame it resolved to in the last accepted run, and the relative
+//! selectors (`tbl:L`, `cur`) that named that frame there (its *roles*). A candidate
+//! (ops dropped or one op simplified) is tried in two spellings; it is kept when one of
+//! them keeps the divergence class, spelled the first way unless only the second keeps
+//! the class or it needs fewer `ptf:` selectors:
+//! 1. **same frames**: every selector op names the frame it named before, spelled, in
+//!    order of preference, `INVALID_MFN` (it resolved to nothing), a plain literal (the
+//!    frame is not a table frame of the candidate run), a relative selector that resolves
+//!    to it at that op, `ptf:K` (the frame's allocation index there);
+//! 2. **same roles**: every selector op keeps its first role (e.g. `tbl:1`: "the L1 table
+//!    under this gfn", wherever the candidate allocated it), or its spelling when it had
+//!    none.
+//!
+//! Per op, a selector is also tried as `INVALID_MFN`, and every op that names the same
+//! table frame is tried at once as a plain literal frame with the same offset in its
+//! 1 GiB page (the table-ness did not matter then); a literal frame at or above
+//! `MAX_PAGE` (not `mfn_valid`) is tried as `INVALID_MFN` before anything else. A final
+//! respelling of every selector in the order above leaves the run, and so the verdict,
+//! unchanged: a minimized trace holds `ptf:` only for a table frame that no relative
+//! selector names at its op.
 
 use crate::oracle::DivergenceClass;
-use crate::runner::run_with;
-use crate::scenario::{MfnSel, Op, Scenario};
-use p2m_core::{P2mAccess, P2mType, Revision};
+use crate::runner::{resolve_mfn, Session};
+use crate::scenario::{MfnSel, Op, Scenario, SetEntryOp, MFN_POOL_BASE};
+use p2m_core::{Domain, Mfn, P2mAccess, P2mType, INVALID_MFN, MAX_PAGE};
 
-fn class_of(s: &Scenario, rev: Revision, strict: bool) -> Option<DivergenceClass> {
-    run_with(s, rev, strict).divergence.map(|d| d.class())
+/// The revision a minimization runs under, and whether every class is fatal.
+#[derive(Clone, Copy, Debug)]
+struct RunAs {
+    rev: p2m_core::Revision,
+    strict: bool,
+}
+
+/// Upper bound on shrinking rounds (each round strictly simplifies; this only guards
+/// against a mistake in that argument).
+const MAX_ROUNDS: usize = 10_000;
+
+/// The relative selectors, in order of preference.
+const RELATIVE: [MfnSel; 4] = [
+    MfnSel::TableAt(1),
+    MfnSel::TableAt(2),
+    MfnSel::TableAt(3),
+    MfnSel::Current,
+];
+
+/// One op of the scenario being shrunk, with what its frame was in the last accepted run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Item {
+    /// The op as spelled now.
+    op: Op,
+    /// The frame its selector (or literal) resolved to in the last accepted run.
+    frame: Mfn,
+    /// Bit `i`: `RELATIVE[i]` resolved to `frame` at this op in that run.
+    roles: u8,
+}
+
+impl Item {
+    /// The op's `set_entry` arguments.
+    fn entry(&self) -> SetEntryOp {
+        let Op::SetEntry(e) = self.op;
+        e
+    }
+}
+
+/// How a candidate's selector ops are spelled (see the module docs).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Spelling {
+    /// Each selector op names the frame it named in the last accepted run.
+    SameFrames,
+    /// Each selector op keeps its first role, or its spelling.
+    SameRoles,
+}
+
+/// The scenario being shrunk: configuration, flag and items.
+#[derive(Clone, Debug)]
+struct Work {
+    /// The scenario's configuration and flag (its ops are `items`).
+    base: Scenario,
+    /// The ops with their frames in the last accepted run.
+    items: Vec<Item>,
+}
+
+impl Work {
+    /// The scenario as spelled now.
+    fn scenario(&self) -> Scenario {
+        Scenario {
+            ops: self.items.iter().map(|i| i.op).collect(),
+            ..self.base.clone()
+        }
+    }
+}
+
+/// `true` when `f` currently is, or ever was, a page-table frame of `dom`.
+fn is_table_frame(dom: &Domain, f: Mfn) -> bool {
+    dom.mem().ever_allocated().contains(&f.0)
+}
+
+/// The preferred spelling of frame `f` for an op on `gfn` in `dom`'s current state.
+fn spell(dom: &Domain, gfn: u64, f: Mfn) -> MfnSel {
+    if f == INVALID_MFN {
+        return MfnSel::Invalid;
+    }
+    let ever = dom.mem().ever_allocated();
+    let Some(k) = ever.iter().position(|&x| x == f.0) else {
+        return MfnSel::Frame(f.0);
+    };
+    RELATIVE
+        .into_iter()
+        .find(|&sel| resolve_mfn(dom, gfn, sel) == f)
+        .or_else(|| u16::try_from(k).ok().map(MfnSel::TableFrame))
+        .unwrap_or(MfnSel::Frame(f.0))
+}
+
+/// The roles of frame `f` at an op on `gfn` in `dom`'s current state (bit `i`: `RELATIVE[i]`).
+fn roles_of(dom: &Domain, gfn: u64, f: Mfn) -> u8 {
+    if f == INVALID_MFN {
+        return 0;
+    }
+    RELATIVE
+        .iter()
+        .enumerate()
+        .filter(|&(_, &sel)| resolve_mfn(dom, gfn, sel) == f)
+        .fold(0, |acc, (i, _)| acc | 1 << i)
+}
+
+/// Runs `items` (respelling selector ops per `how`; ops at `fixed` are taken as spelled)
+/// under `rev`; returns the respelled items, refreshed, up to the op that showed `class`
+/// — `None` when the run shows no divergence or another class first.
+fn attempt(
+    base: &Scenario,
+    items: &[Item],
+    fixed: Option<usize>,
+    how: Spelling,
+    rev: RunAs,
+    class: DivergenceClass,
+) -> Option<Vec<Item>> {
+    let mut sess = Session::for_scenario(base, rev.rev);
+    sess.set_strict(rev.strict);
+    let mut out = Vec::with_capacity(items.len());
+    for (i, it) in items.iter().enumerate() {
+        let mut e = it.entry();
+        if e.mfn.is_selector() && fixed != Some(i) {
+            e.mfn = match how {
+                Spelling::SameFrames => spell(sess.domain(), e.gfn, it.frame),
+                Spelling::SameRoles => (0..RELATIVE.len())
+                    .find(|b| it.roles & 1 << b != 0)
+                    .map_or(e.mfn, |b| RELATIVE[b]),
+            };
+        }
+        let dom = sess.domain();
+        let frame = resolve_mfn(dom, e.gfn, e.mfn);
+        let roles = roles_of(dom, e.gfn, frame);
+        let op = Op::SetEntry(e);
+        out.push(Item { op, frame, roles });
+        if let Some(f) = sess.step(&op) {
+            return (f.class == class).then_some(out);
+        }
+    }
+    None
+}
+
+/// How simple the spelling of `items` is, smaller first: `ptf:` ops, then relative ones.
+fn spelling_cost(items: &[Item]) -> (usize, usize) {
+    items
+        .iter()
+        .fold((0, 0), |(p, r), it| match it.entry().mfn {
+            MfnSel::TableFrame(_) => (p + 1, r),
+            MfnSel::TableAt(_) | MfnSel::Current => (p, r + 1),
+            MfnSel::Frame(_) | MfnSel::Invalid => (p, r),
+        })
+}
+
+/// The candidate `items` as a new [`Work`] when some spelling keeps `class`: same frames,
+/// or same roles when only those keep it or they spell it with fewer `ptf:` selectors.
+fn fit(
+    w: &Work,
+    items: Vec<Item>,
+    fixed: Option<usize>,
+    rev: RunAs,
+    class: DivergenceClass,
+) -> Option<Work> {
+    let frames = attempt(&w.base, &items, fixed, Spelling::SameFrames, rev, class);
+    let roles_differ = match &frames {
+        None => true,
+        Some(f) => f
+            .iter()
+            .zip(&items)
+            .any(|(a, b)| matches!(a.entry().mfn, MfnSel::TableFrame(_)) && b.roles != 0),
+    };
+    let roles = if roles_differ {
+        attempt(&w.base, &items, fixed, Spelling::SameRoles, rev, class)
+    } else {
+        None
+    };
+    let best = match (frames, roles) {
+        (Some(f), Some(r)) if spelling_cost(&r) < spelling_cost(&f) => r,
+        (Some(f), _) => f,
+        (None, r) => r?,
+    };
+    Some(Work {
+        base: w.base.clone(),
+        items: best,
+    })
 }
 
 /// Candidate simplifications of one op, simplest first.
 fn simpler_ops(op: &Op) -> Vec<Op> {
     let Op::SetEntry(e) = op;
     let mut v = Vec::new();
+    let with_mfn = |mfn: MfnSel| {
+        let mut s = *e;
+        s.mfn = mfn;
+        Op::SetEntry(s)
+    };
+    // A frame the machine does not have, or a selector: first of all, `INVALID_MFN`.
+    let beyond = matches!(e.mfn, MfnSel::Frame(m) if m >= MAX_PAGE);
+    if beyond || e.mfn.is_selector() {
+        v.push(with_mfn(MfnSel::Invalid));
+    }
     if e.order > 0 && e.order != 9 && e.order != 18 {
         v.push(Op::SetEntry(with_order(e, 0)));
     }
@@ -42,13 +253,11 @@ fn simpler_ops(op: &Op) -> Vec<Op> {
             v.push(Op::SetEntry(s));
         }
     }
-    if !matches!(e.mfn, MfnSel::Invalid) {
-        let mut s = *e;
-        s.mfn = MfnSel::Invalid;
-        v.push(Op::SetEntry(s));
+    if !beyond && !matches!(e.mfn, MfnSel::Invalid) && !e.mfn.is_selector() {
+        v.push(with_mfn(MfnSel::Invalid));
     }
     // Rounder numbers, each strictly smaller (so shrinking terminates): the gfn and a
-    // literal frame aligned down to 1 GiB, then 2 MiB; the first page-table frame.
+    // literal frame aligned down to 1 GiB, then 2 MiB.
     for shift in [18u32, 9] {
         let g = e.gfn & !((1u64 << shift) - 1);
         if g < e.gfn {
@@ -59,86 +268,201 @@ fn simpler_ops(op: &Op) -> Vec<Op> {
         if let MfnSel::Frame(m) = e.mfn {
             let m2 = m & !((1u64 << shift) - 1);
             if m2 < m {
-                let mut s = *e;
-                s.mfn = MfnSel::Frame(m2);
-                v.push(Op::SetEntry(s));
+                v.push(with_mfn(MfnSel::Frame(m2)));
             }
-        }
-    }
-    if let MfnSel::TableFrame(k) = e.mfn {
-        if k > 0 {
-            let mut s = *e;
-            s.mfn = MfnSel::TableFrame(0);
-            v.push(Op::SetEntry(s));
         }
     }
     v
 }
 
-fn with_order(e: &crate::scenario::SetEntryOp, order: u32) -> crate::scenario::SetEntryOp {
+/// The frame selector of `op`.
+fn cand_mfn(op: &Op) -> MfnSel {
+    let Op::SetEntry(e) = op;
+    e.mfn
+}
+
+/// `e` with `order`.
+fn with_order(e: &SetEntryOp, order: u32) -> SetEntryOp {
     let mut s = *e;
     s.order = order;
     s
 }
 
+/// A plain frame for table frame `f`: the same offset in a 1 GiB page of the pool (so
+/// alignment is kept at every order), the first such frame that is no table frame of the
+/// run `w` describes.
+fn plain_frame(w: &Work, rev: RunAs, f: Mfn) -> Option<Mfn> {
+    let mut sess = Session::for_scenario(&w.base, rev.rev);
+    sess.set_strict(rev.strict);
+    for it in &w.items {
+        sess.step(&it.op);
+    }
+    let off = f.0 & ((1 << 18) - 1);
+    (0..64u64)
+        .map(|k| Mfn(MFN_POOL_BASE + (k << 18) + off))
+        .find(|&p| !is_table_frame(sess.domain(), p))
+}
+
+/// Tries the frame simplifications of selector op `i`: every op naming its (table)
+/// frame as one plain literal frame. Returns the new work when one keeps `class`.
+fn plain_for_selector(w: &Work, i: usize, rev: RunAs, class: DivergenceClass) -> Option<Work> {
+    let it = w.items[i];
+    if !it.entry().mfn.is_selector() || it.frame == INVALID_MFN {
+        return None;
+    }
+    let p = plain_frame(w, rev, it.frame)?;
+    let items: Vec<Item> = w
+        .items
+        .iter()
+        .map(|o| {
+            if o.frame == it.frame && !matches!(o.entry().mfn, MfnSel::Invalid) {
+                let mut e = o.entry();
+                e.mfn = MfnSel::Frame(p.0);
+                Item {
+                    op: Op::SetEntry(e),
+                    ..*o
+                }
+            } else {
+                *o
+            }
+        })
+        .collect();
+    // The group is spelled out now; other selector ops keep their frames or roles.
+    fit(w, items, Some(i), rev, class)
+}
+
 /// Shrinks `s` to a 1-minimal op sequence (no single op can be dropped) that still
-/// diverges with the same class under `rev`; then simplifies each op. Returns `s`
-/// unchanged when it does not diverge.
-pub fn minimize(s: &Scenario, rev: Revision) -> Scenario {
+/// diverges with the same class under `rev`; then simplifies each op, keeping what each
+/// frame selector names (see the module docs). Returns `s` unchanged when it does not
+/// diverge.
+pub fn minimize(s: &Scenario, rev: p2m_core::Revision) -> Scenario {
     minimize_with(s, rev, false)
 }
 
 /// [`minimize`], with every divergence class fatal when `strict` (so a leaked-table
 /// finding shrinks like any other).
-pub fn minimize_with(s: &Scenario, rev: Revision, strict: bool) -> Scenario {
-    let Some(class) = class_of(s, rev, strict) else {
+pub fn minimize_with(s: &Scenario, rev: p2m_core::Revision, strict: bool) -> Scenario {
+    let rev = RunAs { rev, strict };
+    let items: Vec<Item> = s
+        .ops
+        .iter()
+        .map(|&op| Item {
+            op,
+            frame: INVALID_MFN,
+            roles: 0,
+        })
+        .collect();
+    let mut w = Work {
+        base: Scenario {
+            ops: Vec::new(),
+            ..s.clone()
+        },
+        items,
+    };
+    // The original run, spelled as written: fixes every selector's frame and roles, and
+    // truncates after the observing op.
+    let Some(class) = crate::runner::run_with(s, rev.rev, strict)
+        .divergence
+        .map(|d| d.class())
+    else {
         return s.clone();
     };
-    let mut cur = s.clone();
-    // Truncate after the observing op.
-    if let Some(d) = run_with(&cur, rev, strict).divergence {
-        cur.ops.truncate(d.observed_op + 1);
+    match attempt(&w.base, &w.items, None, Spelling::SameRoles, rev, class) {
+        // Every op keeps its spelling: roles are empty before the first run.
+        Some(items) => w.items = items,
+        None => return s.clone(),
     }
-    loop {
+    for _ in 0..MAX_ROUNDS {
         let mut changed = false;
         // Drop chunks, then single ops (ddmin-style, halving chunk size).
-        let mut chunk = cur.ops.len() / 2;
+        let mut chunk = w.items.len() / 2;
         while chunk >= 1 {
             let mut i = 0;
-            while i < cur.ops.len() && cur.ops.len() > 1 {
-                let mut t = cur.clone();
-                let end = (i + chunk).min(t.ops.len());
-                t.ops.drain(i..end);
-                if !t.ops.is_empty() && class_of(&t, rev, strict) == Some(class) {
-                    cur = t;
-                    changed = true;
-                } else {
-                    i += chunk;
+            while i < w.items.len() && w.items.len() > 1 {
+                let mut items = w.items.clone();
+                let end = (i + chunk).min(items.len());
+                items.drain(i..end);
+                match fit(&w, items, None, rev, class) {
+                    Some(t) if !t.items.is_empty() => {
+                        w = t;
+                        changed = true;
+                    }
+                    _ => i += chunk,
                 }
             }
             chunk /= 2;
         }
-        for i in 0..cur.ops.len() {
-            for cand in simpler_ops(&cur.ops[i]) {
-                let mut t = cur.clone();
-                t.ops[i] = cand;
-                if class_of(&t, rev, strict) == Some(class) {
-                    cur = t;
-                    changed = true;
+        let mut i = 0;
+        while i < w.items.len() {
+            let mut next = None;
+            for cand in simpler_ops(&w.items[i].op) {
+                let mut items = w.items.clone();
+                // A new frame is taken as spelled; otherwise the op's selector, too,
+                // keeps naming its frame (or role).
+                let pin = (cand_mfn(&cand) != items[i].entry().mfn).then_some(i);
+                items[i].op = cand;
+                if let Some(t) = fit(&w, items, pin, rev, class) {
+                    next = Some(t);
                     break;
                 }
             }
+            if next.is_none() {
+                next = plain_for_selector(&w, i, rev, class);
+            }
+            if let Some(t) = next {
+                w = t;
+                changed = true;
+            }
+            i += 1;
         }
-        if cur.allow_under_permissive {
-            let mut t = cur.clone();
-            t.allow_under_permissive = false;
-            if class_of(&t, rev, strict) == Some(class) {
-                cur = t;
+        if w.base.allow_under_permissive {
+            let mut t = w.clone();
+            t.base.allow_under_permissive = false;
+            if let Some(t) = fit(&t, t.items.clone(), None, rev, class) {
+                w = t;
                 changed = true;
             }
         }
         if !changed {
-            return cur;
+            break;
         }
+    }
+    // Respell every selector by the preference order; the frames, hence the run, stay.
+    if let Some(items) = attempt(&w.base, &w.items, None, Spelling::SameFrames, rev, class) {
+        w.items = items;
+    }
+    w.scenario()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::scenario::parse_trace;
+
+    #[test]
+    fn spelling_prefers_invalid_plain_relative_then_ptf() {
+        let s = parse_trace(
+            "config mode=ept share=on\n\
+             set_entry gfn=0x40000 mfn=0x100000 order=0 ram_rw rwx\n",
+        )
+        .unwrap();
+        let mut sess = Session::for_scenario(&s, p2m_core::Revision::fixed());
+        sess.step(&s.ops[0]);
+        let dom = sess.domain();
+        let root = Mfn(dom.mem().ever_allocated()[0]);
+        let l1 = Mfn(dom.p2m_table_at(0x40000, 1).unwrap());
+        assert_eq!(spell(dom, 0x40000, INVALID_MFN), MfnSel::Invalid);
+        assert_eq!(spell(dom, 0x40000, Mfn(0x100000)), MfnSel::Frame(0x100000));
+        assert_eq!(spell(dom, 0x40000, l1), MfnSel::TableAt(1));
+        assert_eq!(spell(dom, 0x40000, root), MfnSel::TableFrame(0));
+        // Under another 2 MiB region the L1 table is no relative selector's frame.
+        let k = dom.mem().ever_allocated().iter().position(|&f| f == l1.0);
+        assert_eq!(
+            spell(dom, 0x80000, l1),
+            MfnSel::TableFrame(k.unwrap() as u16)
+        );
+        assert_eq!(roles_of(dom, 0x40000, l1), 0b0001);
+        assert_eq!(roles_of(dom, 0x40000, Mfn(0x100000)), 0b1000);
+        assert_eq!(roles_of(dom, 0x40000, INVALID_MFN), 0);
     }
 }

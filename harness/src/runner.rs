@@ -140,8 +140,8 @@ pub struct RunOutcome {
     pub stats: RunStats,
 }
 
-/// Resolves an op's frame selector against the model's machine memory.
-pub fn resolve_mfn(dom: &Domain, sel: MfnSel) -> Mfn {
+/// Resolves the frame selector of an op on `gfn` against the model's state before the op.
+pub fn resolve_mfn(dom: &Domain, gfn: u64, sel: MfnSel) -> Mfn {
     match sel {
         MfnSel::Frame(m) => Mfn(m),
         MfnSel::Invalid => INVALID_MFN,
@@ -153,6 +153,18 @@ pub fn resolve_mfn(dom: &Domain, sel: MfnSel) -> Mfn {
                 Mfn(ever[k as usize % ever.len()])
             }
         }
+        MfnSel::TableAt(level) => dom.p2m_table_at(gfn, level).map_or(INVALID_MFN, Mfn),
+        MfnSel::Current => dom.get_entry(gfn).map_or(INVALID_MFN, |e| e.mfn),
+    }
+}
+
+/// The report line of `op` whose selector `sel` resolved to `mfn`: the op, then the
+/// resolved frame for a selector (`ptf = …`, `tbl:L = …`, `cur = …`).
+pub fn op_line(op: &Op, sel: MfnSel, mfn: Mfn) -> String {
+    match sel {
+        MfnSel::TableFrame(_) => format!("{op}  (ptf = {mfn})"),
+        MfnSel::TableAt(_) | MfnSel::Current => format!("{op}  ({sel} = {mfn})"),
+        MfnSel::Frame(_) | MfnSel::Invalid => format!("{op}"),
     }
 }
 
@@ -167,13 +179,11 @@ struct Step {
 }
 
 impl Step {
-    /// The trace line of this step (`(ptf = …)` appended for a table-frame selector).
+    /// The trace line of this step (`(ptf = …)`, `(tbl:L = …)`, `(cur = …)` appended
+    /// for a selector).
     fn line(&self) -> String {
         let Op::SetEntry(e) = &self.op;
-        match e.mfn {
-            MfnSel::TableFrame(_) => format!("{}  (ptf = {})", self.op, self.mfn),
-            _ => format!("{}", self.op),
-        }
+        op_line(&self.op, e.mfn, self.mfn)
     }
 }
 
@@ -284,7 +294,7 @@ impl Session {
     /// Like [`Session::step`], also saying whether both sides refused the op.
     pub fn step_outcome(&mut self, op: &Op) -> StepOutcome {
         let Op::SetEntry(e) = op;
-        let mfn = resolve_mfn(&self.dom, e.mfn);
+        let mfn = resolve_mfn(&self.dom, e.gfn, e.mfn);
         self.steps.push(Step { op: *op, mfn });
         let stats = &mut self.stats;
         stats.ops += 1;

@@ -1,12 +1,14 @@
 //! The stepping runner ([`Session`]) and the bounded-exhaustive search.
 
+use harness::blame::blame;
 use harness::exhaustive::{
     configs, explore, search_config, search_config_with, AbstractDomain, Control, Options,
 };
 use harness::generate::Swarm;
+use harness::runner::resolve_mfn;
 use harness::scenario::{parse_trace, MfnSel, Op, Scenario};
-use harness::{revision_by_name, run, DivergenceClass, RunOutcome, Session};
-use p2m_core::{Config, Mode, Revision, Vendor};
+use harness::{assume_fixed, revision_by_name, run, DivergenceClass, RunOutcome, Session};
+use p2m_core::{Config, Mfn, Mode, P2mType, Revision, Vendor};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use std::process::Command;
@@ -111,11 +113,26 @@ fn refused_ops_leave_state_unchanged() {
     assert!(refused > 0, "no letter was refused");
 }
 
-/// The standard alphabet: 96 distinct letters, gfns aligned to their order.
+/// The standard alphabet: 108 distinct letters, gfns aligned to their order, `tbl:L` one
+/// level below the op's entry (orders 9 and 18 only).
 #[test]
 fn alphabet_is_deduplicated_and_aligned() {
     let letters = AbstractDomain::standard().alphabet();
-    assert_eq!(letters.len(), 96);
+    assert_eq!(letters.len(), 108);
+    let tables: Vec<_> = letters
+        .iter()
+        .filter_map(|l| match l.op {
+            Op::SetEntry(e) => match e.mfn {
+                MfnSel::TableAt(level) => Some((e.order, level)),
+                _ => None,
+            },
+        })
+        .collect();
+    assert_eq!(tables.len(), 12);
+    assert!(tables.iter().all(|&(o, l)| o >= 9 && u32::from(l) == o / 9));
+    assert!(!letters
+        .iter()
+        .any(|l| matches!(l.op, Op::SetEntry(e) if e.mfn == MfnSel::Current)));
     for (i, l) in letters.iter().enumerate() {
         let Op::SetEntry(e) = l.op;
         assert_eq!(e.gfn & ((1 << e.order) - 1), 0, "{}", l.op);
@@ -207,6 +224,54 @@ fn finds_committed_holes() {
     ] {
         let (_, s) = closed_hole(config, "committed", "fixed", 2);
         assert_eq!(s.ops.len(), len, "{s}");
+    }
+}
+
+/// committed: a new leaf whose frame is the table of the intermediate entry it replaces
+/// looks unchanged to `need_modify_vtd_table` (the hole `ept_need_modify_requires_present_leaf`
+/// closes). `tbl:1` reaches it at depth 2, with shared and with separate VT-d tables; the
+/// separate-table configuration first has to be rid of its one-op hole (an empty entry the
+/// IOMMU maps), so that switch is assumed fixed.
+#[test]
+fn finds_committed_intermediate_entry_hole() {
+    let committed = assume_fixed(
+        rev("committed"),
+        &["iommu_flags_require_present_entry".to_string()],
+    )
+    .expect("known switch");
+    let report = explore(&[Mode::Ept], &Options::new(committed, 2));
+    assert_eq!(report.configs.len(), 2);
+    for c in &report.configs {
+        let (d, s) = c
+            .found
+            .as_ref()
+            .unwrap_or_else(|| panic!("{}: clean at depth 2", c.config));
+        assert_eq!(s.ops.len(), 2, "{s}");
+        let b = blame(s, committed).expect("diverges");
+        assert_eq!(b.class, d.class());
+        assert_eq!(
+            b.culprits,
+            vec!["ept_need_modify_requires_present_leaf"],
+            "{s}"
+        );
+        // The mechanism: the second op maps, at the level of a present intermediate entry,
+        // the very table that entry points to.
+        let Op::SetEntry(last) = s.ops[1];
+        let below = (last.order / 9) as u8;
+        assert_eq!(last.mfn, MfnSel::TableAt(below), "{s}");
+        let mut sess = Session::new(s.config, committed);
+        assert!(sess.step(&s.ops[0]).is_none());
+        let table = sess
+            .domain()
+            .p2m_table_at(last.gfn, below)
+            .unwrap_or_else(|| panic!("no intermediate entry under the last op:\n{s}"));
+        assert_eq!(resolve_mfn(sess.domain(), last.gfn, last.mfn), Mfn(table));
+        assert_eq!(
+            last.p2mt,
+            P2mType::RamRw,
+            "the intermediate entry's sa_p2mt: {s}"
+        );
+        assert!(run(s, Revision::fixed()).divergence.is_none(), "{s}");
     }
 }
 

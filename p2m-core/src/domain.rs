@@ -86,10 +86,19 @@ impl Domain {
         }
     }
 
-    /// The CPU view of `range` as extents, consistent with [`Domain::get_entry`].
+    /// The CPU view of `range` as extents: the p2m's stored content.
     pub fn cpu_extents(&self, range: GfnRange) -> Vec<CpuExtent> {
         match self {
             Domain::Xen46(d) => d.cpu_extents(range),
+        }
+    }
+
+    /// The frame of the host p2m's table of `level` (1 holds 4 KiB entries, 4 is the
+    /// root) on the walk to `gfn` as the tables are now: `None` when an empty or
+    /// superpage entry above that level ends the walk, or `level` is not 1..=4.
+    pub fn p2m_table_at(&self, gfn: u64, level: u8) -> Option<u64> {
+        match self {
+            Domain::Xen46(d) => d.p2m_table_at(gfn, level),
         }
     }
 
@@ -148,6 +157,59 @@ impl Domain {
     pub fn stats(&self) -> ModelStats {
         match self {
             Domain::Xen46(d) => d.model_stats(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::types::{Mode, Vendor, INVALID_MFN};
+
+    /// `p2m_table_at` follows the walk of both p2m flavours: root at level 4, fresh
+    /// tables after a 4 KiB map, `None` below a superpage or an empty entry, and the
+    /// new tables after a superpage split.
+    #[test]
+    fn p2m_table_at_follows_the_walk() {
+        for mode in Mode::ALL {
+            let cfg = Config::new(*mode, Vendor::Vtd, false).normalized();
+            let mut d = Domain::new(cfg, Revision::fixed());
+            let root = d.mem().ever_allocated()[0];
+            let g = 0x40000 + 0x200 + 1;
+            assert_eq!(d.p2m_table_at(g, 4), Some(root), "{cfg}");
+            // Nothing below the empty root yet; levels outside 1..=4 name nothing.
+            for level in [0, 1, 2, 3, 5, u8::MAX] {
+                assert_eq!(d.p2m_table_at(g, level), None, "{cfg} level {level}");
+            }
+            let (p, a) = (P2mType::RamRw, P2mAccess::Rwx);
+            d.set_entry(g, Mfn(0x100000), 0, p, a).unwrap();
+            let l3 = d.p2m_table_at(g, 3).expect("L3 table");
+            let l2 = d.p2m_table_at(g, 2).expect("L2 table");
+            let l1 = d.p2m_table_at(g, 1).expect("L1 table");
+            let mut all = vec![root, l3, l2, l1];
+            all.dedup();
+            assert_eq!(all.len(), 4, "{cfg}: {all:x?}");
+            for f in &all[1..] {
+                assert!(d.mem().ever_allocated().contains(f), "{cfg}");
+            }
+            // A sibling 4 KiB gfn shares the L1 table; another 2 MiB region does not.
+            assert_eq!(d.p2m_table_at(g + 1, 1), Some(l1));
+            assert_eq!(d.p2m_table_at(g - 0x200, 2), Some(l2));
+            assert_eq!(d.p2m_table_at(g - 0x200, 1), None, "{cfg}");
+            // A 2 MiB leaf over the L1 table: no L1 table under it any more.
+            d.set_entry(g & !0x1ff, Mfn(0x100200), 9, p, a).unwrap();
+            assert_eq!(d.p2m_table_at(g, 2), Some(l2));
+            assert_eq!(d.p2m_table_at(g, 1), None, "{cfg}");
+            // Splitting it again gives a (re)allocated L1 table.
+            d.set_entry(g, INVALID_MFN, 0, P2mType::Invalid, a).unwrap();
+            let l1b = d.p2m_table_at(g, 1).expect("L1 table after the split");
+            assert_eq!(d.p2m_table_at(g, 2), Some(l2));
+            assert!(d.mem().ever_allocated().contains(&l1b));
+            // A non-present 1 GiB entry ends the walk at level 3.
+            d.set_entry(0x40000, Mfn(0x100000), 18, P2mType::Invalid, a)
+                .unwrap();
+            assert_eq!(d.p2m_table_at(g, 3), Some(l3));
+            assert_eq!(d.p2m_table_at(g, 2), None, "{cfg}");
         }
     }
 }

@@ -8,7 +8,9 @@ use p2m_core::{
 };
 
 use crate::entry::{validate_for, writes_real_entry_for};
-use crate::permissions::{column_for_policy, depends_on_frame, device_perm_at, Column, IommuPolicy};
+use crate::permissions::{
+    column_for_policy, depends_on_frame, device_perm_at, Column, IommuPolicy,
+};
 
 /// A run of `len` guest frames with one type and access; frame `i` maps `mfn + i`.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -166,7 +168,13 @@ impl RefModel {
 
     /// [`Self::perm_of`] for the page whose frame is `mfn`.
     pub fn perm_at(&self, p2mt: P2mType, access: P2mAccess, mfn: Mfn) -> IommuPerm {
-        device_perm_at(self.column, self.policy, p2mt, access, in_mmio_ro_ranges(mfn))
+        device_perm_at(
+            self.column,
+            self.policy,
+            p2mt,
+            access,
+            in_mmio_ro_ranges(mfn),
+        )
     }
 
     /// Splits `clip` (frames from `mfn`) where a page's permission may change: at the
@@ -260,7 +268,8 @@ impl RefModel {
                     perm: IommuPerm::NONE,
                 });
             }
-            for (piece, first) in self.frame_pieces(ext.p2mt, clip, ext.mfn_at(clip.start - start)) {
+            for (piece, first) in self.frame_pieces(ext.p2mt, clip, ext.mfn_at(clip.start - start))
+            {
                 let perm = self.perm_at(ext.p2mt, ext.access, first);
                 let mfn = if perm.is_none() { INVALID_MFN } else { first };
                 push(RefView {
@@ -343,6 +352,7 @@ impl RefModel {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::entry::writes_real_entry;
     use p2m_core::{Mode, Vendor, MAX_PAGE};
 
     const RWX: P2mAccess = P2mAccess::Rwx;

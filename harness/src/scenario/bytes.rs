@@ -9,7 +9,12 @@
 //! Header, 1 byte:
 //! - bits 0-1: mode, `value % 3` (0 `ept`, 1 `npt`, 2 `shadow`; 3 reads as `ept`);
 //! - bit 2: vendor (0 `vtd`, 1 `amd`); bit 3: `iommu_hap_pt_share`;
-//! - bit 4: `allow_under_permissive`; bits 5-7: ignored.
+//! - bit 4: `allow_under_permissive`;
+//! - bits 5-6: IOMMU page sizes (0 and 3: 4 KiB, 2 MiB and 1 GiB; 1: up to 2 MiB; 2: 4 KiB
+//!   only — `iommu=no-superpages`); only the master line reads them; bit 7: ignored.
+//!
+//! The hardware semantics are not in the bytes: a decoded scenario has the conservative
+//! ones (targets and `hunt` may impose others with `P2M_HW` / `--hw`).
 //!
 //! The config is then [`Config::normalized`] (EPT forces VT-d, NPT forces AMD-Vi).
 //!
@@ -25,7 +30,17 @@
 //!   0x10000 up to 2^40 - 0x10000 reach the out-of-range gfns Xen must refuse).
 //! - `b5..=b9`: 40-bit little-endian value `v`. Mfn by kind:
 //!   0 → `Frame(MFN_POOL_BASE + (v & (MFN_POOL_SIZE - 1)))`, 1 → `Frame(v)`,
-//!   2 → `Invalid`, 3 → `TableFrame(v as u16)` (the low 16 bits).
+//!   2 → `Invalid`, 3 → a selector resolved when the op runs:
+//!   - `b9` (the top byte of `v`) equal to [`RELATIVE_MARKER`] (0xf0): a relative
+//!     selector chosen by `b5 & 3`: 0 → `Current` (`cur`), 1..=3 → `TableAt(b5 & 3)`
+//!     (`tbl:1` … `tbl:3`); `b6..=b8` and `b5` bits 2-7 are ignored;
+//!   - any other `b9`: `TableFrame(v as u16)` (`ptf:K`, the low 16 bits; `b7..=b9` ignored).
+//!
+//!   Before the relative selectors existed `b9` was ignored under kind 3; the marker is
+//!   a byte value that no kind-3 op of the committed seed corpora carries there (the
+//!   test `committed_corpora_decode_without_relative_selectors` checks it), so every
+//!   committed corpus file decodes exactly as before. The encoder writes `b9 = 0` for
+//!   `ptf:K`, so a `ptf:` op never reads back as a relative selector.
 //! - `b10`: p2m type, `value % 16` (Xen's numbering); `b11`: access, `value % 10`.
 //!
 //! # Canonical scenarios
@@ -35,18 +50,19 @@
 //! - it has 1 to [`MAX_OPS`] ops, and every `set_entry` has
 //! - a gfn below [`GFN_WINDOW`], or a multiple of 0x10000 below 2^40,
 //! - an order of at most 63,
-//! - a `Frame` mfn below 2^40 ([`MFN_LITERAL_LIMIT`]) (any `Invalid` / `TableFrame` is fine).
+//! - a `Frame` mfn below 2^40 ([`MFN_LITERAL_LIMIT`]) and a `TableAt` level in
+//!   [`TABLE_LEVELS`] (any `Invalid` / `TableFrame` / `Current` is fine).
 //!
 //! `decode(&encode(s)) == Some(s)` for every canonical `s`. [`super::parse_trace`] only
 //! returns canonical scenarios, except that it keeps orders above 63 (`encode` saturates them
 //! to 63: Xen refuses both alike).
 
 use arbitrary::{Arbitrary, Unstructured};
-use p2m_core::{Config, Mode, P2mAccess, P2mType, Vendor};
+use p2m_core::{Config, HwSemantics, Mode, P2mAccess, P2mType, PageSizes, Vendor};
 
 use super::{
     MfnSel, Op, Scenario, SetEntryOp, GFN_WINDOW, MAX_OPS, MFN_LITERAL_LIMIT, MFN_POOL_BASE,
-    MFN_POOL_SIZE,
+    MFN_POOL_SIZE, TABLE_LEVELS,
 };
 
 /// Size of the header in bytes.
@@ -55,10 +71,13 @@ pub const HEADER_SIZE: usize = 1;
 pub const OP_SIZE: usize = 12;
 /// Shift applied to the 24-bit gfn field when the gfn escape bit is set.
 pub const GFN_ESCAPE_SHIFT: u32 = 16;
+/// Value of `b9` that turns mfn kind 3 into a relative selector (`cur` / `tbl:L`).
+pub const RELATIVE_MARKER: u8 = 0xf0;
 
 const HDR_AMD: u8 = 1 << 2;
 const HDR_SHARE: u8 = 1 << 3;
 const HDR_ALLOW: u8 = 1 << 4;
+const HDR_SIZES_SHIFT: u8 = 5;
 const B0_KEEP_MISALIGNED: u8 = 1 << 2;
 const B4_GFN_ESCAPE: u8 = 1 << 2;
 const MAX_RAW_ORDER: u32 = 63;
@@ -95,6 +114,12 @@ fn check(s: &Scenario) -> Result<(), EncodeError> {
     if s.config != s.config.normalized() {
         return Err(whole(format!("config `{}` is not normalized", s.config)));
     }
+    if s.config.hw != HwSemantics::CONSERVATIVE {
+        return Err(whole(format!(
+            "config `{}`: hardware semantics are not in the bytes",
+            s.config
+        )));
+    }
     if s.ops.is_empty() || s.ops.len() > MAX_OPS {
         return Err(whole(format!(
             "{} ops (1..={MAX_OPS} allowed)",
@@ -110,10 +135,14 @@ fn check(s: &Scenario) -> Result<(), EncodeError> {
         if e.order > MAX_RAW_ORDER {
             return Err(bad(format!("order {} above {MAX_RAW_ORDER}", e.order)));
         }
-        if let MfnSel::Frame(x) = e.mfn {
-            if x >= MFN_LITERAL_LIMIT {
+        match e.mfn {
+            MfnSel::Frame(x) if x >= MFN_LITERAL_LIMIT => {
                 return Err(bad(format!("mfn {x:#x} does not fit 40 bits")));
             }
+            MfnSel::TableAt(l) if !TABLE_LEVELS.contains(&l) => {
+                return Err(bad(format!("table level {l} outside 1..=3")));
+            }
+            _ => {}
         }
     }
     Ok(())
@@ -136,7 +165,8 @@ pub fn try_encode(s: &Scenario) -> Result<Vec<u8>, EncodeError> {
 /// [`Config::normalized`] does, ops past [`MAX_OPS`] dropped (an empty op list gives a
 /// header-only string, which `decode` refuses), orders above 63 saturated to 63,
 /// unrepresentable gfns rounded down to a multiple of 0x10000 (saturated to the largest
-/// escaped gfn from 2^40 up), `Frame` mfns truncated to 40 bits.
+/// escaped gfn from 2^40 up), `Frame` mfns truncated to 40 bits, `TableAt` levels clamped
+/// to 1..=3.
 pub fn encode(s: &Scenario) -> Vec<u8> {
     let c = s.config.normalized();
     let mut out = Vec::with_capacity(HEADER_SIZE + OP_SIZE * s.ops.len().min(MAX_OPS));
@@ -150,6 +180,11 @@ pub fn encode(s: &Scenario) -> Vec<u8> {
     if s.allow_under_permissive {
         h |= HDR_ALLOW;
     }
+    h |= match c.page_sizes {
+        PageSizes::Up1g => 0,
+        PageSizes::Up2m => 1,
+        PageSizes::Only4k => 2,
+    } << HDR_SIZES_SHIFT;
     out.push(h);
     for op in s.ops.iter().take(MAX_OPS) {
         let Op::SetEntry(e) = op;
@@ -180,6 +215,12 @@ fn encode_set_entry(e: &SetEntryOp) -> [u8; OP_SIZE] {
         }
         MfnSel::Invalid => (2, 0, None),
         MfnSel::TableFrame(k) => (3, u64::from(k), None),
+        MfnSel::Current => (3, u64::from(RELATIVE_MARKER) << 32, None),
+        MfnSel::TableAt(l) => (
+            3,
+            u64::from(RELATIVE_MARKER) << 32 | u64::from(l.clamp(1, 3)),
+            None,
+        ),
     };
     b[4] = kind | if escape { B4_GFN_ESCAPE } else { 0 };
     b[5..10].copy_from_slice(&v.to_le_bytes()[..5]);
@@ -203,7 +244,7 @@ pub fn decode(data: &[u8]) -> Option<Scenario> {
     if rest.len() < OP_SIZE {
         return None;
     }
-    let config = Config::new(
+    let mut config = Config::new(
         Mode::from_raw((h & 3) % 3)?,
         if h & HDR_AMD != 0 {
             Vendor::Amd
@@ -213,6 +254,11 @@ pub fn decode(data: &[u8]) -> Option<Scenario> {
         h & HDR_SHARE != 0,
     )
     .normalized();
+    config.page_sizes = match (h >> HDR_SIZES_SHIFT) & 3 {
+        1 => PageSizes::Up2m,
+        2 => PageSizes::Only4k,
+        _ => PageSizes::Up1g,
+    };
     let ops = rest
         .chunks_exact(OP_SIZE)
         .take(MAX_OPS)
@@ -258,6 +304,10 @@ fn decode_set_entry(b: &[u8; OP_SIZE]) -> SetEntryOp {
         0 => MfnSel::Frame(MFN_POOL_BASE + (v & (MFN_POOL_SIZE - 1))),
         1 => MfnSel::Frame(v),
         2 => MfnSel::Invalid,
+        _ if b[9] == RELATIVE_MARKER => match b[5] & 3 {
+            0 => MfnSel::Current,
+            l => MfnSel::TableAt(l),
+        },
         _ => MfnSel::TableFrame(v as u16),
     };
     if align {
@@ -404,6 +454,58 @@ mod tests {
         assert_eq!(decode_set_entry(&b).mfn, MfnSel::Invalid);
         b[4] = 3;
         assert_eq!(decode_set_entry(&b).mfn, MfnSel::TableFrame(0x0201));
+        // Relative selectors: kind 3 with the marker in b9; b5 & 3 picks, the rest is ignored.
+        b[9] = RELATIVE_MARKER;
+        for (b5, want) in [
+            (0u8, MfnSel::Current),
+            (1, MfnSel::TableAt(1)),
+            (2, MfnSel::TableAt(2)),
+            (3, MfnSel::TableAt(3)),
+            (0xfc, MfnSel::Current),
+            (0x41, MfnSel::TableAt(1)),
+        ] {
+            b[5] = b5;
+            assert_eq!(decode_set_entry(&b).mfn, want, "b5 {b5:#x}");
+        }
+        b[9] = RELATIVE_MARKER ^ 1;
+        b[5] = 1;
+        assert_eq!(decode_set_entry(&b).mfn, MfnSel::TableFrame(0x0201));
+        // The marker means nothing under the other kinds.
+        b[9] = RELATIVE_MARKER;
+        b[4] = 2;
+        assert_eq!(decode_set_entry(&b).mfn, MfnSel::Invalid);
+        b[4] = 1;
+        assert_eq!(decode_set_entry(&b).mfn, MfnSel::Frame(0xf004030201));
+    }
+
+    /// Every file of the committed seed corpora decodes without a relative selector: the
+    /// marker byte is new, so these files decode exactly as before it existed.
+    #[test]
+    fn committed_corpora_decode_without_relative_selectors() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../corpus");
+        let mut files = 0;
+        for target in ["ept", "npt", "shadow", "mixed"] {
+            let Ok(rd) = std::fs::read_dir(root.join(target)) else {
+                continue;
+            };
+            for f in rd {
+                let path = f.expect("dir entry").path();
+                let data = std::fs::read(&path).expect("read");
+                let Some(s) = decode(&data) else { continue };
+                files += 1;
+                for op in &s.ops {
+                    let Op::SetEntry(e) = op;
+                    assert!(
+                        !matches!(e.mfn, MfnSel::TableAt(_) | MfnSel::Current),
+                        "{}: {op}",
+                        path.display()
+                    );
+                }
+            }
+        }
+        if root.join("mixed").exists() {
+            assert!(files > 0, "no corpus file decoded");
+        }
     }
 
     #[test]
@@ -452,9 +554,11 @@ mod tests {
                     1 => rng.below(GFN_WINDOW) & !((1 << order.min(18)) - 1),
                     _ => rng.below(GFN_WINDOW),
                 };
-                let mfn = match rng.below(5) {
+                let mfn = match rng.below(7) {
                     0 => MfnSel::Invalid,
                     1 => MfnSel::TableFrame(rng.next() as u16),
+                    5 => MfnSel::Current,
+                    6 => MfnSel::TableAt(1 + rng.below(3) as u8),
                     2 => MfnSel::Frame(rng.below(MFN_LITERAL_LIMIT)),
                     _ => MfnSel::Frame(MFN_POOL_BASE + rng.below(MFN_POOL_SIZE)),
                 };
@@ -518,6 +622,8 @@ mod tests {
                 op(0, MfnSel::Frame(u64::MAX), 0),
                 op(0, MfnSel::Frame(MFN_LITERAL_LIMIT - 1), 0),
             ),
+            (op(0, MfnSel::TableAt(0), 0), op(0, MfnSel::TableAt(1), 0)),
+            (op(0, MfnSel::TableAt(9), 0), op(0, MfnSel::TableAt(3), 0)),
         ] {
             let mut s = base.clone();
             s.ops = vec![o];

@@ -18,6 +18,7 @@ pub mod trace;
 
 pub use bytes::{
     decode, decode_with_mode, encode, is_canonical, try_encode, EncodeError, HEADER_SIZE, OP_SIZE,
+    RELATIVE_MARKER,
 };
 pub use trace::{parse_trace, to_trace, TraceError, TRACE_MAGIC};
 
@@ -32,7 +33,13 @@ pub const MAX_OPS: usize = 64;
 /// Exclusive upper bound of a literal machine frame (the 40-bit frame field of a PTE).
 pub const MFN_LITERAL_LIMIT: u64 = 1 << 40;
 
+/// The p2m table levels a [`MfnSel::TableAt`] selector may name (1 holds 4 KiB entries).
+pub const TABLE_LEVELS: std::ops::RangeInclusive<u8> = 1..=3;
+
 /// Which frame an op maps.
+///
+/// The selectors other than `Frame` and `Invalid` are resolved by the runner against the
+/// model's state just before the op runs ([`crate::runner::resolve_mfn`]).
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
 pub enum MfnSel {
     /// A literal machine frame number (below [`MFN_LITERAL_LIMIT`] in a canonical scenario).
@@ -41,6 +48,22 @@ pub enum MfnSel {
     Invalid,
     /// The k-th page-table frame ever allocated (mod the count), resolved by the runner.
     TableFrame(u16),
+    /// `tbl:L`: the p2m table of level L ([`TABLE_LEVELS`]) on the walk to the op's gfn
+    /// now (`INVALID_MFN` when an empty or superpage entry ends the walk above it).
+    TableAt(u8),
+    /// `cur`: the frame the p2m maps at the op's gfn now, as `get_entry` reports it
+    /// (`INVALID_MFN` when nothing is mapped there).
+    Current,
+}
+
+impl MfnSel {
+    /// True for the selectors the runner resolves from the model's state (`ptf:`, `tbl:`, `cur`).
+    pub fn is_selector(self) -> bool {
+        matches!(
+            self,
+            MfnSel::TableFrame(_) | MfnSel::TableAt(_) | MfnSel::Current
+        )
+    }
 }
 
 impl fmt::Display for MfnSel {
@@ -49,6 +72,8 @@ impl fmt::Display for MfnSel {
             MfnSel::Frame(x) => write!(f, "{x:#x}"),
             MfnSel::Invalid => f.write_str("INVALID_MFN"),
             MfnSel::TableFrame(k) => write!(f, "ptf:{k}"),
+            MfnSel::TableAt(l) => write!(f, "tbl:{l}"),
+            MfnSel::Current => f.write_str("cur"),
         }
     }
 }
@@ -177,6 +202,19 @@ mod tests {
             o.to_string(),
             "set_entry gfn=0x1234 mfn=ptf:3 order=0 mmio_direct rx2rw"
         );
+        let o = op(0x200, MfnSel::TableAt(1), 9, P2mType::RamRw, P2mAccess::Rwx);
+        assert_eq!(
+            o.to_string(),
+            "set_entry gfn=0x200 mfn=tbl:1 order=9 ram_rw rwx"
+        );
+        let o = op(0x201, MfnSel::Current, 0, P2mType::RamRo, P2mAccess::Rwx);
+        assert_eq!(
+            o.to_string(),
+            "set_entry gfn=0x201 mfn=cur order=0 ram_ro rwx"
+        );
+        assert!(MfnSel::Current.is_selector() && MfnSel::TableAt(2).is_selector());
+        assert!(MfnSel::TableFrame(0).is_selector());
+        assert!(!MfnSel::Invalid.is_selector() && !MfnSel::Frame(0).is_selector());
     }
 
     #[test]

@@ -15,8 +15,11 @@
 //!   `off`. Keys may come in any order.
 //! - `set_entry gfn=G mfn=F order=O TYPE ACCESS`: `gfn=`, `mfn=`, `order=` in any order, then
 //!   the p2m type name and the access name (in that order) as bare words. Numbers are hex with
-//!   `0x` or decimal. `mfn` is a literal below 2^40, `INVALID_MFN`, or `ptf:K` (the K-th
-//!   page-table frame, K < 65536). `order` is any u32: invalid orders are kept (Xen returns
+//!   `0x` or decimal. `mfn` is a literal below 2^40, `INVALID_MFN`, or a selector the runner
+//!   resolves just before the op runs: `ptf:K` (the K-th page-table frame ever allocated, mod
+//!   the count, K < 65536), `tbl:L` (the p2m table of level L = 1, 2 or 3 on the walk to
+//!   this op's gfn) or `cur` (the frame the p2m maps at this gfn); `tbl:L` and `cur` give
+//!   `INVALID_MFN` when there is no such frame. `order` is any u32: invalid orders are kept (Xen returns
 //!   `-EINVAL` for them). `gfn` must be representable in the byte format: below
 //!   [`GFN_WINDOW`], or a multiple of 0x10000 below 2^40 (this covers the out-of-range gfns
 //!   from 2^36 up that Xen must refuse).
@@ -32,7 +35,9 @@ use std::str::FromStr;
 use p2m_core::{Config, HwSemantics, Mode, P2mAccess, P2mType, PageSizes, Vendor};
 
 use super::bytes::{gfn_escape_ok, GFN_ESCAPE_SHIFT};
-use super::{MfnSel, Op, Scenario, SetEntryOp, GFN_WINDOW, MAX_OPS, MFN_LITERAL_LIMIT};
+use super::{
+    MfnSel, Op, Scenario, SetEntryOp, GFN_WINDOW, MAX_OPS, MFN_LITERAL_LIMIT, TABLE_LEVELS,
+};
 
 /// First line of every trace [`to_trace`] writes.
 pub const TRACE_MAGIC: &str = "# p2m-fuzz trace v1";
@@ -248,14 +253,25 @@ fn parse_mfn(v: &str) -> Result<MfnSel, String> {
     if v.eq_ignore_ascii_case("INVALID_MFN") {
         return Ok(MfnSel::Invalid);
     }
+    if v == "cur" {
+        return Ok(MfnSel::Current);
+    }
     if let Some(k) = v.strip_prefix("ptf:") {
         return parse_u64(k)
             .and_then(|k| u16::try_from(k).ok())
             .map(MfnSel::TableFrame)
             .ok_or_else(|| format!("bad table-frame index `{k}` (0..65535)"));
     }
-    let x = parse_u64(v)
-        .ok_or_else(|| format!("bad mfn `{v}` (hex 0x.., decimal, INVALID_MFN or ptf:K)"))?;
+    if let Some(l) = v.strip_prefix("tbl:") {
+        return parse_u64(l)
+            .and_then(|l| u8::try_from(l).ok())
+            .filter(|l| TABLE_LEVELS.contains(l))
+            .map(MfnSel::TableAt)
+            .ok_or_else(|| format!("bad table level `{l}` in `tbl:{l}` (1, 2 or 3)"));
+    }
+    let x = parse_u64(v).ok_or_else(|| {
+        format!("bad mfn `{v}` (hex 0x.., decimal, INVALID_MFN, ptf:K, tbl:L or cur)")
+    })?;
     if x >= MFN_LITERAL_LIMIT {
         return Err(format!(
             "mfn {x:#x} does not fit the 40-bit frame field (write INVALID_MFN for ~0)"
@@ -325,7 +341,11 @@ mod tests {
          set_entry gfn=0x200 mfn=0x100001 order=9 ram_logdirty rx\n\
          set_entry gfn=0x10000 mfn=ptf:65535 order=18 ram_broken rwx\n\
          set_entry gfn=0x40000 mfn=0x200000 order=18 ram_paged rwx\n\
-         set_entry gfn=0x80000 mfn=0xfffff order=18 ram_paging_in rwx\n",
+         set_entry gfn=0x80000 mfn=0xfffff order=18 ram_paging_in rwx\n\
+         set_entry gfn=0x40200 mfn=tbl:1 order=9 ram_rw rwx\n\
+         set_entry gfn=0x40000 mfn=tbl:2 order=18 ram_ro rwx\n\
+         set_entry gfn=0x40201 mfn=tbl:3 order=0 ram_rw rwx\n\
+         set_entry gfn=0x40201 mfn=cur order=0 invalid n\n",
         "# p2m-fuzz trace v1\n\
          config mode=npt vendor=amd share=off\n\
          set_entry gfn=0xc0000 mfn=INVALID_MFN order=18 invalid n\n",
@@ -479,6 +499,46 @@ mod tests {
                 "config mode=ept\nset_entry gfn=0 mfn=ptf:65536 order=0 ram_rw rwx\n",
                 2,
                 "table-frame",
+            ),
+            (
+                "config mode=ept\nset_entry gfn=0 mfn=tbl:0 order=0 ram_rw rwx\n",
+                2,
+                "bad table level `0`",
+            ),
+            (
+                "config mode=ept\nset_entry gfn=0 mfn=tbl:4 order=0 ram_rw rwx\n",
+                2,
+                "(1, 2 or 3)",
+            ),
+            (
+                "config mode=ept\nset_entry gfn=0 mfn=tbl:256 order=0 ram_rw rwx\n",
+                2,
+                "bad table level",
+            ),
+            (
+                "config mode=ept\nset_entry gfn=0 mfn=tbl: order=0 ram_rw rwx\n",
+                2,
+                "bad table level",
+            ),
+            (
+                "config mode=ept\nset_entry gfn=0 mfn=tbl:x order=0 ram_rw rwx\n",
+                2,
+                "bad table level",
+            ),
+            (
+                "config mode=ept\nset_entry gfn=0 mfn=tbl order=0 ram_rw rwx\n",
+                2,
+                "bad mfn `tbl`",
+            ),
+            (
+                "config mode=ept\nset_entry gfn=0 mfn=current order=0 ram_rw rwx\n",
+                2,
+                "bad mfn `current`",
+            ),
+            (
+                "config mode=ept\nset_entry gfn=0 mfn=cur:1 order=0 ram_rw rwx\n",
+                2,
+                "bad mfn",
             ),
             (
                 "config mode=ept\nset_entry gfn=0 gfn=0 mfn=0 order=0 ram_rw rwx\n",

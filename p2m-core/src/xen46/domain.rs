@@ -201,6 +201,15 @@ impl Domain {
         }
     }
 
+    /// The frame of the p2m table of `level` (1..=4) on the walk to `gfn` now, `None`
+    /// when the walk stops above it (an empty or superpage entry) or `level` is out of range.
+    pub fn p2m_table_at(&self, gfn: u64, level: u8) -> Option<u64> {
+        match &self.p2m {
+            P2m::Ept(e) => e.table_at(gfn, level),
+            P2m::Pt(p) => p.table_at(gfn, level),
+        }
+    }
+
     /// The structure the IOMMU hardware walks: the p2m when `iommu_use_hap_pt(d)`,
     /// else its own tables.
     pub fn io_tables(&self) -> &dyn IoTables {

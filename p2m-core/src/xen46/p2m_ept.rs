@@ -447,6 +447,23 @@ impl Ept {
         Ok(())
     }
 
+    /// The frame of the level-`level` table (1..=4) on the walk to `gfn`, if every
+    /// entry above it is a present non-superpage entry (query only).
+    pub fn table_at(&self, gfn: u64, level: u8) -> Option<u64> {
+        if !(1..=4).contains(&level) {
+            return None;
+        }
+        let mut t = self.root;
+        for l in (level + 1..=4).rev() {
+            let e = self.entry(t, index_of(gfn, l));
+            if !e.is_present() || e.sp {
+                return None;
+            }
+            t = e.mfn;
+        }
+        Some(t)
+    }
+
     /// Models `ept_get_entry()` (query only): the entry covering `gfn`, if valid.
     pub fn get_entry(&self, gfn: u64) -> Option<P2mEntry> {
         let mut t = self.root;

@@ -515,6 +515,23 @@ impl P2mPt {
         }
     }
 
+    /// The frame of the level-`level` table (1..=4) on the walk to `gfn`, if every
+    /// entry above it is a present non-superpage entry (query only).
+    pub fn table_at(&self, gfn: u64, level: u8) -> Option<u64> {
+        if !(1..=4).contains(&level) {
+            return None;
+        }
+        let mut t = self.root;
+        for l in (level + 1..=4).rev() {
+            let e = self.entry(t, index_of(gfn, l));
+            if !e.present() || e.pse() {
+                return None;
+            }
+            t = e.pfn;
+        }
+        Some(t)
+    }
+
     /// Models `p2m_pt_get_entry()` (query only): the entry covering `gfn`, if any.
     pub fn get_entry(&self, gfn: u64) -> Option<P2mEntry> {
         let mut t = self.root;
