@@ -119,7 +119,17 @@ pub fn scenario_dot(s: &Scenario, rev: Revision, source: &str) -> String {
         divergence: out.divergence,
         trace,
     };
-    render(&dom.snapshot(), &meta)
+    match dom.snapshot() {
+        Some(snap) => render(&snap, &meta),
+        None => format!(
+            "// no picture of the {} line yet; the report:\n{}",
+            dom.line(),
+            meta.divergence
+                .as_ref()
+                .map(|d| d.to_string().replace('\n', "\n// "))
+                .unwrap_or_default()
+        ),
+    }
 }
 
 /// An HTML-like Graphviz label: one left-aligned line each, bold where asked.

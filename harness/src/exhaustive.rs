@@ -529,7 +529,7 @@ impl Search<'_> {
                 continue;
             }
             // This prefix was judged at an earlier iteration (and counted there).
-            if out.finding.is_some() || base_diverged || refused {
+            if out.finding.is_some() || base_diverged || refused || out.crashed.is_some() {
                 continue;
             }
             if !self.reduce {

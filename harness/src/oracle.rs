@@ -24,6 +24,9 @@
 //! - **leaked-table** (non-fatal): a table was unlinked from its structure during the op
 //!   and is still allocated at its end, not freed or queued for freeing — a memory leak in
 //!   Xen (a denial-of-service class), not a DMA hole;
+//! - **xen-bug** (non-fatal): the op hits one of Xen's `BUG_ON`s (a host crash, not a
+//!   DMA hole); the model changes nothing and the reference is not applied. The inputs
+//!   that reach them come from the internal API (e.g. `mmio_direct` with `INVALID_MFN`);
 //! - **cached-under-permissive** (non-fatal): a walk from a paging-structure record that
 //!   may still be cached reaches a table that no longer holds a mapping the reference
 //!   grants (a table installed later in its range is missed): the device may fault where
@@ -59,11 +62,14 @@ pub enum DivergenceClass {
     /// A cached paging-structure walk misses a mapping the reference grants (non-fatal by
     /// default).
     CachedUnderPermissive,
+    /// The op reached one of Xen's `BUG_ON`s (a host crash); the model changed nothing
+    /// (non-fatal by default: the inputs come from the internal API).
+    XenBug,
 }
 
 impl DivergenceClass {
     /// Every class.
-    pub const ALL: [DivergenceClass; 7] = [
+    pub const ALL: [DivergenceClass; 8] = [
         DivergenceClass::OverPermissive,
         DivergenceClass::FreedFrameReachable,
         DivergenceClass::UnderPermissive,
@@ -71,6 +77,7 @@ impl DivergenceClass {
         DivergenceClass::BadFree,
         DivergenceClass::LeakedTable,
         DivergenceClass::CachedUnderPermissive,
+        DivergenceClass::XenBug,
     ];
 
     /// Stable name (used in reports and regression file checks).
@@ -83,6 +90,7 @@ impl DivergenceClass {
             DivergenceClass::BadFree => "bad-free",
             DivergenceClass::LeakedTable => "leaked-table",
             DivergenceClass::CachedUnderPermissive => "cached-under-permissive",
+            DivergenceClass::XenBug => "xen-bug",
         }
     }
 
@@ -96,7 +104,9 @@ impl DivergenceClass {
         strict
             || !matches!(
                 self,
-                DivergenceClass::LeakedTable | DivergenceClass::CachedUnderPermissive
+                DivergenceClass::LeakedTable
+                    | DivergenceClass::CachedUnderPermissive
+                    | DivergenceClass::XenBug
             )
     }
 }
@@ -267,6 +277,16 @@ pub fn check_free_events(dom: &Domain, refm: &RefModel) -> Option<Finding> {
         f.context.push(format!("record: {}", describe_record(r)));
     }
     Some(f)
+}
+
+/// A `BUG_ON` the op reached.
+pub fn xen_bug(gfn: u64, what: &str) -> Finding {
+    Finding::new(
+        DivergenceClass::XenBug,
+        gfn,
+        format!("the op reaches a BUG_ON in Xen: {what}"),
+        "no op a caller can issue crashes the host".into(),
+    )
 }
 
 /// Frees of frames that were not live tables of the freeing structure.

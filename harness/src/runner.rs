@@ -2,12 +2,12 @@
 
 use crate::oracle::{
     check_bad_frees, check_cpu, check_free_events, check_leaks, check_range, explain_record,
-    merge_ranges, DivergenceClass, Finding,
+    merge_ranges, xen_bug, DivergenceClass, Finding,
 };
 use crate::scenario::{MfnSel, Op, Scenario};
 use p2m_core::cache::Issued;
 use p2m_core::events::Split;
-use p2m_core::{Config, Domain, GfnRange, Mfn, ModelStats, Revision, INVALID_MFN};
+use p2m_core::{Config, Domain, GfnRange, Line, Mfn, ModelStats, P2mError, Revision, INVALID_MFN};
 use reference_model::{IommuPolicy, RefModel};
 use std::fmt;
 
@@ -136,8 +136,18 @@ pub struct RunOutcome {
     pub divergence: Option<Divergence>,
     /// The first non-fatal finding of each class, in the order seen.
     pub notes: Vec<Divergence>,
+    /// The domain crashed (`domain_crash`), ending the scenario: why.
+    pub crashed: Option<&'static str>,
     /// What the run exercised.
     pub stats: RunStats,
+}
+
+/// The reference's permission policy for a line of Xen.
+pub fn policy_of(line: Line) -> IommuPolicy {
+    match line {
+        Line::Xen46 => IommuPolicy::Xen46,
+        Line::Master => IommuPolicy::Master,
+    }
 }
 
 /// Resolves the frame selector of an op on `gfn` against the model's state before the op.
@@ -225,7 +235,7 @@ impl Session {
             allow_under_permissive: false,
             strict: false,
             dom: Domain::new(cfg, revision),
-            refm: RefModel::new(cfg, IommuPolicy::Xen46),
+            refm: RefModel::new(cfg, policy_of(revision.line())),
             stats: RunStats::default(),
             steps: Vec::new(),
             issued: Vec::new(),
@@ -299,6 +309,12 @@ impl Session {
         let stats = &mut self.stats;
         stats.ops += 1;
         let real = self.dom.set_entry(e.gfn, mfn, e.order, e.p2mt, e.access);
+        if let Err(P2mError::XenBug(what)) = real {
+            // Xen would have crashed; the model changed nothing, the reference is not asked.
+            stats.ops_err += 1;
+            let f = xen_bug(e.gfn, what);
+            return self.note_or_finding(f, true);
+        }
         let reference = self.refm.set_entry(e.gfn, mfn, e.order, e.p2mt, e.access);
         if real.is_ok() {
             stats.ops_ok += 1;
@@ -369,16 +385,37 @@ impl Session {
             if n.class.is_fatal(self.strict) {
                 finding = finding.or(Some(n));
             } else {
-                self.stats.notes += 1;
-                if !self.notes.iter().any(|d| d.finding.class == n.class) {
-                    let d = self.divergence(n);
-                    self.notes.push(d);
-                }
+                self.note(n);
             }
         }
         StepOutcome {
             finding,
             both_refused: real.is_err() && reference.is_err(),
+            crashed: self.dom.crashed(),
+        }
+    }
+
+    /// Counts a non-fatal finding, keeping the first of each class.
+    fn note(&mut self, n: Finding) {
+        self.stats.notes += 1;
+        if !self.notes.iter().any(|d| d.finding.class == n.class) {
+            let d = self.divergence(n);
+            self.notes.push(d);
+        }
+    }
+
+    /// The outcome of an op that ends in `f` alone: a finding when fatal, else a note.
+    fn note_or_finding(&mut self, f: Finding, both_refused: bool) -> StepOutcome {
+        let finding = if f.class.is_fatal(self.strict) {
+            Some(f)
+        } else {
+            self.note(f);
+            None
+        };
+        StepOutcome {
+            finding,
+            both_refused,
+            crashed: self.dom.crashed(),
         }
     }
 
@@ -450,6 +487,9 @@ pub struct StepOutcome {
     pub finding: Option<Finding>,
     /// Both the model and the reference refused the op (neither changes state then).
     pub both_refused: bool,
+    /// The op crashed the domain (`domain_crash`, and why): the scenario ends here with
+    /// its own verdict, not a divergence.
+    pub crashed: Option<&'static str>,
 }
 
 /// Runs a scenario under a revision, stopping at the first fatal divergence.
@@ -462,15 +502,22 @@ pub fn run_with(s: &Scenario, revision: Revision, strict: bool) -> RunOutcome {
     let mut sess = Session::for_scenario(s, revision);
     sess.set_strict(strict);
     let mut divergence = None;
+    let mut crashed = None;
     for op in &s.ops {
-        if let Some(f) = sess.step(op) {
+        let out = sess.step_outcome(op);
+        if let Some(f) = out.finding {
             divergence = Some(sess.divergence(f));
+            break;
+        }
+        if out.crashed.is_some() {
+            crashed = out.crashed;
             break;
         }
     }
     RunOutcome {
         divergence,
         notes: sess.notes.clone(),
+        crashed,
         stats: sess.stats(),
     }
 }

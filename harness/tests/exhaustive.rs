@@ -36,6 +36,7 @@ fn run_equals_manual_session_loop() {
             let manual = RunOutcome {
                 divergence,
                 notes: sess.notes().to_vec(),
+                crashed: None,
                 stats: sess.stats(),
             };
             assert_eq!(run(&s, r), manual, "scenario:\n{s}");
@@ -72,6 +73,7 @@ fn cloned_prefix_continues_like_a_replay() {
         let cloned = RunOutcome {
             divergence,
             notes: cont.notes().to_vec(),
+            crashed: None,
             stats: cont.stats(),
         };
         assert_eq!(run(&s, r), cloned, "scenario (cut at {cut}):\n{s}");

@@ -12,13 +12,25 @@ use crate::stats::ModelStats;
 use crate::types::{Config, GfnRange, Mfn, P2mAccess, P2mError, P2mType};
 use crate::view::{CpuExtent, DeviceView, P2mEntry};
 use crate::walk::{IoTables, WalkResult};
-use crate::xen46;
+use crate::{master, xen46};
 
 /// A domain with a host p2m and an IOMMU, modelled by the line of its revision.
 #[derive(Clone, Debug)]
 pub enum Domain {
     /// The Xen 4.6 line.
     Xen46(xen46::domain::Domain),
+    /// The Xen master line.
+    Master(Box<master::domain::Domain>),
+}
+
+/// Dispatches an expression to the line's domain.
+macro_rules! each_line {
+    ($self:expr, $d:ident => $e:expr) => {
+        match $self {
+            Domain::Xen46($d) => $e,
+            Domain::Master($d) => $e,
+        }
+    };
 }
 
 impl Domain {
@@ -26,7 +38,9 @@ impl Domain {
     pub fn new(cfg: Config, revision: Revision) -> Domain {
         match revision.switches {
             Switches::Xen46(_) => Domain::Xen46(xen46::domain::Domain::new(cfg, revision)),
-            Switches::Master(_) => unimplemented!("the master line is being built"),
+            Switches::Master(_) => {
+                Domain::Master(Box::new(master::domain::Domain::new(cfg, revision)))
+            }
         }
     }
 
@@ -34,27 +48,33 @@ impl Domain {
     pub fn line(&self) -> Line {
         match self {
             Domain::Xen46(_) => Line::Xen46,
+            Domain::Master(_) => Line::Master,
         }
     }
 
     /// The configuration (normalized).
     pub fn config(&self) -> Config {
-        match self {
-            Domain::Xen46(d) => d.cfg,
-        }
+        each_line!(self, d => d.cfg)
     }
 
     /// The revision modelled.
     pub fn revision(&self) -> Revision {
-        match self {
-            Domain::Xen46(d) => d.revision,
-        }
+        each_line!(self, d => d.revision)
     }
 
     /// The 4.6 domain, if this is one.
     pub fn as_xen46(&self) -> Option<&xen46::domain::Domain> {
         match self {
             Domain::Xen46(d) => Some(d),
+            Domain::Master(_) => None,
+        }
+    }
+
+    /// The master domain, if this is one.
+    pub fn as_master(&self) -> Option<&master::domain::Domain> {
+        match self {
+            Domain::Master(d) => Some(d),
+            Domain::Xen46(_) => None,
         }
     }
 
@@ -67,97 +87,83 @@ impl Domain {
         p2mt: P2mType,
         access: P2mAccess,
     ) -> Result<(), P2mError> {
+        each_line!(self, d => d.set_entry(gfn, mfn, order, p2mt, access))
+    }
+
+    /// `domain_crash()` was called (and why): the domain runs no further op.
+    pub fn crashed(&self) -> Option<&'static str> {
         match self {
-            Domain::Xen46(d) => d.set_entry(gfn, mfn, order, p2mt, access),
+            Domain::Xen46(_) => None,
+            Domain::Master(d) => d.iommu.crashed,
         }
     }
 
     /// What the last op recorded for the oracle.
     pub fn op_log(&self) -> &OpLog {
-        match self {
-            Domain::Xen46(d) => &d.log,
-        }
+        each_line!(self, d => &d.log)
     }
 
     /// Models `p2m->get_entry()` (query only).
     pub fn get_entry(&self, gfn: u64) -> Option<P2mEntry> {
-        match self {
-            Domain::Xen46(d) => d.get_entry(gfn),
-        }
+        each_line!(self, d => d.get_entry(gfn))
     }
 
     /// The CPU view of `range` as extents: the p2m's stored content.
     pub fn cpu_extents(&self, range: GfnRange) -> Vec<CpuExtent> {
-        match self {
-            Domain::Xen46(d) => d.cpu_extents(range),
-        }
+        each_line!(self, d => d.cpu_extents(range))
     }
 
     /// The frame of the host p2m's table of `level` (1 holds 4 KiB entries, 4 is the
     /// root) on the walk to `gfn` as the tables are now: `None` when an empty or
     /// superpage entry above that level ends the walk, or `level` is not 1..=4.
     pub fn p2m_table_at(&self, gfn: u64, level: u8) -> Option<u64> {
-        match self {
-            Domain::Xen46(d) => d.p2m_table_at(gfn, level),
-        }
+        each_line!(self, d => d.p2m_table_at(gfn, level))
     }
 
     /// The structure the IOMMU hardware walks.
     pub fn io_tables(&self) -> &dyn IoTables {
-        match self {
-            Domain::Xen46(d) => d.io_tables(),
-        }
+        each_line!(self, d => d.io_tables())
     }
 
     /// Machine memory (frame states and allocation history).
     pub fn mem(&self) -> &MachineMemory {
-        match self {
-            Domain::Xen46(d) => &d.mem,
-        }
+        each_line!(self, d => &d.mem)
     }
 
     /// Live cache records.
     pub fn cache_records(&self) -> &[CacheRecord] {
-        match self {
-            Domain::Xen46(d) => d.cache_records(),
-        }
+        each_line!(self, d => d.cache_records())
     }
 
     /// The current tables' translations for `range` (no caches).
     pub fn current_view(&self, range: GfnRange) -> WalkResult {
-        match self {
-            Domain::Xen46(d) => d.current_view(range),
-        }
+        each_line!(self, d => d.current_view(range))
     }
 
     /// Everything a device could reach for `range`.
     pub fn device_view(&self, range: GfnRange) -> DeviceView {
-        match self {
-            Domain::Xen46(d) => d.device_view(range),
-        }
+        each_line!(self, d => d.device_view(range))
     }
 
     /// Writes everything in the domain that can influence a later op or oracle check
     /// (tables, machine memory, separate IOMMU tables), leaving out counters and the cache
     /// records (the caller writes those without their sequence numbers).
     pub fn write_state(&self, w: &mut dyn std::fmt::Write) -> std::fmt::Result {
-        match self {
-            Domain::Xen46(d) => write!(w, "{:?}|{:?}|{:?}", d.p2m, d.mem, d.iommu.separate),
-        }
+        each_line!(self, d => d.write_state(w))
     }
 
-    /// A plain-data picture of the tables, caches and bad frames (for `--dot`).
-    pub fn snapshot(&self) -> crate::xen46::snapshot::Snapshot {
+    /// A plain-data picture of the tables, caches and bad frames (for `--dot`); `None`
+    /// for a line that has no picture yet.
+    pub fn snapshot(&self) -> Option<crate::xen46::snapshot::Snapshot> {
         match self {
-            Domain::Xen46(d) => crate::xen46::snapshot::Snapshot::of(d),
+            Domain::Xen46(d) => Some(crate::xen46::snapshot::Snapshot::of(d)),
+            Domain::Master(_) => None,
         }
     }
 
     /// Counters so far.
     pub fn stats(&self) -> ModelStats {
-        match self {
-            Domain::Xen46(d) => d.model_stats(),
-        }
+        each_line!(self, d => d.model_stats())
     }
 }
 

@@ -279,6 +279,15 @@ impl Domain {
 
     /// The CPU view of `range` as runs, consistent with [`Self::get_entry`] at every gfn
     /// (a `None` gfn reads as `INVALID_MFN`, `invalid`, `rwx`).
+    /// The frame of the host p2m's table of `level` on the walk to `gfn`, if any.
+    pub fn p2m_table_at(&self, gfn: u64, level: u8) -> Option<u64> {
+        match &self.p2m {
+            P2m::Ept(e) => e.table_at(gfn, level),
+            P2m::Pt(p) => p.table_at(gfn, level),
+        }
+    }
+
+    /// The p2m's stored content over `range` (see `Ept::cpu_extents`).
     pub fn cpu_extents(&self, range: GfnRange) -> Vec<CpuExtent> {
         match &self.p2m {
             P2m::Ept(e) => e.cpu_extents(range),

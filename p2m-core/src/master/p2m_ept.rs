@@ -164,6 +164,23 @@ impl Ept {
     }
 
     /// The entry `idx` of the table in frame `t` (zero when there is no such table).
+    /// The frame of the table of `level` on the walk to `gfn` (for the `tbl:L` frame
+    /// selector): `None` when an empty or superpage entry above it ends the walk.
+    pub fn table_at(&self, gfn: u64, level: u8) -> Option<u64> {
+        if !(1..=4).contains(&level) {
+            return None;
+        }
+        let mut t = self.root;
+        for l in (level + 1..=4).rev() {
+            let e = self.entry(t, index_of(gfn, l));
+            if !e.is_present() || e.sp {
+                return None;
+            }
+            t = e.mfn;
+        }
+        Some(t)
+    }
+
     fn entry(&self, t: u64, idx: u16) -> EptEntry {
         self.tables.get(t).map(|x| x.get(idx)).unwrap_or_default()
     }

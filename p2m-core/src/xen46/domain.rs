@@ -163,6 +163,12 @@ impl Domain {
         rc
     }
 
+    /// Writes everything that can influence a later op or oracle check (tables, machine
+    /// memory, separate IOMMU tables), leaving out counters and cache records.
+    pub fn write_state(&self, w: &mut dyn std::fmt::Write) -> std::fmt::Result {
+        write!(w, "{:?}|{:?}|{:?}", self.p2m, self.mem, self.iommu.separate)
+    }
+
     /// Counters in the shared vocabulary.
     pub fn model_stats(&self) -> ModelStats {
         let io = self.iommu.stats;
