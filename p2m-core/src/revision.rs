@@ -95,6 +95,9 @@ pub enum RevisionKind {
     /// Undoes a change that only ever added work (extra flushes or updates): the oracle
     /// must stay silent.
     NegativeControl,
+    /// Not Xen: the line's reference with every hole this harness found in it closed by a
+    /// proposed fix (the master line's `master-fixed`); `--assume-fixed` reads from it.
+    Proposed,
 }
 
 impl RevisionKind {
@@ -105,6 +108,7 @@ impl RevisionKind {
             RevisionKind::Reference => "reference",
             RevisionKind::Planted => "planted (test-only, not Xen)",
             RevisionKind::NegativeControl => "negative control",
+            RevisionKind::Proposed => "proposed fixes (not Xen)",
         }
     }
 }
@@ -212,10 +216,19 @@ impl Revision {
     pub fn fixed() -> Revision {
         Revision::reference(Line::Xen46)
     }
-    /// `self` with each named switch set to its value in the line's reference ("assume
-    /// this hole is closed"); an unknown name is a one-line error.
+    /// The revision whose switch values close every hole known in `line`: the 4.6 line's
+    /// reference `fixed`; on the master line, whose reference is Xen itself,
+    /// `master-fixed` (the harness's proposed fixes).
+    pub fn fixed_for(line: Line) -> Revision {
+        Revision::all()
+            .copied()
+            .find(|r| r.line() == line && r.kind == RevisionKind::Proposed)
+            .unwrap_or_else(|| Revision::reference(line))
+    }
+    /// `self` with each named switch set to its value in [`Revision::fixed_for`] its line
+    /// ("assume this hole is closed"); an unknown name is a one-line error.
     pub fn assume_fixed(mut self, names: &[String]) -> Result<Revision, String> {
-        let reference = Revision::reference(self.line()).switches;
+        let reference = Revision::fixed_for(self.line()).switches;
         for n in names {
             self.switches = self
                 .switches

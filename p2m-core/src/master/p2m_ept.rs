@@ -381,6 +381,10 @@ impl Ept {
                 if p2m_is_pod(e.p2mt()) {
                     break;
                 }
+                if sw.ept_split_nonpresent_superpage && e.sp && e.is_valid() {
+                    // Proposed fix (not Xen): split it like a present superpage.
+                    break;
+                }
                 t = self.set_middle_entry(cx, t, level, gfn);
             } else if e.sp {
                 break;
