@@ -11,4 +11,5 @@
 //! [`pt_contig_markers`] is `asm/pt-contig-markers.h` and [`memory`] is
 //! `xen/common/memory.c` (the `XENMAPSPACE_gmfn_range` batch).
 
+pub mod pt_contig_markers;
 pub mod revision;
