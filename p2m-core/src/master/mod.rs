@@ -11,5 +11,9 @@
 //! [`pt_contig_markers`] is `asm/pt-contig-markers.h` and [`memory`] is
 //! `xen/common/memory.c` (the `XENMAPSPACE_gmfn_range` batch).
 
+pub mod amd_iommu_map;
+pub mod iommu;
 pub mod pt_contig_markers;
 pub mod revision;
+pub mod vtd_iommu;
+pub mod x86_iommu;
