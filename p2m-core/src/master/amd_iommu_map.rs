@@ -42,7 +42,8 @@ impl AmdPte {
     /// `set_iommu_pde_present(pte, next_mfn, next_level, iw, ir)`'s value
     /// (`amd/iommu_map.c:58-78`): present, FC on leaves only.
     pub fn pde(next_mfn: u64, next_level: u8, iw: bool, ir: bool) -> AmdPte {
-        let mut v = PR | (next_mfn & PTE_MFN_MASK) << 12 | ((next_level as u64) & 7) << NEXT_LEVEL_SHIFT;
+        let mut v =
+            PR | (next_mfn & PTE_MFN_MASK) << 12 | ((next_level as u64) & 7) << NEXT_LEVEL_SHIFT;
         if next_level == 0 {
             v |= FC;
         }
@@ -155,7 +156,12 @@ pub(crate) fn iommu_pde_from_dfn(
         next = pde.mfn();
         if pde.pr() && pde.next_level() == 0 && next != 0 {
             let nt = iommu_alloc_pgtable(pt, cx.mem, level - 1, true);
-            pt.fill_entries(nt, 0, ENTRIES, AmdPte::pde(pde.mfn(), 0, pde.iw(), pde.ir()));
+            pt.fill_entries(
+                nt,
+                0,
+                ENTRIES,
+                AmdPte::pde(pde.mfn(), 0, pde.iw(), pde.ir()),
+            );
             let span = entry_span(dfn, level);
             note_old(hd, pt, cx, span, level, pde);
             pt.write(table, idx, AmdPte::pde(nt, level - 1, true, true));
@@ -199,11 +205,7 @@ pub(crate) fn iommu_pde_from_dfn(
 /// present (what makes the caller set `MODIFIED`). It writes when pr, next_level, mfn, iw
 /// or ir differ (always, with `identical_pte_short_circuit == false`); with
 /// `amd_pte_change_checks_perms == false` only an mfn change is reported.
-fn pte_decision(
-    sw: &crate::master::revision::Switches,
-    old: AmdPte,
-    new: AmdPte,
-) -> (bool, bool) {
+fn pte_decision(sw: &crate::master::revision::Switches, old: AmdPte, new: AmdPte) -> (bool, bool) {
     let changed = !old.pr()
         || old.next_level() != 0
         || old.mfn() != new.mfn()

@@ -352,6 +352,7 @@ impl Iommu {
     /// One `->map_page(d, dfn, mfn, flags | IOMMUF_order(order), flush_flags)` call, or
     /// (fast path, `order == 0`) the consecutive 4 KiB calls up to the end of `dfn`'s
     /// level-1 table: returns how many pages were done.
+    #[allow(clippy::too_many_arguments)]
     fn map_step(
         &mut self,
         cx: &mut IoCx,
@@ -468,8 +469,7 @@ impl Iommu {
                 }
             }
         }
-        if page_count > 1 && rc.is_err() && self.iommu_iotlb_flush_all(cx, *flush_flags).is_ok()
-        {
+        if page_count > 1 && rc.is_err() && self.iommu_iotlb_flush_all(cx, *flush_flags).is_ok() {
             *flush_flags = FlushFlags::default();
         }
         rc
@@ -524,8 +524,7 @@ impl Iommu {
                 }
             }
         }
-        if page_count > 1 && rc.is_err() && self.iommu_iotlb_flush_all(cx, *flush_flags).is_ok()
-        {
+        if page_count > 1 && rc.is_err() && self.iommu_iotlb_flush_all(cx, *flush_flags).is_ok() {
             *flush_flags = FlushFlags::default();
         }
         rc

@@ -414,7 +414,12 @@ pub(crate) fn intel_iommu_map_run(
     // contiguous table would hold there (for any `i`).
     let new_at = |i: u16| DmaPte::leaf(mfn.wrapping_add((i - lo) as u64), perm, false);
     let expect = |i: u16| {
-        DmaPte::leaf(mfn.wrapping_sub(lo as u64).wrapping_add(i as u64), perm, false).0
+        DmaPte::leaf(
+            mfn.wrapping_sub(lo as u64).wrapping_add(i as u64),
+            perm,
+            false,
+        )
+        .0
     };
     let kind = leaf_kind(hd.page_sizes, 1);
     let short_circuit = cx.sw.identical_pte_short_circuit;
@@ -599,14 +604,27 @@ mod tests {
         );
         assert_eq!(l.nth(2, 2).addr(), 0x12345 + 1024);
         assert_eq!(t.nth(2, 2), t);
-        let w = DmaPte::leaf(7, IommuPerm { read: false, write: true }, false);
+        let w = DmaPte::leaf(
+            7,
+            IommuPerm {
+                read: false,
+                write: true,
+            },
+            false,
+        );
         assert_eq!(
             w.io_entry(1),
             IoEntry::Leaf {
                 mfn: 7,
-                perm: IommuPerm { read: false, write: true }
+                perm: IommuPerm {
+                    read: false,
+                    write: true
+                }
             }
         );
-        assert_eq!(DmaPte::leaf(7, IommuPerm::NONE, false).io_entry(1), IoEntry::NotPresent);
+        assert_eq!(
+            DmaPte::leaf(7, IommuPerm::NONE, false).io_entry(1),
+            IoEntry::NotPresent
+        );
     }
 }
