@@ -291,6 +291,41 @@ fn one_gib_from_2m_maps_coalesces() {
     }
 }
 
+/// A 4 KiB unmap inside a 1 GiB leaf shatters twice (1G into 2M, then 2M into 4K);
+/// remapping the page coalesces twice where 1 GiB is a page size (AMD always; VT-d only
+/// with `Up1g`: with `Up2m` the level-2 table stays).
+#[test]
+fn one_gib_shatter_and_double_coalesce() {
+    for (vendor, ps, coalesce_1g) in [
+        (Vendor::Vtd, PageSizes::Up1g, 1),
+        (Vendor::Vtd, PageSizes::Up2m, 0),
+        (Vendor::Amd, PageSizes::Up1g, 1),
+    ] {
+        let mut e = Env::new(vendor, ps, HwSemantics::CONSERVATIVE, "xen-master");
+        let (g, m) = (0x4_0000u64, 0x40_0000u64);
+        // Without 1 GiB pages `iommu_map` builds the region from 2 MiB leaves.
+        e.map(g, m, 1 << 18, RW);
+        assert_eq!(e.ctr().iommu_coalesce_1g, 0);
+        let ff = e.unmap(g + 0x1234, 1);
+        assert_eq!(ff, flags(false, true, false), "{vendor} {ps:?}");
+        let up1g = (ps == PageSizes::Up1g) as u64;
+        assert_eq!(e.ctr().iommu_shatters_1g, up1g, "{vendor} {ps:?}");
+        assert_eq!(e.ctr().iommu_shatters_2m, 1, "{vendor} {ps:?}");
+        assert_eq!(e.log.splits.len(), 1 + up1g as usize);
+        let ff = e.map(g + 0x1234, m + 0x1234, 1, RW);
+        assert_eq!(ff, flags(true, true, true), "{vendor} {ps:?}");
+        assert_eq!(e.ctr().iommu_coalesce_2m, 1, "{vendor} {ps:?}");
+        assert_eq!(e.ctr().iommu_coalesce_1g, coalesce_1g, "{vendor} {ps:?}");
+        let leaf_pages = if coalesce_1g == 1 { 1 << 18 } else { 512 };
+        assert!(e
+            .current(g, g + (1 << 18))
+            .iter()
+            .all(|t| t.leaf_pages == leaf_pages && t.mfn - m == t.range.start - g));
+        e.drain();
+        assert_eq!(e.log.frees.len(), 1 + coalesce_1g as usize);
+    }
+}
+
 /// `iommu=no-superpages`: VT-d maps 4 KiB only and never coalesces; AMD still coalesces.
 #[test]
 fn no_superpages_vtd_never_coalesces_amd_does() {

@@ -75,7 +75,8 @@ impl AmdPte {
     pub fn ir(self) -> bool {
         self.0 & IR != 0
     }
-    /// The same entry without `pr`: `old.pr = false`, "no change" (`amd/iommu_map.c:104`).
+    /// The same entry with `pr` clear: how `set_iommu_pte_present` signals that it changed
+    /// nothing (`amd/iommu_map.c:104`).
     fn unchanged(self) -> AmdPte {
         AmdPte(self.0 & !PR)
     }
@@ -182,7 +183,7 @@ pub(crate) fn iommu_pde_from_dfn(
                 return Ok(0);
             }
             if next != 0 {
-                return Err(()); // "should never reach here"
+                return Err(()); // a non-present entry with a frame: Xen treats it as an error
             }
             let nt = iommu_alloc_pgtable(pt, cx.mem, level - 1, true);
             let span = entry_span(dfn, level);

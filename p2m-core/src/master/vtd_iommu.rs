@@ -572,7 +572,7 @@ fn iommu_flush_iotlb_psi(hd: &mut Hd, dfn: u64, order: u32, non_present: bool) {
 
 /// `vtd_flush_iotlb_reg` / `flush_iotlb_qi` (`vtd/iommu.c:570-626`, `qinval.c:453-487`): a
 /// non-present flush is skipped unless the unit has Caching Mode; a PSI never sets the
-/// invalidation hint ("always flush non-leaf currently", `vtd/iommu.c:609`).
+/// invalidation hint, so paging-structure caches for the range go too (`vtd/iommu.c:609`).
 fn vtd_flush_iotlb_reg(hd: &mut Hd, cmd: Invalidation, non_present: bool) {
     if non_present && !hd.caches.hw().vtd_caching_mode {
         hd.ctr.vtd_psi_skipped += 1;
