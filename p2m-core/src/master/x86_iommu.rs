@@ -4,8 +4,8 @@
 //!
 //! The separate tables of either vendor are a [`PgTables`]: entries by frame
 //! ([`TableStore`], runs of linear entries) plus the contiguity markers of each table
-//! ([`Markers`]), which Xen keeps in ignored PTE bits and this model keeps beside them.
-//! A queued table stays allocated (and walkable by a device through a stale cached
+//! ([`Markers`](crate::master::pt_contig_markers::Markers)), which Xen keeps in ignored
+//! PTE bits and this model keeps beside them. A queued table stays allocated (and walkable by a device through a stale cached
 //! pointer) until the queue is drained; the drain frees through
 //! [`OpLog::free_tables`](crate::events::OpLog::free_tables), which records whatever
 //! could still reach the frame at that moment.
