@@ -391,6 +391,7 @@ fn emptied_tables_are_queued_and_drained() {
             );
             let queued: Vec<u8> = e.io.queued().iter().map(|q| q.level).collect();
             assert_eq!(queued, vec![1, 2], "{vendor}");
+            assert_eq!(e.ctr().iommu_tables_queued, 2);
             assert_eq!(e.log.unlinked.len(), 2);
             if dont_flush {
                 assert!(e.issued.is_empty(), "{vendor}: flags (ALL too) dropped");
@@ -419,6 +420,31 @@ fn emptied_tables_are_queued_and_drained() {
             }
             assert_eq!(e.io.table_frames().len(), 2, "{vendor}: root and L3 stay");
         }
+    }
+}
+
+/// Planted `no-min-pt-levels`: the free loop goes past the bound, so the level-3 table is
+/// queued too (the root's markers start cleared, so it does not read as empty).
+#[test]
+fn no_min_pt_levels_frees_level_3() {
+    for vendor in [Vendor::Vtd, Vendor::Amd] {
+        let mut e = Env::new(
+            vendor,
+            PageSizes::Up1g,
+            HwSemantics::CONSERVATIVE,
+            "no-min-pt-levels",
+        );
+        e.map(0x4_0123, 0x7777, 1, RW);
+        e.unmap(0x4_0123, 1);
+        let queued: Vec<u8> = e.io.queued().iter().map(|q| q.level).collect();
+        assert_eq!(queued, vec![1, 2, 3], "{vendor}");
+        assert_eq!(
+            e.io.table_frames().len(),
+            4,
+            "{vendor}: queued tables stay allocated"
+        );
+        e.drain();
+        assert_eq!(e.io.table_frames().len(), 1, "{vendor}: the root");
     }
 }
 

@@ -614,3 +614,69 @@ impl Iommu {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::types::HwSemantics;
+
+    fn iommu(vendor: Vendor, page_sizes: PageSizes) -> Iommu {
+        let mode = match vendor {
+            Vendor::Vtd => Mode::Ept,
+            Vendor::Amd => Mode::Npt,
+        };
+        let cfg = Config {
+            page_sizes,
+            hw: HwSemantics::CONSERVATIVE,
+            ..Config::new(mode, vendor, false)
+        };
+        Iommu::new(&cfg, &mut MachineMemory::new())
+    }
+
+    #[test]
+    fn mapping_order_picks_the_largest_allowed_chunk() {
+        let big = iommu(Vendor::Vtd, PageSizes::Up1g);
+        assert_eq!(big.mapping_order(0x40000, 0x80000, 1 << 18), 18);
+        assert_eq!(big.mapping_order(0x40000, 0x80000, (1 << 18) - 1), 9);
+        assert_eq!(big.mapping_order(0x40200, 0x80200, 1 << 18), 9);
+        assert_eq!(big.mapping_order(0x40200, 0x80201, 1 << 18), 0);
+        assert_eq!(big.mapping_order(0x40200, 0, 511), 0);
+        let two = iommu(Vendor::Vtd, PageSizes::Up2m);
+        assert_eq!(two.mapping_order(0x40000, 0x80000, 1 << 18), 9);
+        let four = iommu(Vendor::Vtd, PageSizes::Only4k);
+        assert_eq!(four.mapping_order(0x40000, 0x80000, 1 << 18), 0);
+        // AMD has no 2M-only configuration.
+        assert_eq!(
+            iommu(Vendor::Amd, PageSizes::Up2m).page_sizes,
+            PageSizes::Up1g
+        );
+        assert_eq!(
+            iommu(Vendor::Amd, PageSizes::Only4k).page_sizes,
+            PageSizes::Only4k
+        );
+    }
+
+    #[test]
+    fn sharing_needs_every_ept_page_size() {
+        let cfg = |p| Config {
+            page_sizes: p,
+            ..Config::new(Mode::Ept, Vendor::Vtd, true)
+        };
+        let mut mem = MachineMemory::new();
+        assert!(Iommu::new(&cfg(PageSizes::Up1g), &mut mem).shared);
+        assert!(!Iommu::new(&cfg(PageSizes::Up2m), &mut mem).shared);
+        assert_eq!(mem.live_tables(), 1, "only the unshared IOMMU has a root");
+        let shadow = Config::new(Mode::Shadow, Vendor::Vtd, true);
+        assert!(!Iommu::new(&shadow, &mut mem).shared);
+    }
+
+    #[test]
+    fn flush_flags_empty() {
+        assert!(FlushFlags::default().is_empty());
+        assert!(!FlushFlags {
+            all: true,
+            ..Default::default()
+        }
+        .is_empty());
+    }
+}

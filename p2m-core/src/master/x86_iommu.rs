@@ -368,3 +368,43 @@ pub(crate) fn free_queued_pgtables<E: IoPte>(hd: &mut Hd, pt: &mut PgTables<E>, 
         free_pgtable(hd, pt, cx, q);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::master::vtd_iommu::DmaPte;
+    use crate::types::IommuPerm;
+
+    #[test]
+    fn alloc_prefills_or_clears_markers() {
+        let mut mem = MachineMemory::new();
+        let mut pt: PgTables<DmaPte> = PgTables::with_root(&mut mem, 4);
+        let root = pt.root().0;
+        assert!(pt.markers_of(root).unwrap().iter().all(|&m| m == 0));
+        let t = iommu_alloc_pgtable(&mut pt, &mut mem, 1, true);
+        let mk = pt.markers_of(t).unwrap();
+        assert_eq!((mk[0], mk[1], mk[2], mk[4], mk[256]), (9, 0, 1, 2, 8));
+        assert!(mem.is_live_table(t, TableOwner::Iommu));
+        assert_eq!(pt.table_count(), 2);
+    }
+
+    #[test]
+    fn pieces_cover_the_range_with_gaps_as_null() {
+        let mut mem = MachineMemory::new();
+        let mut pt: PgTables<DmaPte> = PgTables::with_root(&mut mem, 4);
+        let t = iommu_alloc_pgtable(&mut pt, &mut mem, 1, true);
+        pt.fill_entries(t, 10, 5, DmaPte::leaf(0x100, IommuPerm::RW, false));
+        pt.write(t, 20, DmaPte::leaf(0x900, IommuPerm::R, false));
+        let p = pt.pieces(t, 8, 22);
+        let starts: Vec<(u16, u16)> = p.iter().map(|&(s, l, _)| (s, l)).collect();
+        assert_eq!(starts, vec![(8, 2), (10, 5), (15, 5), (20, 1), (21, 1)]);
+        assert_eq!(p[0].2, DmaPte(0));
+        assert_eq!(pt.entry(t, 12).addr(), 0x102);
+        assert_eq!(
+            pt.markers_of(t).unwrap()[20],
+            0,
+            "a write clears the marker"
+        );
+        assert_eq!(entry_span(0x40205, 2), GfnRange::of_order(0x40200, 9));
+    }
+}
