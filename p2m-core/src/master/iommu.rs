@@ -293,6 +293,17 @@ impl Iommu {
         }
     }
 
+    /// Writes everything of the IOMMU that can influence a later op or oracle check: the
+    /// separate tables (entries and markers), the free queue, `dont_flush`, `crashed`
+    /// (not the counters, not the cache records).
+    pub fn write_state(&self, w: &mut dyn std::fmt::Write) -> std::fmt::Result {
+        write!(
+            w,
+            "{:?}|{:?}|{:?}|{}|{:?}",
+            self.tables, self.queue, self.page_sizes, self.dont_flush, self.crashed
+        )
+    }
+
     /// Copies the counters into the `iommu_*`, invalidation and page fields of `into`
     /// (assigning, so calling it twice on the same value is harmless).
     pub fn stats(&self, into: &mut ModelStats) {
