@@ -11,9 +11,13 @@
 //! [`pt_contig_markers`] is `asm/pt-contig-markers.h` and [`memory`] is
 //! `xen/common/memory.c` (the `XENMAPSPACE_gmfn_range` batch).
 
+pub mod amd_iommu_map;
 pub mod domain;
 pub mod iommu;
 pub mod p2m;
 pub mod p2m_ept;
 pub mod p2m_pt;
+pub mod pt_contig_markers;
 pub mod revision;
+pub mod vtd_iommu;
+pub mod x86_iommu;
