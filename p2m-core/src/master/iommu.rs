@@ -561,7 +561,7 @@ impl Iommu {
     /// no pages or no flags, else the vendor's `->iotlb_flush`.
     pub fn iommu_iotlb_flush(
         &mut self,
-        _cx: &mut IoCx,
+        cx: &mut IoCx,
         dfn: u64,
         page_count: u64,
         flush_flags: FlushFlags,
@@ -569,6 +569,7 @@ impl Iommu {
         if page_count == 0 || flush_flags.is_empty() {
             return Ok(());
         }
+        let (dfn, page_count) = split_flush_scope(cx, dfn, page_count);
         self.iotlb_flush_hook(dfn, page_count, flush_flags);
         Ok(())
     }
@@ -690,4 +691,25 @@ mod tests {
         }
         .is_empty());
     }
+}
+
+/// With the proposed fix `flush_covers_split_superpage` (not Xen): the range a flush of
+/// `(dfn, page_count)` must cover when this op split a superpage overlapping it — the
+/// largest such superpage; else the range as asked.
+fn split_flush_scope(cx: &IoCx, dfn: u64, page_count: u64) -> (u64, u64) {
+    use crate::types::GfnRange;
+    if !cx.sw.flush_covers_split_superpage {
+        return (dfn, page_count);
+    }
+    let asked = GfnRange {
+        start: dfn,
+        end: dfn.saturating_add(page_count),
+    };
+    cx.log
+        .splits
+        .iter()
+        .map(|s| s.range)
+        .filter(|r| r.intersect(&asked).is_some() && r.len() > page_count)
+        .max_by_key(|r| r.len())
+        .map_or((dfn, page_count), |r| (r.start, r.len()))
 }

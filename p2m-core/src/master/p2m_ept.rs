@@ -422,7 +422,20 @@ impl Ept {
                 Mfn(ept_entry.mfn),
             );
             let same_flags = !sw.ept_need_modify_checks_iommu_flags || old_flags == iommu_flags;
-            if ept_entry.mfn == new_entry.mfn && same_flags {
+            let unchanged = if sw.ept_need_modify_requires_present_leaf {
+                // Proposed fix (not Xen): only a present leaf with the same frame and the
+                // same device-visible permission leaves the IOMMU alone.
+                let leaf = target == 1 || ept_entry.sp;
+                let same_view = if cx.iommu.shared {
+                    (ept_entry.r, ept_entry.w) == (new_entry.r, new_entry.w)
+                } else {
+                    old_flags == iommu_flags
+                };
+                ept_entry.is_present() && leaf && ept_entry.mfn == new_entry.mfn && same_view
+            } else {
+                ept_entry.mfn == new_entry.mfn && same_flags
+            };
+            if unchanged {
                 need_modify_vtd_table = false;
                 cx.stats.need_modify_cleared += 1;
             }
@@ -440,7 +453,13 @@ impl Ept {
 
         // `:972-986`: the IOMMU step (rc is 0 here: the write cannot fail in the model).
         let mut rc = Ok(());
-        if need_modify_vtd_table {
+        // Proposed fix (not Xen): a split superpage must leave the IOTLB even when the op
+        // changes nothing the device sees.
+        let split_needs_flush = sw.flush_covers_split_superpage
+            && cx.iommu.shared
+            && vtd_pte_present
+            && !cx.log.splits.is_empty();
+        if need_modify_vtd_table || split_needs_flush {
             let flush_now = !cx.iommu.dont_flush || !sw.shared_ept_honours_dont_flush;
             if cx.iommu.shared && flush_now {
                 let flags = FlushFlags {
@@ -449,8 +468,10 @@ impl Ept {
                     all: false,
                 };
                 rc = cx.iommu_iotlb_flush(gfn, 1 << order, flags);
-            } else if cx.need_iommu_pt_sync() {
-                rc = if !iommu_flags.is_none() {
+            } else if cx.need_iommu_pt_sync() && need_modify_vtd_table {
+                let empty =
+                    sw.iommu_flags_require_present_entry && (!writes_type || mfn == INVALID_MFN);
+                rc = if !iommu_flags.is_none() && !empty {
                     cx.iommu_legacy_map(gfn, mfn.0, 1 << order, iommu_flags)
                 } else {
                     cx.iommu_legacy_unmap(gfn, 1 << order)

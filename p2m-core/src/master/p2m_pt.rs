@@ -476,7 +476,9 @@ impl P2mPt {
         let mut rc = Ok(());
         if cx.need_iommu_pt_sync() && differ {
             if sw.pt_syncs_iommu {
-                rc = if !iommu_pte_flags.is_none() {
+                let empty =
+                    sw.iommu_flags_require_present_entry && (!writes_type || mfn == INVALID_MFN);
+                rc = if !iommu_pte_flags.is_none() && !empty {
                     cx.iommu_legacy_map(gfn, mfn.0, 1 << order, iommu_pte_flags)
                 } else {
                     cx.iommu_legacy_unmap(gfn, 1 << order)

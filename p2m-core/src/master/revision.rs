@@ -72,6 +72,29 @@ pub struct Switches {
     /// (e.g. a type without r/w/x, or access `n`), so a 4 KiB change inside it drops the
     /// other entries of the superpage. Fix: split it like a present superpage.
     pub ept_split_nonpresent_superpage: bool,
+    /// Not Xen — a proposed fix (`master-fixed`) of a hole this harness found in master
+    /// and in 4.6: the IOMMU step maps `(gfn, mfn, 1 << order)` with
+    /// `p2m_get_iommu_flags(...)` even when the p2m wrote an empty entry (`INVALID_MFN`
+    /// with a RAM type) or an entry without a frame (`mmio_direct` with `INVALID_MFN`,
+    /// which p2m-pt accepts at any order): `iommu_map` then maps `INVALID_MFN + i`, which
+    /// wraps to machine frames 0, 1, 2, … Fix: such an entry is unmapped instead.
+    pub iommu_flags_require_present_entry: bool,
+    /// Not Xen — a proposed fix (`master-fixed`) of the hole this harness found in 4.6 and
+    /// master (`p2m-ept.c:924-929`): `need_modify_vtd_table` compares the mfn field and
+    /// `p2m_get_iommu_flags` of whatever entry is there — an intermediate entry (its table
+    /// frame, read as `ram_rw`) or, with shared tables, a leaf whose EPT r/w bits differ
+    /// while the IOMMU flags agree (e.g. `ioreq_server` → `invalid`, both 0) — so no flush
+    /// or update happens. Fix: only a present leaf with the same frame and the same
+    /// device-visible permission keeps the IOMMU as it is.
+    pub ept_need_modify_requires_present_leaf: bool,
+    /// Not Xen — a proposed fix (`master-fixed`) of the hole this harness found in master
+    /// and in 4.6 under the conservative hardware reading (`superpage_survives_partial_inval`):
+    /// when a 4 KiB (or 2 MiB) change splits a superpage — the p2m's with shared EPT
+    /// (`ept_split_super_page`), the IOMMU's own (`addr_to_dma_page_maddr`,
+    /// `iommu_pde_from_dfn`) — the flush covers only the op's range, so an IOTLB entry for
+    /// the whole superpage may survive and keep translating the changed page. Fix: flush
+    /// the split superpage's range (also when the op changed nothing the device sees).
+    pub flush_covers_split_superpage: bool,
 }
 }
 
@@ -93,11 +116,17 @@ const MASTER: Switches = Switches {
     amd_shatter_no_flush_all: true,
     shared_ept_honours_dont_flush: true,
     ept_split_nonpresent_superpage: false,
+    iommu_flags_require_present_entry: false,
+    ept_need_modify_requires_present_leaf: false,
+    flush_covers_split_superpage: false,
 };
 
 /// The harness's proposed fixes of the holes it found in master (not Xen).
 const MASTER_FIXED: Switches = Switches {
     ept_split_nonpresent_superpage: true,
+    iommu_flags_require_present_entry: true,
+    ept_need_modify_requires_present_leaf: true,
+    flush_covers_split_superpage: true,
     ..MASTER
 };
 
