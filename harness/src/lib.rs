@@ -10,6 +10,7 @@ pub mod fuzzing;
 pub mod generate;
 pub mod minimize;
 pub mod oracle;
+pub mod reach;
 pub mod runner;
 pub mod scenario;
 

@@ -37,6 +37,9 @@ use p2m_core::{Domain, Mfn, P2mAccess, P2mType, INVALID_MFN, MAX_PAGE};
 struct RunAs {
     rev: p2m_core::Revision,
     strict: bool,
+    /// The original divergence is reachable (see `crate::reach`): so must every candidate
+    /// be — minimizing never changes the reachability verdict.
+    reachable: bool,
 }
 
 /// Upper bound on shrinking rounds (each round strictly simplifies; this only guards
@@ -161,7 +164,8 @@ fn attempt(
         let op = Op::SetEntry(e);
         out.push(Item { op, frame, roles });
         if let Some(f) = sess.step(&op) {
-            return (f.class == class).then_some(out);
+            let keeps = f.class == class && (!rev.reachable || sess.divergence(f).is_reachable());
+            return keeps.then_some(out);
         }
     }
     None
@@ -342,7 +346,14 @@ pub fn minimize(s: &Scenario, rev: p2m_core::Revision) -> Scenario {
 /// [`minimize`], with every divergence class fatal when `strict` (so a leaked-table
 /// finding shrinks like any other).
 pub fn minimize_with(s: &Scenario, rev: p2m_core::Revision, strict: bool) -> Scenario {
-    let rev = RunAs { rev, strict };
+    let Some(original) = crate::runner::run_with(s, rev, strict).divergence else {
+        return s.clone();
+    };
+    let rev = RunAs {
+        rev,
+        strict,
+        reachable: original.is_reachable(),
+    };
     let items: Vec<Item> = s
         .ops
         .iter()

@@ -4,6 +4,7 @@ use crate::oracle::{
     check_bad_frees, check_cpu, check_free_events, check_leaks, check_range, explain_record,
     merge_ranges, xen_bug, DivergenceClass, Finding,
 };
+use crate::reach::Unreachable;
 use crate::scenario::{MfnSel, Op, Scenario};
 use p2m_core::cache::Issued;
 use p2m_core::events::Split;
@@ -84,12 +85,20 @@ pub struct Divergence {
     pub flushes: Vec<Vec<String>>,
     /// Why no invalidation removed the stale record (when a record is to blame).
     pub explanation: Option<String>,
+    /// Whether a Xen caller can issue the ops up to the observing one.
+    pub reachability: String,
 }
 
 impl Divergence {
     /// Class of the divergence.
     pub fn class(&self) -> DivergenceClass {
         self.finding.class
+    }
+    /// True when every op up to the observing one is one a Xen caller can issue in a
+    /// security-supported setup.
+    pub fn is_reachable(&self) -> bool {
+        !self.reachability.starts_with("internal API only")
+            && !self.reachability.starts_with("outside security support")
     }
 }
 
@@ -99,6 +108,7 @@ impl fmt::Display for Divergence {
         writeln!(f, "DIVERGENCE: {} at gfn {:#x}", d.class, d.gfn)?;
         writeln!(f, "  config:    {} revision={}", self.config, self.revision)?;
         writeln!(f, "  hardware:  {}", self.config.hw)?;
+        writeln!(f, "  reachable: {}", self.reachability)?;
         writeln!(f, "  device:    {}", d.device)?;
         writeln!(f, "  reference: {}", d.reference)?;
         for c in &d.context {
@@ -223,6 +233,9 @@ pub struct Session {
     splits: Vec<(usize, Split)>,
     /// First non-fatal finding of each class.
     notes: Vec<Divergence>,
+    /// The first op no Xen caller issues (or only outside security support), and why
+    /// (see [`crate::reach`]).
+    unreachable: Option<(usize, Unreachable)>,
 }
 
 impl Session {
@@ -241,6 +254,7 @@ impl Session {
             issued: Vec::new(),
             splits: Vec::new(),
             notes: Vec::new(),
+            unreachable: None,
         }
     }
 
@@ -249,6 +263,11 @@ impl Session {
         let mut sess = Session::new(s.config, revision);
         sess.allow_under_permissive = s.allow_under_permissive;
         sess
+    }
+
+    /// The first op no Xen caller issues (index, why), if any.
+    pub fn unreachable(&self) -> Option<(usize, Unreachable)> {
+        self.unreachable
     }
 
     /// Makes every class fatal (leaked tables and cached under-permission included).
@@ -305,6 +324,16 @@ impl Session {
     pub fn step_outcome(&mut self, op: &Op) -> StepOutcome {
         let Op::SetEntry(e) = op;
         let mfn = resolve_mfn(&self.dom, e.gfn, e.mfn);
+        if self.unreachable.is_none() {
+            let table = self
+                .dom
+                .mem()
+                .info(mfn.0)
+                .is_some_and(|i| i.state != p2m_core::frames::FrameState::Free);
+            if let Some(v) = crate::reach::verdict(self.dom.line(), &self.cfg, op, mfn, table) {
+                self.unreachable = Some((self.steps.len(), v));
+            }
+        }
         self.steps.push(Step { op: *op, mfn });
         let stats = &mut self.stats;
         stats.ops += 1;
@@ -450,6 +479,12 @@ impl Session {
                 self.cfg.hw,
             )
         });
+        let reachability = match self.unreachable {
+            Some((op, v)) if op <= observed_op => format!("{} (op #{op})", v.describe()),
+            _ => "no input a Xen caller rules out (ops are raw set_entry calls; caller \
+                  chains are not modelled yet)"
+                .into(),
+        };
         Divergence {
             finding,
             observed_op,
@@ -459,6 +494,7 @@ impl Session {
             trace: self.steps.iter().map(Step::line).collect(),
             flushes,
             explanation,
+            reachability,
         }
     }
 

@@ -56,6 +56,10 @@ struct HuntArgs {
     /// Every class is fatal, leaked tables and cached under-permission included.
     #[arg(long)]
     strict: bool,
+    /// Pass over findings whose inputs no Xen caller produces (internal API only; see
+    /// `harness::reach`) and keep looking for reachable ones.
+    #[arg(long)]
+    reachable: bool,
 }
 
 #[derive(Subcommand)]
@@ -299,6 +303,7 @@ fn hunt(args: HuntArgs) -> ExitCode {
     let mut total = RunStats::default();
     let mut scenarios = 0u64;
     let mut noted: Vec<harness::DivergenceClass> = Vec::new();
+    let mut internal = 0u64;
     while start.elapsed() < budget {
         let mut swarm = match config {
             Some(c) => Swarm::for_config(&mut rng, c),
@@ -323,6 +328,10 @@ fn hunt(args: HuntArgs) -> ExitCode {
                 }
             }
             if let Some(d) = o.divergence {
+                if args.reachable && !d.is_reachable() {
+                    internal += 1;
+                    continue;
+                }
                 let class = d.class();
                 let small = minimize_with(&s, rev, args.strict);
                 let name = format!("{}-{}-{}", rev.name, class.name(), s.config.mode);
@@ -367,6 +376,9 @@ fn hunt(args: HuntArgs) -> ExitCode {
             String::new()
         }
     );
+    if args.reachable {
+        eprintln!("hunt: {internal} internal-API-only divergences passed over (--reachable)");
+    }
     let counts: Vec<String> = total
         .fields()
         .into_iter()

@@ -1,0 +1,184 @@
+//! Reachability of a scenario's inputs: whether a Xen caller can issue each op.
+//!
+//! The scenario language drives the host p2m's `set_entry` directly (the internal API);
+//! every real host-p2m change goes through callers that restrict its arguments. This
+//! module names, per line, the inputs no caller produces, with the caller that rules them
+//! out — so that a report can say "internal API only: <why>" and `hunt --reachable` can
+//! look for findings a guest or toolstack can trigger. The rules are read from the Xen
+//! tree (4.6 at edb9531263, master at c447b7308b); each names its source.
+
+use crate::scenario::{MfnSel, Op};
+use p2m_core::{Config, Line, Mfn, Mode, P2mAccess, P2mType, INVALID_MFN, MMIO_RO_FRAMES};
+
+/// Why a finding would not be a security issue on a real host.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Unreachable {
+    /// No Xen caller issues the op: it exists only through the internal API.
+    InternalApi(&'static str),
+    /// A caller can issue it, but only in a setup Xen's `SUPPORT.md` excludes from
+    /// security support.
+    OutsideSupport(&'static str),
+}
+
+impl Unreachable {
+    /// The verdict as a phrase for reports.
+    pub fn describe(&self) -> String {
+        match self {
+            Unreachable::InternalApi(why) => format!("internal API only: {why}"),
+            Unreachable::OutsideSupport(why) => format!("outside security support: {why}"),
+        }
+    }
+}
+
+/// Like [`unreachable_reason`], with the access rule: an access other than the default
+/// `rwx` only comes from `p2m_set_mem_access` (VM introspection), and `SUPPORT.md` says
+/// passthrough is not security-supported together with introspection.
+pub fn verdict(
+    line: Line,
+    cfg: &Config,
+    op: &Op,
+    mfn: Mfn,
+    table_frame: bool,
+) -> Option<Unreachable> {
+    if let Some(why) = unreachable_reason(line, cfg, op, mfn, table_frame) {
+        return Some(Unreachable::InternalApi(why));
+    }
+    let Op::SetEntry(e) = op;
+    (e.access != P2mAccess::Rwx).then_some(Unreachable::OutsideSupport(
+        "p2m access other than the default comes from mem_access (introspection), which \
+         SUPPORT.md does not support together with PCI passthrough",
+    ))
+}
+
+/// Why no caller issues `op` (resolved to frame `mfn`, which `table_frame` says is a live
+/// page-table frame) on `line` in `cfg`; `None` when a caller can.
+pub fn unreachable_reason(
+    line: Line,
+    cfg: &Config,
+    op: &Op,
+    mfn: Mfn,
+    table_frame: bool,
+) -> Option<&'static str> {
+    let Op::SetEntry(e) = op;
+    use P2mType::*;
+    if table_frame || matches!(e.mfn, MfnSel::TableFrame(_) | MfnSel::TableAt(_)) {
+        return Some(
+            "no caller maps a page-table frame into a guest (frames come from the domain's \
+             own pages or device MMIO)",
+        );
+    }
+    let maps_memory = matches!(
+        e.p2mt,
+        RamRw | RamLogdirty | RamRo | GrantMapRw | GrantMapRo | MapForeign | RamShared
+    );
+    if mfn == INVALID_MFN && maps_memory {
+        return Some(
+            "no caller passes INVALID_MFN with a type that maps memory (p2m_remove_page, \
+             guest_physmap_remove_page use p2m_invalid)",
+        );
+    }
+    if mfn == INVALID_MFN && e.p2mt == MmioDirect {
+        return Some("set_mmio_p2m_entry always passes the device's frame");
+    }
+    if mfn != INVALID_MFN && !mfn.is_valid() && e.p2mt != MmioDirect && e.p2mt != Invalid {
+        return Some(
+            "only mmio_direct (set_mmio_p2m_entry) maps frames beyond the RAM (not mfn_valid)",
+        );
+    }
+    if e.order > 0 && matches!(e.p2mt, MapForeign | MmioWriteDm) {
+        return Some(
+            "foreign and ioreq-server entries are set 4 KiB at a time (p2m_entry_modify \
+             BUG_ONs above)",
+        );
+    }
+    match line {
+        Line::Xen46 => {
+            if cfg.mode == Mode::Npt && cfg.iommu_hap_pt_share {
+                return Some(
+                    "Xen 4.6 never shares tables with an AMD IOMMU: amd_iommu_init sets \
+                     iommu_hap_pt_share = 0 (c2ba3db31e, 2014)",
+                );
+            }
+            if e.order > 0 && cfg.mode == Mode::Shadow {
+                return Some("4.6 p2m_set_entry uses 4 KiB pages in shadow mode (p2m.c:450-458)");
+            }
+            if e.order > 0 && mfn == INVALID_MFN {
+                return Some("4.6 p2m_set_entry uses 4 KiB pages for INVALID_MFN (p2m.c:450-458)");
+            }
+        }
+        Line::Master => {
+            let ro = mfn != INVALID_MFN
+                && e.order > 0
+                && mfn.0 < MMIO_RO_FRAMES.end
+                && mfn.0 + (1u64 << e.order) > MMIO_RO_FRAMES.start;
+            if e.p2mt == MmioDirect && ro {
+                return Some(
+                    "set_mmio_p2m_entry refuses superpages overlapping mmio_ro_ranges \
+                     (p2m.c:1187-1190)",
+                );
+            }
+            if e.order == 18 && cfg.mode == Mode::Shadow {
+                return Some(
+                    "master p2m_set_entry gives shadow mode 2 MiB pages at most (f2d947ac07)",
+                );
+            }
+            if e.order > 0 && e.p2mt == MmioDirect {
+                // mmio_order never uses 1 GiB (p2m.c:1696-1703).
+                if e.order == 18 {
+                    return Some("mmio_order never picks 1 GiB pages (p2m.c:1696-1703)");
+                }
+            }
+        }
+    }
+    if matches!(e.p2mt, RamShared | RamPagingOut | RamPaged | RamPagingIn) {
+        return Some(
+            "mem_sharing and paging are refused for a domain with an IOMMU \
+             (arch_iommu_use_permitted, assign_device)",
+        );
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::scenario::SetEntryOp;
+    use p2m_core::{P2mAccess, Vendor};
+
+    fn op(mfn: MfnSel, order: u32, p2mt: P2mType) -> Op {
+        Op::SetEntry(SetEntryOp {
+            gfn: 0,
+            mfn,
+            order,
+            p2mt,
+            access: P2mAccess::Rwx,
+        })
+    }
+
+    #[test]
+    fn rules() {
+        let ept = Config::new(Mode::Ept, Vendor::Vtd, true);
+        let npt = Config::new(Mode::Npt, Vendor::Amd, true);
+        let ram = op(MfnSel::Frame(0x100000), 9, P2mType::RamRw);
+        assert_eq!(
+            unreachable_reason(Line::Master, &ept, &ram, Mfn(0x100000), false),
+            None
+        );
+        assert!(unreachable_reason(Line::Xen46, &npt, &ram, Mfn(0x100000), false).is_some());
+        let inv = op(MfnSel::Invalid, 0, P2mType::Invalid);
+        assert_eq!(
+            unreachable_reason(Line::Master, &ept, &inv, INVALID_MFN, false),
+            None
+        );
+        let inv_ram = op(MfnSel::Invalid, 0, P2mType::RamRw);
+        assert!(unreachable_reason(Line::Master, &ept, &inv_ram, INVALID_MFN, false).is_some());
+        let ro = op(MfnSel::Frame(MMIO_RO_FRAMES.start), 9, P2mType::MmioDirect);
+        assert!(
+            unreachable_reason(Line::Master, &ept, &ro, Mfn(MMIO_RO_FRAMES.start), false)
+                .unwrap()
+                .contains("mmio_ro_ranges")
+        );
+        let tbl = op(MfnSel::TableAt(1), 9, P2mType::RamRw);
+        assert!(unreachable_reason(Line::Master, &ept, &tbl, Mfn(0x40800), true).is_some());
+    }
+}
