@@ -166,8 +166,13 @@ impl RefModel {
         device_perm_at(self.column, self.policy, p2mt, access, false)
     }
 
-    /// [`Self::perm_of`] for the page whose frame is `mfn`.
+    /// [`Self::perm_of`] for the page whose frame is `mfn`. On the master line an entry
+    /// without a frame (`INVALID_MFN`, e.g. `mmio_direct`, which p2m-pt accepts without
+    /// one) gives a device nothing to reach.
     pub fn perm_at(&self, p2mt: P2mType, access: P2mAccess, mfn: Mfn) -> IommuPerm {
+        if self.policy == IommuPolicy::Master && mfn == INVALID_MFN {
+            return IommuPerm::NONE;
+        }
         device_perm_at(
             self.column,
             self.policy,
