@@ -181,7 +181,7 @@ fn stale_walk_hiding_a_new_mapping_is_a_note() {
         },
         seq: 2,
     });
-    let dom = p2m_core::Domain::Xen46(d);
+    let dom = p2m_core::Domain::Xen46(Box::new(d));
     let (fatal, note) = check_range(&dom, &refm, GfnRange::of_order(0x200, 9), false, true);
     assert!(fatal.is_none(), "{fatal:?}");
     let note = note.expect("the walk from the record misses 0x201..0x400");

@@ -18,7 +18,7 @@ use crate::{master, xen46};
 #[derive(Clone, Debug)]
 pub enum Domain {
     /// The Xen 4.6 line.
-    Xen46(xen46::domain::Domain),
+    Xen46(Box<xen46::domain::Domain>),
     /// The Xen master line.
     Master(Box<master::domain::Domain>),
 }
@@ -37,7 +37,9 @@ impl Domain {
     /// A fresh domain of `revision`'s line with passthrough enabled.
     pub fn new(cfg: Config, revision: Revision) -> Domain {
         match revision.switches {
-            Switches::Xen46(_) => Domain::Xen46(xen46::domain::Domain::new(cfg, revision)),
+            Switches::Xen46(_) => {
+                Domain::Xen46(Box::new(xen46::domain::Domain::new(cfg, revision)))
+            }
             Switches::Master(_) => {
                 Domain::Master(Box::new(master::domain::Domain::new(cfg, revision)))
             }

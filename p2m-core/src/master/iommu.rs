@@ -627,6 +627,27 @@ impl Iommu {
     }
 }
 
+/// With the proposed fix `flush_covers_split_superpage` (not Xen): the range a flush of
+/// `(dfn, page_count)` must cover when this op split a superpage overlapping it — the
+/// largest such superpage; else the range as asked.
+fn split_flush_scope(cx: &IoCx, dfn: u64, page_count: u64) -> (u64, u64) {
+    use crate::types::GfnRange;
+    if !cx.sw.flush_covers_split_superpage {
+        return (dfn, page_count);
+    }
+    let asked = GfnRange {
+        start: dfn,
+        end: dfn.saturating_add(page_count),
+    };
+    cx.log
+        .splits
+        .iter()
+        .map(|s| s.range)
+        .filter(|r| r.intersect(&asked).is_some() && r.len() > page_count)
+        .max_by_key(|r| r.len())
+        .map_or((dfn, page_count), |r| (r.start, r.len()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -691,25 +712,4 @@ mod tests {
         }
         .is_empty());
     }
-}
-
-/// With the proposed fix `flush_covers_split_superpage` (not Xen): the range a flush of
-/// `(dfn, page_count)` must cover when this op split a superpage overlapping it — the
-/// largest such superpage; else the range as asked.
-fn split_flush_scope(cx: &IoCx, dfn: u64, page_count: u64) -> (u64, u64) {
-    use crate::types::GfnRange;
-    if !cx.sw.flush_covers_split_superpage {
-        return (dfn, page_count);
-    }
-    let asked = GfnRange {
-        start: dfn,
-        end: dfn.saturating_add(page_count),
-    };
-    cx.log
-        .splits
-        .iter()
-        .map(|s| s.range)
-        .filter(|r| r.intersect(&asked).is_some() && r.len() > page_count)
-        .max_by_key(|r| r.len())
-        .map_or((dfn, page_count), |r| (r.start, r.len()))
 }
