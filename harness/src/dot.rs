@@ -84,8 +84,7 @@ pub struct DotMeta {
 
 /// One line per op as the runner prints it (table-frame selectors resolved).
 fn op_line(op: &Op, dom: &Domain) -> String {
-    let Op::SetEntry(e) = op;
-    crate::runner::op_line(op, e.mfn, resolve_mfn(dom, e.gfn, e.mfn))
+    crate::runner::op_line(op, op.mfn_sel(), resolve_mfn(dom, op.gfn(), op.mfn_sel()))
 }
 
 /// Replays the first `count` ops of `s` on a fresh domain, as the runner applies them;
@@ -94,11 +93,17 @@ pub fn replay(s: &Scenario, rev: Revision, count: usize) -> (Domain, Vec<String>
     let mut dom = Domain::new(s.config.normalized(), rev);
     let mut lines = Vec::new();
     for op in s.ops.iter().take(count) {
-        let Op::SetEntry(e) = op;
         lines.push(op_line(op, &dom));
-        let mfn = resolve_mfn(&dom, e.gfn, e.mfn);
         // Refused ops change nothing; the runner judges them, not the picture.
-        let _ = dom.set_entry(e.gfn, mfn, e.order, e.p2mt, e.access);
+        match op {
+            Op::SetEntry(e) => {
+                let mfn = resolve_mfn(&dom, e.gfn, e.mfn);
+                let _ = dom.set_entry(e.gfn, mfn, e.order, e.p2mt, e.access);
+            }
+            Op::AddToPhysmap(b) => {
+                let _ = dom.add_to_physmap_range(*b);
+            }
+        }
     }
     (dom, lines)
 }

@@ -5,7 +5,8 @@
 //! placed at 4 KiB / 2 MiB / 1 GiB boundaries, so that ops overlap and replace
 //! each other's tables.
 
-use crate::scenario::{MfnSel, Op, Scenario, SetEntryOp, MFN_POOL_BASE};
+use crate::scenario::{MfnSel, Op, Scenario, SetEntryOp, GFN_WINDOW, MFN_POOL_BASE};
+use p2m_core::physmap::AddToPhysmapRange;
 use p2m_core::{Config, Mode, P2mAccess, P2mType, PageSizes, Vendor, MMIO_RO_FRAMES, PAGE_ORDERS};
 use rand::rngs::SmallRng;
 use rand::seq::SliceRandom;
@@ -21,6 +22,8 @@ pub struct Swarm {
     accesses: Vec<P2mAccess>,
     mfn_kinds: Vec<u8>,
     max_ops: usize,
+    /// Chance that an op is an `add_to_physmap_range` batch (0 in half the swarms).
+    batch_chance: f64,
     /// Frame of gfn 0 for the "linear" frame kind (a multiple of 1 GiB): maps keep
     /// `dfn ≡ mfn` modulo every table size, so IOMMU tables can coalesce.
     linear_base: u64,
@@ -62,6 +65,11 @@ impl Swarm {
             accesses,
             mfn_kinds: subset(rng, &[0u8, 1, 2, 3, 4, 5, 6]),
             max_ops: rng.gen_range(2..=12),
+            batch_chance: if rng.gen_bool(0.5) {
+                0.0
+            } else {
+                rng.gen_range(0.1..0.5)
+            },
             linear_base: MFN_POOL_BASE + (rng.gen_range(0..4u64) << 18),
         }
     }
@@ -85,6 +93,10 @@ impl Swarm {
             let low = *[0u64, 1, 511].choose(rng).expect("low");
             let mask = !((1u64 << order) - 1);
             let gfn = (region + mid + low) & mask;
+            if self.batch_chance > 0.0 && rng.gen_bool(self.batch_chance) {
+                ops.push(Op::AddToPhysmap(self.batch(rng, region + mid + low)));
+                continue;
+            }
             let mfn = match *self.mfn_kinds.choose(rng).expect("kinds") {
                 0 => {
                     let m = (MFN_POOL_BASE
@@ -125,6 +137,27 @@ impl Swarm {
             config: self.config,
             allow_under_permissive: false,
             ops,
+        }
+    }
+
+    /// An `add_to_physmap_range` from `idx`: to an overlapping destination (either way),
+    /// to another 2 MiB or 1 GiB region, or onto itself; sizes around the 16-page
+    /// continuation and a level-1 table.
+    fn batch(&self, rng: &mut SmallRng, idx: u64) -> AddToPhysmapRange {
+        let size = *[1u16, 2, 3, 15, 16, 17, 33, 64, 255]
+            .choose(rng)
+            .expect("sizes");
+        let gpfn = match rng.gen_range(0..5u8) {
+            0 => idx.wrapping_add(rng.gen_range(1..=u64::from(size))),
+            1 => idx.saturating_sub(rng.gen_range(1..=u64::from(size))),
+            2 => idx ^ ((1 << 9) * rng.gen_range(1..4u64)),
+            3 => idx ^ ((1 << 18) * rng.gen_range(1..4u64)),
+            _ => idx,
+        };
+        AddToPhysmapRange {
+            idx,
+            gpfn: gpfn & (GFN_WINDOW - 1),
+            size,
         }
     }
 }

@@ -30,6 +30,7 @@
 use crate::oracle::DivergenceClass;
 use crate::runner::{resolve_mfn, Session};
 use crate::scenario::{MfnSel, Op, Scenario, SetEntryOp, MFN_POOL_BASE};
+use p2m_core::physmap::AddToPhysmapRange;
 use p2m_core::{Domain, Mfn, P2mAccess, P2mType, INVALID_MFN, MAX_PAGE};
 
 /// The revision a minimization runs under, and whether every class is fatal.
@@ -66,10 +67,9 @@ struct Item {
 }
 
 impl Item {
-    /// The op's `set_entry` arguments.
-    fn entry(&self) -> SetEntryOp {
-        let Op::SetEntry(e) = self.op;
-        e
+    /// The op's frame selector (`Invalid` for an op without one).
+    fn mfn(&self) -> MfnSel {
+        self.op.mfn_sel()
     }
 }
 
@@ -149,7 +149,15 @@ fn attempt(
     sess.set_strict(rev.strict);
     let mut out = Vec::with_capacity(items.len());
     for (i, it) in items.iter().enumerate() {
-        let mut e = it.entry();
+        let Op::SetEntry(mut e) = it.op else {
+            out.push(*it);
+            if let Some(f) = sess.step(&it.op) {
+                let keeps =
+                    f.class == class && (!rev.reachable || sess.divergence(f).is_reachable());
+                return keeps.then_some(out);
+            }
+            continue;
+        };
         if e.mfn.is_selector() && fixed != Some(i) {
             e.mfn = match how {
                 Spelling::SameFrames => spell(sess.domain(), e.gfn, it.frame),
@@ -173,13 +181,11 @@ fn attempt(
 
 /// How simple the spelling of `items` is, smaller first: `ptf:` ops, then relative ones.
 fn spelling_cost(items: &[Item]) -> (usize, usize) {
-    items
-        .iter()
-        .fold((0, 0), |(p, r), it| match it.entry().mfn {
-            MfnSel::TableFrame(_) => (p + 1, r),
-            MfnSel::TableAt(_) | MfnSel::Current => (p, r + 1),
-            MfnSel::Frame(_) | MfnSel::Invalid => (p, r),
-        })
+    items.iter().fold((0, 0), |(p, r), it| match it.mfn() {
+        MfnSel::TableFrame(_) => (p + 1, r),
+        MfnSel::TableAt(_) | MfnSel::Current => (p, r + 1),
+        MfnSel::Frame(_) | MfnSel::Invalid => (p, r),
+    })
 }
 
 /// The candidate `items` as a new [`Work`] when some spelling keeps `class`: same frames,
@@ -197,7 +203,7 @@ fn fit(
         Some(f) => f
             .iter()
             .zip(&items)
-            .any(|(a, b)| matches!(a.entry().mfn, MfnSel::TableFrame(_)) && b.roles != 0),
+            .any(|(a, b)| matches!(a.mfn(), MfnSel::TableFrame(_)) && b.roles != 0),
     };
     let roles = if roles_differ {
         attempt(&w.base, &items, fixed, Spelling::SameRoles, rev, class)
@@ -217,7 +223,19 @@ fn fit(
 
 /// Candidate simplifications of one op, simplest first.
 fn simpler_ops(op: &Op) -> Vec<Op> {
-    let Op::SetEntry(e) = op;
+    let e = match op {
+        Op::SetEntry(e) => e,
+        Op::AddToPhysmap(b) => {
+            // Fewer pages, each candidate strictly smaller (so shrinking terminates).
+            let mut sizes = vec![1, b.size / 2, b.size.saturating_sub(1)];
+            sizes.retain(|&n| n < b.size);
+            sizes.dedup();
+            return sizes
+                .into_iter()
+                .map(|size| Op::AddToPhysmap(AddToPhysmapRange { size, ..*b }))
+                .collect();
+        }
+    };
     let mut v = Vec::new();
     let with_mfn = |mfn: MfnSel| {
         let mut s = *e;
@@ -281,8 +299,7 @@ fn simpler_ops(op: &Op) -> Vec<Op> {
 
 /// The frame selector of `op`.
 fn cand_mfn(op: &Op) -> MfnSel {
-    let Op::SetEntry(e) = op;
-    e.mfn
+    op.mfn_sel()
 }
 
 /// `e` with `order`.
@@ -311,24 +328,22 @@ fn plain_frame(w: &Work, rev: RunAs, f: Mfn) -> Option<Mfn> {
 /// frame as one plain literal frame. Returns the new work when one keeps `class`.
 fn plain_for_selector(w: &Work, i: usize, rev: RunAs, class: DivergenceClass) -> Option<Work> {
     let it = w.items[i];
-    if !it.entry().mfn.is_selector() || it.frame == INVALID_MFN {
+    if !it.mfn().is_selector() || it.frame == INVALID_MFN {
         return None;
     }
     let p = plain_frame(w, rev, it.frame)?;
     let items: Vec<Item> = w
         .items
         .iter()
-        .map(|o| {
-            if o.frame == it.frame && !matches!(o.entry().mfn, MfnSel::Invalid) {
-                let mut e = o.entry();
+        .map(|o| match o.op {
+            Op::SetEntry(mut e) if o.frame == it.frame && e.mfn != MfnSel::Invalid => {
                 e.mfn = MfnSel::Frame(p.0);
                 Item {
                     op: Op::SetEntry(e),
                     ..*o
                 }
-            } else {
-                *o
             }
+            _ => *o,
         })
         .collect();
     // The group is spelled out now; other selector ops keep their frames or roles.
@@ -410,7 +425,7 @@ pub fn minimize_with(s: &Scenario, rev: p2m_core::Revision, strict: bool) -> Sce
                 let mut items = w.items.clone();
                 // A new frame is taken as spelled; otherwise the op's selector, too,
                 // keeps naming its frame (or role).
-                let pin = (cand_mfn(&cand) != items[i].entry().mfn).then_some(i);
+                let pin = (cand_mfn(&cand) != items[i].mfn()).then_some(i);
                 items[i].op = cand;
                 if let Some(t) = fit(&w, items, pin, rev, class) {
                     next = Some(t);

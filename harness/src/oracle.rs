@@ -39,6 +39,7 @@
 use p2m_core::cache::{CacheRecord, Invalidation, Issued, RecordKind};
 use p2m_core::events::{FreeEvent, Freed, ReachVia};
 use p2m_core::frames::TableOwner;
+use p2m_core::physmap::{AddToPhysmapRange, BatchOutcome};
 use p2m_core::walk::{Translation, WalkFault};
 use p2m_core::{Domain, GfnRange, HwSemantics, Mfn, P2mError, ViewSource, INVALID_MFN};
 use reference_model::{RefModel, RefView};
@@ -244,22 +245,34 @@ pub fn check_free_events(dom: &Domain, refm: &RefModel) -> Option<Finding> {
         .frees
         .iter()
         .find_map(|e| e.reaches.first().map(|r| (e, r)))?;
-    let Freed::Table { owner, level } = ev.what;
     let via = match reach.via {
         ReachVia::CurrentWalk => "a walk of the current tables".to_string(),
-        ReachVia::CachedWalk { seq } => format!(
-            "a paging-structure record left by op #{}",
-            seq.saturating_sub(1)
+        ReachVia::CachedWalk { seq } => format!("a record left by op #{}", seq.saturating_sub(1)),
+    };
+    let (what, freed) = match ev.what {
+        Freed::Table { owner, level } => (
+            format!("{} L{level} table {:#x}", owner_name(owner), ev.frame),
+            format!(
+                "freed: {} L{level} table {:#x} (translating gfn {})",
+                owner_name(owner),
+                ev.frame,
+                ev.span
+            ),
+        ),
+        Freed::GuestPage { gfn } => (
+            format!("guest page {:#x}", ev.frame),
+            format!(
+                "freed: guest page {:#x} (last mapped at gfn {gfn:#x}) back to the heap",
+                ev.frame
+            ),
         ),
     };
     let mut f = Finding::new(
         DivergenceClass::FreedFrameReachable,
         reach.range.start,
         format!(
-            "{via} for gfn {} still reached {} L{level} table {:#x} when this op freed it",
-            reach.range,
-            owner_name(owner),
-            ev.frame
+            "{via} for gfn {} still reached {what} when this op freed it",
+            reach.range
         ),
         ref_at(refm, reach.range.start),
     );
@@ -267,15 +280,34 @@ pub fn check_free_events(dom: &Domain, refm: &RefModel) -> Option<Finding> {
         f.stale_seq = Some(seq);
     }
     f.record = reach.record;
-    f.context.push(format!(
-        "freed: {} L{level} table {:#x} (translating gfn {})",
-        owner_name(owner),
-        ev.frame,
-        ev.span
-    ));
+    f.context.push(freed);
     if let Some(r) = &reach.record {
         f.context.push(format!("record: {}", describe_record(r)));
     }
+    Some(f)
+}
+
+/// An `add_to_physmap_range` whose outcome (pages moved, the error that stopped it)
+/// differs between the model and the reference: a CPU-view divergence at the first gfn
+/// the two disagree on.
+pub fn check_batch(
+    op: &AddToPhysmapRange,
+    got: BatchOutcome,
+    want: BatchOutcome,
+) -> Option<Finding> {
+    if got == want {
+        return None;
+    }
+    let mut f = Finding::new(
+        DivergenceClass::CpuView,
+        op.gpfn,
+        format!("add_to_physmap_range: {got}"),
+        format!("add_to_physmap_range: {want}"),
+    );
+    f.context.push(format!(
+        "the sides part after {} pages of {op}",
+        got.done.min(want.done)
+    ));
     Some(f)
 }
 

@@ -43,7 +43,8 @@ pub fn verdict(
     if let Some(why) = unreachable_reason(line, cfg, op, mfn, table_frame) {
         return Some(Unreachable::InternalApi(why));
     }
-    let Op::SetEntry(e) = op;
+    // A guest issues add_to_physmap_range itself.
+    let Op::SetEntry(e) = op else { return None };
     (e.access != P2mAccess::Rwx).then_some(Unreachable::OutsideSupport(
         "p2m access other than the default comes from mem_access (introspection), which \
          SUPPORT.md does not support together with PCI passthrough",
@@ -59,7 +60,8 @@ pub fn unreachable_reason(
     mfn: Mfn,
     table_frame: bool,
 ) -> Option<&'static str> {
-    let Op::SetEntry(e) = op;
+    // XENMEM_add_to_physmap is a guest's own hypercall.
+    let Op::SetEntry(e) = op else { return None };
     use P2mType::*;
     if table_frame || matches!(e.mfn, MfnSel::TableFrame(_) | MfnSel::TableAt(_)) {
         return Some(

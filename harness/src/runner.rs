@@ -1,13 +1,14 @@
 //! The runner: applies each op to the model and the reference, then runs the oracle.
 
 use crate::oracle::{
-    check_bad_frees, check_cpu, check_free_events, check_leaks, check_range, explain_record,
-    merge_ranges, xen_bug, DivergenceClass, Finding,
+    check_bad_frees, check_batch, check_cpu, check_free_events, check_leaks, check_range,
+    explain_record, merge_ranges, xen_bug, DivergenceClass, Finding,
 };
 use crate::reach::Unreachable;
-use crate::scenario::{MfnSel, Op, Scenario};
+use crate::scenario::{MfnSel, Op, Scenario, SetEntryOp};
 use p2m_core::cache::Issued;
 use p2m_core::events::Split;
+use p2m_core::physmap::AddToPhysmapRange;
 use p2m_core::{Config, Domain, GfnRange, Line, Mfn, ModelStats, P2mError, Revision, INVALID_MFN};
 use reference_model::{IommuPolicy, RefModel};
 use std::fmt;
@@ -29,6 +30,8 @@ pub struct RunStats {
     pub free_checks: u64,
     /// Non-fatal findings (leaked tables, cached under-permission) seen.
     pub notes: u64,
+    /// Pages the `add_to_physmap_range` ops moved (model side).
+    pub batch_pages: u64,
     /// What the model did.
     pub model: ModelStats,
 }
@@ -45,6 +48,7 @@ impl RunStats {
         self.range_checks += o.range_checks;
         self.free_checks += o.free_checks;
         self.notes += o.notes;
+        self.batch_pages += o.batch_pages;
         self.model.add(&o.model);
     }
 
@@ -60,6 +64,7 @@ impl RunStats {
             ("range_checks", self.range_checks),
             ("free_checks", self.free_checks),
             ("notes", self.notes),
+            ("batch_pages", self.batch_pages),
         ];
         v.extend(self.model.fields());
         v
@@ -139,6 +144,20 @@ impl fmt::Display for Divergence {
     }
 }
 
+/// What applying one op to both sides gave, for the oracle.
+struct Applied {
+    /// The model's result (a batch reads `Ok`: its outcome is compared on its own).
+    real: Result<(), P2mError>,
+    /// The reference's result.
+    reference: Result<(), P2mError>,
+    /// The gfns the op names.
+    op_ranges: Vec<GfnRange>,
+    /// A finding made while applying (differing batch outcomes).
+    early: Option<Finding>,
+    /// Both sides refused the op outright (neither changed anything).
+    both_refused: bool,
+}
+
 /// The outcome of running one scenario.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RunOutcome {
@@ -202,8 +221,7 @@ impl Step {
     /// The trace line of this step (`(ptf = …)`, `(tbl:L = …)`, `(cur = …)` appended
     /// for a selector).
     fn line(&self) -> String {
-        let Op::SetEntry(e) = &self.op;
-        op_line(&self.op, e.mfn, self.mfn)
+        op_line(&self.op, self.op.mfn_sel(), self.mfn)
     }
 }
 
@@ -322,8 +340,10 @@ impl Session {
 
     /// Like [`Session::step`], also saying whether both sides refused the op.
     pub fn step_outcome(&mut self, op: &Op) -> StepOutcome {
-        let Op::SetEntry(e) = op;
-        let mfn = resolve_mfn(&self.dom, e.gfn, e.mfn);
+        let mfn = match op {
+            Op::SetEntry(e) => resolve_mfn(&self.dom, e.gfn, e.mfn),
+            Op::AddToPhysmap(_) => INVALID_MFN,
+        };
         if self.unreachable.is_none() {
             let table = self
                 .dom
@@ -335,32 +355,21 @@ impl Session {
             }
         }
         self.steps.push(Step { op: *op, mfn });
-        let stats = &mut self.stats;
-        stats.ops += 1;
-        let real = self.dom.set_entry(e.gfn, mfn, e.order, e.p2mt, e.access);
-        if let Err(P2mError::XenBug(what)) = real {
-            // Xen would have crashed; the model changed nothing, the reference is not asked.
-            stats.ops_err += 1;
-            let f = xen_bug(e.gfn, what);
-            return self.note_or_finding(f, true);
-        }
-        let reference = self.refm.set_entry(e.gfn, mfn, e.order, e.p2mt, e.access);
-        if real.is_ok() {
-            stats.ops_ok += 1;
-            if let Some(k) = p2m_core::PAGE_ORDERS.iter().position(|&o| o == e.order) {
-                stats.by_order[k] += 1;
-            }
-        } else if reference.is_err() {
-            stats.ops_err += 1;
-        }
-        let op_range = if e.order < 64 {
-            GfnRange {
-                start: e.gfn,
-                end: e.gfn.saturating_add(1u64 << e.order.min(40)),
-            }
-        } else {
-            GfnRange::of_order(e.gfn, 0)
+        self.stats.ops += 1;
+        let Applied {
+            real,
+            reference,
+            op_ranges,
+            early,
+            both_refused,
+        } = match op {
+            Op::SetEntry(e) => match self.apply_set_entry(e, mfn) {
+                Ok(t) => t,
+                Err(out) => return *out,
+            },
+            Op::AddToPhysmap(b) => self.apply_batch(b),
         };
+        let stats = &mut self.stats;
         let log = self.dom.op_log();
         stats.free_checks += log.frees.len() as u64;
         let idx = self.steps.len() - 1;
@@ -377,13 +386,14 @@ impl Session {
             }
         }
         if real.is_ok() {
-            changed.push(op_range);
+            changed.extend_from_slice(&op_ranges);
         }
         let changed = merge_ranges(changed);
         let mut notes: Vec<Finding> = Vec::new();
         // Inside-the-op findings first: they are the earliest and the root of later ones.
         let mut finding = check_free_events(&self.dom, &self.refm)
             .or_else(|| check_bad_frees(&self.dom))
+            .or(early)
             .or_else(|| check_cpu(&self.dom, &self.refm, real, reference, &changed));
         if finding.is_none() {
             let mut ranges: Vec<GfnRange> =
@@ -419,8 +429,69 @@ impl Session {
         }
         StepOutcome {
             finding,
-            both_refused: real.is_err() && reference.is_err(),
+            both_refused,
             crashed: self.dom.crashed(),
+        }
+    }
+
+    /// Runs a `set_entry` op on both sides: `(model result, reference result, the op's
+    /// range, no early finding)`, or the whole outcome when the op reaches a `BUG_ON`.
+    fn apply_set_entry(&mut self, e: &SetEntryOp, mfn: Mfn) -> Result<Applied, Box<StepOutcome>> {
+        let real = self.dom.set_entry(e.gfn, mfn, e.order, e.p2mt, e.access);
+        if let Err(P2mError::XenBug(what)) = real {
+            // Xen would have crashed; the model changed nothing, the reference is not asked.
+            self.stats.ops_err += 1;
+            let f = xen_bug(e.gfn, what);
+            return Err(Box::new(self.note_or_finding(f, true)));
+        }
+        let reference = self.refm.set_entry(e.gfn, mfn, e.order, e.p2mt, e.access);
+        let stats = &mut self.stats;
+        if real.is_ok() {
+            stats.ops_ok += 1;
+            if let Some(k) = p2m_core::PAGE_ORDERS.iter().position(|&o| o == e.order) {
+                stats.by_order[k] += 1;
+            }
+        } else if reference.is_err() {
+            stats.ops_err += 1;
+        }
+        let op_range = if e.order < 64 {
+            GfnRange {
+                start: e.gfn,
+                end: e.gfn.saturating_add(1u64 << e.order.min(40)),
+            }
+        } else {
+            GfnRange::of_order(e.gfn, 0)
+        };
+        Ok(Applied {
+            real,
+            reference,
+            op_ranges: vec![op_range],
+            early: None,
+            both_refused: real.is_err() && reference.is_err(),
+        })
+    }
+
+    /// Runs an `add_to_physmap_range` op: the model, then the reference, told which frames
+    /// the model found holding Xen tables (the reference keeps no tables). Both results
+    /// read as `Ok` to the CPU check; differing outcomes are the early finding.
+    fn apply_batch(&mut self, b: &AddToPhysmapRange) -> Applied {
+        let got = self.dom.add_to_physmap_range(*b);
+        let xen_frames = &self.dom.op_log().xen_frames;
+        let want = self
+            .refm
+            .add_to_physmap_range(*b, &|m: u64| xen_frames.contains(&m));
+        if got.rc.is_ok() {
+            self.stats.ops_ok += 1;
+        } else if got.done == 0 && want.rc.is_err() {
+            self.stats.ops_err += 1;
+        }
+        self.stats.batch_pages += got.done;
+        Applied {
+            real: Ok(()),
+            reference: Ok(()),
+            op_ranges: b.ranges(),
+            early: check_batch(b, got, want),
+            both_refused: got.done == 0 && got.rc.is_err() && want.rc.is_err(),
         }
     }
 

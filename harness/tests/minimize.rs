@@ -12,13 +12,7 @@ use rand::{Rng, SeedableRng};
 
 /// The `mfn` selectors of `s`, in op order.
 fn mfns(s: &Scenario) -> Vec<MfnSel> {
-    s.ops
-        .iter()
-        .map(|op| {
-            let Op::SetEntry(e) = op;
-            e.mfn
-        })
-        .collect()
+    s.ops.iter().map(|op| op.mfn_sel()).collect()
 }
 
 /// EPT with shared tables, `committed`: padding ops around the two that matter shift the
@@ -123,7 +117,9 @@ fn minimize_never_changes_the_divergence_class() {
             let swarm = Swarm::new(&mut rng, Some(Mode::ALL[tried % 3]));
             let mut s = swarm.scenario(&mut rng);
             for op in &mut s.ops {
-                let Op::SetEntry(e) = op;
+                let Op::SetEntry(e) = op else {
+                    continue;
+                };
                 if rng.gen_bool(0.25) {
                     e.mfn = match rng.gen_range(0..4u8) {
                         0 => MfnSel::Current,
@@ -157,7 +153,9 @@ fn minimize_never_changes_the_divergence_class() {
                 // A frame beyond the machine is kept only where INVALID_MFN differs.
                 if matches!(m, MfnSel::Frame(f) if f >= MAX_PAGE) {
                     let mut t = small.clone();
-                    let Op::SetEntry(e) = &mut t.ops[i];
+                    let Op::SetEntry(e) = &mut t.ops[i] else {
+                        continue;
+                    };
                     e.mfn = MfnSel::Invalid;
                     let c = run(&t, rev).divergence.map(|d| d.class());
                     assert_ne!(c, got, "{small}\nop {i} could be INVALID_MFN");

@@ -7,6 +7,7 @@
 use crate::cache::CacheRecord;
 use crate::events::OpLog;
 use crate::frames::MachineMemory;
+use crate::physmap::{AddToPhysmapRange, BatchOutcome};
 use crate::revision::{Line, Revision, Switches};
 use crate::stats::ModelStats;
 use crate::types::{Config, GfnRange, Mfn, P2mAccess, P2mError, P2mType};
@@ -92,10 +93,16 @@ impl Domain {
         each_line!(self, d => d.set_entry(gfn, mfn, order, p2mt, access))
     }
 
+    /// Models the hypercall `XENMEM_add_to_physmap` with `XENMAPSPACE_gmfn_range` as the
+    /// line's `common/memory.c` runs it (see [`crate::physmap`]).
+    pub fn add_to_physmap_range(&mut self, op: AddToPhysmapRange) -> BatchOutcome {
+        each_line!(self, d => d.add_to_physmap_range(op))
+    }
+
     /// `domain_crash()` was called (and why): the domain runs no further op.
     pub fn crashed(&self) -> Option<&'static str> {
         match self {
-            Domain::Xen46(_) => None,
+            Domain::Xen46(d) => d.crashed,
             Domain::Master(d) => d.iommu.crashed,
         }
     }

@@ -9,7 +9,7 @@
 
 use crate::cache::{CacheRecord, Issued, RecordKind};
 use crate::frames::{FrameState, MachineMemory, TableOwner};
-use crate::types::GfnRange;
+use crate::types::{GfnRange, IommuPerm};
 use crate::walk::{walk, walk_root, IoTables, WalkResult};
 
 /// What was freed.
@@ -21,6 +21,11 @@ pub enum Freed {
         owner: TableOwner,
         /// Its level.
         level: u8,
+    },
+    /// A guest page returned to the heap (`guest_remove_page`, a batch's `put_page`).
+    GuestPage {
+        /// The gfn it was last mapped at.
+        gfn: u64,
     },
 }
 
@@ -113,6 +118,8 @@ pub struct OpLog {
     pub unlinked: Vec<Unlinked>,
     /// Superpages split (their ranges are in `changed` too).
     pub splits: Vec<Split>,
+    /// Frames a batch refused as a guest page because a Xen table lived in them.
+    pub xen_frames: Vec<u64>,
 }
 
 impl OpLog {
@@ -124,6 +131,7 @@ impl OpLog {
         self.bad_frees.clear();
         self.unlinked.clear();
         self.splits.clear();
+        self.xen_frames.clear();
     }
 
     /// Notes a superpage split by the Xen function `by`.
@@ -323,6 +331,87 @@ impl OpLog {
                     .collect(),
             });
         }
+    }
+
+    /// Frees the guest page `frame`, last mapped at `gfn`, recording whatever could still
+    /// reach it now (with some permission): a leaf of the current IOMMU-visible tables `io` over the ranges of
+    /// `look` (the gfns the op touched), an IOTLB record of `records` mapping it, or a
+    /// walk from a paging-structure record over `look`. Costs the records plus the
+    /// entries of `look`.
+    pub fn free_guest_page(
+        &mut self,
+        mem: &MachineMemory,
+        io: &dyn IoTables,
+        records: &[CacheRecord],
+        frame: u64,
+        gfn: u64,
+        look: &[GfnRange],
+    ) {
+        let mut reaches = Vec::new();
+        let hits =
+            |w: &WalkResult, via: ReachVia, record: Option<CacheRecord>, out: &mut Vec<Reach>| {
+                for t in &w.translations {
+                    if t.perm != IommuPerm::NONE && frame >= t.mfn && frame - t.mfn < t.range.len()
+                    {
+                        let g = t.range.start + (frame - t.mfn);
+                        out.push(Reach {
+                            via,
+                            range: GfnRange::of_order(g, 0),
+                            record,
+                        });
+                    }
+                }
+            };
+        for &r in look {
+            hits(
+                &walk_root(io, mem, r),
+                ReachVia::CurrentWalk,
+                None,
+                &mut reaches,
+            );
+        }
+        for r in records {
+            let via = ReachVia::CachedWalk { seq: r.seq };
+            match r.kind {
+                RecordKind::Leaf { mfn, perm, .. } => {
+                    if perm != IommuPerm::NONE && frame >= mfn && frame - mfn < r.range.len() {
+                        reaches.push(Reach {
+                            via,
+                            range: GfnRange::of_order(r.range.start + (frame - mfn), 0),
+                            record: Some(*r),
+                        });
+                    }
+                }
+                RecordKind::NonLeaf {
+                    table,
+                    level,
+                    generation,
+                    perm,
+                } => {
+                    for part in look.iter().filter_map(|l| l.intersect(&r.range)) {
+                        let mut w = WalkResult::default();
+                        walk(
+                            io,
+                            mem,
+                            table,
+                            level,
+                            r.range.start,
+                            part,
+                            perm,
+                            Some(generation),
+                            &mut w,
+                        );
+                        hits(&w, via, Some(*r), &mut reaches);
+                    }
+                }
+            }
+        }
+        self.frees.push(FreeEvent {
+            frame,
+            what: Freed::GuestPage { gfn },
+            span: GfnRange::of_order(gfn, 0),
+            reaches,
+        });
     }
 
     /// Tables unlinked during the op and still allocated (same generation) now.

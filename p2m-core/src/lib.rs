@@ -14,6 +14,7 @@ pub mod domain;
 pub mod events;
 pub mod frames;
 pub mod master;
+pub mod physmap;
 pub mod revision;
 pub mod stats;
 pub mod tables;

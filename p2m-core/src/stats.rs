@@ -68,5 +68,11 @@ pub struct ModelStats {
     pub iommu_queued_while_dont_flush,
     /// Drains of the deferred-free queue (`free_queued_pgtables`) that freed something.
     pub iommu_drains_nonempty,
+    /// Pages the `XENMAPSPACE_gmfn_range` batch moved.
+    pub physmap_pages_moved,
+    /// Continuations of that batch.
+    pub physmap_continuations,
+    /// Guest pages freed (`guest_remove_page`, a batch's `put_page`).
+    pub guest_pages_freed,
 }
 }

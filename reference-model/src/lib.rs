@@ -23,6 +23,7 @@
 pub mod entry;
 pub mod model;
 pub mod permissions;
+pub mod physmap;
 pub mod refusals;
 
 pub use model::{Extent, RefModel, RefView};

@@ -501,7 +501,9 @@ fn bench(seconds: u64) -> ExitCode {
                 .unwrap_or(&Mode::Ept);
             let mut s = Swarm::new(&mut rng, Some(mode)).scenario(&mut rng);
             for op in &mut s.ops {
-                let harness::Op::SetEntry(e) = op;
+                let harness::Op::SetEntry(e) = op else {
+                    continue;
+                };
                 e.order = orders[rng.gen_range(0..orders.len())];
                 e.gfn &= !((1u64 << e.order) - 1);
                 if let harness::scenario::MfnSel::Frame(m) = &mut e.mfn {

@@ -43,11 +43,20 @@
 //!   `ptf:K`, so a `ptf:` op never reads back as a relative selector.
 //! - `b10`: p2m type, `value % 16` (Xen's numbering); `b11`: access, `value % 10`.
 //!
+//! An op whose `b10` is [`BATCH_MARKER`] (0xb7) is instead an `add_to_physmap_range`
+//! (`XENMAPSPACE_gmfn_range`): `idx` = the 24-bit field `b1..=b3` masked to [`GFN_WINDOW`];
+//! `size` = `b8`; `gpfn` = `idx` plus the signed 16-bit `b5..=b6` (wrapping inside the
+//! window) when `b4` bit 2 is set, else the 24-bit `b5..=b7` masked to the window; `b0`,
+//! the rest of `b4`, `b9` and `b11` are ignored. No committed corpus file carries 0xb7 in
+//! `b10` (the test `committed_corpora_decode_without_batch_ops` checks it), so they all
+//! decode as before. The encoder writes the absolute form.
+//!
 //! # Canonical scenarios
 //!
 //! A scenario is *canonical* ([`is_canonical`]) when
 //! - its config equals `config.normalized()`,
-//! - it has 1 to [`MAX_OPS`] ops, and every `set_entry` has
+//! - it has 1 to [`MAX_OPS`] ops, every `add_to_physmap_range` has `idx` and `gpfn` below
+//!   [`GFN_WINDOW`] and a size of at most [`MAX_BATCH_SIZE`], and every `set_entry` has
 //! - a gfn below [`GFN_WINDOW`], or a multiple of 0x10000 below 2^40,
 //! - an order of at most 63,
 //! - a `Frame` mfn below 2^40 ([`MFN_LITERAL_LIMIT`]) and a `TableAt` level in
@@ -60,9 +69,11 @@
 use arbitrary::{Arbitrary, Unstructured};
 use p2m_core::{Config, HwSemantics, Mode, P2mAccess, P2mType, PageSizes, Vendor};
 
+use p2m_core::physmap::AddToPhysmapRange;
+
 use super::{
-    MfnSel, Op, Scenario, SetEntryOp, GFN_WINDOW, MAX_OPS, MFN_LITERAL_LIMIT, MFN_POOL_BASE,
-    MFN_POOL_SIZE, TABLE_LEVELS,
+    MfnSel, Op, Scenario, SetEntryOp, GFN_WINDOW, MAX_BATCH_SIZE, MAX_OPS, MFN_LITERAL_LIMIT,
+    MFN_POOL_BASE, MFN_POOL_SIZE, TABLE_LEVELS,
 };
 
 /// Size of the header in bytes.
@@ -73,6 +84,8 @@ pub const OP_SIZE: usize = 12;
 pub const GFN_ESCAPE_SHIFT: u32 = 16;
 /// Value of `b9` that turns mfn kind 3 into a relative selector (`cur` / `tbl:L`).
 pub const RELATIVE_MARKER: u8 = 0xf0;
+/// Value of `b10` that makes the op an `add_to_physmap_range`.
+pub const BATCH_MARKER: u8 = 0xb7;
 
 const HDR_AMD: u8 = 1 << 2;
 const HDR_SHARE: u8 = 1 << 3;
@@ -127,8 +140,19 @@ fn check(s: &Scenario) -> Result<(), EncodeError> {
         )));
     }
     for (i, op) in s.ops.iter().enumerate() {
-        let Op::SetEntry(e) = op;
         let bad = |msg: String| EncodeError { op: Some(i), msg };
+        let e = match op {
+            Op::SetEntry(e) => e,
+            Op::AddToPhysmap(b) => {
+                if b.idx >= GFN_WINDOW || b.gpfn >= GFN_WINDOW {
+                    return Err(bad(format!("{b}: gfns must be below {GFN_WINDOW:#x}")));
+                }
+                if b.size > MAX_BATCH_SIZE {
+                    return Err(bad(format!("{b}: size above {MAX_BATCH_SIZE}")));
+                }
+                continue;
+            }
+        };
         if e.gfn >= GFN_WINDOW && !gfn_escape_ok(e.gfn) {
             return Err(bad(format!("gfn {:#x} not representable", e.gfn)));
         }
@@ -187,10 +211,38 @@ pub fn encode(s: &Scenario) -> Vec<u8> {
     } << HDR_SIZES_SHIFT;
     out.push(h);
     for op in s.ops.iter().take(MAX_OPS) {
-        let Op::SetEntry(e) = op;
-        out.extend_from_slice(&encode_set_entry(e));
+        match op {
+            Op::SetEntry(e) => out.extend_from_slice(&encode_set_entry(e)),
+            Op::AddToPhysmap(b) => out.extend_from_slice(&encode_batch(b)),
+        }
     }
     out
+}
+
+fn encode_batch(b: &AddToPhysmapRange) -> [u8; OP_SIZE] {
+    let mut o = [0u8; OP_SIZE];
+    let window = GFN_WINDOW - 1;
+    o[1..4].copy_from_slice(&(b.idx & window).to_le_bytes()[..3]);
+    o[5..8].copy_from_slice(&(b.gpfn & window).to_le_bytes()[..3]);
+    o[8] = b.size.min(MAX_BATCH_SIZE) as u8;
+    o[10] = BATCH_MARKER;
+    o
+}
+
+fn decode_batch(b: &[u8; OP_SIZE]) -> AddToPhysmapRange {
+    let window = GFN_WINDOW - 1;
+    let idx = le(&b[1..4]) & window;
+    let gpfn = if b[4] & B4_GFN_ESCAPE != 0 {
+        let delta = i16::from_le_bytes([b[5], b[6]]) as i64 as u64;
+        idx.wrapping_add(delta) & window
+    } else {
+        le(&b[5..8]) & window
+    };
+    AddToPhysmapRange {
+        idx,
+        gpfn,
+        size: u16::from(b[8]),
+    }
 }
 
 fn encode_set_entry(e: &SetEntryOp) -> [u8; OP_SIZE] {
@@ -262,7 +314,14 @@ pub fn decode(data: &[u8]) -> Option<Scenario> {
     let ops = rest
         .chunks_exact(OP_SIZE)
         .take(MAX_OPS)
-        .map(|c| Op::SetEntry(decode_set_entry(c.try_into().expect("chunk of OP_SIZE"))))
+        .map(|c| {
+            let c: &[u8; OP_SIZE] = c.try_into().expect("chunk of OP_SIZE");
+            if c[10] == BATCH_MARKER {
+                Op::AddToPhysmap(decode_batch(c))
+            } else {
+                Op::SetEntry(decode_set_entry(c))
+            }
+        })
         .collect();
     Some(Scenario {
         config,
@@ -377,7 +436,9 @@ mod tests {
         assert_eq!(decode(&[0; HEADER_SIZE + OP_SIZE - 1]), None);
         let s = decode(&[0; HEADER_SIZE + OP_SIZE + OP_SIZE - 1]).unwrap();
         assert_eq!(s.ops.len(), 1, "trailing partial op ignored");
-        let Op::SetEntry(e) = s.ops[0];
+        let Op::SetEntry(e) = s.ops[0] else {
+            panic!("a set_entry op")
+        };
         assert_eq!(
             (e.gfn, e.mfn, e.order, e.p2mt, e.access),
             (
@@ -494,9 +555,8 @@ mod tests {
                 let Some(s) = decode(&data) else { continue };
                 files += 1;
                 for op in &s.ops {
-                    let Op::SetEntry(e) = op;
                     assert!(
-                        !matches!(e.mfn, MfnSel::TableAt(_) | MfnSel::Current),
+                        !matches!(op.mfn_sel(), MfnSel::TableAt(_) | MfnSel::Current),
                         "{}: {op}",
                         path.display()
                     );
@@ -506,6 +566,56 @@ mod tests {
         if root.join("mixed").exists() {
             assert!(files > 0, "no corpus file decoded");
         }
+    }
+
+    /// Every committed corpus file older than the batch op decodes without one (the
+    /// seeds written for it are named `seed-batch-*`).
+    #[test]
+    fn committed_corpora_decode_without_batch_ops() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../corpus");
+        for target in ["ept", "npt", "shadow", "mixed"] {
+            let Ok(rd) = std::fs::read_dir(root.join(target)) else {
+                continue;
+            };
+            for f in rd {
+                let path = f.expect("dir entry").path();
+                let name = path.file_name().map(|n| n.to_string_lossy().into_owned());
+                if name.is_some_and(|n| n.starts_with("seed-batch-")) {
+                    continue;
+                }
+                let data = std::fs::read(&path).expect("read");
+                let Some(s) = decode(&data) else { continue };
+                for op in &s.ops {
+                    assert!(matches!(op, Op::SetEntry(_)), "{}: {op}", path.display());
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn batch_op_layout() {
+        let mut b = [0u8; OP_SIZE];
+        b[10] = BATCH_MARKER;
+        b[1..4].copy_from_slice(&[0x45, 0x23, 0xf1]);
+        b[5..8].copy_from_slice(&[0x10, 0x00, 0x02]);
+        b[8] = 40;
+        let want = AddToPhysmapRange {
+            idx: 0x12345 | (0xf1 << 16) & (GFN_WINDOW - 1),
+            gpfn: 0x20010,
+            size: 40,
+        };
+        assert_eq!(decode_batch(&b), want);
+        // Relative destination: idx + the signed 16-bit b5..b6.
+        b[4] = B4_GFN_ESCAPE;
+        b[5..7].copy_from_slice(&(-3i16).to_le_bytes());
+        assert_eq!(decode_batch(&b).gpfn, want.idx - 3);
+        b[5..7].copy_from_slice(&7i16.to_le_bytes());
+        assert_eq!(decode_batch(&b).gpfn, want.idx + 7);
+        let mut data = vec![0u8];
+        data.extend_from_slice(&encode_batch(&want));
+        let s = decode(&data).unwrap();
+        assert_eq!(s.ops, [Op::AddToPhysmap(want)]);
+        assert!(is_canonical(&s));
     }
 
     #[test]
@@ -543,6 +653,13 @@ mod tests {
         let n = 1 + rng.below(MAX_OPS as u64) as usize;
         let ops = (0..n)
             .map(|_| {
+                if rng.below(8) == 0 {
+                    return Op::AddToPhysmap(AddToPhysmapRange {
+                        idx: rng.below(GFN_WINDOW),
+                        gpfn: rng.below(GFN_WINDOW),
+                        size: rng.below(u64::from(MAX_BATCH_SIZE) + 1) as u16,
+                    });
+                }
                 let order = match rng.below(5) {
                     0 => 0,
                     1 => 9,

@@ -11,6 +11,7 @@
 
 use std::fmt;
 
+use p2m_core::physmap::AddToPhysmapRange;
 use p2m_core::{Config, P2mAccess, P2mType};
 
 pub mod bytes;
@@ -28,6 +29,8 @@ pub const GFN_WINDOW: u64 = 1 << 20;
 pub const MFN_POOL_BASE: u64 = 0x100000;
 /// Number of machine frames in that pool.
 pub const MFN_POOL_SIZE: u64 = 1 << 20;
+/// Most pages one `add_to_physmap_range` op moves (what one byte of the op encodes).
+pub const MAX_BATCH_SIZE: u16 = 255;
 /// Most operations one scenario holds (the decoder drops the rest).
 pub const MAX_OPS: usize = 64;
 /// Exclusive upper bound of a literal machine frame (the 40-bit frame field of a PTE).
@@ -106,14 +109,43 @@ impl fmt::Display for SetEntryOp {
 /// One operation of a scenario.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
 pub enum Op {
-    /// `p2m->set_entry(...)`.
+    /// `p2m->set_entry(...)`: the internal API, any frame, order, type and access.
     SetEntry(SetEntryOp),
+    /// `XENMEM_add_to_physmap` with `XENMAPSPACE_gmfn_range`: a guest's own hypercall.
+    AddToPhysmap(AddToPhysmapRange),
+}
+
+impl Op {
+    /// The `set_entry` op, if this is one.
+    pub fn as_set_entry(&self) -> Option<&SetEntryOp> {
+        match self {
+            Op::SetEntry(e) => Some(e),
+            Op::AddToPhysmap(_) => None,
+        }
+    }
+
+    /// The frame selector of the op (`Invalid` for an op that takes none).
+    pub fn mfn_sel(&self) -> MfnSel {
+        match self {
+            Op::SetEntry(e) => e.mfn,
+            Op::AddToPhysmap(_) => MfnSel::Invalid,
+        }
+    }
+
+    /// The first gfn the op names.
+    pub fn gfn(&self) -> u64 {
+        match self {
+            Op::SetEntry(e) => e.gfn,
+            Op::AddToPhysmap(b) => b.idx,
+        }
+    }
 }
 
 impl fmt::Display for Op {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Op::SetEntry(s) => s.fmt(f),
+            Op::AddToPhysmap(b) => b.fmt(f),
         }
     }
 }

@@ -23,6 +23,9 @@
 //!   `-EINVAL` for them). `gfn` must be representable in the byte format: below
 //!   [`GFN_WINDOW`], or a multiple of 0x10000 below 2^40 (this covers the out-of-range gfns
 //!   from 2^36 up that Xen must refuse).
+//! - `add_to_physmap_range idx=I gpfn=G size=N` (any key order): the guest hypercall
+//!   `XENMEM_add_to_physmap` with `XENMAPSPACE_gmfn_range`, moving N pages (0..=255) from
+//!   gfn I to gfn G; both gfns below [`GFN_WINDOW`].
 //! - A comment `# p2m-fuzz trace vN` with N other than 1 is refused (unknown version).
 //!
 //! At least one and at most [`MAX_OPS`] ops are required. Every scenario [`parse_trace`]
@@ -36,8 +39,10 @@ use p2m_core::{Config, HwSemantics, Mode, P2mAccess, P2mType, PageSizes, Vendor}
 
 use super::bytes::{gfn_escape_ok, GFN_ESCAPE_SHIFT};
 use super::{
-    MfnSel, Op, Scenario, SetEntryOp, GFN_WINDOW, MAX_OPS, MFN_LITERAL_LIMIT, TABLE_LEVELS,
+    MfnSel, Op, Scenario, SetEntryOp, GFN_WINDOW, MAX_BATCH_SIZE, MAX_OPS, MFN_LITERAL_LIMIT,
+    TABLE_LEVELS,
 };
+use p2m_core::physmap::AddToPhysmapRange;
 
 /// First line of every trace [`to_trace`] writes.
 pub const TRACE_MAGIC: &str = "# p2m-fuzz trace v1";
@@ -101,18 +106,23 @@ pub fn parse_trace(text: &str) -> Result<Scenario, TraceError> {
                 let (c, allow) = parse_config(words).map_err(err)?;
                 config = Some((line, c, allow));
             }
-            "set_entry" => {
+            "set_entry" | "add_to_physmap_range" => {
                 if config.is_none() {
-                    return Err(err("set_entry before the config line".into()));
+                    return Err(err(format!("{head} before the config line")));
                 }
                 if ops.len() == MAX_OPS {
                     return Err(err(format!("more than {MAX_OPS} ops")));
                 }
-                ops.push(Op::SetEntry(parse_set_entry(words).map_err(err)?));
+                ops.push(if head == "set_entry" {
+                    Op::SetEntry(parse_set_entry(words).map_err(err)?)
+                } else {
+                    Op::AddToPhysmap(parse_batch(words).map_err(err)?)
+                });
             }
             other => {
                 return Err(err(format!(
-                    "unknown statement `{other}` (expected `config` or `set_entry`)"
+                    "unknown statement `{other}` (expected `config`, `set_entry` or \
+                     `add_to_physmap_range`)"
                 )))
             }
         }
@@ -313,6 +323,36 @@ fn parse_set_entry<'a>(words: impl Iterator<Item = &'a str>) -> Result<SetEntryO
     })
 }
 
+fn parse_batch<'a>(words: impl Iterator<Item = &'a str>) -> Result<AddToPhysmapRange, String> {
+    let (mut idx, mut gpfn, mut size) = (None, None, None);
+    for w in words {
+        let (k, v) = w
+            .split_once('=')
+            .ok_or_else(|| format!("unexpected word `{w}` (expected idx=, gpfn=, size=)"))?;
+        let window = |v: &str| {
+            parse_u64(v)
+                .filter(|&g| g < GFN_WINDOW)
+                .ok_or_else(|| format!("bad gfn `{v}` (below {GFN_WINDOW:#x})"))
+        };
+        match k {
+            "idx" => set_once(&mut idx, k, window(v)?)?,
+            "gpfn" => set_once(&mut gpfn, k, window(v)?)?,
+            "size" => {
+                let n = parse_u64(v)
+                    .filter(|&n| n <= u64::from(MAX_BATCH_SIZE))
+                    .ok_or_else(|| format!("bad size `{v}` (0..={MAX_BATCH_SIZE})"))?;
+                set_once(&mut size, k, n as u16)?;
+            }
+            _ => return Err(format!("unknown add_to_physmap_range key `{k}`")),
+        }
+    }
+    Ok(AddToPhysmapRange {
+        idx: idx.ok_or("add_to_physmap_range without `idx=`")?,
+        gpfn: gpfn.ok_or("add_to_physmap_range without `gpfn=`")?,
+        size: size.ok_or("add_to_physmap_range without `size=`")?,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::{decode, encode, is_canonical};
@@ -415,11 +455,15 @@ mod tests {
             .unwrap();
         assert_eq!(s.config.vendor, Vendor::Vtd);
         assert!(!s.config.iommu_hap_pt_share);
-        let Op::SetEntry(o) = s.ops[0];
+        let Op::SetEntry(o) = s.ops[0] else {
+            panic!("set_entry")
+        };
         assert_eq!(o.order, 4_000_000_000);
         assert!(!is_canonical(&s));
         // Saturates to order 63: still an invalid order.
-        let Op::SetEntry(o2) = decode(&encode(&s)).unwrap().ops[0];
+        let Op::SetEntry(o2) = decode(&encode(&s)).unwrap().ops[0] else {
+            panic!("set_entry")
+        };
         assert_eq!(o2.order, 63);
         assert_eq!(
             "config mode=ept\nset_entry gfn=1 mfn=2 order=0 ram_rw n"

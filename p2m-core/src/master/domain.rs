@@ -14,6 +14,7 @@ use crate::master::p2m::{p2m_set_entry, IommuCall, P2mCaps};
 use crate::master::p2m_ept::Ept;
 use crate::master::p2m_pt::P2mPt;
 use crate::master::revision::Switches;
+use crate::physmap::{AddToPhysmapRange, BatchOutcome};
 use crate::revision::{Revision, Switches as LineSwitches};
 use crate::stats::ModelStats;
 use crate::types::*;
@@ -32,6 +33,12 @@ pub struct P2mStats {
     pub need_modify_cleared: u64,
     /// IOMMU steps taken by `set_entry` (flush, map or unmap call).
     pub iommu_steps: u64,
+    /// Pages the `XENMAPSPACE_gmfn_range` batch moved.
+    pub physmap_pages_moved: u64,
+    /// Continuations of that batch (each one a point where the free queue drains).
+    pub physmap_continuations: u64,
+    /// Guest pages freed (`guest_remove_page`, the batch's `put_page`).
+    pub guest_pages_freed: u64,
 }
 
 /// Context passed down a `set_entry`: the parts of `struct domain` / `struct p2m_domain`
@@ -207,10 +214,7 @@ impl Domain {
     /// Runs one op: clears the log, runs `body` on the p2m, then — the hypercall has
     /// returned — drains the IOMMU's deferred-free queue (`free_queued_pgtables`) and
     /// moves the invalidations issued into the log.
-    fn op(
-        &mut self,
-        body: impl FnOnce(&mut P2m, &mut Cx) -> Result<(), P2mError>,
-    ) -> Result<(), P2mError> {
+    fn op<R>(&mut self, body: impl FnOnce(&mut P2m, &mut Cx) -> R) -> R {
         self.seq += 1;
         self.log.clear();
         self.calls.clear();
@@ -246,6 +250,12 @@ impl Domain {
             P2m::Ept(e) => e.set_entry(cx, gfn, mfn, order, p2mt, access),
             P2m::Pt(p) => p.set_entry(cx, gfn, mfn, order, p2mt, access),
         })
+    }
+
+    /// Models the hypercall `XENMEM_add_to_physmap` with `XENMAPSPACE_gmfn_range`
+    /// (`memory.c:960-1059`, [`crate::master::memory`]), continuations included.
+    pub fn add_to_physmap_range(&mut self, op: AddToPhysmapRange) -> BatchOutcome {
+        self.op(|p2m, cx| crate::master::memory::add_to_physmap_range(p2m, cx, op))
     }
 
     /// Models `p2m_set_entry()` (`p2m.c:422-452`, what every caller goes through): the
@@ -327,6 +337,9 @@ impl Domain {
             tables_freed: self.mem.free_count(),
             need_modify_cleared: self.stats.need_modify_cleared,
             iommu_steps: self.stats.iommu_steps,
+            physmap_pages_moved: self.stats.physmap_pages_moved,
+            physmap_continuations: self.stats.physmap_continuations,
+            guest_pages_freed: self.stats.guest_pages_freed,
             records_created: self.iommu.caches.created,
             ..ModelStats::default()
         };

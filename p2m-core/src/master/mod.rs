@@ -8,14 +8,17 @@
 //! [`x86_iommu`] is `drivers/passthrough/x86/iommu.c` (table allocation and the deferred
 //! free queue), [`vtd_iommu`] is `drivers/passthrough/vtd/iommu.c`, [`amd_iommu_map`] is
 //! `drivers/passthrough/amd/iommu_map.c` (with `amd_iommu_flush_iotlb_pages`),
-//! [`pt_contig_markers`] is `asm/pt-contig-markers.h` and [`memory`] is
-//! `xen/common/memory.c` (the `XENMAPSPACE_gmfn_range` batch).
+//! [`pt_contig_markers`] is `asm/pt-contig-markers.h`, [`memory`] is
+//! `xen/common/memory.c` (the `XENMAPSPACE_gmfn_range` batch, `guest_remove_page`) and
+//! [`p2m_physmap`] the physmap half of `p2m.c` the batch calls.
 
 pub mod amd_iommu_map;
 pub mod domain;
 pub mod iommu;
+pub mod memory;
 pub mod p2m;
 pub mod p2m_ept;
+pub mod p2m_physmap;
 pub mod p2m_pt;
 pub mod pt_contig_markers;
 pub mod revision;

@@ -847,6 +847,7 @@ mod tests {
             .iter()
             .map(|f| match f.what {
                 crate::events::Freed::Table { level, .. } => level,
+                crate::events::Freed::GuestPage { .. } => 0,
             })
             .collect();
         assert_eq!(levels, [1, 2]);

@@ -3,6 +3,7 @@
 use crate::cache::CacheRecord;
 use crate::events::OpLog;
 use crate::frames::MachineMemory;
+use crate::physmap::{AddToPhysmapRange, BatchOutcome};
 use crate::revision::{Revision, Switches as LineSwitches};
 use crate::stats::ModelStats;
 use crate::types::*;
@@ -24,6 +25,10 @@ pub struct P2mStats {
     pub need_modify_cleared: u64,
     /// IOMMU steps taken (map/unmap loop or shared flush decision).
     pub iommu_steps: u64,
+    /// Pages the `XENMAPSPACE_gmfn_range` batch moved.
+    pub physmap_pages_moved: u64,
+    /// Guest pages freed (`guest_remove_page`, the batch's `put_page`).
+    pub guest_pages_freed: u64,
 }
 
 /// Context passed down a `set_entry`.
@@ -42,22 +47,25 @@ pub struct Cx<'a> {
     pub stats: &'a mut P2mStats,
     /// What this op records for the oracle.
     pub log: &'a mut OpLog,
+    /// `domain_crash()` was called (and why).
+    pub crashed: &'a mut Option<&'static str>,
 }
 
 impl Cx<'_> {
     /// The `(gfn, order)` the shared-table flush of an op on `(gfn, order)` covers:
     /// the op's own range in Xen; with `flush_covers_split_superpage`, the largest
-    /// superpage the op split, if any.
+    /// superpage the op split around it, if any.
     pub fn shared_flush_scope(&self, gfn: u64, order: u32) -> (u64, u32) {
-        match self.split_to_flush() {
+        match self.split_to_flush(gfn) {
             Some(r) if r.len() > 1u64 << order => (r.start, r.len().trailing_zeros()),
             _ => (gfn, order),
         }
     }
 
-    /// With `flush_covers_split_superpage`: the largest superpage this op split (its
-    /// IOTLB entry must go even when the op leaves the device view unchanged).
-    pub fn split_to_flush(&self) -> Option<GfnRange> {
+    /// With `flush_covers_split_superpage`: the largest superpage holding `gfn` that this
+    /// op split (its IOTLB entry must go even when the op leaves the device view
+    /// unchanged). A batch's earlier splits elsewhere do not count.
+    pub fn split_to_flush(&self, gfn: u64) -> Option<GfnRange> {
         if !self.sw.flush_covers_split_superpage {
             return None;
         }
@@ -65,6 +73,7 @@ impl Cx<'_> {
             .splits
             .iter()
             .map(|s| s.range)
+            .filter(|r| r.contains(gfn))
             .max_by_key(|r| r.len())
     }
 }
@@ -76,6 +85,32 @@ pub enum P2m {
     Ept(Ept),
     /// `p2m-pt.c` (NPT or shadow).
     Pt(P2mPt),
+}
+
+impl P2m {
+    /// `p2m->set_entry()`.
+    pub fn set_entry(
+        &mut self,
+        cx: &mut Cx,
+        gfn: u64,
+        mfn: Mfn,
+        order: u32,
+        p2mt: P2mType,
+        access: P2mAccess,
+    ) -> Result<(), P2mError> {
+        match self {
+            P2m::Ept(e) => e.set_entry(cx, gfn, mfn, order, p2mt, access),
+            P2m::Pt(p) => p.set_entry(cx, gfn, mfn, order, p2mt, access),
+        }
+    }
+
+    /// `p2m->get_entry()` (query only).
+    pub fn get_entry(&self, gfn: u64) -> Option<P2mEntry> {
+        match self {
+            P2m::Ept(e) => e.get_entry(gfn),
+            P2m::Pt(p) => p.get_entry(gfn),
+        }
+    }
 }
 
 /// One domain: configuration, revision, machine memory, p2m and IOMMU.
@@ -97,6 +132,8 @@ pub struct Domain {
     pub stats: P2mStats,
     /// What the last op recorded for the oracle.
     pub log: OpLog,
+    /// `domain_crash()` was called (and why): the domain runs no further op.
+    pub crashed: Option<&'static str>,
     seq: u64,
 }
 
@@ -123,6 +160,7 @@ impl Domain {
             iommu,
             stats: P2mStats::default(),
             log: OpLog::default(),
+            crashed: None,
             seq: 0,
         }
     }
@@ -132,15 +170,9 @@ impl Domain {
         self.seq + 1
     }
 
-    /// Models `p2m->set_entry()` on the host p2m.
-    pub fn set_entry(
-        &mut self,
-        gfn: u64,
-        mfn: Mfn,
-        order: u32,
-        p2mt: P2mType,
-        access: P2mAccess,
-    ) -> Result<(), P2mError> {
+    /// Runs one op: clears the log, runs `body` on the p2m, then moves the invalidations
+    /// issued and the IOMMU ranges touched into the log.
+    fn op<R>(&mut self, body: impl FnOnce(&mut P2m, &mut Cx) -> R) -> R {
         self.seq += 1;
         self.iommu.touched.clear();
         self.log.clear();
@@ -153,14 +185,30 @@ impl Domain {
             seq: self.seq,
             stats: &mut self.stats,
             log: &mut self.log,
+            crashed: &mut self.crashed,
         };
-        let rc = match &mut self.p2m {
-            P2m::Ept(e) => e.set_entry(&mut cx, gfn, mfn, order, p2mt, access),
-            P2m::Pt(p) => p.set_entry(&mut cx, gfn, mfn, order, p2mt, access),
-        };
+        let rc = body(&mut self.p2m, &mut cx);
         self.iommu.caches.take_issued(&mut self.log.invalidations);
         self.log.changed.extend_from_slice(&self.iommu.touched);
         rc
+    }
+
+    /// Models `p2m->set_entry()` on the host p2m.
+    pub fn set_entry(
+        &mut self,
+        gfn: u64,
+        mfn: Mfn,
+        order: u32,
+        p2mt: P2mType,
+        access: P2mAccess,
+    ) -> Result<(), P2mError> {
+        self.op(|p2m, cx| p2m.set_entry(cx, gfn, mfn, order, p2mt, access))
+    }
+
+    /// Models the hypercall `XENMEM_add_to_physmap` with `XENMAPSPACE_gmfn_range`
+    /// ([`crate::xen46::memory`]).
+    pub fn add_to_physmap_range(&mut self, op: AddToPhysmapRange) -> BatchOutcome {
+        self.op(|p2m, cx| crate::xen46::memory::add_to_physmap_range(p2m, cx, op))
     }
 
     /// Writes everything that can influence a later op or oracle check (tables, machine
@@ -178,6 +226,8 @@ impl Domain {
             tables_freed: self.mem.free_count(),
             need_modify_cleared: self.stats.need_modify_cleared,
             iommu_steps: self.stats.iommu_steps,
+            physmap_pages_moved: self.stats.physmap_pages_moved,
+            guest_pages_freed: self.stats.guest_pages_freed,
             vtd_psi: io.vtd_psi,
             vtd_psi_skipped: io.vtd_psi_skipped,
             vtd_dsi: io.vtd_dsi,

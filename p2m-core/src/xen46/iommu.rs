@@ -44,6 +44,10 @@ pub struct Iommu {
     /// range: the spans of AMD entries merged (`iommu_merge_pages`) or split
     /// (`iommu_pde_from_gfn`). Cleared at the start of each `set_entry`.
     pub touched: Vec<GfnRange>,
+    /// `this_cpu(iommu_dont_flush_iotlb)`: set by the `XENMAPSPACE_gmfn_range` batch;
+    /// only VT-d's `intel_iommu_map_page` / `dma_pte_clear_one` honour it
+    /// (`vtd/iommu.c:642,1744`).
+    pub dont_flush: bool,
 }
 
 impl Iommu {
@@ -55,6 +59,7 @@ impl Iommu {
             caches: IommuCaches::new(hw),
             stats: IommuStats::default(),
             touched: Vec::new(),
+            dont_flush: false,
         }
     }
 
@@ -81,6 +86,21 @@ impl Iommu {
             Invalidation::AmdAllPages => self.stats.amd_all += 1,
         }
         self.caches.invalidate_each_page(range, per_page);
+    }
+
+    /// Models `iommu_iotlb_flush(d, gfn, page_count)` (`iommu.c:269-277`): VT-d's
+    /// `intel_iommu_iotlb_flush` is a domain-selective flush for more than one page, else
+    /// a page-selective one (`vtd/iommu.c:561-605`); AMD has no `->iotlb_flush` in 4.6.
+    pub fn iommu_iotlb_flush(&mut self, gfn: u64, page_count: u64) {
+        match self.vendor {
+            Vendor::Vtd if page_count > 1 => self.invalidate(Invalidation::VtdDsi),
+            Vendor::Vtd => self.invalidate(Invalidation::VtdPsi {
+                gfn,
+                order: 0,
+                ih: false,
+            }),
+            Vendor::Amd => {}
+        }
     }
 
     /// Models `iommu_pte_flush()` (VT-d with EPT shared): a page-selective flush of

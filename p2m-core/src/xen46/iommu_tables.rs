@@ -381,7 +381,13 @@ impl SeparateTables {
             }
         }
         iommu.stats.vtd_psi_skipped += plan.skipped;
-        for &r in &plan.flush {
+        // intel_iommu_map_page: no flush under iommu_dont_flush_iotlb.
+        let flushes = if iommu.dont_flush && self.vendor() == Vendor::Vtd {
+            &[][..]
+        } else {
+            &plan.flush[..]
+        };
+        for &r in flushes {
             let per_page = match self.vendor() {
                 Vendor::Vtd => Invalidation::VtdPsi {
                     gfn: r.start,
@@ -767,8 +773,9 @@ impl SeparateTables {
                 },
                 seq,
             );
-            if vendor == Vendor::Vtd {
-                // dma_pte_clear_one: flush only pages that were present.
+            if vendor == Vendor::Vtd && !iommu.dont_flush {
+                // dma_pte_clear_one: flush only pages that were present (and not
+                // under iommu_dont_flush_iotlb).
                 iommu.invalidate_each_page(
                     range,
                     Invalidation::VtdPsi {

@@ -5,11 +5,13 @@
 //! Files follow Xen's: [`p2m_ept`] is `xen/arch/x86/mm/p2m-ept.c`, [`p2m_pt`] is
 //! `p2m-pt.c`, [`iommu`] holds the flush entry points of `drivers/passthrough/` and
 //! [`iommu_tables`] the separate VT-d (`vtd/iommu.c`) and AMD-Vi (`amd/iommu_map.c`)
-//! tables; [`policy`] is `p2m_get_iommu_flags` (`asm-x86/p2m.h`).
+//! tables; [`policy`] is `p2m_get_iommu_flags` (`asm-x86/p2m.h`); [`memory`] is the
+//! `XENMAPSPACE_gmfn_range` batch (`common/memory.c`, `arch/x86/mm.c`).
 
 pub mod domain;
 pub mod iommu;
 pub mod iommu_tables;
+pub mod memory;
 pub mod p2m_ept;
 pub mod p2m_pt;
 pub mod policy;

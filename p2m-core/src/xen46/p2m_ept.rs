@@ -412,7 +412,7 @@ impl Ept {
         }
 
         let shared = cx.cfg.iommu_hap_pt_share;
-        if shared && (need_modify_vtd_table || cx.split_to_flush().is_some()) {
+        if shared && (need_modify_vtd_table || cx.split_to_flush(gfn).is_some()) {
             cx.stats.iommu_steps += 1;
             let (fg, fo) = cx.shared_flush_scope(gfn, order);
             cx.iommu.iommu_pte_flush(fg, fo, vtd_pte_present);

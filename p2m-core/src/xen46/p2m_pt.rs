@@ -463,7 +463,7 @@ impl P2mPt {
             PtIommuConditions::Pre => true,
             _ => old.iommu_flags != new_flags || old.mfn != mfn.0,
         };
-        let split_flush = shared && cx.split_to_flush().is_some();
+        let split_flush = shared && cx.split_to_flush(gfn).is_some();
         if run_step || split_flush {
             cx.stats.iommu_steps += 1;
             if shared {

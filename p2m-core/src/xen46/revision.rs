@@ -91,6 +91,17 @@ pub struct Switches {
     /// while separate IOMMU tables keep mapping them. Fixed: split it like a present
     /// superpage.
     pub ept_split_nonpresent_superpage: bool,
+    /// XSA-346, dea460d869 (2020) "IOMMU: suppress "iommu_dont_flush_iotlb" when about
+    /// to free a page", backported: the batch's `guest_remove_page` of a populated
+    /// destination flushes before the page is freed. 4.6 removes it under
+    /// `iommu_dont_flush_iotlb` (VT-d skips the flush) and frees it at once.
+    pub guest_remove_page_flushes: bool,
+    /// Master's `!mfn_eq(mfn, prev_mfn)` test (`p2m.c:2083`): the batch removes a
+    /// populated destination only when it holds *another* page. 4.6 calls
+    /// `guest_remove_page` on it whatever it holds, so moving a page onto itself
+    /// (`idx == gpfn`) drops its allocation reference and the final `put_page` frees
+    /// it while it is mapped again at `gpfn`.
+    pub add_to_physmap_keeps_same_page: bool,
     /// Planted, not Xen (measures the oracle's free-event check): `ept_set_entry`
     /// frees the replaced subtree (`ept_free_entry`) *before* the IOMMU step, so with
     /// shared tables a paging-structure record of the old entry still points at it.
@@ -122,6 +133,8 @@ const PRE: Switches = Switches {
     amd_suppress_pte_merging: false,
     flush_covers_split_superpage: false,
     ept_split_nonpresent_superpage: false,
+    guest_remove_page_flushes: false,
+    add_to_physmap_keeps_same_page: false,
     planted_free_before_flush: false,
     planted_split_wrong_frame: false,
     planted_leak_replaced_subtree: false,
@@ -146,6 +159,8 @@ const FIXED: Switches = Switches {
     amd_suppress_pte_merging: true,
     flush_covers_split_superpage: true,
     ept_split_nonpresent_superpage: true,
+    guest_remove_page_flushes: true,
+    add_to_physmap_keeps_same_page: true,
     ..COMMITTED
 };
 

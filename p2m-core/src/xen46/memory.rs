@@ -1,0 +1,195 @@
+//! The `XENMAPSPACE_gmfn_range` batch of Xen 4.6 (`edb9531263`): `xenmem_add_to_physmap`
+//! (`common/memory.c:582-641`), `guest_remove_page` (`common/memory.c:188-267`), and the
+//! x86 pieces it calls — `xenmem_add_to_physmap_one` (`arch/x86/mm.c:4633-4730`),
+//! `p2m_remove_page` (`arch/x86/mm/p2m.c:600-632`), `guest_physmap_add_entry`
+//! (`p2m.c:646-800`). The M2P is not kept: see [`crate::physmap`].
+//!
+//! 4.6 processes pages forwards only, with no page limit per call (so, with no
+//! preemption, one call does the whole batch), sets `iommu_dont_flush_iotlb` (which only
+//! VT-d's separate-table map and unmap honour) and flushes both ranges at the end
+//! (`iommu_iotlb_flush`: a VT-d domain flush for more than one page, nothing on AMD).
+
+use crate::physmap::{
+    domain_page, mfn_valid, AddToPhysmapRange, BatchOutcome, PageRefs, PhysmapError,
+};
+use crate::types::{GfnRange, Mfn, P2mAccess, P2mType, INVALID_MFN};
+use crate::walk::IoTables;
+use crate::xen46::domain::{Cx, P2m};
+
+/// `p2m_is_paging()` of 4.6 (`asm-x86/p2m.h`).
+fn p2m_is_paging(t: P2mType) -> bool {
+    matches!(
+        t,
+        P2mType::RamPagingOut | P2mType::RamPaged | P2mType::RamPagingIn
+    )
+}
+
+/// `get_gfn_query()`: `(mfn, type)`, `(INVALID_MFN, p2m_mmio_dm)` where nothing is mapped.
+fn get_gfn_query(p2m: &P2m, gfn: u64) -> (Mfn, P2mType) {
+    p2m.get_entry(gfn)
+        .map_or((INVALID_MFN, P2mType::MmioDm), |e| (e.mfn, e.p2mt))
+}
+
+/// `p2m_set_entry(p2m, gfn, mfn, PAGE_ORDER_4K, t, p2m->default_access)`.
+fn set_4k(p2m: &mut P2m, cx: &mut Cx, gfn: u64, mfn: Mfn, t: P2mType) -> Result<(), PhysmapError> {
+    cx.log.changed(GfnRange::of_order(gfn, 0));
+    p2m.set_entry(cx, gfn, mfn, 0, t, P2mAccess::Rwx)
+        .map_err(PhysmapError::P2m)
+}
+
+/// The structure the IOMMU walks: the p2m when `iommu_use_hap_pt(d)`, else its own.
+fn io_tables<'a>(p2m: &'a P2m, cx: &'a Cx) -> &'a dyn IoTables {
+    if cx.cfg.iommu_use_hap_pt() {
+        match p2m {
+            P2m::Ept(e) => e,
+            P2m::Pt(p) => p,
+        }
+    } else {
+        &cx.iommu.separate
+    }
+}
+
+/// Frees a guest page the batch let go of, recording what could still reach it.
+fn free_guest_page(p2m: &P2m, cx: &mut Cx, look: &[GfnRange], (mfn, gfn): (u64, u64)) {
+    cx.stats.guest_pages_freed += 1;
+    let mut log = std::mem::take(cx.log);
+    let io = io_tables(p2m, cx);
+    log.free_guest_page(cx.mem, io, cx.iommu.caches.records(), mfn, gfn, look);
+    *cx.log = log;
+}
+
+/// `put_page(page)`, freeing the page if that was its last reference.
+fn put_page(p2m: &P2m, cx: &mut Cx, refs: &mut PageRefs, mfn: u64, gfn: u64) {
+    if let Some(freed) = refs.put(mfn, gfn) {
+        free_guest_page(p2m, cx, &refs.look, freed);
+    }
+}
+
+/// `test_and_clear_bit(_PGC_allocated)` then `put_page`: drops the allocation reference.
+fn put_alloc_ref(p2m: &P2m, cx: &mut Cx, refs: &mut PageRefs, mfn: u64, gfn: u64) {
+    if let Some(freed) = refs.put_alloc_ref(mfn, gfn) {
+        free_guest_page(p2m, cx, &refs.look, freed);
+    }
+}
+
+/// `guest_physmap_remove_page(d, gfn, mfn, 0)` → `p2m_remove_page` (`p2m.c:600-632`):
+/// no check beyond an `ASSERT`, an empty entry with the default access.
+fn guest_physmap_remove_page(p2m: &mut P2m, cx: &mut Cx, gfn: u64) -> Result<(), PhysmapError> {
+    set_4k(p2m, cx, gfn, INVALID_MFN, P2mType::Invalid)
+}
+
+/// `guest_physmap_add_entry(d, gfn, mfn, 0, p2m_ram_rw)` (`p2m.c:646-800`): a shared
+/// entry cannot be unshared (`-ENOMEM`); a grant or foreign entry crashes the domain
+/// (`-EINVAL`); else the entry is written.
+fn guest_physmap_add_page(
+    p2m: &mut P2m,
+    cx: &mut Cx,
+    gfn: u64,
+    mfn: Mfn,
+) -> Result<(), PhysmapError> {
+    let (_, ot) = get_gfn_query(p2m, gfn);
+    if ot == P2mType::RamShared {
+        return Err(PhysmapError::NoMem);
+    }
+    if crate::physmap::foreign_owned(ot) {
+        cx.crashed
+            .get_or_insert("guest_physmap_add_entry over a grant/foreign entry");
+        return Err(PhysmapError::Inval);
+    }
+    if mfn_valid(mfn) {
+        set_4k(p2m, cx, gfn, mfn, P2mType::RamRw)
+    } else {
+        set_4k(p2m, cx, gfn, INVALID_MFN, P2mType::Invalid)
+    }
+}
+
+/// `guest_remove_page(d, gmfn)` of 4.6 (`memory.c:188-267`; its result is ignored by
+/// the batch): paging entries are removed (a `paging_out` page freed), `mmio_direct`
+/// cleared (`clear_mmio_p2m_entry`); a frame that is not RAM, a shared page (not
+/// unshared here) or a page it cannot reference is left alone; else the allocation
+/// reference goes and the entry is removed — under `iommu_dont_flush_iotlb` unless
+/// `guest_remove_page_flushes`.
+fn guest_remove_page(p2m: &mut P2m, cx: &mut Cx, refs: &mut PageRefs, gmfn: u64) {
+    let (mfn, p2mt) = get_gfn_query(p2m, gmfn);
+    if p2m_is_paging(p2mt) {
+        let _ = guest_physmap_remove_page(p2m, cx, gmfn);
+        if p2mt == P2mType::RamPagingOut && domain_page(cx.mem, cx.log, mfn, p2mt) {
+            put_alloc_ref(p2m, cx, refs, mfn.0, gmfn);
+        }
+        return;
+    }
+    if p2mt == P2mType::MmioDirect {
+        let _ = guest_physmap_remove_page(p2m, cx, gmfn);
+        return;
+    }
+    if !mfn_valid(mfn) || p2mt == P2mType::RamShared || !domain_page(cx.mem, cx.log, mfn, p2mt) {
+        return;
+    }
+    refs.get(mfn.0);
+    put_alloc_ref(p2m, cx, refs, mfn.0, gmfn);
+    let dont_flush = cx.iommu.dont_flush;
+    if cx.sw.guest_remove_page_flushes {
+        cx.iommu.dont_flush = false;
+    }
+    let _ = guest_physmap_remove_page(p2m, cx, gmfn);
+    cx.iommu.dont_flush = dont_flush;
+    put_page(p2m, cx, refs, mfn.0, gmfn);
+}
+
+/// `xenmem_add_to_physmap_one(d, XENMAPSPACE_gmfn_range, ..., idx, gpfn)` of 4.6
+/// (`mm.c:4633-4730`): the source must be a page of the domain (any type; frame 0 is
+/// refused too); whatever valid frame the destination maps is handed to
+/// `guest_remove_page` (with `add_to_physmap_keeps_same_page`, only another page); the
+/// source entry is removed, the page added at `gpfn`, and the reference dropped.
+fn xenmem_add_to_physmap_one(
+    p2m: &mut P2m,
+    cx: &mut Cx,
+    refs: &mut PageRefs,
+    idx: u64,
+    gpfn: u64,
+) -> Result<(), PhysmapError> {
+    let (mfn, p2mt) = get_gfn_query(p2m, idx);
+    if p2mt == P2mType::RamShared {
+        return Err(PhysmapError::NoMem);
+    }
+    if !domain_page(cx.mem, cx.log, mfn, p2mt) || mfn.0 == 0 {
+        return Err(PhysmapError::Inval);
+    }
+    refs.get(mfn.0);
+    let (prev_mfn, _) = get_gfn_query(p2m, gpfn);
+    let mut m2p_cleared = false;
+    if mfn_valid(prev_mfn) && !(cx.sw.add_to_physmap_keeps_same_page && prev_mfn == mfn) {
+        guest_remove_page(p2m, cx, refs, gpfn);
+        // guest_remove_page of the moving page itself clears its M2P entry.
+        m2p_cleared = prev_mfn == mfn && get_gfn_query(p2m, gpfn).0 != mfn;
+    }
+    if !m2p_cleared {
+        let _ = guest_physmap_remove_page(p2m, cx, idx);
+    }
+    let rc = guest_physmap_add_page(p2m, cx, gpfn, mfn);
+    put_page(p2m, cx, refs, mfn.0, gpfn);
+    rc
+}
+
+/// The hypercall `XENMEM_add_to_physmap` with `XENMAPSPACE_gmfn_range` on 4.6
+/// (`memory.c:582-641`): every page forwards under `iommu_dont_flush_iotlb`, stopping at
+/// the first error, then `iommu_iotlb_flush` of the old and of the new gfns.
+pub fn add_to_physmap_range(p2m: &mut P2m, cx: &mut Cx, op: AddToPhysmapRange) -> BatchOutcome {
+    let mut refs = PageRefs::new(op.ranges());
+    cx.iommu.dont_flush = true;
+    let mut done = 0;
+    let mut rc = Ok(());
+    while done < op.size as u64 {
+        let (idx, gpfn) = op.page(false, done);
+        if let Err(e) = xenmem_add_to_physmap_one(p2m, cx, &mut refs, idx, gpfn) {
+            rc = Err(e);
+            break;
+        }
+        cx.stats.physmap_pages_moved += 1;
+        done += 1;
+    }
+    cx.iommu.dont_flush = false;
+    cx.iommu.iommu_iotlb_flush(op.idx, done);
+    cx.iommu.iommu_iotlb_flush(op.gpfn, done);
+    BatchOutcome { done, rc }
+}
