@@ -51,7 +51,7 @@ pub fn blame(s: &Scenario, rev: Revision) -> Option<Blame> {
 /// [`blame`], with every divergence class fatal when `strict`.
 pub fn blame_with(s: &Scenario, rev: Revision, strict: bool) -> Option<Blame> {
     let class = run_with(s, rev, strict).divergence?.class();
-    let reference = Revision::reference(rev.line()).switches;
+    let reference = Revision::fixed_for(rev.line()).switches;
     let clean_with = |names: &[&str]| {
         let mut sw = rev.switches;
         for n in names {

@@ -8,7 +8,10 @@
 //! tree (4.6 at edb9531263, master at c447b7308b); each names its source.
 
 use crate::scenario::{MfnSel, Op};
-use p2m_core::{Config, Line, Mfn, Mode, P2mAccess, P2mType, INVALID_MFN, MMIO_RO_FRAMES};
+use p2m_core::{
+    Config, GfnRange, Line, Mfn, Mode, P2mAccess, P2mType, INVALID_MFN, MMIO_RO_FRAMES,
+};
+use reference_model::RefModel;
 
 /// Why a finding would not be a security issue on a real host.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -87,6 +90,18 @@ pub fn unreachable_reason(
             "only mmio_direct (set_mmio_p2m_entry) maps frames beyond the RAM (not mfn_valid)",
         );
     }
+    if e.order > 0 && mfn != INVALID_MFN && matches!(e.p2mt, MmioDm | RamBroken) {
+        return Some(
+            "only p2m_change_type_one gives mmio_dm or ram_broken an entry with a frame, \
+             4 KiB at a time (XEN_DMOP_set_mem_type, the MCE handler)",
+        );
+    }
+    if e.order > 0 && matches!(e.p2mt, GrantMapRw | GrantMapRo) {
+        return Some(
+            "grant mappings are set 4 KiB at a time (create_grant_p2m_mapping, \
+             guest_physmap_add_entry with PAGE_ORDER_4K)",
+        );
+    }
     if e.order > 0 && matches!(e.p2mt, MapForeign | MmioWriteDm) {
         return Some(
             "foreign and ioreq-server entries are set 4 KiB at a time (p2m_entry_modify \
@@ -139,6 +154,46 @@ pub fn unreachable_reason(
         );
     }
     None
+}
+
+/// Types whose entries map the domain's own RAM.
+fn maps_own_ram(t: P2mType) -> bool {
+    use P2mType::*;
+    matches!(
+        t,
+        RamRw | RamLogdirty | RamRo | RamShared | RamPagingOut | RamBroken | MmioWriteDm
+    )
+}
+
+/// Why `op` cannot come from a caller given what `refm` maps now: a RAM entry for frames
+/// the domain already maps as RAM at other gfns (Xen keeps one gfn per page: the M2P, and
+/// `guest_physmap_add_entry` / `p2m_add_page` remove the old alias). Costs the stored
+/// extents (a scenario holds a few dozen).
+pub fn alias_reason(refm: &RefModel, op: &Op, mfn: Mfn) -> Option<&'static str> {
+    let Op::SetEntry(e) = op else { return None };
+    if !maps_own_ram(e.p2mt) || mfn == INVALID_MFN || !mfn.is_valid() || e.order > 18 {
+        return None;
+    }
+    let frames = GfnRange::of_order(mfn.0, e.order);
+    let own = GfnRange::of_order(e.gfn, e.order);
+    refm.extents().find_map(|(start, ext)| {
+        if !maps_own_ram(ext.p2mt) || ext.mfn == INVALID_MFN {
+            return None;
+        }
+        let mapped = GfnRange {
+            start: ext.mfn.0,
+            end: ext.mfn.0.saturating_add(ext.len),
+        };
+        let both = mapped.intersect(&frames)?;
+        let gfns = GfnRange {
+            start: start + (both.start - ext.mfn.0),
+            end: start + (both.end - ext.mfn.0),
+        };
+        (gfns.intersect(&own) != Some(gfns)).then_some(
+            "a RAM page mapped at two gfns at once: Xen keeps one gfn per page (M2P; \
+             guest_physmap_add_entry / p2m_add_page remove the old alias)",
+        )
+    })
 }
 
 #[cfg(test)]

@@ -350,7 +350,11 @@ impl Session {
                 .mem()
                 .info(mfn.0)
                 .is_some_and(|i| i.state != p2m_core::frames::FrameState::Free);
-            if let Some(v) = crate::reach::verdict(self.dom.line(), &self.cfg, op, mfn, table) {
+            let v =
+                crate::reach::verdict(self.dom.line(), &self.cfg, op, mfn, table).or_else(|| {
+                    crate::reach::alias_reason(&self.refm, op, mfn).map(Unreachable::InternalApi)
+                });
+            if let Some(v) = v {
                 self.unreachable = Some((self.steps.len(), v));
             }
         }
@@ -425,6 +429,22 @@ impl Session {
                 finding = finding.or(Some(n));
             } else {
                 self.note(n);
+            }
+        }
+        // A crashed domain runs no more; what its devices keep reaching of its own memory
+        // ends with it. Frees still count: the frame goes to someone else.
+        if let Some(why) = self.dom.crashed() {
+            if finding.as_ref().is_some_and(|f| {
+                !matches!(
+                    f.class,
+                    DivergenceClass::FreedFrameReachable | DivergenceClass::BadFree
+                )
+            }) {
+                let mut f = finding.take().expect("checked");
+                f.context.push(format!(
+                    "the op crashed the domain ({why}): reported as a note"
+                ));
+                self.note(f);
             }
         }
         StepOutcome {

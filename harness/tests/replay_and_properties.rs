@@ -19,7 +19,8 @@ fn header<'a>(text: &'a str, key: &str) -> Option<&'a str> {
 
 /// Every regression trace shows its recorded class under its directory's revision, is
 /// clean once its recorded root-cause switches take their `fixed` values, and is clean
-/// under `fixed`.
+/// under its line's fixed revision (`fixed`, `master-fixed`). An optional
+/// `# reachable: yes|no` header is checked against the report's reachability verdict.
 #[test]
 fn regressions_replay_with_expected_verdicts() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../corpus/regressions");
@@ -57,11 +58,23 @@ fn regressions_replay_with_expected_verdicts() {
                 "{}: still diverges with {causes:?} fixed",
                 f.display()
             );
+            let fixed = Revision::fixed_for(rev.line());
             assert!(
-                run_with(&s, Revision::fixed(), true).divergence.is_none(),
-                "{} should be clean under fixed",
-                f.display()
+                run_with(&s, fixed, true).divergence.is_none(),
+                "{} should be clean under {}",
+                f.display(),
+                fixed.name
             );
+            if let Some(r) = header(&text, "reachable") {
+                let d = run_with(&s, rev, strict).divergence.expect("diverges");
+                assert_eq!(
+                    d.is_reachable(),
+                    r == "yes",
+                    "{}: reachability {}",
+                    f.display(),
+                    d.reachability
+                );
+            }
             n += 1;
         }
     }

@@ -400,10 +400,20 @@ impl HwSemantics {
         superpage_survives_partial_inval: false,
         ..HwSemantics::CONSERVATIVE
     };
+    /// Every open question answered the way a device reaches the least: any
+    /// invalidation that hits a cached entry drops it, and AMD's PDE=0 invalidations drop
+    /// page-directory cache entries too. A finding that vanishes here depends on the
+    /// hardware reading (the report says which).
+    pub const OPTIMISTIC: HwSemantics = HwSemantics {
+        superpage_survives_partial_inval: false,
+        amd_pde0_keeps_pdc: false,
+        ..HwSemantics::CONSERVATIVE
+    };
     /// Named presets, for `hw=NAME` in config lines and `P2M_HW`.
     pub const PRESETS: &'static [(&'static str, HwSemantics)] = &[
         ("conservative", HwSemantics::CONSERVATIVE),
         ("drop-on-hit", HwSemantics::DROP_ON_HIT),
+        ("optimistic", HwSemantics::OPTIMISTIC),
     ];
     /// The preset `name`, if any.
     pub fn preset(name: &str) -> Option<HwSemantics> {

@@ -24,7 +24,7 @@
 //! unsharing fails. The M2P is taken to name the source gfn.
 
 use p2m_core::physmap::{AddToPhysmapRange, BatchOutcome, PhysmapError};
-use p2m_core::{Mfn, P2mAccess, P2mType, INVALID_MFN, MAX_PAGE};
+use p2m_core::{Mfn, Mode, P2mAccess, P2mType, INVALID_MFN, MAX_PAGE};
 
 use crate::model::RefModel;
 use crate::permissions::IommuPolicy;
@@ -63,16 +63,18 @@ fn hole(t: P2mType) -> bool {
 
 impl RefModel {
     /// The entry at `gfn` as the batch reads it (`get_gfn_query`): the frame of a PoD
-    /// entry is never real; on master, `p2m_pt_get_entry` (and `ept_get_entry` for a
-    /// superpage) reports nothing for the types that are not present in the tables —
-    /// `mmio_dm`, the paging types, `ram_broken` — so the batch sees a hole there.
+    /// entry is never real; on master, `p2m_pt_get_entry` reports nothing for the types
+    /// that are not present in its tables — `mmio_dm`, the paging types, `ram_broken` — so
+    /// the batch sees a hole there (`ept_get_entry` reads them at 4 KiB, where callers
+    /// create them).
     fn batch_read(&self, gfn: u64) -> (Mfn, P2mType) {
         use P2mType::*;
         let (m, t, _) = self.get_entry(gfn);
+        let pt = self.config().mode != Mode::Ept;
         match t {
             PopulateOnDemand => (INVALID_MFN, t),
             MmioDm | RamPagingOut | RamPaged | RamPagingIn | RamBroken
-                if self.policy() == IommuPolicy::Master =>
+                if self.policy() == IommuPolicy::Master && pt =>
             {
                 (INVALID_MFN, MmioDm)
             }

@@ -207,6 +207,9 @@ pub struct Iommu {
     counters: IommuCounters,
     /// Model runs of 4 KiB calls in one table as one step (see the module comment).
     range_fast_path: bool,
+    /// Flush flags the legacy wrappers dropped under `dont_flush` (no Xen counterpart;
+    /// read only by the proposed fix `batch_flush_keeps_deferred_flags`).
+    dropped: FlushFlags,
 }
 
 impl Iommu {
@@ -246,6 +249,7 @@ impl Iommu {
             queue: Vec::new(),
             counters: IommuCounters::default(),
             range_fast_path: true,
+            dropped: FlushFlags::default(),
         }
     }
 
@@ -502,6 +506,7 @@ impl Iommu {
         if !self.dont_flush && rc.is_ok() {
             return self.iommu_iotlb_flush(cx, dfn, page_count, ff);
         }
+        self.note_dropped(ff);
         rc
     }
 
@@ -554,7 +559,23 @@ impl Iommu {
         if !self.dont_flush && rc.is_ok() {
             return self.iommu_iotlb_flush(cx, dfn, page_count, ff);
         }
+        self.note_dropped(ff);
         rc
+    }
+
+    /// Remembers flush flags a legacy wrapper dropped under `iommu_dont_flush_iotlb` (read
+    /// only by the proposed fix `batch_flush_keeps_deferred_flags`; Xen forgets them).
+    fn note_dropped(&mut self, ff: FlushFlags) {
+        if self.dont_flush {
+            self.dropped.added |= ff.added;
+            self.dropped.modified |= ff.modified;
+            self.dropped.all |= ff.all;
+        }
+    }
+
+    /// Takes the flags dropped under `dont_flush` since the last call.
+    pub fn take_dropped_flags(&mut self) -> FlushFlags {
+        std::mem::take(&mut self.dropped)
     }
 
     /// `iommu_iotlb_flush(d, dfn, page_count, flush_flags)` (`iommu.c:478-505`): nothing for
@@ -629,7 +650,8 @@ impl Iommu {
 
 /// With the proposed fix `flush_covers_split_superpage` (not Xen): the range a flush of
 /// `(dfn, page_count)` must cover when this op split a superpage overlapping it — the
-/// largest such superpage; else the range as asked.
+/// smallest range covering both the asked range and the largest such superpage; else the
+/// range as asked.
 fn split_flush_scope(cx: &IoCx, dfn: u64, page_count: u64) -> (u64, u64) {
     use crate::types::GfnRange;
     if !cx.sw.flush_covers_split_superpage {
@@ -645,7 +667,10 @@ fn split_flush_scope(cx: &IoCx, dfn: u64, page_count: u64) -> (u64, u64) {
         .map(|s| s.range)
         .filter(|r| r.intersect(&asked).is_some() && r.len() > page_count)
         .max_by_key(|r| r.len())
-        .map_or((dfn, page_count), |r| (r.start, r.len()))
+        .map_or((dfn, page_count), |r| {
+            let start = r.start.min(asked.start);
+            (start, r.end.max(asked.end) - start)
+        })
 }
 
 #[cfg(test)]

@@ -91,6 +91,7 @@ pub fn xenmem_add_to_physmap(
 ) -> (u64, Result<bool, PhysmapError>) {
     let size = op.size as u64;
     let back = op.backwards(true);
+    cx.iommu.take_dropped_flags();
     cx.iommu.dont_flush = true;
     let mut done = 0;
     let mut rc = Ok(false);
@@ -116,8 +117,11 @@ pub fn xenmem_add_to_physmap(
             base.wrapping_add(start)
         }
     };
+    let dropped = cx.iommu.take_dropped_flags();
     let modified = FlushFlags {
         modified: true,
+        // Proposed fix (not Xen): keep what the wrappers dropped (e.g. `all`).
+        all: cx.sw.batch_flush_keeps_deferred_flags && dropped.all,
         ..FlushFlags::default()
     };
     let r1 = cx.iommu_iotlb_flush(first(op.idx), done, modified);

@@ -39,7 +39,11 @@ pub struct Switches {
     /// page is flushed before it is freed. Undone: `xsa346-remove`.
     pub guest_remove_page_flushes: bool,
     /// 5777a3742d (XSA-346, `memory.c:1059-1081`): the batch holds its page references
-    /// until after the flush of the moved-from range. Undone: `xsa346-ref`.
+    /// until after the flush of the moved-from range (and so stops every 16 pages).
+    /// Undone: `xsa346-ref` — the reference is dropped per page and there is no page
+    /// limit. The hole needs another vCPU freeing the moved page before the batch's
+    /// flush, which a sequential scenario cannot express: this revision reads like
+    /// `xen-master` until interleavings exist.
     pub batch_holds_page_refs: bool,
     /// 5a991ad8a5 (`x86/iommu.c:674-718`): replaced or emptied IOMMU tables are queued
     /// (`iommu_queue_free_pgtable`) and freed by a tasklet after the hypercall. Undone
@@ -61,7 +65,10 @@ pub struct Switches {
     /// inverted test (its message: only extra updates, "never too few").
     pub pt_flags_to_access_fixed: bool,
     /// c8a25eb617: `iommu_pde_from_dfn` no longer flushes all pages after a shatter (the
-    /// caller flushes). Negative control (`c8a25eb617-undone`): the stray flush-all is back.
+    /// caller flushes — only the caller's pages, the root of finding F1). Control
+    /// (`c8a25eb617-undone`): the flush-all is back; under the conservative hardware reading
+    /// it removes the AMD half of F1, so this revision is quieter than `xen-master`, never
+    /// noisier.
     pub amd_shatter_no_flush_all: bool,
     /// 83432adeb8: shared EPT honours `iommu_dont_flush_iotlb` (the batch flushes once
     /// afterwards). Negative control (`83432adeb8-undone`): shared EPT also flushes at once.
@@ -94,7 +101,21 @@ pub struct Switches {
     /// `iommu_pde_from_dfn`) — the flush covers only the op's range, so an IOTLB entry for
     /// the whole superpage may survive and keep translating the changed page. Fix: flush
     /// the split superpage's range (also when the op changed nothing the device sees).
+    /// Scope: only splits made by the op being flushed; `resolve_misconfig` and
+    /// `ept_invalidate_emt_range` also split shared-EPT superpages without an IOMMU flush,
+    /// so a fix for Xen should flush at superpage size wherever a present shared
+    /// superpage becomes a table (not modelled: no op reaches those paths).
     pub flush_covers_split_superpage: bool,
+    /// Not Xen — a proposed fix (`master-fixed`) of the hole this harness found in master
+    /// (`memory.c:1060-1081` with `iommu.c:384-397,456-465`): under
+    /// `iommu_dont_flush_iotlb`, `iommu_legacy_map` / `iommu_legacy_unmap` drop the flush
+    /// flags the vendor code set — `IOMMU_FLUSHF_all` included, which AMD sets when an
+    /// emptied table is unlinked and queued — and the batch flushes with hard-coded
+    /// `MODIFIED` (then `ADDED | MODIFIED`): on AMD an order-0 `INVALIDATE_IOMMU_PAGES`
+    /// with PDE=0, which leaves the page-directory cache entry pointing at the table the
+    /// free queue then frees. Fix: the flags dropped under `dont_flush` are kept and ORed
+    /// into the batch's flushes.
+    pub batch_flush_keeps_deferred_flags: bool,
 }
 }
 
@@ -119,6 +140,7 @@ const MASTER: Switches = Switches {
     iommu_flags_require_present_entry: false,
     ept_need_modify_requires_present_leaf: false,
     flush_covers_split_superpage: false,
+    batch_flush_keeps_deferred_flags: false,
 };
 
 /// The harness's proposed fixes of the holes it found in master (not Xen).
@@ -127,6 +149,7 @@ const MASTER_FIXED: Switches = Switches {
     iommu_flags_require_present_entry: true,
     ept_need_modify_requires_present_leaf: true,
     flush_covers_split_superpage: true,
+    batch_flush_keeps_deferred_flags: true,
     ..MASTER
 };
 
@@ -239,7 +262,7 @@ pub const REVISIONS: &[Revision] = &[
     undo!(
         "c8a25eb617-undone",
         NegativeControl,
-        "negative control: AMD flushes all pages after a shatter",
+        "control: AMD flushes all pages after a shatter (quieter than master: closes the AMD half of F1)",
         amd_shatter_no_flush_all
     ),
     undo!(

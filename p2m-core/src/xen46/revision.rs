@@ -96,8 +96,9 @@ pub struct Switches {
     /// destination flushes before the page is freed. 4.6 removes it under
     /// `iommu_dont_flush_iotlb` (VT-d skips the flush) and frees it at once.
     pub guest_remove_page_flushes: bool,
-    /// Master's `!mfn_eq(mfn, prev_mfn)` test (`p2m.c:2083`): the batch removes a
-    /// populated destination only when it holds *another* page. 4.6 calls
+    /// ba45ae4d7f (2020, "XENMAPSPACE_gmfn{,_batch,_range} want to special case idx ==
+    /// gpfn"; master `p2m.c:2083`): the batch removes a populated destination only when it
+    /// holds *another* page. 4.6 calls
     /// `guest_remove_page` on it whatever it holds, so moving a page onto itself
     /// (`idx == gpfn`) drops its allocation reference and the final `put_page` frees
     /// it while it is mapped again at `gpfn`.
