@@ -24,6 +24,10 @@ pub struct Swarm {
     max_ops: usize,
     /// Chance that an op is an `add_to_physmap_range` batch (0 in half the swarms).
     batch_chance: f64,
+    /// Chance that an op puts the previous op's range back to `ram_rw` on the frame
+    /// mapped there (`cur`): a changed page inside a superpage reverts, so IOMMU tables
+    /// that shattered coalesce again.
+    revert_chance: f64,
     /// Frame of gfn 0 for the "linear" frame kind (a multiple of 1 GiB): maps keep
     /// `dfn ≡ mfn` modulo every table size, so IOMMU tables can coalesce.
     linear_base: u64,
@@ -65,6 +69,11 @@ impl Swarm {
             accesses,
             mfn_kinds: subset(rng, &[0u8, 1, 2, 3, 4, 5, 6]),
             max_ops: rng.gen_range(2..=12),
+            revert_chance: if rng.gen_bool(0.5) {
+                0.0
+            } else {
+                rng.gen_range(0.1..0.4)
+            },
             batch_chance: if rng.gen_bool(0.5) {
                 0.0
             } else {
@@ -93,6 +102,18 @@ impl Swarm {
             let low = *[0u64, 1, 511].choose(rng).expect("low");
             let mask = !((1u64 << order) - 1);
             let gfn = (region + mid + low) & mask;
+            if let Some(Op::SetEntry(prev)) = ops.last() {
+                if self.revert_chance > 0.0 && rng.gen_bool(self.revert_chance) {
+                    let back = SetEntryOp {
+                        mfn: MfnSel::Current,
+                        p2mt: P2mType::RamRw,
+                        access: P2mAccess::Rwx,
+                        ..*prev
+                    };
+                    ops.push(Op::SetEntry(back));
+                    continue;
+                }
+            }
             if self.batch_chance > 0.0 && rng.gen_bool(self.batch_chance) {
                 ops.push(Op::AddToPhysmap(self.batch(rng, region + mid + low)));
                 continue;

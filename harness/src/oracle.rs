@@ -239,12 +239,23 @@ fn owner_name(o: TableOwner) -> &'static str {
 }
 
 /// Frees of this op that happened while something still reached the frame.
-pub fn check_free_events(dom: &Domain, refm: &RefModel) -> Option<Finding> {
+pub fn check_free_events(dom: &Domain, refm: &RefModel, op_ranges: &[GfnRange]) -> Option<Finding> {
     let log = dom.op_log();
+    // A guest page the reference still maps at a gfn the op did not name is reachable
+    // there by the reference's own rules (one page at two gfns: a state only the internal
+    // API makes); such reaches do not count. At a gfn the op named they do (4.6 freeing
+    // the very page it maps back, ba45ae4d7f).
+    let granted = |e: &FreeEvent, r: &p2m_core::events::Reach| {
+        let g = r.range.start;
+        matches!(e.what, Freed::GuestPage { .. }) && !op_ranges.iter().any(|o| o.contains(g)) && {
+            let (m, p) = refm.device_entry(g);
+            m == Mfn(e.frame) && p != p2m_core::IommuPerm::NONE
+        }
+    };
     let (ev, reach): (&FreeEvent, _) = log
         .frees
         .iter()
-        .find_map(|e| e.reaches.first().map(|r| (e, r)))?;
+        .find_map(|e| e.reaches.iter().find(|r| !granted(e, r)).map(|r| (e, r)))?;
     let via = match reach.via {
         ReachVia::CurrentWalk => "a walk of the current tables".to_string(),
         ReachVia::CachedWalk { seq } => format!("a record left by op #{}", seq.saturating_sub(1)),

@@ -166,18 +166,29 @@ fn maps_own_ram(t: P2mType) -> bool {
 }
 
 /// Why `op` cannot come from a caller given what `refm` maps now: a RAM entry for frames
-/// the domain already maps as RAM at other gfns (Xen keeps one gfn per page: the M2P, and
-/// `guest_physmap_add_entry` / `p2m_add_page` remove the old alias). Costs the stored
-/// extents (a scenario holds a few dozen).
+/// the domain already maps as RAM or as a foreign page at other gfns (Xen keeps one gfn per
+/// page — the M2P, and `guest_physmap_add_entry` / `p2m_add_page` remove the old alias — and
+/// a foreign page is another domain's), or a foreign entry for frames the domain maps as its
+/// own RAM (`p2m_add_foreign` refuses `tdom == fdom`). Costs the stored extents (a scenario
+/// holds a few dozen).
 pub fn alias_reason(refm: &RefModel, op: &Op, mfn: Mfn) -> Option<&'static str> {
     let Op::SetEntry(e) = op else { return None };
-    if !maps_own_ram(e.p2mt) || mfn == INVALID_MFN || !mfn.is_valid() || e.order > 18 {
+    let new_ram = maps_own_ram(e.p2mt);
+    if !new_ram && e.p2mt != P2mType::MapForeign {
+        return None;
+    }
+    if mfn == INVALID_MFN || !mfn.is_valid() || e.order > 18 {
         return None;
     }
     let frames = GfnRange::of_order(mfn.0, e.order);
     let own = GfnRange::of_order(e.gfn, e.order);
     refm.extents().find_map(|(start, ext)| {
-        if !maps_own_ram(ext.p2mt) || ext.mfn == INVALID_MFN {
+        let clash = if new_ram {
+            maps_own_ram(ext.p2mt) || ext.p2mt == P2mType::MapForeign
+        } else {
+            maps_own_ram(ext.p2mt)
+        };
+        if !clash || ext.mfn == INVALID_MFN {
             return None;
         }
         let mapped = GfnRange {
@@ -189,10 +200,13 @@ pub fn alias_reason(refm: &RefModel, op: &Op, mfn: Mfn) -> Option<&'static str> 
             start: start + (both.start - ext.mfn.0),
             end: start + (both.end - ext.mfn.0),
         };
-        (gfns.intersect(&own) != Some(gfns)).then_some(
-            "a RAM page mapped at two gfns at once: Xen keeps one gfn per page (M2P; \
-             guest_physmap_add_entry / p2m_add_page remove the old alias)",
-        )
+        (gfns.intersect(&own) != Some(gfns)).then_some(if new_ram {
+            "a RAM page mapped at two gfns at once, or as this domain's RAM and another's \
+             foreign page: Xen keeps one gfn per page (M2P; guest_physmap_add_entry / \
+             p2m_add_page remove the old alias)"
+        } else {
+            "p2m_add_foreign refuses to map the domain's own pages (tdom == fdom)"
+        })
     })
 }
 

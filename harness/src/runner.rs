@@ -395,7 +395,7 @@ impl Session {
         let changed = merge_ranges(changed);
         let mut notes: Vec<Finding> = Vec::new();
         // Inside-the-op findings first: they are the earliest and the root of later ones.
-        let mut finding = check_free_events(&self.dom, &self.refm)
+        let mut finding = check_free_events(&self.dom, &self.refm, &op_ranges)
             .or_else(|| check_bad_frees(&self.dom))
             .or(early)
             .or_else(|| check_cpu(&self.dom, &self.refm, real, reference, &changed));
@@ -499,7 +499,7 @@ impl Session {
         let xen_frames = &self.dom.op_log().xen_frames;
         let want = self
             .refm
-            .add_to_physmap_range(*b, &|m: u64| xen_frames.contains(&m));
+            .add_to_physmap_range(*b, &|g: u64, m: u64| xen_frames.contains(&(g, m)));
         if got.rc.is_ok() {
             self.stats.ops_ok += 1;
         } else if got.done == 0 && want.rc.is_err() {

@@ -118,8 +118,9 @@ pub struct OpLog {
     pub unlinked: Vec<Unlinked>,
     /// Superpages split (their ranges are in `changed` too).
     pub splits: Vec<Split>,
-    /// Frames a batch refused as a guest page because a Xen table lived in them.
-    pub xen_frames: Vec<u64>,
+    /// `(gfn, frame)` a batch refused as a guest page because a Xen table lived in the
+    /// frame when it read the entry at `gfn`.
+    pub xen_frames: Vec<(u64, u64)>,
 }
 
 impl OpLog {
@@ -334,10 +335,12 @@ impl OpLog {
     }
 
     /// Frees the guest page `frame`, last mapped at `gfn`, recording whatever could still
-    /// reach it now (with some permission): a leaf of the current IOMMU-visible tables `io` over the ranges of
+    /// reach it now (with some permission): when `current`, a leaf of the current
+    /// IOMMU-visible tables `io` over the ranges of
     /// `look` (the gfns the op touched), an IOTLB record of `records` mapping it, or a
     /// walk from a paging-structure record over `look`. Costs the records plus the
     /// entries of `look`.
+    #[allow(clippy::too_many_arguments)]
     pub fn free_guest_page(
         &mut self,
         mem: &MachineMemory,
@@ -346,6 +349,7 @@ impl OpLog {
         frame: u64,
         gfn: u64,
         look: &[GfnRange],
+        current: bool,
     ) {
         let mut reaches = Vec::new();
         let hits =
@@ -362,7 +366,7 @@ impl OpLog {
                     }
                 }
             };
-        for &r in look {
+        for &r in look.iter().filter(|_| current) {
             hits(
                 &walk_root(io, mem, r),
                 ReachVia::CurrentWalk,

@@ -130,9 +130,10 @@ pub fn ram_backed(t: P2mType) -> bool {
 
 /// `get_page(page, d)`: whether `mfn`, mapped with type `t`, is a page of this domain —
 /// RAM ([`mfn_valid`]), mapped with a [`ram_backed`] type, and no table lives in it now.
-/// A frame refused for holding a table is noted in `log.xen_frames` (the reference, which
-/// keeps no tables, is told which frames Xen owned).
-pub fn domain_page(mem: &MachineMemory, log: &mut OpLog, mfn: Mfn, t: P2mType) -> bool {
+/// `gfn` is where the batch read the entry; a frame refused for holding a table is noted
+/// as `(gfn, mfn)` in `log.xen_frames` (the reference, which keeps no tables, is told which
+/// frames Xen owned when the batch looked at them).
+pub fn domain_page(mem: &MachineMemory, log: &mut OpLog, gfn: u64, mfn: Mfn, t: P2mType) -> bool {
     if !mfn_valid(mfn) || !ram_backed(t) {
         return false;
     }
@@ -140,8 +141,8 @@ pub fn domain_page(mem: &MachineMemory, log: &mut OpLog, mfn: Mfn, t: P2mType) -
         mem.info(mfn.0).map(|i| i.state),
         Some(FrameState::Table { .. })
     );
-    if table && !log.xen_frames.contains(&mfn.0) {
-        log.xen_frames.push(mfn.0);
+    if table && !log.xen_frames.contains(&(gfn, mfn.0)) {
+        log.xen_frames.push((gfn, mfn.0));
     }
     !table
 }

@@ -553,6 +553,8 @@ pub enum P2mError {
     /// Master: the IOMMU step of `set_entry` failed with `-EFAULT`; the p2m entry was
     /// written (and any replaced subtree freed) all the same.
     IommuFault,
+    /// Master: an IOMMU flush was asked for `INVALID_DFN` (`-EINVAL`).
+    IommuInval,
 }
 
 impl fmt::Display for P2mError {
@@ -566,6 +568,7 @@ impl fmt::Display for P2mError {
             P2mError::ForeignRejected => "-EINVAL (foreign entry rejected)",
             P2mError::IommuNoMem => "-ENOMEM (IOMMU step failed; p2m entry written)",
             P2mError::IommuFault => "-EFAULT (IOMMU step failed; p2m entry written)",
+            P2mError::IommuInval => "-EINVAL (IOMMU flush of INVALID_DFN)",
         };
         f.write_str(s)
     }

@@ -82,9 +82,10 @@ impl RefModel {
         }
     }
 
-    /// Whether `(m, t)` is a page of the domain; `table(m)` says a Xen table lives in `m`.
-    fn own_page(m: Mfn, t: P2mType, table: &dyn Fn(u64) -> bool) -> bool {
-        m.0 < MAX_PAGE && ram_type(t) && !table(m.0)
+    /// Whether `(m, t)`, read at gfn `g`, is a page of the domain; `table(g, m)` says a Xen
+    /// table lived in `m` when the batch read `g`.
+    fn own_page(g: u64, m: Mfn, t: P2mType, table: &dyn Fn(u64, u64) -> bool) -> bool {
+        m.0 < MAX_PAGE && ram_type(t) && !table(g, m.0)
     }
 
     /// Empties `gfn`.
@@ -98,7 +99,7 @@ impl RefModel {
         &mut self,
         s: u64,
         g: u64,
-        table: &dyn Fn(u64) -> bool,
+        table: &dyn Fn(u64, u64) -> bool,
     ) -> Result<(), PhysmapError> {
         let (m, t) = self.batch_read(s);
         if t != P2mType::RamRw && t != P2mType::RamLogdirty {
@@ -108,7 +109,7 @@ impl RefModel {
                 PhysmapError::Acces
             });
         }
-        if !Self::own_page(m, t, table) {
+        if !Self::own_page(s, m, t, table) {
             return Err(PhysmapError::Inval);
         }
         let (pm, pt) = self.batch_read(g);
@@ -122,7 +123,7 @@ impl RefModel {
             if pt == P2mType::RamShared {
                 return Err(PhysmapError::NoMem);
             }
-            if !Self::own_page(pm, pt, table) {
+            if !Self::own_page(g, pm, pt, table) {
                 return Err(PhysmapError::NxIo);
             }
             self.empty(g);
@@ -138,13 +139,13 @@ impl RefModel {
         &mut self,
         s: u64,
         g: u64,
-        table: &dyn Fn(u64) -> bool,
+        table: &dyn Fn(u64, u64) -> bool,
     ) -> Result<(), PhysmapError> {
         let (m, t) = self.batch_read(s);
         if t == P2mType::RamShared {
             return Err(PhysmapError::NoMem);
         }
-        if !Self::own_page(m, t, table) || m.0 == 0 {
+        if !Self::own_page(s, m, t, table) || m.0 == 0 {
             return Err(PhysmapError::Inval);
         }
         let (pm, pt) = self.batch_read(g);
@@ -155,7 +156,7 @@ impl RefModel {
             );
             if paging
                 || pt == P2mType::MmioDirect
-                || pt != P2mType::RamShared && Self::own_page(pm, pt, table)
+                || pt != P2mType::RamShared && Self::own_page(g, pm, pt, table)
             {
                 self.empty(g);
             }
@@ -180,12 +181,13 @@ impl RefModel {
             .map_err(PhysmapError::P2m)
     }
 
-    /// Runs the batch `op`; `table(m)` says whether a Xen page table lives in frame `m`
-    /// (such a frame is never the domain's page). After a crash the caller stops.
+    /// Runs the batch `op`; `table(g, m)` says whether a Xen page table lived in frame `m`
+    /// when the batch read gfn `g` (such a frame is never the domain's page). After a crash
+    /// the caller stops.
     pub fn add_to_physmap_range(
         &mut self,
         op: AddToPhysmapRange,
-        table: &dyn Fn(u64) -> bool,
+        table: &dyn Fn(u64, u64) -> bool,
     ) -> BatchOutcome {
         let master = self.policy() == IommuPolicy::Master;
         if master && op.gpfn == u64::MAX {

@@ -68,6 +68,7 @@ fn iommu_rc(r: Result<(), IommuErr>) -> Result<(), P2mError> {
     r.map_err(|e| match e {
         IommuErr::NoMem => P2mError::IommuNoMem,
         IommuErr::Fault => P2mError::IommuFault,
+        IommuErr::Inval => P2mError::IommuInval,
     })
 }
 

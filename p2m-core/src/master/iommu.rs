@@ -53,6 +53,8 @@ pub enum IommuErr {
     NoMem,
     /// `-EFAULT`.
     Fault,
+    /// `-EINVAL` (`iommu_iotlb_flush` of `INVALID_DFN`, `iommu.c:488`).
+    Inval,
 }
 
 /// What an IOMMU call needs from its caller (borrowed from the domain's fields).
@@ -579,7 +581,7 @@ impl Iommu {
     }
 
     /// `iommu_iotlb_flush(d, dfn, page_count, flush_flags)` (`iommu.c:478-505`): nothing for
-    /// no pages or no flags, else the vendor's `->iotlb_flush`.
+    /// no pages or no flags, `-EINVAL` for `INVALID_DFN`, else the vendor's `->iotlb_flush`.
     pub fn iommu_iotlb_flush(
         &mut self,
         cx: &mut IoCx,
@@ -589,6 +591,9 @@ impl Iommu {
     ) -> Result<(), IommuErr> {
         if page_count == 0 || flush_flags.is_empty() {
             return Ok(());
+        }
+        if dfn == INVALID_DFN {
+            return Err(IommuErr::Inval);
         }
         let (dfn, page_count) = split_flush_scope(cx, dfn, page_count);
         self.iotlb_flush_hook(dfn, page_count, flush_flags);

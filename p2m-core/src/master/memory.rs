@@ -17,18 +17,36 @@ use crate::types::{GfnRange, P2mType};
 pub const GMFN_RANGE_PAGES_PER_CALL: u64 = 16;
 
 /// Frees a guest page the batch let go of: the oracle learns what could still reach it.
-pub fn free_guest_page(p2m: &P2m, cx: &mut Cx, look: &[GfnRange], (mfn, gfn): (u64, u64)) {
+/// A `displaced` page (the one `guest_remove_page` removes) is mapped nowhere else by
+/// Xen's one-gfn-per-page rule, so only stale cached state counts for it; a mapping of it
+/// elsewhere in the current tables comes from aliasing only the internal API makes.
+pub fn free_guest_page(
+    p2m: &P2m,
+    cx: &mut Cx,
+    look: &[GfnRange],
+    (mfn, gfn): (u64, u64),
+    displaced: bool,
+) {
     cx.stats.guest_pages_freed += 1;
     let mut log = std::mem::take(cx.log);
     let io = io_tables(p2m, cx);
-    log.free_guest_page(cx.mem, io, cx.iommu.caches.records(), mfn, gfn, look);
+    log.free_guest_page(
+        cx.mem,
+        io,
+        cx.iommu.caches.records(),
+        mfn,
+        gfn,
+        look,
+        !displaced,
+    );
     *cx.log = log;
 }
 
-/// `put_page(page)` on `(mfn, gfn)`, freeing the page if that was its last reference.
-pub fn put_page(p2m: &P2m, cx: &mut Cx, refs: &mut PageRefs, mfn: u64, gfn: u64) {
+/// `put_page(page)` on `(mfn, gfn)`, freeing the page if that was its last reference
+/// (`displaced`: see [`free_guest_page`]).
+pub fn put_page(p2m: &P2m, cx: &mut Cx, refs: &mut PageRefs, mfn: u64, gfn: u64, displaced: bool) {
     if let Some(freed) = refs.put(mfn, gfn) {
-        free_guest_page(p2m, cx, &refs.look, freed);
+        free_guest_page(p2m, cx, &refs.look, freed, displaced);
     }
 }
 
@@ -57,7 +75,7 @@ pub fn guest_remove_page(
     if p2mt == P2mType::RamShared {
         return Err(PhysmapError::NoMem);
     }
-    if !domain_owns_page(cx, mfn, p2mt) {
+    if !domain_owns_page(cx, gmfn, mfn, p2mt) {
         return Err(PhysmapError::NxIo);
     }
     refs.get(mfn.0);
@@ -69,10 +87,10 @@ pub fn guest_remove_page(
     cx.iommu.dont_flush = dont_flush;
     if rc.is_ok() {
         if let Some(freed) = refs.put_alloc_ref(mfn.0, gmfn) {
-            free_guest_page(p2m, cx, &refs.look, freed);
+            free_guest_page(p2m, cx, &refs.look, freed, true);
         }
     }
-    put_page(p2m, cx, refs, mfn.0, gmfn);
+    put_page(p2m, cx, refs, mfn.0, gmfn, true);
     rc
 }
 
@@ -126,7 +144,7 @@ pub fn xenmem_add_to_physmap(
     };
     let r1 = cx.iommu_iotlb_flush(first(op.idx), done, modified);
     for (mfn, gfn) in refs.take_batch() {
-        put_page(p2m, cx, refs, mfn, gfn);
+        put_page(p2m, cx, refs, mfn, gfn, false);
     }
     let r2 = cx.iommu_iotlb_flush(
         first(op.gpfn),
@@ -136,6 +154,18 @@ pub fn xenmem_add_to_physmap(
             ..modified
         },
     );
+    // Proposed fix (not Xen): a page that failed after its source was unmapped is in
+    // neither range; when the wrappers dropped flags, flush the whole domain with them.
+    if cx.sw.batch_flush_keeps_deferred_flags && rc.is_err() && !dropped.is_empty() {
+        let (io, mut icx) = cx.io();
+        let _ = io.iommu_iotlb_flush_all(
+            &mut icx,
+            FlushFlags {
+                modified: true,
+                ..dropped
+            },
+        );
+    }
     if rc.is_ok() {
         if let Err(e) = r1.and(r2) {
             rc = Err(PhysmapError::P2m(e));

@@ -53,8 +53,8 @@ pub fn p2m_is_special(t: P2mType) -> bool {
 }
 
 /// `get_page(page, d)` / `get_page_from_mfn(mfn, d)` (see [`domain_page`]).
-pub fn domain_owns_page(cx: &mut Cx, mfn: Mfn, t: P2mType) -> bool {
-    domain_page(cx.mem, cx.log, mfn, t)
+pub fn domain_owns_page(cx: &mut Cx, gfn: u64, mfn: Mfn, t: P2mType) -> bool {
+    domain_page(cx.mem, cx.log, gfn, mfn, t)
 }
 
 /// `p2m_remove_page(d, gfn, mfn, PAGE_ORDER_4K)` → `p2m_remove_entry` (`p2m.c:537-620`):
@@ -121,7 +121,7 @@ pub fn xenmem_add_to_physmap_one(
             PhysmapError::Acces
         });
     }
-    if !domain_owns_page(cx, mfn, p2mt) {
+    if !domain_owns_page(cx, idx, mfn, p2mt) {
         return Err(PhysmapError::Inval);
     }
     refs.get(mfn.0);
@@ -142,7 +142,7 @@ pub fn xenmem_add_to_physmap_one(
     if rc.is_ok() && cx.sw.batch_holds_page_refs {
         refs.hand_to_batch(mfn.0, gfn);
     } else {
-        put_page(p2m, cx, refs, mfn.0, gfn);
+        put_page(p2m, cx, refs, mfn.0, gfn, false);
     }
     rc
 }

@@ -114,7 +114,9 @@ pub struct Switches {
     /// `MODIFIED` (then `ADDED | MODIFIED`): on AMD an order-0 `INVALIDATE_IOMMU_PAGES`
     /// with PDE=0, which leaves the page-directory cache entry pointing at the table the
     /// free queue then frees. Fix: the flags dropped under `dont_flush` are kept and ORed
-    /// into the batch's flushes.
+    /// into the batch's flushes; when a page fails after its source was unmapped (it is in
+    /// neither flushed range — with `done` = 0 nothing is flushed at all), the whole
+    /// domain is flushed with them.
     pub batch_flush_keeps_deferred_flags: bool,
 }
 }

@@ -49,26 +49,41 @@ fn io_tables<'a>(p2m: &'a P2m, cx: &'a Cx) -> &'a dyn IoTables {
     }
 }
 
-/// Frees a guest page the batch let go of, recording what could still reach it.
-fn free_guest_page(p2m: &P2m, cx: &mut Cx, look: &[GfnRange], (mfn, gfn): (u64, u64)) {
+/// Frees a guest page the batch let go of, recording what could still reach it (for a
+/// `displaced` page only stale cached state: see `master::memory::free_guest_page`).
+fn free_guest_page(
+    p2m: &P2m,
+    cx: &mut Cx,
+    look: &[GfnRange],
+    (mfn, gfn): (u64, u64),
+    displaced: bool,
+) {
     cx.stats.guest_pages_freed += 1;
     let mut log = std::mem::take(cx.log);
     let io = io_tables(p2m, cx);
-    log.free_guest_page(cx.mem, io, cx.iommu.caches.records(), mfn, gfn, look);
+    log.free_guest_page(
+        cx.mem,
+        io,
+        cx.iommu.caches.records(),
+        mfn,
+        gfn,
+        look,
+        !displaced,
+    );
     *cx.log = log;
 }
 
 /// `put_page(page)`, freeing the page if that was its last reference.
-fn put_page(p2m: &P2m, cx: &mut Cx, refs: &mut PageRefs, mfn: u64, gfn: u64) {
+fn put_page(p2m: &P2m, cx: &mut Cx, refs: &mut PageRefs, mfn: u64, gfn: u64, displaced: bool) {
     if let Some(freed) = refs.put(mfn, gfn) {
-        free_guest_page(p2m, cx, &refs.look, freed);
+        free_guest_page(p2m, cx, &refs.look, freed, displaced);
     }
 }
 
 /// `test_and_clear_bit(_PGC_allocated)` then `put_page`: drops the allocation reference.
 fn put_alloc_ref(p2m: &P2m, cx: &mut Cx, refs: &mut PageRefs, mfn: u64, gfn: u64) {
     if let Some(freed) = refs.put_alloc_ref(mfn, gfn) {
-        free_guest_page(p2m, cx, &refs.look, freed);
+        free_guest_page(p2m, cx, &refs.look, freed, true);
     }
 }
 
@@ -113,7 +128,7 @@ fn guest_remove_page(p2m: &mut P2m, cx: &mut Cx, refs: &mut PageRefs, gmfn: u64)
     let (mfn, p2mt) = get_gfn_query(p2m, gmfn);
     if p2m_is_paging(p2mt) {
         let _ = guest_physmap_remove_page(p2m, cx, gmfn);
-        if p2mt == P2mType::RamPagingOut && domain_page(cx.mem, cx.log, mfn, p2mt) {
+        if p2mt == P2mType::RamPagingOut && domain_page(cx.mem, cx.log, gmfn, mfn, p2mt) {
             put_alloc_ref(p2m, cx, refs, mfn.0, gmfn);
         }
         return;
@@ -122,7 +137,10 @@ fn guest_remove_page(p2m: &mut P2m, cx: &mut Cx, refs: &mut PageRefs, gmfn: u64)
         let _ = guest_physmap_remove_page(p2m, cx, gmfn);
         return;
     }
-    if !mfn_valid(mfn) || p2mt == P2mType::RamShared || !domain_page(cx.mem, cx.log, mfn, p2mt) {
+    if !mfn_valid(mfn)
+        || p2mt == P2mType::RamShared
+        || !domain_page(cx.mem, cx.log, gmfn, mfn, p2mt)
+    {
         return;
     }
     refs.get(mfn.0);
@@ -133,7 +151,7 @@ fn guest_remove_page(p2m: &mut P2m, cx: &mut Cx, refs: &mut PageRefs, gmfn: u64)
     }
     let _ = guest_physmap_remove_page(p2m, cx, gmfn);
     cx.iommu.dont_flush = dont_flush;
-    put_page(p2m, cx, refs, mfn.0, gmfn);
+    put_page(p2m, cx, refs, mfn.0, gmfn, true);
 }
 
 /// `xenmem_add_to_physmap_one(d, XENMAPSPACE_gmfn_range, ..., idx, gpfn)` of 4.6
@@ -152,7 +170,7 @@ fn xenmem_add_to_physmap_one(
     if p2mt == P2mType::RamShared {
         return Err(PhysmapError::NoMem);
     }
-    if !domain_page(cx.mem, cx.log, mfn, p2mt) || mfn.0 == 0 {
+    if !domain_page(cx.mem, cx.log, idx, mfn, p2mt) || mfn.0 == 0 {
         return Err(PhysmapError::Inval);
     }
     refs.get(mfn.0);
@@ -167,7 +185,7 @@ fn xenmem_add_to_physmap_one(
         let _ = guest_physmap_remove_page(p2m, cx, idx);
     }
     let rc = guest_physmap_add_page(p2m, cx, gpfn, mfn);
-    put_page(p2m, cx, refs, mfn.0, gpfn);
+    put_page(p2m, cx, refs, mfn.0, gpfn, false);
     rc
 }
 
@@ -189,7 +207,9 @@ pub fn add_to_physmap_range(p2m: &mut P2m, cx: &mut Cx, op: AddToPhysmapRange) -
         done += 1;
     }
     cx.iommu.dont_flush = false;
-    cx.iommu.iommu_iotlb_flush(op.idx, done);
+    // Not Xen (`batch_flush_covers_failed_page`): the failed page's source may be unmapped.
+    let old = done + u64::from(rc.is_err() && cx.sw.batch_flush_covers_failed_page);
+    cx.iommu.iommu_iotlb_flush(op.idx, old);
     cx.iommu.iommu_iotlb_flush(op.gpfn, done);
     BatchOutcome { done, rc }
 }

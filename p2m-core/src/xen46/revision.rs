@@ -103,6 +103,12 @@ pub struct Switches {
     /// (`idx == gpfn`) drops its allocation reference and the final `put_page` frees
     /// it while it is mapped again at `gpfn`.
     pub add_to_physmap_keeps_same_page: bool,
+    /// Not Xen (closes a hole the harness found in 4.6, and in master without its
+    /// proposed fix): a batch page that fails after its source gfn was unmapped under
+    /// `iommu_dont_flush_iotlb` (the destination cannot be unshared, or holds a grant) is
+    /// not in the range the batch flushes (`idx - done`, `done` pages), so VT-d keeps the
+    /// source's IOTLB entry. Fixed: the flush of the old gfns covers the failed page too.
+    pub batch_flush_covers_failed_page: bool,
     /// Planted, not Xen (measures the oracle's free-event check): `ept_set_entry`
     /// frees the replaced subtree (`ept_free_entry`) *before* the IOMMU step, so with
     /// shared tables a paging-structure record of the old entry still points at it.
@@ -136,6 +142,7 @@ const PRE: Switches = Switches {
     ept_split_nonpresent_superpage: false,
     guest_remove_page_flushes: false,
     add_to_physmap_keeps_same_page: false,
+    batch_flush_covers_failed_page: false,
     planted_free_before_flush: false,
     planted_split_wrong_frame: false,
     planted_leak_replaced_subtree: false,
@@ -162,6 +169,7 @@ const FIXED: Switches = Switches {
     ept_split_nonpresent_superpage: true,
     guest_remove_page_flushes: true,
     add_to_physmap_keeps_same_page: true,
+    batch_flush_covers_failed_page: true,
     ..COMMITTED
 };
 
