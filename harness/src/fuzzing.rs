@@ -7,7 +7,7 @@ use arbitrary::{Arbitrary, Unstructured};
 use p2m_core::{HwSemantics, Mode, Revision};
 
 use crate::scenario::bytes::{decode_with_mode, HEADER_SIZE, OP_SIZE};
-use crate::{hw_from, revision_from_env, run_with, strict_from_env, Scenario};
+use crate::{hw_from, reachable_from_env, revision_from_env, run_with, strict_from_env, Scenario};
 
 /// The revision the targets check: `P2M_REVISION`, else `fixed`. An unknown name stops the
 /// fuzzer at once with a one-line error (exit 2) instead of fuzzing nothing.
@@ -22,12 +22,13 @@ pub fn target_revision() -> Revision {
     })
 }
 
-/// The hardware semantics the targets impose (`P2M_HW`, else each scenario's own) and
-/// whether every class is fatal (`P2M_STRICT=1`); a bad value stops the fuzzer at once.
-pub fn target_options() -> (Option<HwSemantics>, bool) {
-    static OPTS: OnceLock<(Option<HwSemantics>, bool)> = OnceLock::new();
+/// The hardware semantics the targets impose (`P2M_HW`, else each scenario's own),
+/// whether every class is fatal (`P2M_STRICT=1`) and whether only reachable divergences
+/// count (`P2M_REACHABLE=1`); a bad value stops the fuzzer at once.
+pub fn target_options() -> (Option<HwSemantics>, bool, bool) {
+    static OPTS: OnceLock<(Option<HwSemantics>, bool, bool)> = OnceLock::new();
     *OPTS.get_or_init(|| match hw_from(None) {
-        Ok(h) => (h, strict_from_env()),
+        Ok(h) => (h, strict_from_env(), reachable_from_env()),
         Err(e) => {
             eprintln!("p2m-fuzz target: P2M_HW: {e}");
             std::process::exit(2)
@@ -36,9 +37,9 @@ pub fn target_options() -> (Option<HwSemantics>, bool) {
 }
 
 /// Runs `s` under the target revision and options; a divergence panics with the full
-/// report.
+/// report (with `P2M_REACHABLE=1`, only one a Xen caller can produce).
 pub fn check(s: &Scenario) {
-    let (hw, strict) = target_options();
+    let (hw, strict, reachable) = target_options();
     let d = match hw {
         Some(h) if h != s.config.hw => {
             let mut s = s.clone();
@@ -47,7 +48,7 @@ pub fn check(s: &Scenario) {
         }
         _ => run_with(s, target_revision(), strict).divergence,
     };
-    if let Some(d) = d {
+    if let Some(d) = d.filter(|d| !reachable || d.is_reachable()) {
         panic!("\n{d}");
     }
 }

@@ -76,3 +76,13 @@ pub fn strict_from_env() -> bool {
         Ok("1") | Ok("yes") | Ok("true")
     )
 }
+
+/// `P2M_REACHABLE=1`: only divergences a Xen caller can produce in a security-supported
+/// setup count (see [`reach`]); the others are passed over (fuzz targets, `hunt
+/// --reachable`).
+pub fn reachable_from_env() -> bool {
+    matches!(
+        std::env::var("P2M_REACHABLE").as_deref(),
+        Ok("1") | Ok("yes") | Ok("true")
+    )
+}

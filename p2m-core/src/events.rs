@@ -334,13 +334,13 @@ impl OpLog {
         }
     }
 
-    /// Frees the guest page `frame`, last mapped at `gfn`, recording whatever could still
-    /// reach it now (with some permission): when `current`, a leaf of the current
-    /// IOMMU-visible tables `io` over the ranges of
-    /// `look` (the gfns the op touched), an IOTLB record of `records` mapping it, or a
-    /// walk from a paging-structure record over `look`. Costs the records plus the
-    /// entries of `look`.
-    #[allow(clippy::too_many_arguments)]
+    /// Frees the guest page `frame`, removed from `gfn`, recording whatever could still
+    /// reach it now (with some permission): a leaf of the current IOMMU-visible tables `io`
+    /// at `gfn` (the page mapped back where it was removed, as 4.6 did), an IOTLB record of
+    /// `records` mapping it, or a walk from a paging-structure record over `look` (the gfns
+    /// the op touched). Current mappings at other gfns are not looked for: Xen keeps one
+    /// gfn per page, so only the internal API can alias a page elsewhere. Costs the records
+    /// plus the entries of `look`.
     pub fn free_guest_page(
         &mut self,
         mem: &MachineMemory,
@@ -349,7 +349,6 @@ impl OpLog {
         frame: u64,
         gfn: u64,
         look: &[GfnRange],
-        current: bool,
     ) {
         let mut reaches = Vec::new();
         let hits =
@@ -366,14 +365,12 @@ impl OpLog {
                     }
                 }
             };
-        for &r in look.iter().filter(|_| current) {
-            hits(
-                &walk_root(io, mem, r),
-                ReachVia::CurrentWalk,
-                None,
-                &mut reaches,
-            );
-        }
+        hits(
+            &walk_root(io, mem, GfnRange::of_order(gfn, 0)),
+            ReachVia::CurrentWalk,
+            None,
+            &mut reaches,
+        );
         for r in records {
             let via = ReachVia::CachedWalk { seq: r.seq };
             match r.kind {

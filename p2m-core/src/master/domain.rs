@@ -139,6 +139,37 @@ impl Cx<'_> {
     }
 }
 
+/// Whether `(gfn, mfn, order)` is an aligned `mmio_direct` superpage that covers a frame
+/// of `mmio_ro_ranges` (`set_mmio_p2m_entry` refuses those, `p2m.c:1187-1190`).
+fn mmio_ro_overlap(gfn: u64, mfn: Mfn, order: u32, t: P2mType) -> bool {
+    let pages = 1u64 << order.min(18);
+    t == P2mType::MmioDirect
+        && (order == 9 || order == 18)
+        && mfn != INVALID_MFN
+        && (gfn | mfn.0) & (pages - 1) == 0
+        && mfn.0 < MMIO_RO_FRAMES.end
+        && mfn.0.saturating_add(pages) > MMIO_RO_FRAMES.start
+}
+
+/// The pieces of an `mmio_direct` superpage over `mmio_ro_ranges` under the proposed fix
+/// `mmio_ro_superpage_split`: 2 MiB pieces, and 4 KiB pages for a 2 MiB piece that still
+/// covers a read-only frame (at most 1,023 pieces for 1 GiB).
+fn mmio_ro_pieces(gfn: u64, mfn: Mfn, order: u32) -> Vec<(u64, Mfn, u32)> {
+    let mut out = Vec::new();
+    let step = if order == 18 { 512 } else { 1 << order };
+    let mut off = 0;
+    while off < 1u64 << order {
+        let (g, m) = (gfn + off, mfn.plus(off));
+        if order == 18 && !mmio_ro_overlap(g, m, 9, P2mType::MmioDirect) {
+            out.push((g, m, 9));
+        } else {
+            out.extend((0..step).map(|i| (g + i, m.plus(i), 0)));
+        }
+        off += step;
+    }
+    out
+}
+
 /// The host p2m implementation in use (`p2m_initialise`, `p2m-basic.c:43-46`).
 #[derive(Clone, Debug)]
 pub enum P2m {
@@ -184,7 +215,11 @@ impl Domain {
         let cfg = cfg.normalized();
         let mut mem = MachineMemory::new();
         let p2m = match cfg.mode {
-            Mode::Ept => P2m::Ept(Ept::new(&mut mem)),
+            Mode::Ept => {
+                let mut e = Ept::new(&mut mem);
+                e.reads_nonpresent_superpage = switches.ept_get_entry_reads_nonpresent_superpage;
+                P2m::Ept(e)
+            }
             Mode::Npt | Mode::Shadow => P2m::Pt(P2mPt::new(&mut mem)),
         };
         let iommu = Iommu::new(&cfg, &mut mem);
@@ -247,10 +282,24 @@ impl Domain {
         p2mt: P2mType,
         access: P2mAccess,
     ) -> Result<(), P2mError> {
-        self.op(|p2m, cx| match p2m {
-            P2m::Ept(e) => e.set_entry(cx, gfn, mfn, order, p2mt, access),
-            P2m::Pt(p) => p.set_entry(cx, gfn, mfn, order, p2mt, access),
-        })
+        let one = |p2m: &mut P2m, cx: &mut Cx, g: u64, m: Mfn, o: u32| match p2m {
+            P2m::Ept(e) => e.set_entry(cx, g, m, o, p2mt, access),
+            P2m::Pt(p) => p.set_entry(cx, g, m, o, p2mt, access),
+        };
+        if self.switches.mmio_ro_superpage_split && mmio_ro_overlap(gfn, mfn, order, p2mt) {
+            // Proposed fix (not Xen): the overlapping part as smaller pages.
+            return self.op(|p2m, cx| {
+                let mut rc = Ok(());
+                for (g, m, o) in mmio_ro_pieces(gfn, mfn, order) {
+                    let r = one(p2m, cx, g, m, o);
+                    if rc.is_ok() {
+                        rc = r;
+                    }
+                }
+                rc
+            });
+        }
+        self.op(|p2m, cx| one(p2m, cx, gfn, mfn, order))
     }
 
     /// Models the hypercall `XENMEM_add_to_physmap` with `XENMAPSPACE_gmfn_range`

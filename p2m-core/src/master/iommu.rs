@@ -567,7 +567,7 @@ impl Iommu {
 
     /// Remembers flush flags a legacy wrapper dropped under `iommu_dont_flush_iotlb` (read
     /// only by the proposed fix `batch_flush_keeps_deferred_flags`; Xen forgets them).
-    fn note_dropped(&mut self, ff: FlushFlags) {
+    pub(crate) fn note_dropped(&mut self, ff: FlushFlags) {
         if self.dont_flush {
             self.dropped.added |= ff.added;
             self.dropped.modified |= ff.modified;

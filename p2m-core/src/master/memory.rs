@@ -16,37 +16,20 @@ use crate::types::{GfnRange, P2mType};
 /// references one call holds, hence pages per continuation.
 pub const GMFN_RANGE_PAGES_PER_CALL: u64 = 16;
 
-/// Frees a guest page the batch let go of: the oracle learns what could still reach it.
-/// A `displaced` page (the one `guest_remove_page` removes) is mapped nowhere else by
-/// Xen's one-gfn-per-page rule, so only stale cached state counts for it; a mapping of it
-/// elsewhere in the current tables comes from aliasing only the internal API makes.
-pub fn free_guest_page(
-    p2m: &P2m,
-    cx: &mut Cx,
-    look: &[GfnRange],
-    (mfn, gfn): (u64, u64),
-    displaced: bool,
-) {
+/// Frees a guest page the batch let go of (its allocation reference went in
+/// `guest_remove_page`): the oracle learns what could still reach it.
+pub fn free_guest_page(p2m: &P2m, cx: &mut Cx, look: &[GfnRange], (mfn, gfn): (u64, u64)) {
     cx.stats.guest_pages_freed += 1;
     let mut log = std::mem::take(cx.log);
     let io = io_tables(p2m, cx);
-    log.free_guest_page(
-        cx.mem,
-        io,
-        cx.iommu.caches.records(),
-        mfn,
-        gfn,
-        look,
-        !displaced,
-    );
+    log.free_guest_page(cx.mem, io, cx.iommu.caches.records(), mfn, gfn, look);
     *cx.log = log;
 }
 
-/// `put_page(page)` on `(mfn, gfn)`, freeing the page if that was its last reference
-/// (`displaced`: see [`free_guest_page`]).
-pub fn put_page(p2m: &P2m, cx: &mut Cx, refs: &mut PageRefs, mfn: u64, gfn: u64, displaced: bool) {
+/// `put_page(page)` on `(mfn, gfn)`, freeing the page if that was its last reference.
+pub fn put_page(p2m: &P2m, cx: &mut Cx, refs: &mut PageRefs, mfn: u64, gfn: u64) {
     if let Some(freed) = refs.put(mfn, gfn) {
-        free_guest_page(p2m, cx, &refs.look, freed, displaced);
+        free_guest_page(p2m, cx, &refs.look, freed);
     }
 }
 
@@ -87,10 +70,10 @@ pub fn guest_remove_page(
     cx.iommu.dont_flush = dont_flush;
     if rc.is_ok() {
         if let Some(freed) = refs.put_alloc_ref(mfn.0, gmfn) {
-            free_guest_page(p2m, cx, &refs.look, freed, true);
+            free_guest_page(p2m, cx, &refs.look, freed);
         }
     }
-    put_page(p2m, cx, refs, mfn.0, gmfn, true);
+    put_page(p2m, cx, refs, mfn.0, gmfn);
     rc
 }
 
@@ -144,7 +127,7 @@ pub fn xenmem_add_to_physmap(
     };
     let r1 = cx.iommu_iotlb_flush(first(op.idx), done, modified);
     for (mfn, gfn) in refs.take_batch() {
-        put_page(p2m, cx, refs, mfn, gfn, false);
+        put_page(p2m, cx, refs, mfn, gfn);
     }
     let r2 = cx.iommu_iotlb_flush(
         first(op.gpfn),

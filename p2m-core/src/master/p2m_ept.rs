@@ -152,6 +152,9 @@ pub struct Ept {
     pub tables: TableStore<EptEntry>,
     /// Root (level-4) table frame.
     pub root: u64,
+    /// The proposed fix `ept_get_entry_reads_nonpresent_superpage` (not Xen), copied from
+    /// the revision's switches (`get_entry` takes no context).
+    pub reads_nonpresent_superpage: bool,
 }
 
 impl Ept {
@@ -160,7 +163,11 @@ impl Ept {
         let root = mem.alloc(TableOwner::P2m, 4);
         let mut tables = TableStore::new();
         tables.insert(root, 4);
-        Ept { tables, root }
+        Ept {
+            tables,
+            root,
+            reads_nonpresent_superpage: false,
+        }
     }
 
     /// The entry `idx` of the table in frame `t` (zero when there is no such table).
@@ -369,7 +376,14 @@ impl Ept {
         if writes_type && new_leaf.is_present() && mfn == INVALID_MFN {
             return Err(P2mError::XenBug(BUG_PRESENT_INVALID_MFN));
         }
-        let iommu_flags = p2m_get_iommu_flags(&sw, p2mt, p2ma, mfn);
+        // Proposed fix `iommu_flags_require_present_entry` (not Xen): an entry written
+        // without a frame grants the device nothing, also in the comparison below.
+        let iommu_flags =
+            if sw.iommu_flags_require_present_entry && (!writes_type || mfn == INVALID_MFN) {
+                IommuPerm::NONE
+            } else {
+                p2m_get_iommu_flags(&sw, p2mt, p2ma, mfn)
+            };
         let mut need_modify_vtd_table = true;
 
         // The walk (`:841-852`): ept_next_level with read_only = 0.
@@ -461,13 +475,17 @@ impl Ept {
             && !cx.log.splits.is_empty();
         if need_modify_vtd_table || split_needs_flush {
             let flush_now = !cx.iommu.dont_flush || !sw.shared_ept_honours_dont_flush;
+            let flags = FlushFlags {
+                added: !iommu_flags.is_none(),
+                modified: vtd_pte_present,
+                all: false,
+            };
             if cx.iommu.shared && flush_now {
-                let flags = FlushFlags {
-                    added: !iommu_flags.is_none(),
-                    modified: vtd_pte_present,
-                    all: false,
-                };
                 rc = cx.iommu_iotlb_flush(gfn, 1 << order, flags);
+            } else if cx.iommu.shared {
+                // Skipped under `dont_flush`: remembered for the proposed fix
+                // `batch_flush_keeps_deferred_flags` only.
+                cx.iommu.note_dropped(flags);
             } else if cx.need_iommu_pt_sync() && need_modify_vtd_table {
                 let empty =
                     sw.iommu_flags_require_present_entry && (!writes_type || mfn == INVALID_MFN);
@@ -489,6 +507,8 @@ impl Ept {
     /// Xen's defaults (`None`) — even a valid one, e.g. a 2 MiB `ram_rw` page with access
     /// `n` — unless it is PoD; PoD reads as `populate_on_demand`, `INVALID_MFN`, access `n`;
     /// a valid leaf gives its type, access and frame (plus the offset in a superpage).
+    /// With `reads_nonpresent_superpage` (proposed fix, not Xen) a valid non-present
+    /// superpage reads like a 4 KiB one.
     pub fn get_entry(&self, gfn: u64) -> Option<P2mEntry> {
         if gfn >> GFN_BITS != 0 {
             return None;
@@ -506,7 +526,7 @@ impl Ept {
             t = e.mfn;
             level -= 1;
         };
-        if level > 1 && !e.is_present() {
+        if level > 1 && !e.is_present() && !(self.reads_nonpresent_superpage && e.sp) {
             return p2m_is_pod(e.p2mt()).then_some(POD_READING);
         }
         if p2m_is_pod(e.p2mt()) {

@@ -142,7 +142,7 @@ pub fn xenmem_add_to_physmap_one(
     if rc.is_ok() && cx.sw.batch_holds_page_refs {
         refs.hand_to_batch(mfn.0, gfn);
     } else {
-        put_page(p2m, cx, refs, mfn.0, gfn, false);
+        put_page(p2m, cx, refs, mfn.0, gfn);
     }
     rc
 }

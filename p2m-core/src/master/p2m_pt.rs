@@ -151,7 +151,13 @@ pub fn p2m_flags_to_access(sw: &Switches, flags: u32) -> P2mAccess {
 /// The IOMMU flags `p2m_pt_set_entry` computes for an old present leaf (`:641-646`,
 /// `:687-691`, `:715-720`): `p2m_get_iommu_flags` of its type, reconstructed access and
 /// raw frame.
+/// With the proposed fix `pt_mmio_old_flags_unknown` (not Xen), an old `mmio_direct` leaf
+/// reads as `!0` (unequal to anything): its access, which decided the IOMMU flags it was
+/// mapped with, is not in the PTE, so the step must run.
 fn old_leaf_iommu_flags(sw: &Switches, e: PtEntry) -> u32 {
+    if sw.pt_mmio_old_flags_unknown && e.p2mt() == P2mType::MmioDirect {
+        return !0;
+    }
     p2m_get_iommu_flags(sw, e.p2mt(), p2m_flags_to_access(sw, e.flags), Mfn(e.pfn)).bits()
 }
 
@@ -414,7 +420,14 @@ impl P2mPt {
         if p2m_entry_modify_bugs(p2mt, level, writes_type) {
             return Err(P2mError::XenBug(BUG_SPECIAL_TYPE_ABOVE_4K));
         }
-        let iommu_pte_flags = p2m_get_iommu_flags(&sw, p2mt, p2ma, mfn);
+        // Proposed fix `iommu_flags_require_present_entry` (not Xen): an entry written
+        // without a frame grants the device nothing, also in the comparison below.
+        let iommu_pte_flags =
+            if sw.iommu_flags_require_present_entry && (!writes_type || mfn == INVALID_MFN) {
+                IommuPerm::NONE
+            } else {
+                p2m_get_iommu_flags(&sw, p2mt, p2ma, mfn)
+            };
         let type_flags = p2m_type_to_flags(p2mt, mfn);
         let superpage = |pfn: u64| PtEntry {
             pfn: pfn & PSE_PFN_MASK,

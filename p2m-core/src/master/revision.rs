@@ -118,6 +118,28 @@ pub struct Switches {
     /// neither flushed range — with `done` = 0 nothing is flushed at all), the whole
     /// domain is flushed with them.
     pub batch_flush_keeps_deferred_flags: bool,
+    /// Not Xen — a proposed fix (`master-fixed`) of finding F5 (internal API only):
+    /// `p2m_get_iommu_flags` and `ept_p2m_type_to_flags` test `mmio_ro_ranges` against the
+    /// first frame of an entry only, so an `mmio_direct` superpage covering read-only MMIO
+    /// frames maps them writable. Xen's callers never make one (`set_mmio_p2m_entry`
+    /// returns "retry with a smaller order", `p2m.c:1187-1190`); the fix makes the p2m
+    /// write such a superpage in smaller pages where it overlaps, as those callers do.
+    pub mmio_ro_superpage_split: bool,
+    /// Not Xen — a proposed fix (`master-fixed`) of an under-permission the harness found
+    /// in master (outside security support: it needs a non-default access): p2m-pt
+    /// rebuilds an old leaf's IOMMU flags from its PTE (`p2m_flags_to_access`, `:538-546`,
+    /// rw or r), but an `mmio_direct` leaf was mapped with the flags of its real access
+    /// (e.g. `w`); a later change to the same frame with "equal" flags skips the IOMMU
+    /// step and the device keeps the old, smaller permission. Fix: an old `mmio_direct`
+    /// leaf always takes the step.
+    pub pt_mmio_old_flags_unknown: bool,
+    /// Not Xen — a proposed fix (`master-fixed`) of an inconsistency the harness found in
+    /// master (outside security support: it needs a non-default access): `ept_get_entry`
+    /// reads a valid non-present superpage (e.g. `ram_rw` with access `n`) as nothing
+    /// (`p2m-ept.c:1048-1060`, the walk with `read_only = 1`) but the same entry at 4 KiB
+    /// as typed, so the batch neither moves such a page nor removes it before mapping over
+    /// it. Fix: the superpage reads like the 4 KiB entry.
+    pub ept_get_entry_reads_nonpresent_superpage: bool,
 }
 }
 
@@ -143,6 +165,9 @@ const MASTER: Switches = Switches {
     ept_need_modify_requires_present_leaf: false,
     flush_covers_split_superpage: false,
     batch_flush_keeps_deferred_flags: false,
+    mmio_ro_superpage_split: false,
+    pt_mmio_old_flags_unknown: false,
+    ept_get_entry_reads_nonpresent_superpage: false,
 };
 
 /// The harness's proposed fixes of the holes it found in master (not Xen).
@@ -152,6 +177,9 @@ const MASTER_FIXED: Switches = Switches {
     ept_need_modify_requires_present_leaf: true,
     flush_covers_split_superpage: true,
     batch_flush_keeps_deferred_flags: true,
+    mmio_ro_superpage_split: true,
+    pt_mmio_old_flags_unknown: true,
+    ept_get_entry_reads_nonpresent_superpage: true,
     ..MASTER
 };
 

@@ -49,41 +49,26 @@ fn io_tables<'a>(p2m: &'a P2m, cx: &'a Cx) -> &'a dyn IoTables {
     }
 }
 
-/// Frees a guest page the batch let go of, recording what could still reach it (for a
-/// `displaced` page only stale cached state: see `master::memory::free_guest_page`).
-fn free_guest_page(
-    p2m: &P2m,
-    cx: &mut Cx,
-    look: &[GfnRange],
-    (mfn, gfn): (u64, u64),
-    displaced: bool,
-) {
+/// Frees a guest page the batch let go of, recording what could still reach it.
+fn free_guest_page(p2m: &P2m, cx: &mut Cx, look: &[GfnRange], (mfn, gfn): (u64, u64)) {
     cx.stats.guest_pages_freed += 1;
     let mut log = std::mem::take(cx.log);
     let io = io_tables(p2m, cx);
-    log.free_guest_page(
-        cx.mem,
-        io,
-        cx.iommu.caches.records(),
-        mfn,
-        gfn,
-        look,
-        !displaced,
-    );
+    log.free_guest_page(cx.mem, io, cx.iommu.caches.records(), mfn, gfn, look);
     *cx.log = log;
 }
 
 /// `put_page(page)`, freeing the page if that was its last reference.
-fn put_page(p2m: &P2m, cx: &mut Cx, refs: &mut PageRefs, mfn: u64, gfn: u64, displaced: bool) {
+fn put_page(p2m: &P2m, cx: &mut Cx, refs: &mut PageRefs, mfn: u64, gfn: u64) {
     if let Some(freed) = refs.put(mfn, gfn) {
-        free_guest_page(p2m, cx, &refs.look, freed, displaced);
+        free_guest_page(p2m, cx, &refs.look, freed);
     }
 }
 
 /// `test_and_clear_bit(_PGC_allocated)` then `put_page`: drops the allocation reference.
 fn put_alloc_ref(p2m: &P2m, cx: &mut Cx, refs: &mut PageRefs, mfn: u64, gfn: u64) {
     if let Some(freed) = refs.put_alloc_ref(mfn, gfn) {
-        free_guest_page(p2m, cx, &refs.look, freed, true);
+        free_guest_page(p2m, cx, &refs.look, freed);
     }
 }
 
@@ -151,7 +136,7 @@ fn guest_remove_page(p2m: &mut P2m, cx: &mut Cx, refs: &mut PageRefs, gmfn: u64)
     }
     let _ = guest_physmap_remove_page(p2m, cx, gmfn);
     cx.iommu.dont_flush = dont_flush;
-    put_page(p2m, cx, refs, mfn.0, gmfn, true);
+    put_page(p2m, cx, refs, mfn.0, gmfn);
 }
 
 /// `xenmem_add_to_physmap_one(d, XENMAPSPACE_gmfn_range, ..., idx, gpfn)` of 4.6
@@ -185,7 +170,7 @@ fn xenmem_add_to_physmap_one(
         let _ = guest_physmap_remove_page(p2m, cx, idx);
     }
     let rc = guest_physmap_add_page(p2m, cx, gpfn, mfn);
-    put_page(p2m, cx, refs, mfn.0, gpfn, false);
+    put_page(p2m, cx, refs, mfn.0, gpfn);
     rc
 }
 
