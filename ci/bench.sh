@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # Produces BENCHMARKS.md: fuzz-target throughput next to `ceiling`, time to first
-# divergence per historical hole (libFuzzer and `hunt`, median of 5 seeds), and the
-# exhaustive mode's speed at depth 3.
+# divergence per hole of every revision with regressions (libFuzzer and `hunt`, median of 5
+# seeds), the exhaustive mode's speed at depth 3, the cost of 1 GiB ops on master, the
+# planted bugs (ci/planted.sh), and — when their outputs exist — the acceptance runs
+# (ci/acceptance.sh → target/acceptance/summary.md) and the mutation score (ci/mutants.sh
+# → target/mutants/summary.md).
 #
 # Usage: ci/bench.sh [SECONDS_PER_TARGET]   (default 60; writes BENCHMARKS.md)
 # Env:   BENCH_SEEDS (default "1 2 3 4 5"), BENCH_OUT (default BENCHMARKS.md),
@@ -52,8 +55,14 @@ for f in corpus/regressions/*/*.trace; do
   # Switches that alone close this hole (e.g. a later fix that subsumes the original one)
   # must stay open too, or there would be nothing left to find.
   culprits=$({ "$cli" blame --revision "$rev" "$f" || true; } | sed -n 's/.*root cause: //p' | tr -d ',')
-  others=$(sed -n 's/^# root-cause: //p' corpus/regressions/"$rev"/*.trace | tr ' ' '\n' | sort -u |
-    grep -vxF -f <(tr ' ' '\n' <<<"$cause $culprits" | grep .) | paste -sd, - || true)
+  # On the master line every revision also carries the pinned master's own findings:
+  # their fix switches are assumed too (unless they explain this hole).
+  master_fixes=""
+  if "$cli" revisions | awk -v r="$rev" '$1 == r && $2 ~ /xen-master/ {f = 1} END {exit !f}'; then
+    master_fixes=$(sed -n 's/^# root-cause: //p' corpus/regressions/xen-master/*.trace | tr ' ' '\n')
+  fi
+  others=$({ sed -n 's/^# root-cause: //p' corpus/regressions/"$rev"/*.trace | tr ' ' '\n'; echo "$master_fixes"; } |
+    grep . | sort -u | grep -vxF -f <(tr ' ' '\n' <<<"$cause $culprits" | grep .) | paste -sd, - || true)
   lf=(); hu=()
   for s in $seeds; do
     rm -rf "$work/e"; mkdir -p "$work/e" "$work/art"
@@ -90,6 +99,11 @@ for rev in fixed; do
   done
 done
 
+# --- 4. the master line's 1 GiB ops, the planted bugs, and (when present) the acceptance
+# runs and the mutation score.
+"$cli" bench --seconds 4 >"$work/bench.log" 2>&1 || true
+bash ci/planted.sh 30 >"$work/planted.md" 2>"$work/planted.err" || true
+
 {
   echo "# Benchmarks"
   echo
@@ -122,6 +136,18 @@ done
   echo "| mode | revision | sequences | wall (s) | sequences/s |"
   echo "|---|---|---|---|---|"
   printf '%s\n' "${ex[@]}"
+  echo
+  echo "## Cost of ops (\`p2m-fuzz bench --seconds 4\`)"
+  echo
+  echo '```'
+  cat "$work/bench.log"
+  echo '```'
+  echo
+  echo "## Planted bugs (\`ci/planted.sh 30\`): each search finds each one"
+  echo
+  cat "$work/planted.md"
+  if [ -f target/acceptance/summary.md ]; then echo; cat target/acceptance/summary.md; fi
+  if [ -f target/mutants/summary.md ]; then echo; cat target/mutants/summary.md; fi
   cat ci/bench-notes.md
 } >"$out"
 echo "wrote $out" >&2

@@ -14,6 +14,13 @@
 #   P2M_FUZZ_OUT              output dir (default target/nightly-fuzz)
 #   P2M_FUZZ_TARGETS          targets to fuzz (default "ept npt shadow mixed"; "" = none,
 #                             e.g. for a canary-only run). `ceiling` decodes only: never fuzzed.
+#   P2M_FUZZ_LINES            Xen lines to fuzz, one after the other (default "xen-4.6 xen-master"),
+#                             each into $P2M_FUZZ_OUT/<line>/ with its own defaults: xen-4.6
+#                             checks `fixed` (canary: xen-4.6-pre patch-v1 committed), xen-master
+#                             checks `master-fixed` (canary: every master revision with a
+#                             corpus/regressions/ directory, baseline master-fixed); the summary
+#                             of each line is concatenated into $P2M_FUZZ_OUT/summary.md.
+#                             Setting P2M_REVISION runs that one revision the old way.
 #   P2M_REVISION              revision the main run checks (default fixed)
 #   P2M_FUZZ_SANITIZER        none (default, stable toolchain) | address | leak | memory | thread
 #   P2M_FUZZ_TOOLCHAIN        rustup toolchain for cargo fuzz (default: stable for `none`,
@@ -67,6 +74,41 @@ fi
 OUT=${P2M_FUZZ_OUT:-target/nightly-fuzz}
 mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)
+
+# Both lines: run this script once per line, each with its own revision, canary and output
+# directory; the exit status is the worst of the runs (1 crash before 3 guard before 0).
+if [ -z "${P2M_REVISION:-}" ] && [ -z "${P2M_FUZZ_LINE:-}" ]; then
+  read -r -a LINES <<<"${P2M_FUZZ_LINES:-xen-4.6 xen-master}"
+  worst=0
+  : >"$OUT/summary.md"
+  for line in "${LINES[@]}"; do
+    case $line in
+      xen-4.6) rev=fixed; canary="xen-4.6-pre patch-v1 committed" ;;
+      xen-master)
+        rev=master-fixed
+        canary=""
+        for d in corpus/regressions/*/; do
+          r=$(basename "$d")
+          case $r in xen-4.6-pre|patch-v1|committed) ;; *) canary="$canary $r" ;; esac
+        done ;;
+      *) echo "nightly-fuzz: unknown line '$line' (xen-4.6, xen-master)" >&2; exit 2 ;;
+    esac
+    rc=0
+    P2M_FUZZ_LINE=$line P2M_REVISION=$rev P2M_FUZZ_OUT="$OUT/$line" \
+      P2M_CANARY_REVISIONS=${P2M_CANARY_REVISIONS:-$canary} \
+      P2M_CANARY_BASELINE=${P2M_CANARY_BASELINE:-$rev} \
+      bash "$0" "$SECS" || rc=$?
+    { echo "<!-- line $line: exit $rc -->"; cat "$OUT/$line/summary.md" 2>/dev/null; echo; } >>"$OUT/summary.md"
+    case $rc in
+      0) ;;
+      1) worst=1 ;;
+      3) [ "$worst" = 1 ] || worst=3 ;;
+      *) [ "$worst" = 0 ] && worst=$rc ;;
+    esac
+  done
+  echo "nightly-fuzz: both lines done (exit $worst); summary in $OUT/summary.md"
+  exit "$worst"
+fi
 TARGETS=${P2M_FUZZ_TARGETS-ept npt shadow mixed}
 REVISION=${P2M_REVISION:-fixed}
 SANITIZER=${P2M_FUZZ_SANITIZER:-none}
@@ -562,16 +604,16 @@ canary_simple() {
     "${CANARY_ART:+canary/$rev-$t/artifacts/$(basename "$CANARY_ART")}"
 }
 
-# The switches of REVISION (per `p2m-fuzz revisions`) whose values differ from `fixed`, less
-# the ones given.
+# The switches of REVISION (per `p2m-fuzz revisions`) whose values differ from the canary
+# baseline (`fixed`, or `master-fixed` for the master line), less the ones given.
 differing_switches() {
   local rev=$1
   shift
-  "$P2M_FUZZ" revisions | awk -v r="$rev" -v skip=" $* " '
+  "$P2M_FUZZ" revisions | awk -v r="$rev" -v b="$CANARY_BASELINE" -v skip=" $* " '
     want { for (i = 1; i <= NF; i++) sw[r, i] = $i; n[r] = NF; want = 0 }
     wantf { for (i = 1; i <= NF; i++) sw["fixed", i] = $i; n["fixed"] = NF; wantf = 0 }
     $1 == r { want = 1 }
-    $1 == "fixed" { wantf = 1 }
+    $1 == b { wantf = 1 }
     END {
       for (i = 1; i <= n[r]; i++) if (sw[r, i] != sw["fixed", i]) {
         split(sw[r, i], kv, "="); if (index(skip, " " kv[1] " ") == 0) printf "%s ", kv[1]
