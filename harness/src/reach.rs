@@ -76,6 +76,9 @@ pub fn unreachable_reason(
         e.p2mt,
         RamRw | RamLogdirty | RamRo | GrantMapRw | GrantMapRo | MapForeign | RamShared
     );
+    if mfn == Mfn(0) && maps_memory {
+        return Some("machine frame 0 is never a guest page (Xen reserves it)");
+    }
     if mfn == INVALID_MFN && maps_memory {
         return Some(
             "no caller passes INVALID_MFN with a type that maps memory (p2m_remove_page, \

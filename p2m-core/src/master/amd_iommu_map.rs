@@ -155,7 +155,8 @@ pub(crate) fn iommu_pde_from_dfn(
         let idx = index_of(dfn, level);
         let pde = pt.entry(table, idx);
         next = pde.mfn();
-        if pde.pr() && pde.next_level() == 0 && next != 0 {
+        // Proposed fix `amd_split_superpage_at_mfn0` (not Xen): frame 0 is a frame too.
+        if pde.pr() && pde.next_level() == 0 && (next != 0 || cx.sw.amd_split_superpage_at_mfn0) {
             let nt = iommu_alloc_pgtable(pt, cx.mem, level - 1, true);
             pt.fill_entries(
                 nt,

@@ -140,6 +140,12 @@ pub struct Switches {
     /// as typed, so the batch neither moves such a page nor removes it before mapping over
     /// it. Fix: the superpage reads like the 4 KiB entry.
     pub ept_get_entry_reads_nonpresent_superpage: bool,
+    /// Not Xen — a proposed fix (`master-fixed`) of finding F9 (internal API only: frame 0
+    /// is never a guest page): `iommu_pde_from_dfn` reads a PDE whose frame is 0 as "no
+    /// table" (`amd/iommu_map.c:303-306`), so an AMD superpage mapping machine frame 0 is
+    /// never shattered — an unmap inside it does nothing and the device keeps the whole
+    /// superpage; a map inside it crashes the domain. Fix: shatter it like any other.
+    pub amd_split_superpage_at_mfn0: bool,
 }
 }
 
@@ -168,6 +174,7 @@ const MASTER: Switches = Switches {
     mmio_ro_superpage_split: false,
     pt_mmio_old_flags_unknown: false,
     ept_get_entry_reads_nonpresent_superpage: false,
+    amd_split_superpage_at_mfn0: false,
 };
 
 /// The harness's proposed fixes of the holes it found in master (not Xen).
@@ -180,6 +187,7 @@ const MASTER_FIXED: Switches = Switches {
     mmio_ro_superpage_split: true,
     pt_mmio_old_flags_unknown: true,
     ept_get_entry_reads_nonpresent_superpage: true,
+    amd_split_superpage_at_mfn0: true,
     ..MASTER
 };
 
