@@ -335,12 +335,12 @@ impl OpLog {
     }
 
     /// Frees the guest page `frame`, removed from `gfn`, recording whatever could still
-    /// reach it now (with some permission): a leaf of the current IOMMU-visible tables `io`
-    /// at `gfn` (the page mapped back where it was removed, as 4.6 did), an IOTLB record of
-    /// `records` mapping it, or a walk from a paging-structure record over `look` (the gfns
-    /// the op touched). Current mappings at other gfns are not looked for: Xen keeps one
-    /// gfn per page, so only the internal API can alias a page elsewhere. Costs the records
-    /// plus the entries of `look`.
+    /// reach it *at `gfn`* now (with some permission): a leaf of the current IOMMU-visible
+    /// tables `io` (the page mapped back where it was removed, as 4.6 did), an IOTLB record
+    /// of `records`, or a walk from a paging-structure record. Mappings of the page at
+    /// other gfns are not looked for: Xen keeps one gfn per page (the M2P), so only the
+    /// internal API can alias a page elsewhere, and a stale mapping left by an earlier op
+    /// was already reported at that op. Costs the records.
     pub fn free_guest_page(
         &mut self,
         mem: &MachineMemory,
@@ -348,15 +348,18 @@ impl OpLog {
         records: &[CacheRecord],
         frame: u64,
         gfn: u64,
-        look: &[GfnRange],
     ) {
+        let at = GfnRange::of_order(gfn, 0);
         let mut reaches = Vec::new();
         let hits =
             |w: &WalkResult, via: ReachVia, record: Option<CacheRecord>, out: &mut Vec<Reach>| {
                 for t in &w.translations {
-                    if t.perm != IommuPerm::NONE && frame >= t.mfn && frame - t.mfn < t.range.len()
+                    if t.perm != IommuPerm::NONE
+                        && frame >= t.mfn
+                        && frame - t.mfn < t.range.len()
+                        && t.range.start + (frame - t.mfn) == gfn
                     {
-                        let g = t.range.start + (frame - t.mfn);
+                        let g = gfn;
                         out.push(Reach {
                             via,
                             range: GfnRange::of_order(g, 0),
@@ -366,7 +369,7 @@ impl OpLog {
                 }
             };
         hits(
-            &walk_root(io, mem, GfnRange::of_order(gfn, 0)),
+            &walk_root(io, mem, at),
             ReachVia::CurrentWalk,
             None,
             &mut reaches,
@@ -375,10 +378,12 @@ impl OpLog {
             let via = ReachVia::CachedWalk { seq: r.seq };
             match r.kind {
                 RecordKind::Leaf { mfn, perm, .. } => {
-                    if perm != IommuPerm::NONE && frame >= mfn && frame - mfn < r.range.len() {
+                    let maps_here =
+                        r.range.contains(gfn) && mfn.wrapping_add(gfn - r.range.start) == frame;
+                    if perm != IommuPerm::NONE && maps_here {
                         reaches.push(Reach {
                             via,
-                            range: GfnRange::of_order(r.range.start + (frame - mfn), 0),
+                            range: at,
                             record: Some(*r),
                         });
                     }
@@ -389,7 +394,7 @@ impl OpLog {
                     generation,
                     perm,
                 } => {
-                    for part in look.iter().filter_map(|l| l.intersect(&r.range)) {
+                    if let Some(part) = at.intersect(&r.range) {
                         let mut w = WalkResult::default();
                         walk(
                             io,

@@ -159,19 +159,9 @@ pub struct PageRefs {
     batch: Vec<(u64, u64)>,
     /// Pages whose allocation reference was dropped while an extra one was held.
     unallocated: Vec<(u64, u64)>,
-    /// Where a device could still reach a freed page: the gfns the batch touches.
-    pub look: Vec<GfnRange>,
 }
 
 impl PageRefs {
-    /// No reference held; frees are checked over `look`.
-    pub fn new(look: Vec<GfnRange>) -> Self {
-        PageRefs {
-            look,
-            ..PageRefs::default()
-        }
-    }
-
     /// `get_page(page, d)`.
     pub fn get(&mut self, mfn: u64) {
         match self.extra.iter_mut().find(|(m, _)| *m == mfn) {

@@ -10,7 +10,7 @@ use crate::master::p2m_physmap::{
     domain_owns_page, get_gfn_query, io_tables, p2m_remove_page, xenmem_add_to_physmap_one,
 };
 use crate::physmap::{mfn_valid, AddToPhysmapRange, BatchOutcome, PageRefs, PhysmapError};
-use crate::types::{GfnRange, P2mType};
+use crate::types::P2mType;
 
 /// `ARRAY_SIZE(pages)` of `xenmem_add_to_physmap` (`memory.c:966`): pages whose
 /// references one call holds, hence pages per continuation.
@@ -18,18 +18,18 @@ pub const GMFN_RANGE_PAGES_PER_CALL: u64 = 16;
 
 /// Frees a guest page the batch let go of (its allocation reference went in
 /// `guest_remove_page`): the oracle learns what could still reach it.
-pub fn free_guest_page(p2m: &P2m, cx: &mut Cx, look: &[GfnRange], (mfn, gfn): (u64, u64)) {
+pub fn free_guest_page(p2m: &P2m, cx: &mut Cx, (mfn, gfn): (u64, u64)) {
     cx.stats.guest_pages_freed += 1;
     let mut log = std::mem::take(cx.log);
     let io = io_tables(p2m, cx);
-    log.free_guest_page(cx.mem, io, cx.iommu.caches.records(), mfn, gfn, look);
+    log.free_guest_page(cx.mem, io, cx.iommu.caches.records(), mfn, gfn);
     *cx.log = log;
 }
 
 /// `put_page(page)` on `(mfn, gfn)`, freeing the page if that was its last reference.
 pub fn put_page(p2m: &P2m, cx: &mut Cx, refs: &mut PageRefs, mfn: u64, gfn: u64) {
     if let Some(freed) = refs.put(mfn, gfn) {
-        free_guest_page(p2m, cx, &refs.look, freed);
+        free_guest_page(p2m, cx, freed);
     }
 }
 
@@ -70,7 +70,7 @@ pub fn guest_remove_page(
     cx.iommu.dont_flush = dont_flush;
     if rc.is_ok() {
         if let Some(freed) = refs.put_alloc_ref(mfn.0, gmfn) {
-            free_guest_page(p2m, cx, &refs.look, freed);
+            free_guest_page(p2m, cx, freed);
         }
     }
     put_page(p2m, cx, refs, mfn.0, gmfn);
@@ -173,7 +173,7 @@ pub fn add_to_physmap_range(p2m: &mut P2m, cx: &mut Cx, op: AddToPhysmapRange) -
             rc: Err(PhysmapError::Overflow),
         };
     }
-    let mut refs = PageRefs::new(op.ranges());
+    let mut refs = PageRefs::default();
     let mut start = 0;
     loop {
         let (done, rc) = xenmem_add_to_physmap(p2m, cx, &mut refs, op, start);

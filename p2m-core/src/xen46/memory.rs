@@ -50,25 +50,25 @@ fn io_tables<'a>(p2m: &'a P2m, cx: &'a Cx) -> &'a dyn IoTables {
 }
 
 /// Frees a guest page the batch let go of, recording what could still reach it.
-fn free_guest_page(p2m: &P2m, cx: &mut Cx, look: &[GfnRange], (mfn, gfn): (u64, u64)) {
+fn free_guest_page(p2m: &P2m, cx: &mut Cx, (mfn, gfn): (u64, u64)) {
     cx.stats.guest_pages_freed += 1;
     let mut log = std::mem::take(cx.log);
     let io = io_tables(p2m, cx);
-    log.free_guest_page(cx.mem, io, cx.iommu.caches.records(), mfn, gfn, look);
+    log.free_guest_page(cx.mem, io, cx.iommu.caches.records(), mfn, gfn);
     *cx.log = log;
 }
 
 /// `put_page(page)`, freeing the page if that was its last reference.
 fn put_page(p2m: &P2m, cx: &mut Cx, refs: &mut PageRefs, mfn: u64, gfn: u64) {
     if let Some(freed) = refs.put(mfn, gfn) {
-        free_guest_page(p2m, cx, &refs.look, freed);
+        free_guest_page(p2m, cx, freed);
     }
 }
 
 /// `test_and_clear_bit(_PGC_allocated)` then `put_page`: drops the allocation reference.
 fn put_alloc_ref(p2m: &P2m, cx: &mut Cx, refs: &mut PageRefs, mfn: u64, gfn: u64) {
     if let Some(freed) = refs.put_alloc_ref(mfn, gfn) {
-        free_guest_page(p2m, cx, &refs.look, freed);
+        free_guest_page(p2m, cx, freed);
     }
 }
 
@@ -178,7 +178,7 @@ fn xenmem_add_to_physmap_one(
 /// (`memory.c:582-641`): every page forwards under `iommu_dont_flush_iotlb`, stopping at
 /// the first error, then `iommu_iotlb_flush` of the old and of the new gfns.
 pub fn add_to_physmap_range(p2m: &mut P2m, cx: &mut Cx, op: AddToPhysmapRange) -> BatchOutcome {
-    let mut refs = PageRefs::new(op.ranges());
+    let mut refs = PageRefs::default();
     cx.iommu.dont_flush = true;
     let mut done = 0;
     let mut rc = Ok(());
