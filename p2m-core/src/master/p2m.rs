@@ -5,8 +5,9 @@
 
 use crate::master::iommu::FlushFlags;
 use crate::master::revision::Switches;
+use crate::tables::{index_of, pages_per_entry, Pte, TableStore};
 use crate::types::{in_mmio_ro_ranges, Config, IommuPerm, Mfn, Mode, P2mAccess, P2mError, P2mType};
-use crate::types::{GfnRange, INVALID_MFN, PTE_MFN_MASK};
+use crate::types::{GfnRange, GFN_BITS, INVALID_MFN, PTE_MFN_MASK};
 use crate::view::CpuExtent;
 
 /// `p2m_ioreq_server` (`asm/p2m.h:67`): on master, type number 15 (the 4.6 numbering's
@@ -270,6 +271,149 @@ pub fn linear_pieces(first: u64, per: u64, len: u64, cuts: &[u64]) -> Vec<(u64, 
         k = end;
     }
     out
+}
+
+/// What one p2m entry is to the CPU view (see [`cpu_extents_of`]).
+pub enum EntryKind {
+    /// A pointer to the next-level table in this frame.
+    Table(u64),
+    /// Nothing mapped.
+    Empty,
+    /// A leaf: its frame field, type and access.
+    Leaf {
+        /// The frame field of the entry.
+        field: u64,
+        /// The largest frame field: consecutive entries' fields wrap there, and a field at
+        /// or above it (a clipped `INVALID_MFN`) reads as `INVALID_MFN`.
+        mask: u64,
+        /// Its type.
+        p2mt: P2mType,
+        /// Its access.
+        access: P2mAccess,
+    },
+}
+
+/// The stored content of a 4-level p2m (EPT or p2m-pt) over `range` as runs: the CPU view
+/// the oracle compares, each entry classified by `kind(entry, level)`. Gfns beyond the
+/// 4-level address width read as unmapped. Cost: the table runs the range meets, never its
+/// pages.
+pub fn cpu_extents_of<E: Pte>(
+    tables: &TableStore<E>,
+    root: u64,
+    range: GfnRange,
+    kind: &dyn Fn(E, u8) -> EntryKind,
+) -> Vec<CpuExtent> {
+    let mut out = Vec::new();
+    let limit = 1u64 << GFN_BITS;
+    let inside = GfnRange {
+        start: range.start.min(limit),
+        end: range.end.min(limit),
+    };
+    if !inside.is_empty() {
+        extents_in(tables, kind, root, 4, 0, inside, &mut out);
+    }
+    push_extent(
+        &mut out,
+        unmapped_extent(GfnRange {
+            start: inside.end.max(range.start),
+            end: range.end,
+        }),
+    );
+    out
+}
+
+/// [`cpu_extents_of`] within the table `t` at `level` whose first gfn is `base`.
+fn extents_in<E: Pte>(
+    tables: &TableStore<E>,
+    kind: &dyn Fn(E, u8) -> EntryKind,
+    t: u64,
+    level: u8,
+    base: u64,
+    range: GfnRange,
+    out: &mut Vec<CpuExtent>,
+) {
+    let Some(tab) = tables.get(t) else {
+        push_extent(out, unmapped_extent(range));
+        return;
+    };
+    let per = pages_per_entry(level);
+    let lo = index_of(range.start, level);
+    let hi = index_of(range.end - 1, level) + 1;
+    let mut cursor = range.start;
+    for (s, l, e) in tab.iter_runs(lo, hi) {
+        let run_start = base + s as u64 * per;
+        let run = GfnRange {
+            start: run_start,
+            end: run_start + l as u64 * per,
+        };
+        let Some(hit) = run.intersect(&range) else {
+            continue;
+        };
+        push_extent(
+            out,
+            unmapped_extent(GfnRange {
+                start: cursor,
+                end: hit.start,
+            }),
+        );
+        cursor = hit.end;
+        match kind(e, level) {
+            EntryKind::Table(_) => {
+                for k in 0..l as u64 {
+                    let EntryKind::Table(next) = kind(e.nth(k, level), level) else {
+                        continue;
+                    };
+                    let er = GfnRange {
+                        start: run_start + k * per,
+                        end: run_start + (k + 1) * per,
+                    };
+                    if let Some(sub) = er.intersect(&hit) {
+                        extents_in(tables, kind, next, level - 1, er.start, sub, out);
+                    }
+                }
+            }
+            EntryKind::Empty => push_extent(out, unmapped_extent(hit)),
+            EntryKind::Leaf {
+                field,
+                mask,
+                p2mt,
+                access,
+            } => {
+                for (k0, k1) in linear_pieces(field, per, l as u64, &[mask]) {
+                    let pr = GfnRange {
+                        start: run_start + k0 * per,
+                        end: run_start + k1 * per,
+                    };
+                    let Some(ph) = pr.intersect(&hit) else {
+                        continue;
+                    };
+                    let EntryKind::Leaf { field: f0, .. } = kind(e.nth(k0, level), level) else {
+                        continue;
+                    };
+                    push_extent(
+                        out,
+                        CpuExtent {
+                            range: ph,
+                            mfn: if f0 >= mask {
+                                INVALID_MFN
+                            } else {
+                                Mfn(f0 + (ph.start - pr.start))
+                            },
+                            p2mt,
+                            access,
+                        },
+                    );
+                }
+            }
+        }
+    }
+    push_extent(
+        out,
+        unmapped_extent(GfnRange {
+            start: cursor,
+            end: range.end,
+        }),
+    );
 }
 
 /// The CPU-view extent of a gfn range `get_entry` reads as "nothing here"

@@ -13,9 +13,9 @@
 use crate::frames::{MachineMemory, TableOwner};
 use crate::master::domain::Cx;
 use crate::master::p2m::{
-    linear_pieces, p2m_allows_invalid_mfn, p2m_entry_modify_bugs, p2m_get_iommu_flags,
-    p2m_is_any_ram, p2m_is_paging, p2m_is_pod, p2m_is_valid, push_extent, type_of_raw,
-    unmapped_extent, BUG_SPECIAL_TYPE_ABOVE_4K, IOREQ_MEM_ACCESS_WRITE, P2M_IOREQ_SERVER,
+    cpu_extents_of, p2m_allows_invalid_mfn, p2m_entry_modify_bugs, p2m_get_iommu_flags,
+    p2m_is_any_ram, p2m_is_paging, p2m_is_pod, p2m_is_valid, type_of_raw, EntryKind,
+    BUG_SPECIAL_TYPE_ABOVE_4K, IOREQ_MEM_ACCESS_WRITE, P2M_IOREQ_SERVER,
 };
 use crate::master::revision::Switches;
 use crate::tables::{index_of, pages_per_entry, Pte, TableStore};
@@ -562,96 +562,21 @@ impl P2mPt {
     /// The CPU view of `range` as runs, consistent with [`Self::get_entry`] at every gfn.
     /// Cost: the table runs the range meets, never its pages.
     pub fn cpu_extents(&self, range: GfnRange) -> Vec<CpuExtent> {
-        let mut out = Vec::new();
-        let limit = 1u64 << GFN_BITS;
-        let inside = GfnRange {
-            start: range.start.min(limit),
-            end: range.end.min(limit),
-        };
-        if !inside.is_empty() {
-            self.extents_in(self.root, 4, 0, inside, &mut out);
-        }
-        push_extent(
-            &mut out,
-            unmapped_extent(GfnRange {
-                start: inside.end.max(range.start),
-                end: range.end,
-            }),
-        );
-        out
-    }
-
-    /// [`Self::cpu_extents`] within the table `t` at `level` whose first gfn is `base`.
-    fn extents_in(&self, t: u64, level: u8, base: u64, range: GfnRange, out: &mut Vec<CpuExtent>) {
-        let Some(tab) = self.tables.get(t) else {
-            push_extent(out, unmapped_extent(range));
-            return;
-        };
-        let per = pages_per_entry(level);
-        let lo = index_of(range.start, level);
-        let hi = index_of(range.end - 1, level) + 1;
-        let mut cursor = range.start;
-        for (s, l, e) in tab.iter_runs(lo, hi) {
-            let run_start = base + s as u64 * per;
-            let run = GfnRange {
-                start: run_start,
-                end: run_start + l as u64 * per,
-            };
-            let Some(hit) = run.intersect(&range) else {
-                continue;
-            };
-            push_extent(
-                out,
-                unmapped_extent(GfnRange {
-                    start: cursor,
-                    end: hit.start,
-                }),
-            );
-            cursor = hit.end;
+        cpu_extents_of(&self.tables, self.root, range, &|e: PtEntry, level| {
             let p2mt = e.p2mt();
-            let pointer = e.present() && (level == 4 || (level > 1 && !e.pse()));
-            if pointer {
-                for k in 0..l as u64 {
-                    let c = e.nth(k, level);
-                    let er = GfnRange {
-                        start: run_start + k * per,
-                        end: run_start + (k + 1) * per,
-                    };
-                    if let Some(sub) = er.intersect(&hit) {
-                        self.extents_in(c.pfn, level - 1, er.start, sub, out);
-                    }
-                }
+            if e.present() && (level == 4 || (level > 1 && !e.pse())) {
+                EntryKind::Table(e.pfn)
             } else if e.flags == 0 || p2mt == P2mType::Invalid {
-                push_extent(out, unmapped_extent(hit));
+                EntryKind::Empty
             } else {
-                for (k0, k1) in linear_pieces(e.pfn, per, l as u64, &[PSE_PFN_MASK]) {
-                    let pr = GfnRange {
-                        start: run_start + k0 * per,
-                        end: run_start + k1 * per,
-                    };
-                    let Some(ph) = pr.intersect(&hit) else {
-                        continue;
-                    };
-                    let field = e.nth(k0, level).pfn;
-                    push_extent(
-                        out,
-                        CpuExtent {
-                            range: ph,
-                            mfn: leaf_mfn(field, ph.start - pr.start),
-                            p2mt,
-                            access: P2mAccess::Rwx,
-                        },
-                    );
+                EntryKind::Leaf {
+                    field: e.pfn,
+                    mask: PSE_PFN_MASK,
+                    p2mt,
+                    access: P2mAccess::Rwx,
                 }
             }
-        }
-        push_extent(
-            out,
-            unmapped_extent(GfnRange {
-                start: cursor,
-                end: range.end,
-            }),
-        );
+        })
     }
 }
 
