@@ -126,14 +126,21 @@ pub fn scenario_dot(s: &Scenario, rev: Revision, source: &str) -> String {
     };
     match dom.snapshot() {
         Some(snap) => render(&snap, &meta),
-        None => format!(
-            "// no picture of the {} line yet; the report:\n{}",
-            dom.line(),
-            meta.divergence
+        None => {
+            // A valid (empty) graph whose comments carry the report.
+            let report: String = meta
+                .divergence
                 .as_ref()
-                .map(|d| d.to_string().replace('\n', "\n// "))
+                .map(|d| d.to_string())
                 .unwrap_or_default()
-        ),
+                .lines()
+                .map(|l| format!("// {l}\n"))
+                .collect();
+            format!(
+                "// no picture of the {} line yet; the report:\n{report}digraph p2m {{}}\n",
+                dom.line()
+            )
+        }
     }
 }
 
