@@ -23,14 +23,14 @@ assume=()
 for s in flush_covers_split_superpage iommu_flags_require_present_entry \
   ept_need_modify_requires_present_leaf ept_split_nonpresent_superpage \
   batch_flush_keeps_deferred_flags mmio_ro_superpage_split pt_mmio_old_flags_unknown \
-  ept_get_entry_reads_nonpresent_superpage; do assume+=(--assume-fixed "$s"); done
+  ept_get_entry_reads_nonpresent_superpage amd_split_superpage_at_mfn0; do assume+=(--assume-fixed "$s"); done
 configs=("mode=ept vendor=vtd share=on" "mode=ept vendor=vtd share=off"
   "mode=npt vendor=amd share=off" "mode=shadow vendor=vtd share=off"
   "mode=shadow vendor=amd share=off")
 
 fuzz() { # TARGET: libFuzzer from the seed corpus under `fixed`.
   mkdir -p "$out/c-$1"; cp -r "corpus/$1/." "$out/c-$1/"
-  P2M_REVISION=fixed "$bin/$1" -max_total_time="$fixed_secs" -print_final_stats=1 \
+  P2M_REVISION=fixed "$bin/$1" -max_total_time="$fixed_secs" -print_final_stats=1 -dict=fuzz/p2m.dict \
     -artifact_prefix="$out/a-$1-" "$out/c-$1" >"$out/fuzz-$1.log" 2>&1 || true
 }
 lane1() {

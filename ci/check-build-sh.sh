@@ -55,6 +55,7 @@ for t in "${TARGETS[@]}"; do
   [ -x "$OUT/$t" ] || fail "$OUT/$t missing or not executable"
   [ -s "$OUT/$t.options" ] || fail "$OUT/$t.options missing"
   grep -q '^max_len = [0-9]' "$OUT/$t.options" || fail "$OUT/$t.options has no max_len"
+  cmp -s fuzz/p2m.dict "$OUT/$t.dict" || fail "$OUT/$t.dict is not fuzz/p2m.dict"
   zip="$OUT/${t}_seed_corpus.zip"
   [ -s "$zip" ] || fail "$zip missing"
   expected=$(find "$seeds/$t" -maxdepth 1 -type f | wc -l)
@@ -64,9 +65,10 @@ for t in "${TARGETS[@]}"; do
   got=$(find "$TMP/unzipped/$t" -type f | wc -l)
   [ "$got" -eq "$expected" ] || fail "$zip holds $got files, corpus has $expected"
   # Every seed once, from the unzipped corpus (as ClusterFuzz does on the first run).
-  "$OUT/$t" -runs=0 "$TMP/unzipped/$t" >"$TMP/run-$t.log" 2>&1 ||
+  "$OUT/$t" -runs=0 -dict="$OUT/$t.dict" "$TMP/unzipped/$t" >"$TMP/run-$t.log" 2>&1 ||
     { tail -n 40 "$TMP/run-$t.log" >&2; fail "$t did not run its seed corpus cleanly"; }
   grep -q 'INITED\|Done' "$TMP/run-$t.log" || { tail -n 20 "$TMP/run-$t.log" >&2; fail "$t: no libFuzzer status line"; }
+  grep -q '^Dictionary: [1-9]' "$TMP/run-$t.log" || fail "$t: libFuzzer did not load $OUT/$t.dict"
   # One input file, as a reproducer run does.
   # (sed, not head: with pipefail a producer cut off by SIGPIPE fails the pipeline)
   one=$(find "$TMP/unzipped/$t" -type f | sort | sed -n 1p)

@@ -49,7 +49,10 @@
 #   P2M_CANARY_SECONDS        budget per canary run (default 30)
 #   P2M_CANARY_BASELINE       revision a canary crash must be clean under (default fixed)
 #   P2M_CANARY_ATTEMPTS       fresh runs (seeds 1..N) while the crash found also diverges
-#                             under the baseline (default 3)
+#                             under the baseline, or (peeling) while a run finds nothing but
+#                             a regression trace is still unexplained (default 3)
+#   P2M_FUZZ_DICT             libFuzzer dictionary for every run (default fuzz/p2m.dict;
+#                             "" = none)
 #   GITHUB_STEP_SUMMARY       when set, the summary is appended to it
 #
 # Output ($P2M_FUZZ_OUT): summary.md, stats.tsv (one line per target), canary.tsv,
@@ -132,6 +135,14 @@ CANARY_BASELINE=${P2M_CANARY_BASELINE:-fixed}
 CANARY_ATTEMPTS=${P2M_CANARY_ATTEMPTS:-3}
 read -r -a BUILD_FLAGS <<<"-s $SANITIZER ${P2M_FUZZ_BUILD_FLAGS:-}"
 read -r -a EXTRA_ARGS <<<"${P2M_FUZZ_ARGS:-}"
+# The targets' libFuzzer dictionary (magic frames of the model; see fuzz/p2m.dict), for the
+# main runs and the canaries alike ("" = none).
+DICT=${P2M_FUZZ_DICT-fuzz/p2m.dict}
+DICT_ARGS=()
+if [ -n "$DICT" ]; then
+  [ -f "$DICT" ] || { echo "nightly-fuzz: no dictionary $DICT" >&2; exit 2; }
+  DICT_ARGS=(-dict="$DICT")
+fi
 read -r -a TARGET_LIST <<<"$TARGETS"
 read -r -a CANARY_REV_LIST <<<"$CANARY_REVISIONS"
 read -r -a CANARY_TARGET_LIST <<<"$CANARY_TARGETS"
@@ -492,7 +503,7 @@ for t in "${TARGET_LIST[@]}"; do
   mkdir -p "$seeds" "$work" "$arts"
   before=$(count_files "$seeds")
   args=(-fork="$JOBS" -max_total_time="$SECS" -timeout="$FUZZ_TIMEOUT" -print_final_stats=1
-    -artifact_prefix="$arts/")
+    -artifact_prefix="$arts/" "${DICT_ARGS[@]}")
   [ "$KEEP_GOING" = 1 ] && args+=(-ignore_crashes=1)
   log "$t: fuzzing ${SECS}s under $REVISION, -fork=$JOBS, $before seed inputs"
   CUR_TARGET=$t
@@ -561,7 +572,7 @@ canary_fuzz() {
   CANARY_RC=0
   P2M_REVISION=$rev P2M_ASSUME_FIXED="$*" RUST_BACKTRACE=0 run_child "$d/fuzz.log" \
     timeout -k 10 $((CANARY_SECONDS + 60)) "$FUZZ_BIN/$t" -max_total_time="$CANARY_SECONDS" \
-    -seed="$seed" -timeout="$FUZZ_TIMEOUT" -artifact_prefix="$d/artifacts/" "$d/corpus" \
+    "${DICT_ARGS[@]}" -seed="$seed" -timeout="$FUZZ_TIMEOUT" -artifact_prefix="$d/artifacts/" "$d/corpus" \
     || CANARY_RC=$?
   CANARY_ART=$(list_artifacts "$d/artifacts" | sed -n 1p)
   if [ -n "$CANARY_ART" ]; then mode_fixed_copy "$t" "$CANARY_ART" "$d/input.bin"; fi
@@ -621,6 +632,22 @@ differing_switches() {
     }'
 }
 
+# unexplained_trace REVISION [ASSUMED...]: prints the first trace of
+# corpus/regressions/REVISION/ that still diverges under REVISION with the ASSUMED switches
+# fixed and succeeds; fails when every trace is clean.
+unexplained_trace() {
+  local rev=$1 f
+  shift
+  for f in corpus/regressions/"$rev"/*.trace; do
+    [ -f "$f" ] || continue
+    if ! P2M_REVISION=$rev P2M_ASSUME_FIXED="$*" "$P2M_FUZZ" repro "$f" >/dev/null 2>&1; then
+      basename "$f" .trace
+      return 0
+    fi
+  done
+  return 1
+}
+
 # Peeling canary (needs `p2m-fuzz blame --assume-fixed` and P2M_ASSUME_FIXED in the targets):
 # fuzz TARGET under REVISION; name the root cause of what it finds with `p2m-fuzz blame`;
 # assume that switch fixed and fuzz again, until a run finds nothing. Then every regression
@@ -630,13 +657,24 @@ differing_switches() {
 canary_peel() {
   local rev=$1 t=$2
   local base="$OUT/canary/$rev-$t" c0 step=0 d cause cls secs s0 f rc
-  local assumed=() found=() missed=() blame_args=() more=() traces=0
+  local assumed=() found=() missed=() blame_args=() more=() traces=0 attempt
   c0=$(date +%s)
   while [ "$step" -lt "$CANARY_MAX_PEEL" ]; do
     step=$((step + 1))
     d="$base/step-$step"
     s0=$(date +%s)
-    canary_fuzz "$d" "$rev" "$t" 1 "${assumed[@]}"
+    attempt=1
+    while :; do
+      canary_fuzz "$d" "$rev" "$t" "$attempt" "${assumed[@]}"
+      # An empty run while a regression trace still diverges: rare holes (one magic frame,
+      # one op order) may need another seed before the harness is blamed.
+      if [ -n "$CANARY_ART" ] || [ "$CANARY_RC" -ne 0 ] || [ "$attempt" -ge "$CANARY_ATTEMPTS" ] ||
+        ! unexplained_trace "$rev" "${assumed[@]}" >/dev/null; then
+        break
+      fi
+      log "canary $rev/$t step $step: nothing in ${CANARY_SECONDS}s (seed $attempt) while $(unexplained_trace "$rev" "${assumed[@]}") still diverges; another seed"
+      attempt=$((attempt + 1))
+    done
     if [ -z "$CANARY_ART" ]; then
       if [ "$CANARY_RC" -ne 0 ]; then
         log "canary $rev/$t step $step: fuzzer error (exit $CANARY_RC), see $d/fuzz.log"

@@ -4,7 +4,8 @@
 #
 # Builds the cargo-fuzz targets with `cargo fuzz build -O` and copies them into $OUT, with
 # a seed corpus $OUT/<target>_seed_corpus.zip made of the raw files of corpus/<target>/ and a
-# $OUT/<target>.options file (libFuzzer max_len = one header byte + MAX_OPS ops).
+# $OUT/<target>.options file (libFuzzer max_len = one header byte + MAX_OPS ops) and the
+# dictionary fuzz/p2m.dict as $OUT/<target>.dict (picked up by OSS-Fuzz and ClusterFuzzLite).
 #
 # Shipped targets: ept, npt, shadow, mixed (they run the differential oracle under the
 # `fixed` revision; P2M_REVISION is not set by the infra). `ceiling` is not shipped: it only
@@ -52,6 +53,7 @@ make_zip() {  # make_zip ZIP DIR: the regular files of DIR, flat
 
 for t in "${TARGETS[@]}"; do
   cp "$bin_dir/$t" "$OUT/$t"
+  cp fuzz/p2m.dict "$OUT/$t.dict"
   if [ -n "$max_ops" ] && [ -n "$op_size" ]; then
     printf '[libfuzzer]\nmax_len = %d\n' $((1 + max_ops * op_size)) >"$OUT/$t.options"
   fi
