@@ -67,7 +67,7 @@ for f in corpus/regressions/*/*.trace; do
   for s in $seeds; do
     rm -rf "$work/e"; mkdir -p "$work/e" "$work/art"
     t0=$(now)
-    P2M_REVISION=$rev P2M_ASSUME_FIXED=$others "$bin/$mode" -seed="$s" -max_total_time="$budget" \
+    P2M_REVISION=$rev P2M_ASSUME_FIXED=$others "$bin/$mode" -seed="$s" -max_total_time="$budget" -dict=fuzz/p2m.dict \
       -artifact_prefix="$work/art/" "$work/e" >"$work/lf.log" 2>&1 && found=no || found=yes
     t1=$(now)
     if [ $found = yes ]; then lf+=("$(awk -v a="$t0" -v b="$t1" 'BEGIN {printf "%.3f", b - a}')"); fi
@@ -125,6 +125,7 @@ bash ci/planted.sh 30 >"$work/planted.md" 2>"$work/planted.err" || true
   echo "Each row is one \`corpus/regressions/<revision>/<bug>.trace\`: the revision is fuzzed from an"
   echo "empty corpus with every *other* root cause of that revision assumed fixed"
   echo "(\`P2M_ASSUME_FIXED\` / \`hunt --assume-fixed\`), so the time is that of finding this hole."
+  echo "libFuzzer runs with the targets' dictionary \`fuzz/p2m.dict\`, as the nightly job does."
   echo "Seconds of wall time including process start; (k/n) = seeds that found it."
   echo
   echo "| revision | hole | target / mode | libFuzzer (s) | hunt (s) |"

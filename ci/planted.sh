@@ -36,7 +36,7 @@ for rev in planted-free-first planted-split-wrong-frame planted-leak-subtree \
   xops=$(grep -cE '^ +#[0-9]+ ' "$work/x.log" || true)
   rm -rf "$work/e"; mkdir -p "$work/e" "$work/art"
   t0=$(now)
-  P2M_REVISION=$rev P2M_STRICT=$env_strict "$bin/mixed" -seed=1 -max_total_time="$budget" \
+  P2M_REVISION=$rev P2M_STRICT=$env_strict "$bin/mixed" -seed=1 -max_total_time="$budget" -dict=fuzz/p2m.dict \
     -artifact_prefix="$work/art/" "$work/e" >"$work/lf.log" 2>&1 || true
   lt=$(since "$t0")
   lc=$(sed -n 's/.*DIVERGENCE: \([a-z-]*\).*/\1/p' "$work/lf.log" | head -1)
