@@ -58,11 +58,18 @@ summarize() {
   unviable=$(wc -l <"$OUT/unviable.all")
   total=$((caught + missed + equiv + timeout + unviable))
   score=$(awk -v c="$caught" -v m="$missed" 'BEGIN { if (c + m == 0) print "n/a"; else printf "%.1f", 100 * c / (c + m) }')
+  # A run stopped early (or a subset of shards) tested fewer mutants than the set holds.
+  local setsize partial=""
+  setsize=$(cargo mutants --workspace --list 2>/dev/null | in_set | sort -u | wc -l)
+  if [ "$total" -lt "$setsize" ]; then
+    partial="PARTIAL: $total of the $setsize mutants of the set were tested; the score is over those."
+  fi
   {
     echo "## Mutation score (oracle-only kill)"
     echo
     echo "\`bash ci/mutants.sh\` on $(date -u +%Y-%m-%d): $total mutants of the decision code"
     echo "(\`.cargo/mutants.toml\`); killed only by \`harness/tests/mutation_kill.rs\`."
+    if [ -n "$partial" ]; then echo; echo "**$partial**"; fi
     echo
     echo "| caught | missed | declared equivalent | timeout | unviable | score |"
     echo "|---|---|---|---|---|---|"
