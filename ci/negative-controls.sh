@@ -18,12 +18,8 @@ cargo build --release -q -p harness
 cli=target/release/p2m-fuzz
 mkdir -p "$out"
 assume=()
-for s in flush_covers_split_superpage iommu_flags_require_present_entry \
-  ept_need_modify_requires_present_leaf ept_split_nonpresent_superpage \
-  batch_flush_keeps_deferred_flags mmio_ro_superpage_split pt_mmio_old_flags_unknown \
-  ept_get_entry_reads_nonpresent_superpage amd_split_superpage_at_mfn0; do
-  assume+=(--assume-fixed "$s")
-done
+# The written-up master findings, by their proposed-fix switches (ci/master-fixes.sh).
+for s in $(bash ci/master-fixes.sh "$cli"); do assume+=(--assume-fixed "$s"); done
 configs=("mode=ept vendor=vtd share=on" "mode=ept vendor=vtd share=off"
   "mode=npt vendor=amd share=off" "mode=shadow vendor=vtd share=off"
   "mode=shadow vendor=amd share=off")
