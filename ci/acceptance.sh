@@ -19,7 +19,6 @@ cargo build --release -q -p harness
 cli=target/release/p2m-fuzz
 bin=fuzz/target/x86_64-unknown-linux-gnu/release
 [ "${ACC_SUMMARY_ONLY:-0}" = 1 ] || { rm -rf "$out"; mkdir -p "$out"; }
-# The written-up master findings (README, "Findings in Xen master"), by their fix switches.
 assume=()
 # The written-up master findings, by their proposed-fix switches (ci/master-fixes.sh).
 for s in $(bash ci/master-fixes.sh "$cli"); do assume+=(--assume-fixed "$s"); done
