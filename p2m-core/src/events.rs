@@ -149,7 +149,7 @@ impl OpLog {
     }
 
     /// Notes that the table in `frame` was unlinked (its pointer overwritten or its
-    /// parent freed).
+    /// parent freed), once per allocation of the frame.
     pub fn unlink(
         &mut self,
         mem: &MachineMemory,
@@ -159,6 +159,15 @@ impl OpLog {
         span: GfnRange,
     ) {
         let generation = mem.info(frame).map_or(0, |i| i.generation);
+        // Several paths may see the same unlink (the overwritten pointer, the freeing of
+        // its parent, the vendor's own queueing): one record each.
+        if self
+            .unlinked
+            .iter()
+            .any(|u| u.frame == frame && u.generation == generation)
+        {
+            return;
+        }
         self.unlinked.push(Unlinked {
             frame,
             generation,

@@ -76,3 +76,16 @@ pub struct ModelStats {
     pub guest_pages_freed,
 }
 }
+
+/// Adds `n` to a counter. Counters are bookkeeping, not decisions: kept out of the decision
+/// functions so that mutation testing (`.cargo/mutants.toml`) does not count them.
+pub fn bump(counter: &mut u64, n: u64) {
+    *counter += n;
+}
+
+/// Adds one to a counter when `cond` holds (see [`bump`]).
+pub fn bump_if(counter: &mut u64, cond: bool) {
+    if cond {
+        *counter += 1;
+    }
+}

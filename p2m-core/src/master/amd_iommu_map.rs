@@ -170,10 +170,7 @@ pub(crate) fn iommu_pde_from_dfn(
             cx.log.split(span, "iommu_pde_from_dfn");
             pt.update_contig(table, idx, level, PteKind::Table);
             ff.modified = true;
-            match level {
-                2 => hd.ctr.iommu_shatters_2m += 1,
-                _ => hd.ctr.iommu_shatters_1g += 1,
-            }
+            hd.ctr.shattered(level);
             if !cx.sw.amd_shatter_no_flush_all {
                 // Before c8a25eb617 the split flushed all pages itself.
                 hd.invalidate(Invalidation::AmdAllPages);

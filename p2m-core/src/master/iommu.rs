@@ -23,6 +23,7 @@ use crate::master::amd_iommu_map::{self, AmdTables, PAGING_MODE};
 use crate::master::revision::Switches;
 use crate::master::vtd_iommu::{self, VtdTables, VTD_LEVELS};
 use crate::master::x86_iommu::{self, QueuedTable};
+use crate::stats::bump;
 use crate::stats::ModelStats;
 use crate::types::{Config, IommuPerm, Mode, PageSizes, Vendor, GFN_BITS};
 use crate::walk::{IoEntry, IoTables};
@@ -104,6 +105,16 @@ pub struct IommuCounters {
     pub map_pages: u64,
     /// Pages passed to `->unmap_page`.
     pub unmap_pages: u64,
+}
+
+impl IommuCounters {
+    /// Counts a superpage shattered at `level` (2: 2 MiB, else 1 GiB).
+    pub fn shattered(&mut self, level: u8) {
+        match level {
+            2 => self.iommu_shatters_2m += 1,
+            _ => self.iommu_shatters_1g += 1,
+        }
+    }
 }
 
 /// `INVALID_DFN`.
@@ -466,7 +477,7 @@ impl Iommu {
     ) -> Result<(), IommuErr> {
         if self.shared {
             // Every `->map_page` call returns at once (`vtd/iommu.c:2086`).
-            self.counters.map_pages += page_count;
+            bump(&mut self.counters.map_pages, page_count);
             return Ok(());
         }
         let mut rc = Ok(());
@@ -523,7 +534,7 @@ impl Iommu {
         flush_flags: &mut FlushFlags,
     ) -> Result<(), IommuErr> {
         if self.shared {
-            self.counters.unmap_pages += page_count;
+            bump(&mut self.counters.unmap_pages, page_count);
             return Ok(());
         }
         let mut rc = Ok(());

@@ -10,6 +10,7 @@ use crate::master::p2m_physmap::{
     domain_owns_page, get_gfn_query, io_tables, p2m_remove_page, xenmem_add_to_physmap_one,
 };
 use crate::physmap::{mfn_valid, AddToPhysmapRange, BatchOutcome, PageRefs, PhysmapError};
+use crate::stats::bump;
 use crate::types::P2mType;
 
 /// `ARRAY_SIZE(pages)` of `xenmem_add_to_physmap` (`memory.c:966`): pages whose
@@ -102,7 +103,7 @@ pub fn xenmem_add_to_physmap(
             rc = Err(e);
             break;
         }
-        cx.stats.physmap_pages_moved += 1;
+        bump(&mut cx.stats.physmap_pages_moved, 1);
         done += 1;
         if start + done < size && done >= GMFN_RANGE_PAGES_PER_CALL && cx.sw.batch_holds_page_refs {
             rc = Ok(true);
@@ -180,7 +181,7 @@ pub fn add_to_physmap_range(p2m: &mut P2m, cx: &mut Cx, op: AddToPhysmapRange) -
         start += done;
         match rc {
             Ok(true) => {
-                cx.stats.physmap_continuations += 1;
+                bump(&mut cx.stats.physmap_continuations, 1);
                 let (io, mut icx) = cx.io();
                 io.free_queued_pgtables(&mut icx);
             }

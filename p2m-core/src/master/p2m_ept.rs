@@ -16,6 +16,7 @@ use crate::master::p2m::{
     p2m_get_iommu_flags, p2m_is_pod, type_of_raw, EntryKind, BUG_PRESENT_INVALID_MFN,
     BUG_SPECIAL_TYPE_ABOVE_4K, IOREQ_MEM_ACCESS_WRITE, P2M_IOREQ_SERVER,
 };
+use crate::stats::bump;
 use crate::tables::{index_of, pages_per_entry, Pte, TableStore};
 use crate::types::*;
 use crate::view::{CpuExtent, P2mEntry};
@@ -451,13 +452,11 @@ impl Ept {
             };
             if unchanged {
                 need_modify_vtd_table = false;
-                cx.stats.need_modify_cleared += 1;
+                bump(&mut cx.stats.need_modify_cleared, 1);
             }
         }
         self.write(cx, t, target, gfn, new_entry);
-        if old_entry.is_present() && !old_entry.sp && target > 1 {
-            cx.stats.intermediate_replaced += 1;
-        }
+        note_intermediate_replaced(cx, old_entry, target);
         let span = entry_range(gfn, target);
         if !sw.ept_free_entry_last {
             // ept-free-first: the replaced subtree goes before the IOMMU step.
@@ -629,6 +628,14 @@ impl IoTables for Ept {
             }
         }
         true
+    }
+}
+
+/// Counts a present intermediate entry replaced by a leaf (the `ept_free_entry` case of
+/// `ept_set_entry`): bookkeeping only.
+fn note_intermediate_replaced(cx: &mut Cx, old: EptEntry, target: u8) {
+    if old.is_present() && !old.sp && target > 1 {
+        cx.stats.intermediate_replaced += 1;
     }
 }
 

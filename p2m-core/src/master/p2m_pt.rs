@@ -18,6 +18,7 @@ use crate::master::p2m::{
     BUG_SPECIAL_TYPE_ABOVE_4K, IOREQ_MEM_ACCESS_WRITE, P2M_IOREQ_SERVER,
 };
 use crate::master::revision::Switches;
+use crate::stats::bump_if;
 use crate::tables::{index_of, pages_per_entry, Pte, TableStore};
 use crate::types::*;
 use crate::view::{CpuExtent, P2mEntry};
@@ -476,9 +477,10 @@ impl P2mPt {
                 o
             }
         };
-        if old.intermediate.present() {
-            cx.stats.intermediate_replaced += 1;
-        }
+        bump_if(
+            &mut cx.stats.intermediate_replaced,
+            old.intermediate.present(),
+        );
 
         // `:747-752`: the IOMMU step.
         let differ = if sw.pt_step_checks_iommu_flags {
@@ -487,19 +489,17 @@ impl P2mPt {
             old.mfn != mfn.0
         };
         let mut rc = Ok(());
-        if cx.need_iommu_pt_sync() && differ {
-            if sw.pt_syncs_iommu {
-                let empty =
-                    sw.iommu_flags_require_present_entry && (!writes_type || mfn == INVALID_MFN);
-                rc = if !iommu_pte_flags.is_none() && !empty {
-                    cx.iommu_legacy_map(gfn, mfn.0, 1 << order, iommu_pte_flags)
-                } else {
-                    cx.iommu_legacy_unmap(gfn, 1 << order)
-                };
-            }
-        } else if !differ {
-            cx.stats.need_modify_cleared += 1;
+        // `pt_syncs_iommu == false` (854a49a748 undone): no IOMMU step at all.
+        if cx.need_iommu_pt_sync() && differ && sw.pt_syncs_iommu {
+            let empty =
+                sw.iommu_flags_require_present_entry && (!writes_type || mfn == INVALID_MFN);
+            rc = if !iommu_pte_flags.is_none() && !empty {
+                cx.iommu_legacy_map(gfn, mfn.0, 1 << order, iommu_pte_flags)
+            } else {
+                cx.iommu_legacy_unmap(gfn, 1 << order)
+            };
         }
+        count_unchanged_iommu_step(cx, differ);
 
         // `:754-760`: free the replaced intermediate tables after the IOMMU call.
         self.free_entry(cx, old.intermediate, order, GfnRange::of_order(gfn, order));
@@ -587,6 +587,13 @@ const POD_READING: P2mEntry = P2mEntry {
     p2mt: P2mType::PopulateOnDemand,
     access: P2mAccess::Rwx,
 };
+
+/// Counts a `p2m_pt_set_entry` whose IOMMU step found nothing to change: bookkeeping only.
+fn count_unchanged_iommu_step(cx: &mut Cx, differ: bool) {
+    if !differ {
+        cx.stats.need_modify_cleared += 1;
+    }
+}
 
 #[cfg(test)]
 mod tests {

@@ -177,10 +177,7 @@ pub(crate) fn addr_to_dma_page_maddr(
                 };
                 pt.fill_entries(nt, 0, ENTRIES, first);
                 ff.modified = true;
-                match level {
-                    2 => hd.ctr.iommu_shatters_2m += 1,
-                    _ => hd.ctr.iommu_shatters_1g += 1,
-                }
+                hd.ctr.shattered(level);
                 cx.log.split(span, "addr_to_dma_page_maddr");
             }
             note_old(hd, pt, cx, span, level, pte);

@@ -265,15 +265,23 @@ pub struct QueuedTable {
 }
 
 /// Turns the old content of an entry about to be overwritten into cache records
-/// ([`note_overwrite`]).
+/// ([`note_overwrite`]); an old pointer to a table (as the hardware reads it) unlinks that
+/// table, which must then be freed or queued by the end of the op (`leaked-table`). The
+/// leak check sees this independently of the vendor's `queue_free_pt` decision.
 pub(crate) fn note_old<E: IoPte>(
     hd: &mut Hd,
     pt: &PgTables<E>,
-    cx: &IoCx,
+    cx: &mut IoCx,
     span: GfnRange,
     level: u8,
     old: E,
 ) {
+    if let IoEntry::Next {
+        table, level: l, ..
+    } = old.io_entry(level)
+    {
+        cx.log.unlink(cx.mem, table, TableOwner::Iommu, l, span);
+    }
     note_overwrite(
         hd.caches,
         pt,
@@ -343,6 +351,9 @@ fn queue_table<E: IoPte>(
 /// free check; the table's entries and markers go with the frame.
 fn free_pgtable<E: IoPte>(hd: &mut Hd, pt: &mut PgTables<E>, cx: &mut IoCx, q: QueuedTable) {
     let same = cx.mem.info(q.frame).map(|i| i.generation) == Some(q.generation);
+    if same {
+        note_orphaned_children(pt, cx, q);
+    }
     cx.log.free_tables(
         cx.mem,
         &*pt,
@@ -353,6 +364,23 @@ fn free_pgtable<E: IoPte>(hd: &mut Hd, pt: &mut PgTables<E>, cx: &mut IoCx, q: Q
     );
     if same {
         pt.remove(q.frame);
+    }
+}
+
+/// The tables a table about to be freed still points at (as the hardware reads its
+/// entries) are unlinked with it: nothing reaches them once it is gone, so each must be
+/// freed or queued too (`leaked-table` otherwise). Walks the table's entries as stored,
+/// independently of the vendor's `queue_free_pt` recursion.
+fn note_orphaned_children<E: IoPte>(pt: &PgTables<E>, cx: &mut IoCx, q: QueuedTable) {
+    let per = pages_per_entry(q.level);
+    for (s, l, e) in pt.pieces(q.frame, 0, ENTRIES) {
+        if let IoEntry::Next { table, level, .. } = e.io_entry(q.level) {
+            for i in s..s + l {
+                let start = q.span.start + i as u64 * per;
+                let span = GfnRange::of_order(start, 9 * (q.level as u32 - 1));
+                cx.log.unlink(cx.mem, table, TableOwner::Iommu, level, span);
+            }
+        }
     }
 }
 
