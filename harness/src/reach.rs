@@ -85,6 +85,12 @@ pub fn unreachable_reason(
              guest_physmap_remove_page use p2m_invalid)",
         );
     }
+    if e.p2mt == Invalid && mfn != INVALID_MFN {
+        return Some(
+            "no caller writes p2m_invalid with a frame (p2m_remove_page, clear_mmio_p2m_entry, \
+             clear_identity_p2m_entry and teardown pass INVALID_MFN)",
+        );
+    }
     if mfn == INVALID_MFN && e.p2mt == MmioDirect {
         return Some("set_mmio_p2m_entry always passes the device's frame");
     }
@@ -244,6 +250,10 @@ mod tests {
             unreachable_reason(Line::Master, &ept, &inv, INVALID_MFN, false),
             None
         );
+        let inv_frame = op(MfnSel::Frame(0x100000), 0, P2mType::Invalid);
+        assert!(unreachable_reason(Line::Master, &ept, &inv_frame, Mfn(0x100000), false)
+            .unwrap()
+            .contains("p2m_invalid with a frame"));
         let inv_ram = op(MfnSel::Invalid, 0, P2mType::RamRw);
         assert!(unreachable_reason(Line::Master, &ept, &inv_ram, INVALID_MFN, false).is_some());
         let ro = op(MfnSel::Frame(MMIO_RO_FRAMES.start), 9, P2mType::MmioDirect);
