@@ -251,9 +251,11 @@ mod tests {
             None
         );
         let inv_frame = op(MfnSel::Frame(0x100000), 0, P2mType::Invalid);
-        assert!(unreachable_reason(Line::Master, &ept, &inv_frame, Mfn(0x100000), false)
-            .unwrap()
-            .contains("p2m_invalid with a frame"));
+        assert!(
+            unreachable_reason(Line::Master, &ept, &inv_frame, Mfn(0x100000), false)
+                .unwrap()
+                .contains("p2m_invalid with a frame")
+        );
         let inv_ram = op(MfnSel::Invalid, 0, P2mType::RamRw);
         assert!(unreachable_reason(Line::Master, &ept, &inv_ram, INVALID_MFN, false).is_some());
         let ro = op(MfnSel::Frame(MMIO_RO_FRAMES.start), 9, P2mType::MmioDirect);

@@ -101,8 +101,9 @@ fn exhaustive_depth_2_is_clean() {
 }
 
 /// A fixed-seed swarm hunt per master configuration (both vendors, shared and separate
-/// tables, every IOMMU page size) is clean under `master-fixed` (fatal classes, and no
-/// `leaked-table` note: the `BUG_ON`s master keeps for internal-API inputs are notes).
+/// tables, every IOMMU page size) is clean under `master-fixed` (fatal classes, no
+/// `leaked-table` note, no crashed domain: the `BUG_ON`s master keeps for internal-API
+/// inputs are notes).
 #[test]
 fn master_fixed_seed_hunt_is_clean() {
     use p2m_core::{Config, PageSizes, Vendor};
@@ -126,6 +127,14 @@ fn master_fixed_seed_hunt_is_clean() {
                 let out = run_with(&s, rev, false);
                 if let Some(d) = out.divergence {
                     panic!("{d}");
+                }
+                // A crashed domain is a verdict too: with no allocation failure modelled,
+                // master-fixed crashes on none of these inputs.
+                if let Some(why) = out.crashed {
+                    panic!(
+                        "domain crashed ({why}) under master-fixed:\n{}",
+                        harness::scenario::to_trace(&s)
+                    );
                 }
                 // A leak is a note (non-fatal) on master too, but master-fixed has none.
                 if let Some(d) = out
