@@ -89,14 +89,20 @@ fn corpus_replay() {
     }
 }
 
-/// `exhaustive --depth 2` is clean on every line's reference revision, in every mode.
+/// `exhaustive --depth 2` is clean on every line's reference revision (`fixed`,
+/// `master-fixed`), in every mode.
 #[test]
 fn exhaustive_depth_2_is_clean() {
-    let mut opts = Options::new(Revision::fixed(), 2);
-    opts.jobs = 2;
-    let report = explore(Mode::ALL, &opts);
-    if let Some((d, _)) = report.shortest() {
-        panic!("{d}");
+    for rev in [
+        Revision::fixed(),
+        Revision::by_name("master-fixed").unwrap(),
+    ] {
+        let mut opts = Options::new(rev, 2);
+        opts.jobs = 2;
+        let report = explore(Mode::ALL, &opts);
+        if let Some((d, _)) = report.shortest() {
+            panic!("{d}");
+        }
     }
 }
 
