@@ -2,8 +2,10 @@
 //!
 //! A mutant of the model's decision code (need-update, flush, free, invalidation scope)
 //! counts as caught only if *the harness* notices: this target runs the corpus replay,
-//! `exhaustive` at depth 2 and a fixed-seed swarm hunt per mode, all through the oracle —
-//! never the model's own unit tests, which pin exact counts and would inflate the score.
+//! `exhaustive` at depth 2 (both lines' reference revisions) and a fixed-seed swarm hunt
+//! per mode and per master configuration, all through the oracle — verdicts, reports of
+//! leaked tables, crashed domains — never the model's own unit tests, which pin exact
+//! counts and would inflate the score.
 //! Run alone it is an ordinary (fast) test: `cargo test --release -p harness --test
 //! mutation_kill`.
 
