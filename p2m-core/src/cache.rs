@@ -508,4 +508,68 @@ mod tests {
         assert!(c.records().is_empty());
         assert_eq!(c.created, 2);
     }
+
+    /// A domain-wide command (VT-d DSI, AMD all-pages) leaves no record that a
+    /// page-selective one of the same vendor would remove, under every hardware preset:
+    /// a change that turns a ranged flush into a domain-wide one only adds flushing (the
+    /// reason given for such mutants in `ci/mutants-equivalent.txt`).
+    #[test]
+    fn domain_wide_invalidation_removes_a_superset() {
+        let records = [
+            leaf(0x200, 512, 0x1000, 1),
+            leaf(0x200, 512, 0x1000, 512),
+            leaf(0x40000, 0x40000, 0x80000, 0x40000),
+            leaf(0x3ff, 3, 0x7000, 1),
+            nonleaf(0x200),
+            nonleaf(0x40000),
+        ];
+        let ranged = |gfn, order| {
+            [
+                Invalidation::VtdPsi {
+                    gfn,
+                    order,
+                    ih: false,
+                },
+                Invalidation::VtdPsi {
+                    gfn,
+                    order,
+                    ih: true,
+                },
+                Invalidation::AmdPages { gfn, order },
+            ]
+        };
+        for hw in [
+            HwSemantics::CONSERVATIVE,
+            HwSemantics::DROP_ON_HIT,
+            HwSemantics::OPTIMISTIC,
+        ] {
+            for (gfn, order) in [
+                (0x200, 0),
+                (0x201, 0),
+                (0x200, 9),
+                (0x40000, 18),
+                (0x400, 0),
+            ] {
+                for cmd in ranged(gfn, order) {
+                    let wide = match cmd {
+                        Invalidation::AmdPages { .. } => Invalidation::AmdAllPages,
+                        _ => Invalidation::VtdDsi,
+                    };
+                    let run = |c: Invalidation| {
+                        let mut caches = IommuCaches::new(hw);
+                        for r in records {
+                            caches.push(r);
+                        }
+                        caches.invalidate(c);
+                        caches.records().to_vec()
+                    };
+                    let after_wide = run(wide);
+                    let after_ranged = run(cmd);
+                    for r in &after_wide {
+                        assert!(after_ranged.contains(r), "{cmd:?} vs {wide:?}: {r:?}");
+                    }
+                }
+            }
+        }
+    }
 }

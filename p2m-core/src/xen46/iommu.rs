@@ -5,6 +5,7 @@ use super::iommu_tables::SeparateTables;
 use crate::cache::{Invalidation, IommuCaches};
 use crate::events::OpLog;
 use crate::frames::MachineMemory;
+use crate::stats::bump;
 use crate::types::{GfnRange, HwSemantics, Vendor};
 use crate::xen46::revision::Switches;
 
@@ -78,13 +79,7 @@ impl Iommu {
     /// Issues the order-0 command `per_page` for every page of `range`, as a loop of
     /// per-page flushes would (one command per page; counted per page).
     pub fn invalidate_each_page(&mut self, range: GfnRange, per_page: Invalidation) {
-        let pages = range.len();
-        match per_page {
-            Invalidation::VtdPsi { .. } => self.stats.vtd_psi += pages,
-            Invalidation::AmdPages { .. } => self.stats.amd_pages_4k += pages,
-            Invalidation::VtdDsi => self.stats.vtd_dsi += 1,
-            Invalidation::AmdAllPages => self.stats.amd_all += 1,
-        }
+        count_each_page(&mut self.stats, range.len(), per_page);
         self.caches.invalidate_each_page(range, per_page);
     }
 
@@ -108,7 +103,7 @@ impl Iommu {
     /// register/queued flush skips when the old entry was not present (no caching mode).
     pub fn iommu_pte_flush(&mut self, gfn: u64, order: u32, present: bool) {
         if !present {
-            self.stats.vtd_psi_skipped += 1;
+            bump(&mut self.stats.vtd_psi_skipped, 1);
             return;
         }
         self.invalidate(Invalidation::VtdPsi {
@@ -155,5 +150,15 @@ impl Iommu {
         let mut sep = std::mem::take(&mut self.separate);
         sep.unmap_pages(self, mem, sw, gfn, pages, seq);
         self.separate = sep;
+    }
+}
+/// Counts the commands of a per-page loop (one per page; a domain-wide one once):
+/// bookkeeping only.
+fn count_each_page(stats: &mut IommuStats, pages: u64, per_page: Invalidation) {
+    match per_page {
+        Invalidation::VtdPsi { .. } => stats.vtd_psi += pages,
+        Invalidation::AmdPages { .. } => stats.amd_pages_4k += pages,
+        Invalidation::VtdDsi => stats.vtd_dsi += 1,
+        Invalidation::AmdAllPages => stats.amd_all += 1,
     }
 }

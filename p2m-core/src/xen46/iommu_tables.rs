@@ -20,6 +20,7 @@ use super::iommu::Iommu;
 use crate::cache::{note_overwrite, Invalidation};
 use crate::events::OpLog;
 use crate::frames::{MachineMemory, TableOwner};
+use crate::stats::bump;
 use crate::tables::{index_of, pages_per_entry, pages_per_table, Pte, TableStore, ENTRIES};
 use crate::types::{GfnRange, IommuPerm, Vendor};
 use crate::walk::{IoEntry, IoTables};
@@ -380,7 +381,7 @@ impl SeparateTables {
                 t.fill(s, l, n);
             }
         }
-        iommu.stats.vtd_psi_skipped += plan.skipped;
+        bump(&mut iommu.stats.vtd_psi_skipped, plan.skipped);
         // intel_iommu_map_page: no flush under iommu_dont_flush_iotlb.
         let flushes = if iommu.dont_flush && self.vendor() == Vendor::Vtd {
             &[][..]

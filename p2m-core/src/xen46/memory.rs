@@ -12,6 +12,7 @@
 use crate::physmap::{
     domain_page, mfn_valid, AddToPhysmapRange, BatchOutcome, PageRefs, PhysmapError,
 };
+use crate::stats::bump;
 use crate::types::{GfnRange, Mfn, P2mAccess, P2mType, INVALID_MFN};
 use crate::walk::IoTables;
 use crate::xen46::domain::{Cx, P2m};
@@ -188,7 +189,7 @@ pub fn add_to_physmap_range(p2m: &mut P2m, cx: &mut Cx, op: AddToPhysmapRange) -
             rc = Err(e);
             break;
         }
-        cx.stats.physmap_pages_moved += 1;
+        bump(&mut cx.stats.physmap_pages_moved, 1);
         done += 1;
     }
     cx.iommu.dont_flush = false;

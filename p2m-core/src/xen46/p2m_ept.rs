@@ -5,6 +5,7 @@
 
 use crate::cache::note_overwrite;
 use crate::frames::{MachineMemory, TableOwner};
+use crate::stats::{bump, bump_if};
 use crate::tables::{index_of, pages_per_entry, Pte, TableStore};
 use crate::types::*;
 use crate::view::{fill_cpu_gaps, leaf_run_is_plain, push_cpu_extent, CpuExtent, P2mEntry};
@@ -396,13 +397,14 @@ impl Ept {
             };
             if unchanged {
                 need_modify_vtd_table = false;
-                cx.stats.need_modify_cleared += 1;
+                bump(&mut cx.stats.need_modify_cleared, 1);
             }
         }
         self.write(cx, t, level, gfn, new_entry);
-        if old_entry.is_present() && !old_entry.sp && target > 1 {
-            cx.stats.intermediate_replaced += 1;
-        }
+        bump_if(
+            &mut cx.stats.intermediate_replaced,
+            is_replaced_intermediate(old_entry, target),
+        );
 
         let per = pages_per_entry(target);
         let span = GfnRange::of_order(gfn / per * per, order);
@@ -413,11 +415,11 @@ impl Ept {
 
         let shared = cx.cfg.iommu_hap_pt_share;
         if shared && (need_modify_vtd_table || cx.split_to_flush(gfn).is_some()) {
-            cx.stats.iommu_steps += 1;
+            bump(&mut cx.stats.iommu_steps, 1);
             let (fg, fo) = cx.shared_flush_scope(gfn, order);
             cx.iommu.iommu_pte_flush(fg, fo, vtd_pte_present);
         } else if need_modify_vtd_table && !shared {
-            cx.stats.iommu_steps += 1;
+            bump(&mut cx.stats.iommu_steps, 1);
             {
                 let flags = if sw.iommu_flags_require_present_entry && !keeps_frame {
                     IommuPerm::NONE
@@ -630,4 +632,9 @@ impl IoTables for Ept {
         }
         true
     }
+}
+
+/// A present intermediate entry replaced by a leaf (counted only).
+fn is_replaced_intermediate(old: EptEntry, target: u8) -> bool {
+    old.is_present() && !old.sp && target > 1
 }

@@ -6,6 +6,7 @@
 
 use crate::cache::note_overwrite;
 use crate::frames::{MachineMemory, TableOwner};
+use crate::stats::{bump, bump_if};
 use crate::tables::{index_of, pages_per_entry, Pte, TableStore};
 use crate::types::*;
 use crate::view::{fill_cpu_gaps, leaf_run_is_plain, push_cpu_extent, CpuExtent, P2mEntry};
@@ -448,9 +449,10 @@ impl P2mPt {
                 (o, content == PtEntry::default())
             }
         };
-        if old.intermediate.present() {
-            cx.stats.intermediate_replaced += 1;
-        }
+        bump_if(
+            &mut cx.stats.intermediate_replaced,
+            old.intermediate.present(),
+        );
 
         // The IOMMU step.
         let shared = if sw.pt_shadow_ignores_share {
@@ -465,7 +467,7 @@ impl P2mPt {
         };
         let split_flush = shared && cx.split_to_flush(gfn).is_some();
         if run_step || split_flush {
-            cx.stats.iommu_steps += 1;
+            bump(&mut cx.stats.iommu_steps, 1);
             if shared {
                 let flush = split_flush
                     || match cond {
