@@ -229,6 +229,7 @@ impl Ept {
         if frames.is_empty() {
             return;
         }
+        self.note_orphaned_children(cx, &frames, span);
         let io: &dyn IoTables = if cx.cfg.iommu_hap_pt_share {
             &*self
         } else {
@@ -245,6 +246,31 @@ impl Ept {
         );
         for &(f, _) in &frames {
             self.tables.remove(f);
+        }
+    }
+
+    /// Logs as unlinked every table a table about to be freed still points at: nothing
+    /// reaches it once its parent is gone, so it must be freed too (`leaked-table`
+    /// otherwise). Reads the freed tables as stored, independently of the recursion
+    /// that chose `frames`.
+    fn note_orphaned_children(&self, cx: &mut Cx, frames: &[(u64, u8)], span: GfnRange) {
+        for &(f, level) in frames {
+            let Some(tab) = self.tables.get(f) else {
+                continue;
+            };
+            if level < 2 {
+                continue;
+            }
+            for (_, l, c) in tab.iter_runs(0, 512) {
+                if !c.is_present() || c.sp {
+                    continue;
+                }
+                for k in 0..l {
+                    let child = c.nth(k as u64, level).mfn;
+                    cx.log
+                        .unlink(cx.mem, child, TableOwner::P2m, level - 1, span);
+                }
+            }
         }
     }
 
