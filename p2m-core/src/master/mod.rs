@@ -24,3 +24,5 @@ pub mod pt_contig_markers;
 pub mod revision;
 pub mod vtd_iommu;
 pub mod x86_iommu;
+#[cfg(test)]
+mod xen_c_check;
