@@ -1,7 +1,8 @@
 //! The oracle-only kill suite of mutation testing (`ci/mutants.sh`, `.cargo/mutants.toml`).
 //!
 //! A mutant of the model's decision code (need-update, flush, free, invalidation scope)
-//! counts as caught only if *the harness* notices: this target runs the corpus replay,
+//! counts as caught only if *the harness* notices: this target runs the corpus replay
+//! (`regressions/`, `planted/`, `xen-bug/`, the seed corpora),
 //! `exhaustive` at depth 2 (both lines' reference revisions) and a fixed-seed swarm hunt
 //! per mode and per master configuration, all through the oracle — verdicts, reports of
 //! leaked tables, crashed domains — never the model's own unit tests, which pin exact
@@ -93,6 +94,27 @@ fn corpus_replay() {
                 }
             }
         }
+    }
+}
+
+/// Every `corpus/xen-bug/` trace still reaches its `BUG_ON` (class `xen-bug`, strict) under
+/// the revision its `# revision:` header names: the harness keeps telling a Xen developer
+/// which raw inputs would crash Xen rather than diverge.
+#[test]
+fn xen_bug_traces_still_hit_their_bug_on() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../corpus/xen-bug");
+    let mut files: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|f| f.unwrap().path())
+        .collect();
+    files.sort();
+    assert!(!files.is_empty());
+    for f in files {
+        let text = std::fs::read_to_string(&f).unwrap();
+        let s = parse_trace(&text).unwrap();
+        let rev = revision_by_name(header(&text, "revision").unwrap()).unwrap();
+        let got = run_with(&s, rev, true).divergence.map(|d| d.class());
+        assert_eq!(got, Some(DivergenceClass::XenBug), "{}", f.display());
     }
 }
 
