@@ -28,3 +28,19 @@ pub use revision::{Line, Revision, RevisionKind, Switches};
 pub use stats::ModelStats;
 pub use types::*;
 pub use view::{CpuExtent, DeviceView, P2mEntry, ViewSource};
+
+/// A small deterministic generator for the crate's randomized tests.
+#[cfg(test)]
+pub(crate) struct Lcg(pub(crate) u64);
+
+#[cfg(test)]
+impl Lcg {
+    /// A value in `0..n`.
+    pub(crate) fn below(&mut self, n: u64) -> u64 {
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (self.0 >> 33) % n
+    }
+}

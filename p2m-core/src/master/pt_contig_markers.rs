@@ -369,6 +369,7 @@ pub fn pt_contig_first_complete(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::Lcg;
 
     /// Marker bits of a VT-d `dma_pte` (bits 52–55) and of an AMD PTE (`ign0`, bits 1–4).
     const VTD_MASK: u64 = 0xf << 52;
@@ -583,18 +584,6 @@ mod tests {
             }
         }
         assert_eq!(cases, 2 * 2 * 2 * 2 * 48 * 48 * 48);
-    }
-
-    /// A small deterministic generator.
-    struct Lcg(u64);
-    impl Lcg {
-        fn below(&mut self, n: u64) -> u64 {
-            self.0 = self
-                .0
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            (self.0 >> 33) % n
-        }
     }
 
     /// Long random sequences over the whole table, biased towards neighbouring entries.

@@ -59,6 +59,7 @@
 //! issues a PSI; no such count exists in the model); units without page-selective
 //! invalidation; more than one remapping unit.
 
+use crate::Lcg;
 use std::fmt::Write as _;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
@@ -778,19 +779,6 @@ fn kind_code(k: PteKind) -> u8 {
         PteKind::Null => 0,
         PteKind::Leaf => 1,
         PteKind::Table => 2,
-    }
-}
-
-/// A small deterministic generator.
-struct Lcg(u64);
-
-impl Lcg {
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 = self
-            .0
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        (self.0 >> 33) % n
     }
 }
 
