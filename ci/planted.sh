@@ -24,7 +24,8 @@ fail=0
 echo "| planted revision | hunt (s, class) | exhaustive depth 2 (class, ops) | libFuzzer from empty corpus (s, class) |"
 echo "|---|---|---|---|"
 for rev in planted-free-first planted-split-wrong-frame planted-leak-subtree \
-  planted-free-recursion-short planted-free-leaf-frame; do
+  planted-free-recursion-short planted-free-leaf-frame planted-flush-first-page \
+  planted-flush-last-page; do
   # Leaks are non-fatal by default: those revisions are searched with every class fatal.
   strict=(); env_strict=0
   case $rev in planted-leak-subtree|planted-free-recursion-short) strict=(--strict); env_strict=1 ;; esac

@@ -8,6 +8,7 @@ pub mod dot;
 pub mod exhaustive;
 pub mod fuzzing;
 pub mod generate;
+pub mod log_check;
 pub mod minimize;
 pub mod oracle;
 pub mod reach;

@@ -33,6 +33,9 @@
 //!   the guest expects DMA to work. It never gives access beyond the reference (a wrong
 //!   frame there is over-permissive), so by default it is reported, not fatal.
 //!
+//! - **model-invariant** (fatal): the op log contradicts the model's own bookkeeping
+//!   (`log_check`): a harness bug to fix before any verdict of that run is trusted.
+//!
 //! Cost per op: proportional to the translations, extents and records in the checked
 //! ranges and to the frames the op freed, never to the size of the gfn window.
 
@@ -66,11 +69,15 @@ pub enum DivergenceClass {
     /// The op reached one of Xen's `BUG_ON`s (a host crash); the model changed nothing
     /// (non-fatal by default: the inputs come from the internal API).
     XenBug,
+    /// The op log the model handed the oracle contradicts the model's own bookkeeping (a
+    /// span that is not the freed or unlinked table's, a split that is no superpage): a
+    /// harness bug, not a Xen finding, fatal because reports would mislead.
+    ModelInvariant,
 }
 
 impl DivergenceClass {
     /// Every class.
-    pub const ALL: [DivergenceClass; 8] = [
+    pub const ALL: [DivergenceClass; 9] = [
         DivergenceClass::OverPermissive,
         DivergenceClass::FreedFrameReachable,
         DivergenceClass::UnderPermissive,
@@ -79,6 +86,7 @@ impl DivergenceClass {
         DivergenceClass::LeakedTable,
         DivergenceClass::CachedUnderPermissive,
         DivergenceClass::XenBug,
+        DivergenceClass::ModelInvariant,
     ];
 
     /// Stable name (used in reports and regression file checks).
@@ -92,6 +100,7 @@ impl DivergenceClass {
             DivergenceClass::LeakedTable => "leaked-table",
             DivergenceClass::CachedUnderPermissive => "cached-under-permissive",
             DivergenceClass::XenBug => "xen-bug",
+            DivergenceClass::ModelInvariant => "model-invariant",
         }
     }
 
@@ -138,7 +147,12 @@ pub struct Finding {
 }
 
 impl Finding {
-    fn new(class: DivergenceClass, gfn: u64, device: String, reference: String) -> Finding {
+    pub(crate) fn new(
+        class: DivergenceClass,
+        gfn: u64,
+        device: String,
+        reference: String,
+    ) -> Finding {
         Finding {
             class,
             gfn,
@@ -231,7 +245,7 @@ pub fn merge_ranges(mut v: Vec<GfnRange>) -> Vec<GfnRange> {
     out
 }
 
-fn owner_name(o: TableOwner) -> &'static str {
+pub(crate) fn owner_name(o: TableOwner) -> &'static str {
     match o {
         TableOwner::P2m => "p2m",
         TableOwner::Iommu => "IOMMU",

@@ -395,7 +395,9 @@ impl Session {
         let changed = merge_ranges(changed);
         let mut notes: Vec<Finding> = Vec::new();
         // Inside-the-op findings first: they are the earliest and the root of later ones.
-        let mut finding = check_free_events(&self.dom, &self.refm, &op_ranges)
+        let named = matches!(op, Op::SetEntry(_)).then_some(op_ranges.as_slice());
+        let mut finding = crate::log_check::check_op_log(self.dom.op_log(), named)
+            .or_else(|| check_free_events(&self.dom, &self.refm, &op_ranges))
             .or_else(|| check_bad_frees(&self.dom))
             .or(early)
             .or_else(|| check_cpu(&self.dom, &self.refm, real, reference, &changed));

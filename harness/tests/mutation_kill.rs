@@ -2,7 +2,7 @@
 //!
 //! A mutant of the model's decision code (need-update, flush, free, invalidation scope)
 //! counts as caught only if *the harness* notices: this target runs the corpus replay
-//! (`regressions/`, `planted/`, `xen-bug/`, the seed corpora),
+//! (`regressions/`, `planted/`, `xen-bug/`, `edges/`, the seed corpora),
 //! `exhaustive` at depth 2 (both lines' reference revisions) and a fixed-seed swarm hunt
 //! per mode and per master configuration, all through the oracle — verdicts, reports of
 //! leaked tables, crashed domains — never the model's own unit tests, which pin exact
@@ -97,25 +97,50 @@ fn corpus_replay() {
     }
 }
 
-/// Every `corpus/xen-bug/` trace still reaches its `BUG_ON` (class `xen-bug`, strict) under
-/// the revision its `# revision:` header names: the harness keeps telling a Xen developer
-/// which raw inputs would crash Xen rather than diverge.
-#[test]
-fn xen_bug_traces_still_hit_their_bug_on() {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../corpus/xen-bug");
+/// Replays every trace of `corpus/<sub>/` strictly under the revision its `# revision:`
+/// header names and checks the class its `# expect:` header records (`none`: clean).
+/// Returns the expected classes, in file order.
+fn replay_headed(sub: &str) -> Vec<Option<DivergenceClass>> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../corpus")
+        .join(sub);
     let mut files: Vec<_> = std::fs::read_dir(dir)
         .unwrap()
         .map(|f| f.unwrap().path())
         .collect();
     files.sort();
-    assert!(!files.is_empty());
+    assert!(!files.is_empty(), "corpus/{sub} is empty");
+    let mut wants = Vec::new();
     for f in files {
         let text = std::fs::read_to_string(&f).unwrap();
         let s = parse_trace(&text).unwrap();
         let rev = revision_by_name(header(&text, "revision").unwrap()).unwrap();
+        let want = match header(&text, "expect").unwrap() {
+            "none" => None,
+            c => Some(DivergenceClass::from_name(c).unwrap()),
+        };
         let got = run_with(&s, rev, true).divergence.map(|d| d.class());
-        assert_eq!(got, Some(DivergenceClass::XenBug), "{}", f.display());
+        assert_eq!(got, want, "{} under {}", f.display(), rev.name);
+        wants.push(want);
     }
+    wants
+}
+
+/// Every `corpus/xen-bug/` trace still reaches its `BUG_ON` (class `xen-bug`, strict) under
+/// the revision its `# revision:` header names: the harness keeps telling a Xen developer
+/// which raw inputs would crash Xen rather than diverge.
+#[test]
+fn xen_bug_traces_still_hit_their_bug_on() {
+    let wants = replay_headed("xen-bug");
+    assert!(wants.iter().all(|w| *w == Some(DivergenceClass::XenBug)));
+}
+
+/// Every `corpus/edges/` trace keeps its verdict (usually clean) under its revision: inputs
+/// at the edges of what the model decides (misaligned frames, table indices other than 0,
+/// level boundaries) that random search rarely builds.
+#[test]
+fn edge_traces_keep_their_verdicts() {
+    replay_headed("edges");
 }
 
 /// `exhaustive --depth 2` is clean on every line's reference revision (`fixed`,

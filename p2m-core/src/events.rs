@@ -62,6 +62,9 @@ pub struct FreeEvent {
     pub what: Freed,
     /// Guest frames the freed subtree translated.
     pub span: GfnRange,
+    /// Guest frames the frame itself translated, as recorded where it was linked
+    /// ([`MachineMemory::set_span`]): must lie within `span`.
+    pub table_span: Option<GfnRange>,
     /// Everything that could still reach it at the moment it was freed (empty: a safe free).
     pub reaches: Vec<Reach>,
 }
@@ -90,6 +93,11 @@ pub struct Unlinked {
     pub level: u8,
     /// Guest frames it translated.
     pub span: GfnRange,
+    /// Guest frames it translated as recorded where it was linked
+    /// ([`MachineMemory::set_span`]): must equal `span`.
+    pub table_span: Option<GfnRange>,
+    /// Its level as the frame allocator knows it (a live table): must equal `level`.
+    pub table_level: Option<u8>,
 }
 
 /// A superpage split into a table of smaller entries during an op.
@@ -158,7 +166,14 @@ impl OpLog {
         level: u8,
         span: GfnRange,
     ) {
-        let generation = mem.info(frame).map_or(0, |i| i.generation);
+        let info = mem.info(frame);
+        let generation = info.map_or(0, |i| i.generation);
+        let live = info.filter(|i| i.state != FrameState::Free);
+        let table_span = live.and_then(|i| i.span);
+        let table_level = match live.map(|i| i.state) {
+            Some(FrameState::Table { level, .. }) => Some(level),
+            _ => None,
+        };
         // Several paths may see the same unlink (the overwritten pointer, the freeing of
         // its parent, the vendor's own queueing): one record each.
         if self
@@ -174,6 +189,8 @@ impl OpLog {
             owner,
             level,
             span,
+            table_span,
+            table_level,
         });
     }
 
@@ -329,11 +346,13 @@ impl OpLog {
                 });
                 continue;
             }
+            let table_span = mem.info(frame).and_then(|i| i.span);
             mem.free(frame);
             self.frees.push(FreeEvent {
                 frame,
                 what: Freed::Table { owner, level },
                 span,
+                table_span,
                 reaches: reaches
                     .iter()
                     .filter(|(f, _)| *f == frame)
@@ -425,6 +444,7 @@ impl OpLog {
             frame,
             what: Freed::GuestPage { gfn },
             span: GfnRange::of_order(gfn, 0),
+            table_span: None,
             reaches,
         });
     }

@@ -110,6 +110,17 @@ impl MachineMemory {
         mfn
     }
 
+    /// Records the guest span the live table in `frame` translates, where a caller links
+    /// it (the range of the entry pointing at it): bookkeeping the oracle checks the op
+    /// log's spans against, not Xen state.
+    pub fn set_span(&mut self, frame: u64, span: GfnRange) {
+        if let Some(info) = Self::slot(frame).and_then(|s| self.frames.get_mut(s)) {
+            if info.state != FrameState::Free {
+                info.span = Some(span);
+            }
+        }
+    }
+
     /// Returns a table frame to the pool (pushed on the LIFO free list).
     pub fn free(&mut self, mfn: u64) {
         if let Some(info) = Self::slot(mfn).and_then(|s| self.frames.get_mut(s)) {

@@ -167,6 +167,7 @@ pub(crate) fn iommu_pde_from_dfn(
             let span = entry_span(dfn, level);
             note_old(hd, pt, cx, span, level, pde);
             pt.write(table, idx, AmdPte::pde(nt, level - 1, true, true));
+            cx.mem.set_span(nt, span);
             cx.log.split(span, "iommu_pde_from_dfn");
             pt.update_contig(table, idx, level, PteKind::Table);
             ff.modified = true;
@@ -187,6 +188,7 @@ pub(crate) fn iommu_pde_from_dfn(
             let span = entry_span(dfn, level);
             note_old(hd, pt, cx, span, level, pde);
             pt.write(table, idx, AmdPte::pde(nt, level - 1, true, true));
+            cx.mem.set_span(nt, span);
             cx.log.changed(span);
             pt.update_contig(table, idx, level, PteKind::Table);
             next = nt;

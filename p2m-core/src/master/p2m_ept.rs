@@ -206,6 +206,9 @@ impl Ept {
             cx.log
                 .unlink(cx.mem, old.mfn, TableOwner::P2m, level - 1, range);
         }
+        if level > 1 && new.is_present() && !new.sp {
+            cx.mem.set_span(new.mfn, range);
+        }
         if cx.iommu.shared {
             note_overwrite(
                 &mut cx.iommu.caches,

@@ -243,6 +243,9 @@ impl P2mPt {
             cx.log
                 .unlink(cx.mem, old.pfn, TableOwner::P2m, level - 1, range);
         }
+        if level > 1 && new.present() && !new.pse() {
+            cx.mem.set_span(new.pfn, range);
+        }
         if let Some(tab) = self.tables.get_mut(t) {
             tab.set(idx, new);
         }

@@ -182,6 +182,7 @@ pub(crate) fn addr_to_dma_page_maddr(
             }
             note_old(hd, pt, cx, span, level, pte);
             pt.write(parent, offset, DmaPte::table(nt));
+            cx.mem.set_span(nt, span);
             cx.log.changed(span);
             pt.update_contig(parent, offset, level, PteKind::Table);
             next = nt;

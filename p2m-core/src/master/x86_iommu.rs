@@ -390,7 +390,7 @@ pub(crate) fn free_queued_pgtables<E: IoPte>(hd: &mut Hd, pt: &mut PgTables<E>, 
     if hd.queue.is_empty() {
         return;
     }
-    hd.ctr.iommu_drains_nonempty += 1;
+    crate::stats::bump(&mut hd.ctr.iommu_drains_nonempty, 1);
     let queued = std::mem::take(hd.queue);
     for q in queued {
         free_pgtable(hd, pt, cx, q);

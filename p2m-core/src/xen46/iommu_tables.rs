@@ -152,7 +152,7 @@ impl SeparateTables {
             let child = if e.present && e.next_level != 0 {
                 Some(e.addr)
             } else if alloc {
-                let nt = mem.alloc(TableOwner::Iommu, level - 1);
+                let nt = mem.alloc_for(TableOwner::Iommu, level - 1, s);
                 self.tables.insert(nt, level - 1);
                 let ne = IoPte {
                     present: true,
@@ -636,7 +636,7 @@ impl SeparateTables {
             let next = if e.present && e.next_level != 0 {
                 e.addr
             } else {
-                let nt = mem.alloc(TableOwner::Iommu, level - 1);
+                let nt = mem.alloc_for(TableOwner::Iommu, level - 1, gfn);
                 self.tables.insert(nt, level - 1);
                 let superpage = e.present && e.addr != 0;
                 if superpage {

@@ -261,14 +261,21 @@ impl Ept {
             if level < 2 {
                 continue;
             }
-            for (_, l, c) in tab.iter_runs(0, 512) {
+            // Each child's own span, from where its parent was linked (the whole freed
+            // span when that is unknown).
+            let parent = cx.mem.info(f).and_then(|i| i.span);
+            let per = pages_per_entry(level);
+            for (s, l, c) in tab.iter_runs(0, 512) {
                 if !c.is_present() || c.sp {
                     continue;
                 }
                 for k in 0..l {
                     let child = c.nth(k as u64, level).mfn;
+                    let cspan = parent.map_or(span, |p| {
+                        GfnRange::of_order(p.start + (s + k) as u64 * per, 9 * (level as u32 - 1))
+                    });
                     cx.log
-                        .unlink(cx.mem, child, TableOwner::P2m, level - 1, span);
+                        .unlink(cx.mem, child, TableOwner::P2m, level - 1, cspan);
                 }
             }
         }
@@ -443,6 +450,7 @@ impl Ept {
         if shared && (need_modify_vtd_table || cx.split_to_flush(gfn).is_some()) {
             bump(&mut cx.stats.iommu_steps, 1);
             let (fg, fo) = cx.shared_flush_scope(gfn, order);
+            let (fg, fo) = sw.planted_short_flush.narrow(order, fg, fo);
             cx.iommu.iommu_pte_flush(fg, fo, vtd_pte_present);
         } else if need_modify_vtd_table && !shared {
             bump(&mut cx.stats.iommu_steps, 1);

@@ -269,14 +269,21 @@ impl P2mPt {
             if level < 2 {
                 continue;
             }
-            for (_, l, c) in tab.iter_runs(0, 512) {
+            // Each child's own span, from where its parent was linked (the whole freed
+            // span when that is unknown).
+            let parent = cx.mem.info(f).and_then(|i| i.span);
+            let per = pages_per_entry(level);
+            for (s, l, c) in tab.iter_runs(0, 512) {
                 if !c.present() || c.pse() {
                     continue;
                 }
                 for k in 0..l {
                     let child = c.nth(k as u64, level).pfn;
+                    let cspan = parent.map_or(span, |p| {
+                        GfnRange::of_order(p.start + (s + k) as u64 * per, 9 * (level as u32 - 1))
+                    });
                     cx.log
-                        .unlink(cx.mem, child, TableOwner::P2m, level - 1, span);
+                        .unlink(cx.mem, child, TableOwner::P2m, level - 1, cspan);
                 }
             }
         }

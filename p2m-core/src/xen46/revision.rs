@@ -28,6 +28,31 @@ pub enum PtIommuConditions {
     Committed,
 }
 
+/// Planted, not Xen (measures the IOTLB model's partial invalidation): which single page
+/// the shared-table flush of a superpage-order `ept_set_entry` still covers.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+pub enum PlantedShortFlush {
+    /// The flush covers what Xen flushes.
+    Off,
+    /// Only the first page of the range Xen flushes.
+    FirstPage,
+    /// Only the last page of the range Xen flushes.
+    LastPage,
+}
+
+impl PlantedShortFlush {
+    /// The `(gfn, order)` the flush of `(gfn, order)` by an op of `op_order` covers under
+    /// this plant: 4 KiB ops (and the splits they cause) flush as Xen does.
+    pub fn narrow(self, op_order: u32, gfn: u64, order: u32) -> (u64, u32) {
+        match self {
+            _ if op_order == 0 => (gfn, order),
+            PlantedShortFlush::Off => (gfn, order),
+            PlantedShortFlush::FirstPage => (gfn, 0),
+            PlantedShortFlush::LastPage => (gfn + (1u64 << order) - 1, 0),
+        }
+    }
+}
+
 crate::switches! {
 /// Every revision-dependent behaviour of the 4.6 model, one field each.
 pub struct Switches {
@@ -125,6 +150,10 @@ pub struct Switches {
     /// Planted, not Xen (measures the bad-free check): `ept_free_entry` /
     /// `p2m_free_entry` treat a superpage leaf as a table and free its (guest) frame.
     pub planted_free_leaf_frame: bool,
+    /// Planted, not Xen (measures the remainder records a partial invalidation keeps):
+    /// the shared-table flush of a superpage-order `ept_set_entry` covers one page of its
+    /// range.
+    pub planted_short_flush: PlantedShortFlush,
 }
 }
 
@@ -148,6 +177,7 @@ const PRE: Switches = Switches {
     planted_leak_replaced_subtree: false,
     planted_free_entry_recurses_short: false,
     planted_free_leaf_frame: false,
+    planted_short_flush: PlantedShortFlush::Off,
 };
 
 const COMMITTED: Switches = Switches {
@@ -290,6 +320,24 @@ pub const REVISIONS: &[Revision] = &[
             ..FIXED
         }),
     },
+    Revision {
+        name: "planted-flush-first-page",
+        summary: "fixed, but a superpage op's shared EPT flush covers only its first page",
+        kind: RevisionKind::Planted,
+        switches: LineSwitches::Xen46(Switches {
+            planted_short_flush: PlantedShortFlush::FirstPage,
+            ..FIXED
+        }),
+    },
+    Revision {
+        name: "planted-flush-last-page",
+        summary: "fixed, but a superpage op's shared EPT flush covers only its last page",
+        kind: RevisionKind::Planted,
+        switches: LineSwitches::Xen46(Switches {
+            planted_short_flush: PlantedShortFlush::LastPage,
+            ..FIXED
+        }),
+    },
 ];
 
 #[cfg(test)]
@@ -312,6 +360,7 @@ mod tests {
             planted_leak_replaced_subtree: true,
             planted_free_entry_recurses_short: true,
             planted_free_leaf_frame: true,
+            planted_short_flush: PlantedShortFlush::FirstPage,
             ..FIXED
         };
         assert_eq!(PRE.differing(&fixed).len(), Switches::NAMES.len());
