@@ -2,7 +2,8 @@
 # Mutation score of the model's decision code, earned by the oracle alone.
 #
 # Usage: ci/mutants.sh [K/N]          run shard K of N (default 0/1: everything)
-#        ci/mutants.sh --aggregate DIR...   combine the mutants.out dirs of several shards
+#        ci/mutants.sh --aggregate DIR...   combine the mutants.out dirs of several shards (or of
+#                                      a run and a later re-run of its survivors)
 #        ci/mutants.sh --list          list the mutant set (no build, no tests)
 #
 # The mutant set is fixed by .cargo/mutants.toml (`examine_re`: need-update, flush, free and
@@ -48,6 +49,11 @@ summarize() {
   for f in caught missed timeout unviable; do
     cat "${@/%//mutants.out/$f.txt}" 2>/dev/null | in_set | sort -u >"$OUT/$f.all" || true
   done
+  # A mutant caught in any of the dirs (e.g. a re-run of the survivors against a kill suite
+  # that only grew) counts as caught, not also as missed or timed out.
+  for f in missed timeout unviable; do
+    comm -23 "$OUT/$f.all" "$OUT/caught.all" >"$OUT/$f.tmp" && mv "$OUT/$f.tmp" "$OUT/$f.all"
+  done
   # Declared equivalents: "<mutant name prefix>\t<reason>"; only missed ones count.
   grep -v '^#' "$EQUIV" 2>/dev/null | cut -f1 | sed '/^$/d' >"$OUT/equiv.names" || true
   grep -F -f "$OUT/equiv.names" "$OUT/missed.all" >"$OUT/equivalent.all" 2>/dev/null || true
@@ -74,6 +80,22 @@ summarize() {
     echo "| caught | missed | declared equivalent | timeout | unviable | score |"
     echo "|---|---|---|---|---|---|"
     echo "| $caught | $missed | $equiv | $timeout | $unviable | **$score %** |"
+    echo
+    echo "Per line (files under \`p2m-core/src/master/\`, \`p2m-core/src/xen46/\`, the rest shared):"
+    echo
+    echo "| line | caught | missed | declared equivalent | timeout | score |"
+    echo "|---|---|---|---|---|---|"
+    local part pat c m e t
+    for part in master xen46 shared; do
+      case $part in
+        master) pat='^p2m-core/src/master/' ;;
+        xen46) pat='^p2m-core/src/xen46/' ;;
+        shared) pat='^p2m-core/src/[a-z_]+\.rs:' ;;
+      esac
+      c=$(grep -cE "$pat" "$OUT/caught.all" || true); m=$(grep -cE "$pat" "$OUT/survivors.all" || true)
+      e=$(grep -cE "$pat" "$OUT/equivalent.all" || true); t=$(grep -cE "$pat" "$OUT/timeout.all" || true)
+      echo "| $part | $c | $m | $e | $t | $(awk -v c="$c" -v m="$m" 'BEGIN { if (c + m == 0) print "n/a"; else printf "%.1f %%", 100 * c / (c + m) }') |"
+    done
     echo
     if [ "$missed" -gt 0 ]; then
       echo "Survivors (not declared equivalent):"

@@ -5,8 +5,9 @@
 # - `hunt` per permitted configuration, with every written-up master finding assumed fixed
 #   (the controls are the pinned master with one change undone, so master's own findings
 #   would otherwise mask them);
-# - `exhaustive --depth 3 --baseline xen-master`: only sequences clean under the pinned
-#   master count, i.e. what the control itself would break.
+# - `exhaustive --depth 3 --baseline xen-master --reachable`: only sequences clean under the
+#   pinned master count, i.e. what the control itself would break, and only those a Xen
+#   caller can produce (e70a9a043a-undone breaks one internal-API-only sequence: README).
 # Writes $NEG_OUT/summary.md (default target/negctl). Exit 1 when a control diverges.
 #
 # Usage: ci/negative-controls.sh [SECONDS_PER_CONFIGURATION]   (default 300)
@@ -43,8 +44,8 @@ for r in $controls; do
     echo "| $r | hunt $c, $secs s | ${v:-no verdict (see $log)} |" | tee -a "$out/summary.md"
   done
   log="$out/exh-$r.log"
-  "$cli" exhaustive --revision "$r" --baseline xen-master --depth 3 >"$log" 2>&1 || failed=1
+  "$cli" exhaustive --revision "$r" --baseline xen-master --depth 3 --reachable >"$log" 2>&1 || failed=1
   v=$(grep -E '^(total|verdict)' "$log" | tr '\n' ' ')
-  echo "| $r | exhaustive --depth 3 --baseline xen-master | ${v:-no verdict (see $log)} |" | tee -a "$out/summary.md"
+  echo "| $r | exhaustive --depth 3 --baseline xen-master --reachable | ${v:-no verdict (see $log)} |" | tee -a "$out/summary.md"
 done
 exit "$failed"

@@ -364,6 +364,11 @@ pub struct Options {
     pub jobs: usize,
     /// Apply reductions 2-4 (off: the plain enumeration, to cross-check them).
     pub reduce: bool,
+    /// Pass over divergences whose inputs no Xen caller produces (`harness::reach`:
+    /// internal API only, configuration or support excluded) and keep searching, as
+    /// `hunt --reachable` does; their sequences are not extended (an extension keeps the
+    /// unreachable op).
+    pub reachable: bool,
 }
 
 impl Options {
@@ -376,6 +381,7 @@ impl Options {
             wide: false,
             jobs: 1,
             reduce: true,
+            reachable: false,
         }
     }
 }
@@ -400,6 +406,8 @@ pub struct ConfigResult {
     pub pruned_duplicate: u64,
     /// Prefixes not extended because the baseline diverged on them.
     pub pruned_baseline: u64,
+    /// Divergences passed over as not reachable ([`Options::reachable`]).
+    pub passed_unreachable: u64,
     /// Longest sequence length fully searched.
     pub depth_done: usize,
     /// Wall time.
@@ -582,6 +590,7 @@ pub fn search_config_with(
             pruned_symmetry: 0,
             pruned_duplicate: 0,
             pruned_baseline: 0,
+            passed_unreachable: 0,
             depth_done: 0,
             elapsed: Duration::ZERO,
             found: None,
@@ -604,7 +613,17 @@ pub fn search_config_with(
 
 /// Searches one configuration, stopping at its first shortest divergence.
 pub fn search_config(config: Config, opts: &Options) -> ConfigResult {
-    search_config_with(config, opts, &mut |_, _| Control::Stop)
+    let mut passed = 0;
+    let mut res = search_config_with(config, opts, &mut |_, d| {
+        if opts.reachable && !d.is_reachable() {
+            passed += 1;
+            Control::Continue
+        } else {
+            Control::Stop
+        }
+    });
+    res.passed_unreachable = passed;
+    res
 }
 
 /// The result of searching several configurations.

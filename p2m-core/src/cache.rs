@@ -572,4 +572,84 @@ mod tests {
             }
         }
     }
+
+    /// An invalidation never adds anything a device could use: every record it keeps is part
+    /// of a record that was cached before, with the same translation (random records and
+    /// commands, every hardware preset). So a mutant that only *adds* invalidations cannot
+    /// make the oracle report a divergence the model without it would not.
+    #[test]
+    fn any_invalidation_only_removes_what_was_cached() {
+        let mut rng = crate::Lcg(7);
+        for hw in [
+            HwSemantics::CONSERVATIVE,
+            HwSemantics::DROP_ON_HIT,
+            HwSemantics::OPTIMISTIC,
+        ] {
+            for _ in 0..2000 {
+                let mut before = Vec::new();
+                for _ in 0..1 + rng.below(5) {
+                    let lp = [1, 512, 1 << 18][rng.below(3) as usize];
+                    let start = rng.below(4) * (1 << 18) + rng.below(1024) / lp * lp;
+                    let len = (1 + rng.below(600)) * lp;
+                    before.push(if rng.below(4) == 0 {
+                        nonleaf(start & !511)
+                    } else {
+                        leaf(start, len, 0x100000 + rng.below(1 << 20), lp)
+                    });
+                }
+                let gfn = rng.below(4) * (1 << 18) + rng.below(1 << 18);
+                let order = [0, 9, 18][rng.below(3) as usize];
+                let gfn = gfn & !((1 << order) - 1);
+                let cmd = match rng.below(5) {
+                    0 => Invalidation::VtdPsi {
+                        gfn,
+                        order,
+                        ih: false,
+                    },
+                    1 => Invalidation::VtdPsi {
+                        gfn,
+                        order,
+                        ih: true,
+                    },
+                    2 => Invalidation::AmdPages { gfn, order },
+                    3 => Invalidation::VtdDsi,
+                    _ => Invalidation::AmdAllPages,
+                };
+                let mut caches = IommuCaches::new(hw);
+                for r in &before {
+                    caches.push(*r);
+                }
+                caches.invalidate(cmd);
+                for k in caches.records() {
+                    let within = |r: &CacheRecord| {
+                        r.range.start <= k.range.start
+                            && k.range.end <= r.range.end
+                            && match (r.kind, k.kind) {
+                                (
+                                    RecordKind::Leaf {
+                                        mfn,
+                                        perm,
+                                        leaf_pages,
+                                    },
+                                    RecordKind::Leaf {
+                                        mfn: m,
+                                        perm: p,
+                                        leaf_pages: l,
+                                    },
+                                ) => {
+                                    m == mfn + (k.range.start - r.range.start)
+                                        && p == perm
+                                        && l == leaf_pages
+                                }
+                                (a, b) => a == b,
+                            }
+                    };
+                    assert!(
+                        before.iter().any(within),
+                        "{cmd:?} kept {k:?} from {before:?}"
+                    );
+                }
+            }
+        }
+    }
 }

@@ -599,6 +599,10 @@ struct ExhaustiveArgs {
     /// Plain enumeration without the reductions (to cross-check them; slower).
     #[arg(long)]
     no_reduce: bool,
+    /// Pass over divergences whose inputs no Xen caller produces (internal API only; see
+    /// `harness::reach`) and keep searching for reachable ones.
+    #[arg(long)]
+    reachable: bool,
     /// Directory for a reproducer of the divergence reported.
     #[arg(long)]
     out: Option<PathBuf>,
@@ -632,6 +636,7 @@ fn exhaustive_cmd(a: ExhaustiveArgs) -> ExitCode {
         wide: a.wide,
         jobs: a.jobs,
         reduce: !a.no_reduce,
+        reachable: a.reachable,
     };
     match baseline {
         Some(b) => println!(
@@ -665,6 +670,12 @@ fn exhaustive_cmd(a: ExhaustiveArgs) -> ExitCode {
                 String::new()
             }
         );
+        if a.reachable {
+            println!(
+                "    passed over: {} internal-API-only divergences (--reachable)",
+                c.passed_unreachable
+            );
+        }
         if let Some((_, s)) = &c.found {
             for op in &s.ops {
                 println!("    | {op}");
@@ -678,7 +689,12 @@ fn exhaustive_cmd(a: ExhaustiveArgs) -> ExitCode {
         report.elapsed.as_secs_f64()
     );
     let Some((d, s)) = report.shortest() else {
-        println!("verdict: clean up to depth {}", a.depth);
+        let only = if a.reachable {
+            " (reachable sequences)"
+        } else {
+            ""
+        };
+        println!("verdict: clean up to depth {}{only}", a.depth);
         return ExitCode::SUCCESS;
     };
     println!("{d}");
