@@ -103,6 +103,12 @@ pub fn replay(s: &Scenario, rev: Revision, count: usize) -> (Domain, Vec<String>
             Op::AddToPhysmap(b) => {
                 let _ = dom.add_to_physmap_range(*b);
             }
+            Op::Call(c) => {
+                let _ = dom.call(*c);
+            }
+            Op::Interleaved(ib) => {
+                let _ = dom.add_to_physmap_interleaved(*ib);
+            }
         }
     }
     (dom, lines)

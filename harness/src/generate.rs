@@ -6,6 +6,7 @@
 //! each other's tables.
 
 use crate::scenario::{MfnSel, Op, Scenario, SetEntryOp, GFN_WINDOW, MFN_POOL_BASE};
+use p2m_core::callers::{CallerOp, HvmMemType, Interleave, InterleavedBatch};
 use p2m_core::physmap::AddToPhysmapRange;
 use p2m_core::{Config, Mode, P2mAccess, P2mType, PageSizes, Vendor, MMIO_RO_FRAMES, PAGE_ORDERS};
 use rand::rngs::SmallRng;
@@ -31,6 +32,10 @@ pub struct Swarm {
     /// Frame of gfn 0 for the "linear" frame kind (a multiple of 1 GiB): maps keep
     /// `dfn ≡ mfn` modulo every table size, so IOMMU tables can coalesce.
     linear_base: u64,
+    /// Chance that an op is a caller op (0 in a third of the swarms, every op in another).
+    caller_chance: f64,
+    /// Chance that a batch carries a second vCPU's caller op.
+    interleave_chance: f64,
 }
 
 fn subset<T: Copy>(rng: &mut SmallRng, all: &[T]) -> Vec<T> {
@@ -80,7 +85,24 @@ impl Swarm {
                 rng.gen_range(0.1..0.5)
             },
             linear_base: MFN_POOL_BASE + (rng.gen_range(0..4u64) << 18),
+            caller_chance: match rng.gen_range(0..3u8) {
+                0 => 0.0,
+                1 => 1.0,
+                _ => rng.gen_range(0.2..0.8),
+            },
+            interleave_chance: if rng.gen_bool(0.5) {
+                0.0
+            } else {
+                rng.gen_range(0.3..1.0)
+            },
         }
+    }
+
+    /// A swarm that draws caller ops only (every scenario a caller chain).
+    pub fn callers_only(mut self) -> Swarm {
+        self.caller_chance = 1.0;
+        self.revert_chance = 0.0;
+        self
     }
 
     /// Draws a swarm whose scenarios all have `config` (normalized).
@@ -95,6 +117,8 @@ impl Swarm {
         let n = rng.gen_range(1..=self.max_ops);
         let mut ops = Vec::with_capacity(n);
         let mut last_mfn = MFN_POOL_BASE;
+        // The allocator of `populate_physmap`: fresh frames, handed out in order.
+        let mut heap = MFN_POOL_BASE + (rng.gen_range(0..8u64) << 18);
         for _ in 0..n {
             let order = *self.orders.choose(rng).expect("orders");
             let region = rng.gen_range(0..4u64) << 18;
@@ -115,7 +139,32 @@ impl Swarm {
                 }
             }
             if self.batch_chance > 0.0 && rng.gen_bool(self.batch_chance) {
-                ops.push(Op::AddToPhysmap(self.batch(rng, region + mid + low)));
+                let b = self.batch(rng, region + mid + low);
+                if self.interleave_chance > 0.0 && rng.gen_bool(self.interleave_chance) {
+                    // Most often the guest frees a page the batch moved.
+                    let op = if rng.gen_bool(0.7) {
+                        let k = rng.gen_range(0..u64::from(b.size.max(1)));
+                        CallerOp::DecreaseReservation {
+                            gfn: (b.gpfn + k) & (GFN_WINDOW - 1),
+                            order: 0,
+                        }
+                    } else {
+                        self.caller(rng, gfn, order, &mut heap)
+                    };
+                    ops.push(Op::Interleaved(InterleavedBatch {
+                        batch: b,
+                        second: Interleave {
+                            after: rng.gen_range(0..=b.size.min(255)),
+                            op,
+                        },
+                    }));
+                } else {
+                    ops.push(Op::AddToPhysmap(b));
+                }
+                continue;
+            }
+            if self.caller_chance > 0.0 && rng.gen_bool(self.caller_chance) {
+                ops.push(Op::Call(self.caller(rng, gfn, order, &mut heap)));
                 continue;
             }
             let mfn = match *self.mfn_kinds.choose(rng).expect("kinds") {
@@ -158,6 +207,56 @@ impl Swarm {
             config: self.config,
             allow_under_permissive: false,
             ops,
+        }
+    }
+
+    /// A caller op at `gfn` (aligned to `order`): mostly populating with fresh frames from
+    /// `heap` and returning pages, else retyping, MMIO mapping (around and inside
+    /// `mmio_ro_ranges`), device assignment, rarely an introspection access change.
+    fn caller(&self, rng: &mut SmallRng, gfn: u64, order: u32, heap: &mut u64) -> CallerOp {
+        let nr = if rng.gen_bool(0.9) {
+            *[1u32, 2, 3, 16].choose(rng).expect("nr")
+        } else {
+            512
+        };
+        match rng.gen_range(0..20u8) {
+            0..=6 => {
+                // 4.6 shadow mode writes a 1 GiB extent as 2^18 4 KiB entries: kept to
+                // 2 MiB here so a search costs time per op, not per page.
+                let order = if self.config.mode == Mode::Shadow {
+                    order.min(9)
+                } else {
+                    order
+                };
+                let gfn = gfn & !((1u64 << order) - 1);
+                let size = 1u64 << order;
+                let mfn = heap.next_multiple_of(size);
+                *heap = mfn + size;
+                CallerOp::Populate { gfn, mfn, order }
+            }
+            7..=10 => CallerOp::DecreaseReservation {
+                gfn,
+                order: if rng.gen_bool(0.8) { 0 } else { order.min(9) },
+            },
+            11..=14 => CallerOp::SetMemType {
+                gfn,
+                nr,
+                mem_type: *HvmMemType::ALL.choose(rng).expect("types"),
+            },
+            15..=17 => CallerOp::MemoryMapping {
+                gfn,
+                mfn: (MMIO_RO_FRAMES.start - 0x200 + rng.gen_range(0..0x400u64))
+                    & !((1u64 << order.min(9)) - 1),
+                nr,
+                add: rng.gen_bool(0.7),
+            },
+            18 if rng.gen_bool(0.5) => CallerOp::AssignDevice,
+            18 => CallerOp::SetBrokenPage { gfn },
+            _ => CallerOp::SetMemAccess {
+                gfn,
+                nr,
+                access: *self.accesses.choose(rng).expect("accesses"),
+            },
         }
     }
 

@@ -30,6 +30,7 @@
 use crate::oracle::DivergenceClass;
 use crate::runner::{resolve_mfn, Session};
 use crate::scenario::{MfnSel, Op, Scenario, SetEntryOp, MFN_POOL_BASE};
+use p2m_core::callers::{CallerOp, InterleavedBatch};
 use p2m_core::physmap::AddToPhysmapRange;
 use p2m_core::{Domain, Mfn, P2mAccess, P2mType, INVALID_MFN, MAX_PAGE};
 
@@ -235,6 +236,29 @@ fn simpler_ops(op: &Op) -> Vec<Op> {
                 .map(|size| Op::AddToPhysmap(AddToPhysmapRange { size, ..*b }))
                 .collect();
         }
+        Op::Call(c) => return simpler_calls(c).into_iter().map(Op::Call).collect(),
+        Op::Interleaved(ib) => {
+            let mut v = Vec::new();
+            let mut at = |ib2: InterleavedBatch| v.push(Op::Interleaved(ib2));
+            if ib.second.after > 0 {
+                let mut x = *ib;
+                x.second.after = 0;
+                at(x);
+            }
+            for size in [1, ib.batch.size / 2, ib.batch.size.saturating_sub(1)] {
+                if size < ib.batch.size {
+                    let mut x = *ib;
+                    x.batch.size = size;
+                    at(x);
+                }
+            }
+            for c in simpler_calls(&ib.second.op) {
+                let mut x = *ib;
+                x.second.op = c;
+                at(x);
+            }
+            return v;
+        }
     };
     let mut v = Vec::new();
     let with_mfn = |mfn: MfnSel| {
@@ -293,6 +317,60 @@ fn simpler_ops(op: &Op) -> Vec<Op> {
                 v.push(with_mfn(MfnSel::Frame(m2)));
             }
         }
+    }
+    v
+}
+
+/// Candidate simplifications of a caller op, each strictly smaller in pages, order or
+/// gfn (so shrinking terminates).
+fn simpler_calls(c: &CallerOp) -> Vec<CallerOp> {
+    let mut v = Vec::new();
+    match *c {
+        CallerOp::Populate { gfn, mfn, order } => {
+            for o in [0, 9] {
+                if o < order {
+                    v.push(CallerOp::Populate { gfn, mfn, order: o });
+                }
+            }
+        }
+        CallerOp::DecreaseReservation { gfn, order } => {
+            for o in [0, 9] {
+                if o < order {
+                    v.push(CallerOp::DecreaseReservation { gfn, order: o });
+                }
+            }
+        }
+        CallerOp::SetMemType { gfn, nr, mem_type } => {
+            for n in [1, nr / 2] {
+                if n > 0 && n < nr {
+                    v.push(CallerOp::SetMemType {
+                        gfn,
+                        nr: n,
+                        mem_type,
+                    });
+                }
+            }
+        }
+        CallerOp::MemoryMapping { gfn, mfn, nr, add } => {
+            for n in [1, nr / 2] {
+                if n > 0 && n < nr {
+                    v.push(CallerOp::MemoryMapping {
+                        gfn,
+                        mfn,
+                        nr: n,
+                        add,
+                    });
+                }
+            }
+        }
+        CallerOp::SetMemAccess { gfn, nr, access } => {
+            for n in [1, nr / 2] {
+                if n > 0 && n < nr {
+                    v.push(CallerOp::SetMemAccess { gfn, nr: n, access });
+                }
+            }
+        }
+        CallerOp::AssignDevice | CallerOp::SetBrokenPage { .. } => {}
     }
     v
 }

@@ -336,6 +336,30 @@ pub fn check_batch(
     Some(f)
 }
 
+/// A caller op whose outcome (pages done, the error that stopped it) differs between the
+/// model and the reference: a CPU-view divergence at the op's first gfn.
+pub fn check_outcome(
+    what: &str,
+    gfn: u64,
+    got: BatchOutcome,
+    want: BatchOutcome,
+) -> Option<Finding> {
+    if got == want {
+        return None;
+    }
+    let mut f = Finding::new(
+        DivergenceClass::CpuView,
+        gfn,
+        format!("{what}: {got}"),
+        format!("{what}: {want}"),
+    );
+    f.context.push(format!(
+        "the sides part after {} pages of {what}",
+        got.done.min(want.done)
+    ));
+    Some(f)
+}
+
 /// A `BUG_ON` the op reached.
 pub fn xen_bug(gfn: u64, what: &str) -> Finding {
     Finding::new(

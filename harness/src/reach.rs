@@ -8,6 +8,7 @@
 //! tree (4.6 at edb9531263, master at c447b7308b); each names its source.
 
 use crate::scenario::{MfnSel, Op};
+use p2m_core::callers::CallerOp;
 use p2m_core::{
     Config, GfnRange, Line, Mfn, Mode, P2mAccess, P2mType, INVALID_MFN, MMIO_RO_FRAMES,
 };
@@ -21,6 +22,8 @@ pub enum Unreachable {
     /// A caller can issue it, but only in a setup Xen's `SUPPORT.md` excludes from
     /// security support.
     OutsideSupport(&'static str),
+    /// The configuration does not exist on that line (Xen refuses or overrides it).
+    Config(Line, &'static str),
 }
 
 impl Unreachable {
@@ -29,7 +32,91 @@ impl Unreachable {
         match self {
             Unreachable::InternalApi(why) => format!("internal API only: {why}"),
             Unreachable::OutsideSupport(why) => format!("outside security support: {why}"),
+            Unreachable::Config(line, why) => {
+                format!("configuration not reachable on {}: {why}", line_name(*line))
+            }
         }
+    }
+}
+
+/// The line's name in reports.
+fn line_name(line: Line) -> &'static str {
+    match line {
+        Line::Xen46 => "Xen 4.6",
+        Line::Master => "Xen master",
+    }
+}
+
+/// Why `cfg` does not exist on `line` (`None`: Xen runs it). Forbidden configurations
+/// stay runnable; reports carry this verdict.
+pub fn config_verdict(line: Line, cfg: &Config) -> Option<Unreachable> {
+    match line {
+        Line::Xen46 if cfg.iommu_hap_pt_share && cfg.vendor == p2m_core::Vendor::Amd => {
+            Some(Unreachable::Config(
+                line,
+                "amd_iommu_init sets iommu_hap_pt_share = 0 (amd/iommu_init.c:1262, \
+                 c2ba3db31e, 2014): 4.6 never shares tables with an AMD IOMMU",
+            ))
+        }
+        // Master keeps sharing off wherever it does not apply (AMD, shadow, page sizes
+        // VT-d lacks: `Config::master_hap_pt_share`); the model does the same.
+        _ => None,
+    }
+}
+
+/// Why no caller chain issues the caller op `op` as written, given the domain's state
+/// before it (`refm`: what the domain maps; `dom`: its table frames); `None` when one does.
+pub fn caller_verdict(
+    op: &CallerOp,
+    refm: &RefModel,
+    dom: &p2m_core::Domain,
+) -> Option<Unreachable> {
+    match *op {
+        CallerOp::Populate { mfn, order, .. } => {
+            if order > 18 {
+                return None; // the op does nothing
+            }
+            let frames = GfnRange::of_order(mfn, order);
+            if mfn & ((1 << order) - 1) != 0 {
+                return Some(Unreachable::InternalApi(
+                    "the buddy allocator hands out 2^order-aligned extents",
+                ));
+            }
+            if frames.end > p2m_core::MAX_PAGE || mfn == 0 {
+                return Some(Unreachable::InternalApi(
+                    "the allocator hands out RAM frames only (below max_page, never frame 0)",
+                ));
+            }
+            let table = dom.mem().ever_allocated().iter().any(|&f| {
+                frames.contains(f)
+                    && dom
+                        .mem()
+                        .info(f)
+                        .is_some_and(|i| i.state != p2m_core::frames::FrameState::Free)
+            });
+            let mapped = refm.extents().any(|(_, e)| {
+                e.mfn != INVALID_MFN
+                    && e.mfn.0 < frames.end
+                    && e.mfn.0.saturating_add(e.len) > frames.start
+            });
+            (table || mapped).then_some(Unreachable::InternalApi(
+                "the allocator never hands out a page in use (a live table or a page the \
+                 domain maps)",
+            ))
+        }
+        CallerOp::MemoryMapping { mfn, nr, .. } => (mfn < p2m_core::MAX_PAGE
+            || mfn.saturating_add(nr.into()) > crate::scenario::MFN_LITERAL_LIMIT)
+            .then_some(Unreachable::InternalApi(
+                "the toolstack maps device MMIO (BARs, iomem= ranges), never RAM frames",
+            )),
+        CallerOp::SetMemAccess { .. } => Some(Unreachable::OutsideSupport(
+            "p2m_set_mem_access is VM introspection, which SUPPORT.md does not support \
+             together with PCI passthrough",
+        )),
+        CallerOp::DecreaseReservation { .. }
+        | CallerOp::SetMemType { .. }
+        | CallerOp::SetBrokenPage { .. }
+        | CallerOp::AssignDevice => None,
     }
 }
 
@@ -119,12 +206,6 @@ pub fn unreachable_reason(
     }
     match line {
         Line::Xen46 => {
-            if cfg.mode == Mode::Npt && cfg.iommu_hap_pt_share {
-                return Some(
-                    "Xen 4.6 never shares tables with an AMD IOMMU: amd_iommu_init sets \
-                     iommu_hap_pt_share = 0 (c2ba3db31e, 2014)",
-                );
-            }
             if e.order > 0 && cfg.mode == Mode::Shadow {
                 return Some("4.6 p2m_set_entry uses 4 KiB pages in shadow mode (p2m.c:450-458)");
             }
@@ -244,7 +325,13 @@ mod tests {
             unreachable_reason(Line::Master, &ept, &ram, Mfn(0x100000), false),
             None
         );
-        assert!(unreachable_reason(Line::Xen46, &npt, &ram, Mfn(0x100000), false).is_some());
+        assert!(unreachable_reason(Line::Xen46, &npt, &ram, Mfn(0x100000), false).is_none());
+        assert!(config_verdict(Line::Xen46, &npt)
+            .unwrap()
+            .describe()
+            .starts_with("configuration not reachable on Xen 4.6"));
+        assert_eq!(config_verdict(Line::Master, &npt), None);
+        assert_eq!(config_verdict(Line::Xen46, &ept), None);
         let inv = op(MfnSel::Invalid, 0, P2mType::Invalid);
         assert_eq!(
             unreachable_reason(Line::Master, &ept, &inv, INVALID_MFN, false),

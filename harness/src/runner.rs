@@ -1,12 +1,13 @@
 //! The runner: applies each op to the model and the reference, then runs the oracle.
 
 use crate::oracle::{
-    check_bad_frees, check_batch, check_cpu, check_free_events, check_leaks, check_range,
-    explain_record, merge_ranges, xen_bug, DivergenceClass, Finding,
+    check_bad_frees, check_batch, check_cpu, check_free_events, check_leaks, check_outcome,
+    check_range, explain_record, merge_ranges, xen_bug, DivergenceClass, Finding,
 };
 use crate::reach::Unreachable;
 use crate::scenario::{MfnSel, Op, Scenario, SetEntryOp};
 use p2m_core::cache::Issued;
+use p2m_core::callers::{CallerOp, InterleavedBatch};
 use p2m_core::events::Split;
 use p2m_core::physmap::AddToPhysmapRange;
 use p2m_core::{Config, Domain, GfnRange, Line, Mfn, ModelStats, P2mError, Revision, INVALID_MFN};
@@ -100,10 +101,18 @@ impl Divergence {
         self.finding.class
     }
     /// True when every op up to the observing one is one a Xen caller can issue in a
-    /// security-supported setup.
+    /// security-supported setup (as a caller op, or as a raw `set_entry` whose inputs a
+    /// caller passes) and the configuration exists on the line.
     pub fn is_reachable(&self) -> bool {
         !self.reachability.starts_with("internal API only")
             && !self.reachability.starts_with("outside security support")
+            && !self.reachability.starts_with("configuration not reachable")
+    }
+
+    /// True when the ops up to the observing one are all caller ops a guest, device model
+    /// or toolstack issues, in a configuration the line permits: `reachable via <chain>`.
+    pub fn is_caller_chain(&self) -> bool {
+        self.reachability.starts_with(REACHABLE_VIA)
     }
 }
 
@@ -142,6 +151,25 @@ impl fmt::Display for Divergence {
         }
         Ok(())
     }
+}
+
+/// How a report's reachability line starts when every op is a caller op.
+pub const REACHABLE_VIA: &str = "reachable via ";
+
+/// How a report's reachability line starts when a raw `set_entry` with inputs some
+/// caller passes is among the ops.
+pub const RAW_PLAUSIBLE: &str = "raw set_entry";
+
+/// The gfns a caller op names (none for `assign_device`).
+pub fn caller_ranges(c: &CallerOp) -> Vec<GfnRange> {
+    let n = c.pages();
+    if n == 0 {
+        return Vec::new();
+    }
+    vec![GfnRange {
+        start: c.gfn(),
+        end: c.gfn().saturating_add(n),
+    }]
 }
 
 /// What applying one op to both sides gave, for the oracle.
@@ -252,8 +280,10 @@ pub struct Session {
     /// First non-fatal finding of each class.
     notes: Vec<Divergence>,
     /// The first op no Xen caller issues (or only outside security support), and why
-    /// (see [`crate::reach`]).
+    /// (see [`crate::reach`]); a configuration the line does not have comes first.
     unreachable: Option<(usize, Unreachable)>,
+    /// The first raw `set_entry` op (the internal API), if any.
+    first_raw: Option<usize>,
 }
 
 impl Session {
@@ -272,7 +302,8 @@ impl Session {
             issued: Vec::new(),
             splits: Vec::new(),
             notes: Vec::new(),
-            unreachable: None,
+            unreachable: crate::reach::config_verdict(revision.line(), &cfg).map(|v| (0, v)),
+            first_raw: None,
         }
     }
 
@@ -342,9 +373,22 @@ impl Session {
     pub fn step_outcome(&mut self, op: &Op) -> StepOutcome {
         let mfn = match op {
             Op::SetEntry(e) => resolve_mfn(&self.dom, e.gfn, e.mfn),
-            Op::AddToPhysmap(_) => INVALID_MFN,
+            _ => INVALID_MFN,
         };
-        if self.unreachable.is_none() {
+        if !op.is_caller_op() && self.first_raw.is_none() {
+            self.first_raw = Some(self.steps.len());
+        }
+        let caller = match op {
+            Op::Call(c) => Some(c),
+            Op::Interleaved(ib) => Some(&ib.second.op),
+            _ => None,
+        };
+        if let (None, Some(c)) = (self.unreachable, caller) {
+            if let Some(v) = crate::reach::caller_verdict(c, &self.refm, &self.dom) {
+                self.unreachable = Some((self.steps.len(), v));
+            }
+        }
+        if self.unreachable.is_none() && !op.is_caller_op() {
             let table = self
                 .dom
                 .mem()
@@ -372,6 +416,8 @@ impl Session {
                 Err(out) => return *out,
             },
             Op::AddToPhysmap(b) => self.apply_batch(b),
+            Op::Call(c) => self.apply_call(c),
+            Op::Interleaved(ib) => self.apply_interleaved(ib),
         };
         let stats = &mut self.stats;
         let log = self.dom.op_log();
@@ -517,6 +563,62 @@ impl Session {
         }
     }
 
+    /// Runs a caller op on both sides (the reference told which frames the model found
+    /// holding Xen tables); differing outcomes are the early finding.
+    fn apply_call(&mut self, c: &CallerOp) -> Applied {
+        let got = self.dom.call(*c);
+        let xen_frames = &self.dom.op_log().xen_frames;
+        let want = self
+            .refm
+            .call(*c, &|g: u64, m: u64| xen_frames.contains(&(g, m)));
+        if got.rc.is_ok() {
+            self.stats.ops_ok += 1;
+        } else if got.done == 0 && want.rc.is_err() {
+            self.stats.ops_err += 1;
+        }
+        Applied {
+            real: Ok(()),
+            reference: Ok(()),
+            op_ranges: caller_ranges(c),
+            early: check_outcome(&c.to_string(), c.gfn(), got, want),
+            both_refused: got.done == 0 && got.rc.is_err() && want.rc.is_err(),
+        }
+    }
+
+    /// Runs a batch with a second vCPU's caller op inside it on both sides.
+    fn apply_interleaved(&mut self, ib: &InterleavedBatch) -> Applied {
+        let got = self.dom.add_to_physmap_interleaved(*ib);
+        let log = self.dom.op_log();
+        let (first, second) = (&log.xen_frames, &log.xen_frames_second);
+        let want = self.refm.add_to_physmap_interleaved(
+            *ib,
+            &|g: u64, m: u64| first.contains(&(g, m)),
+            &|g: u64, m: u64| second.contains(&(g, m)),
+        );
+        if got.batch.rc.is_ok() {
+            self.stats.ops_ok += 1;
+        }
+        self.stats.batch_pages += got.batch.done;
+        let mut op_ranges = ib.batch.ranges();
+        op_ranges.extend(caller_ranges(&ib.second.op));
+        let early = check_batch(&ib.batch, got.batch, want.batch).or_else(|| {
+            let c = &ib.second.op;
+            check_outcome(
+                &format!("second vCPU: {c}"),
+                c.gfn(),
+                got.second,
+                want.second,
+            )
+        });
+        Applied {
+            real: Ok(()),
+            reference: Ok(()),
+            op_ranges,
+            early,
+            both_refused: false,
+        }
+    }
+
     /// Counts a non-fatal finding, keeping the first of each class.
     fn note(&mut self, n: Finding) {
         self.stats.notes += 1;
@@ -572,11 +674,17 @@ impl Session {
                 self.cfg.hw,
             )
         });
-        let reachability = match self.unreachable {
-            Some((op, v)) if op <= observed_op => format!("{} (op #{op})", v.describe()),
-            _ => "no input a Xen caller rules out (ops are raw set_entry calls; caller \
-                  chains are not modelled yet)"
-                .into(),
+        let reachability = match (self.unreachable, self.first_raw) {
+            (Some((_, v @ Unreachable::Config(..))), _) => v.describe(),
+            (Some((op, v)), _) if op <= observed_op => format!("{} (op #{op})", v.describe()),
+            (_, Some(op)) if op <= observed_op => format!(
+                "{RAW_PLAUSIBLE} (op #{op}) with inputs a caller passes: no input a Xen \
+                 caller rules out, but not replayed through caller ops"
+            ),
+            _ => format!(
+                "{REACHABLE_VIA}{}",
+                caller_chain(&self.steps[..=observed_op.min(self.steps.len() - 1)])
+            ),
         };
         Divergence {
             finding,
@@ -606,6 +714,37 @@ impl Session {
             model: self.dom.stats(),
             ..self.stats
         }
+    }
+}
+
+/// The caller chain of `steps` (all caller ops): each op's Xen entry point and issuer,
+/// consecutive repeats folded (`populate_physmap (guest) → set_mem_type (device model)`).
+fn caller_chain(steps: &[Step]) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    let mut push = |s: String| {
+        if parts.last() != Some(&s) {
+            parts.push(s);
+        }
+    };
+    for st in steps {
+        match &st.op {
+            Op::Call(c) => push(format!("{} ({})", c.name(), c.issuer())),
+            Op::AddToPhysmap(_) => push("add_to_physmap_range (guest)".into()),
+            Op::Interleaved(ib) => {
+                push("add_to_physmap_range (guest)".into());
+                push(format!(
+                    "{} ({}, second vCPU inside the batch)",
+                    ib.second.op.name(),
+                    ib.second.op.issuer()
+                ));
+            }
+            Op::SetEntry(_) => push("set_entry (internal API)".into()),
+        }
+    }
+    if parts.is_empty() {
+        "no op".into()
+    } else {
+        parts.join(" → ")
     }
 }
 

@@ -53,19 +53,29 @@ fn cloned_prefix_continues_like_a_replay() {
         let s = Swarm::new(&mut rng, Some(Mode::ALL[i % 3])).scenario(&mut rng);
         let cut = rng.gen_range(0..=s.ops.len());
         let mut prefix = Session::for_scenario(&s, r);
-        let mut early = None;
+        let (mut early, mut crashed) = (None, None);
         for op in &s.ops[..cut] {
-            if let Some(f) = prefix.step(op) {
+            let out = prefix.step_outcome(op);
+            if let Some(f) = out.finding {
                 early = Some(prefix.divergence(f));
+                break;
+            }
+            if out.crashed.is_some() {
+                crashed = out.crashed;
                 break;
             }
         }
         let mut divergence = early.clone();
         let mut cont = prefix.clone();
-        if early.is_none() {
+        if early.is_none() && crashed.is_none() {
             for op in &s.ops[cut..] {
-                if let Some(f) = cont.step(op) {
+                let out = cont.step_outcome(op);
+                if let Some(f) = out.finding {
                     divergence = Some(cont.divergence(f));
+                    break;
+                }
+                if out.crashed.is_some() {
+                    crashed = out.crashed;
                     break;
                 }
             }
@@ -73,7 +83,7 @@ fn cloned_prefix_continues_like_a_replay() {
         let cloned = RunOutcome {
             divergence,
             notes: cont.notes().to_vec(),
-            crashed: None,
+            crashed,
             stats: cont.stats(),
         };
         assert_eq!(run(&s, r), cloned, "scenario (cut at {cut}):\n{s}");
@@ -128,7 +138,7 @@ fn alphabet_is_deduplicated_and_aligned() {
                 MfnSel::TableAt(level) => Some((e.order, level)),
                 _ => None,
             },
-            Op::AddToPhysmap(_) => None,
+            _ => None,
         })
         .collect();
     assert_eq!(tables.len(), 12);

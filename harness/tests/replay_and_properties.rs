@@ -19,8 +19,11 @@ fn header<'a>(text: &'a str, key: &str) -> Option<&'a str> {
 
 /// Every regression trace shows its recorded class under its directory's revision, is
 /// clean once its recorded root-cause switches take their `fixed` values, and is clean
-/// under its line's fixed revision (`fixed`, `master-fixed`). An optional
-/// `# reachable: yes|no` header is checked against the report's reachability verdict.
+/// under its line's fixed revision (`fixed`, `master-fixed`). Its `# reachable:` header
+/// must agree with the report's computed verdict: `yes` — every op a caller op in a
+/// configuration the line has (`reachable via …`); `raw` — a raw `set_entry` whose inputs
+/// a caller passes; `no` — internal API only, outside security support, or a
+/// configuration the line does not have.
 #[test]
 fn regressions_replay_with_expected_verdicts() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../corpus/regressions");
@@ -65,16 +68,23 @@ fn regressions_replay_with_expected_verdicts() {
                 f.display(),
                 fixed.name
             );
-            if let Some(r) = header(&text, "reachable") {
-                let d = run_with(&s, rev, strict).divergence.expect("diverges");
-                assert_eq!(
-                    d.is_reachable(),
-                    r == "yes",
-                    "{}: reachability {}",
-                    f.display(),
-                    d.reachability
-                );
-            }
+            let r = header(&text, "reachable")
+                .unwrap_or_else(|| panic!("{}: needs `# reachable: yes|raw|no`", f.display()));
+            let d = run_with(&s, rev, strict).divergence.expect("diverges");
+            let computed = if d.is_caller_chain() {
+                "yes"
+            } else if d.is_reachable() {
+                "raw"
+            } else {
+                "no"
+            };
+            assert_eq!(
+                r,
+                computed,
+                "{}: `# reachable: {r}` but the report says: {}",
+                f.display(),
+                d.reachability
+            );
             n += 1;
         }
     }

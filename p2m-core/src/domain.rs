@@ -5,6 +5,7 @@
 //! the reference never see a line's internals.
 
 use crate::cache::CacheRecord;
+use crate::callers::{CallerOp, InterleavedBatch, InterleavedOutcome};
 use crate::events::OpLog;
 use crate::frames::MachineMemory;
 use crate::physmap::{AddToPhysmapRange, BatchOutcome};
@@ -97,6 +98,17 @@ impl Domain {
     /// line's `common/memory.c` runs it (see [`crate::physmap`]).
     pub fn add_to_physmap_range(&mut self, op: AddToPhysmapRange) -> BatchOutcome {
         each_line!(self, d => d.add_to_physmap_range(op))
+    }
+
+    /// Models one call of a Xen caller of the host p2m (see [`crate::callers`]).
+    pub fn call(&mut self, op: CallerOp) -> BatchOutcome {
+        each_line!(self, d => d.call(op))
+    }
+
+    /// Models the batch with a second vCPU's caller op inside it (see
+    /// [`crate::callers::Interleave`]).
+    pub fn add_to_physmap_interleaved(&mut self, ib: InterleavedBatch) -> InterleavedOutcome {
+        each_line!(self, d => d.add_to_physmap_interleaved(ib))
     }
 
     /// `domain_crash()` was called (and why): the domain runs no further op.

@@ -129,6 +129,13 @@ pub struct OpLog {
     /// `(gfn, frame)` a batch refused as a guest page because a Xen table lived in the
     /// frame when it read the entry at `gfn`.
     pub xen_frames: Vec<(u64, u64)>,
+    /// The same, for the reads of a second vCPU's op inside a batch (a frame may become
+    /// a table between the batch's read and the second op's).
+    pub xen_frames_second: Vec<(u64, u64)>,
+    /// `(frame, gfn)` of each page a batch of this op unmapped from its source gfn before
+    /// moving it: while the batch has not flushed, the IOTLB may still translate that gfn
+    /// to the page (see [`OpLog::free_guest_page`]).
+    pub moved_from: Vec<(u64, u64)>,
 }
 
 impl OpLog {
@@ -141,6 +148,8 @@ impl OpLog {
         self.unlinked.clear();
         self.splits.clear();
         self.xen_frames.clear();
+        self.xen_frames_second.clear();
+        self.moved_from.clear();
     }
 
     /// Notes a superpage split by the Xen function `by`.
@@ -363,12 +372,14 @@ impl OpLog {
     }
 
     /// Frees the guest page `frame`, removed from `gfn`, recording whatever could still
-    /// reach it *at `gfn`* now (with some permission): a leaf of the current IOMMU-visible
-    /// tables `io` (the page mapped back where it was removed, as 4.6 did), an IOTLB record
-    /// of `records`, or a walk from a paging-structure record. Mappings of the page at
-    /// other gfns are not looked for: Xen keeps one gfn per page (the M2P), so only the
-    /// internal API can alias a page elsewhere, and a stale mapping left by an earlier op
-    /// was already reported at that op. Costs the records.
+    /// reach it now (with some permission) at `gfn` and at the gfns a batch of this op
+    /// moved it from ([`OpLog::moved_from`]: a second vCPU may free a page the batch has
+    /// moved but not flushed yet): a leaf of the current IOMMU-visible tables `io` (the
+    /// page mapped back where it was removed, as 4.6 did), an IOTLB record of `records`,
+    /// or a walk from a paging-structure record. Mappings of the page at other gfns are
+    /// not looked for: Xen keeps one gfn per page (the M2P), so only the internal API can
+    /// alias a page elsewhere, and a stale mapping left by an earlier op was already
+    /// reported at that op. Costs the records per gfn looked at.
     pub fn free_guest_page(
         &mut self,
         mem: &MachineMemory,
@@ -377,8 +388,36 @@ impl OpLog {
         frame: u64,
         gfn: u64,
     ) {
-        let at = GfnRange::of_order(gfn, 0);
         let mut reaches = Vec::new();
+        let mut gfns = vec![gfn];
+        gfns.extend(
+            self.moved_from
+                .iter()
+                .filter(|&&(f, g)| f == frame && g != gfn)
+                .map(|&(_, g)| g),
+        );
+        for g in gfns {
+            Self::reaches_at(mem, io, records, frame, g, &mut reaches);
+        }
+        self.frees.push(FreeEvent {
+            frame,
+            what: Freed::GuestPage { gfn },
+            span: GfnRange::of_order(gfn, 0),
+            table_span: None,
+            reaches,
+        });
+    }
+
+    /// What could still reach guest page `frame` at `gfn` (see [`OpLog::free_guest_page`]).
+    fn reaches_at(
+        mem: &MachineMemory,
+        io: &dyn IoTables,
+        records: &[CacheRecord],
+        frame: u64,
+        gfn: u64,
+        reaches: &mut Vec<Reach>,
+    ) {
+        let at = GfnRange::of_order(gfn, 0);
         let hits =
             |w: &WalkResult, via: ReachVia, record: Option<CacheRecord>, out: &mut Vec<Reach>| {
                 for t in &w.translations {
@@ -387,10 +426,9 @@ impl OpLog {
                         && frame - t.mfn < t.range.len()
                         && t.range.start + (frame - t.mfn) == gfn
                     {
-                        let g = gfn;
                         out.push(Reach {
                             via,
-                            range: GfnRange::of_order(g, 0),
+                            range: at,
                             record,
                         });
                     }
@@ -400,7 +438,7 @@ impl OpLog {
             &walk_root(io, mem, at),
             ReachVia::CurrentWalk,
             None,
-            &mut reaches,
+            reaches,
         );
         for r in records {
             let via = ReachVia::CachedWalk { seq: r.seq };
@@ -435,18 +473,11 @@ impl OpLog {
                             Some(generation),
                             &mut w,
                         );
-                        hits(&w, via, Some(*r), &mut reaches);
+                        hits(&w, via, Some(*r), reaches);
                     }
                 }
             }
         }
-        self.frees.push(FreeEvent {
-            frame,
-            what: Freed::GuestPage { gfn },
-            span: GfnRange::of_order(gfn, 0),
-            table_span: None,
-            reaches,
-        });
     }
 
     /// Tables unlinked during the op and still allocated (same generation) now.

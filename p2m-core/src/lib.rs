@@ -10,6 +10,7 @@
 //! fidelity tables.
 
 pub mod cache;
+pub mod callers;
 pub mod domain;
 pub mod events;
 pub mod frames;

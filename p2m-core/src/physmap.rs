@@ -60,6 +60,16 @@ pub enum PhysmapError {
     IlSeq,
     /// `-EOVERFLOW`: a range wraps.
     Overflow,
+    /// `-EBUSY`: `p2m_change_type_one` found another type than the caller read.
+    Busy,
+    /// `-EOPNOTSUPP`: the op needs HAP (or EPT) and the domain has none.
+    OpNotSupp,
+    /// `-EAGAIN`: a shared or paged page must be unshared or paged in first.
+    Again,
+    /// `-ENOENT`: 4.6 `set_mmio_p2m_entry` found a grant or foreign entry (and crashed the domain).
+    NoEnt,
+    /// `-E2BIG`: 4.6 `XEN_DOMCTL_memory_mapping` with more than 64 frames.
+    TooBig,
     /// `set_entry` failed underneath.
     P2m(P2mError),
 }
@@ -74,6 +84,11 @@ impl fmt::Display for PhysmapError {
             PhysmapError::NxIo => f.write_str("-ENXIO"),
             PhysmapError::IlSeq => f.write_str("-EILSEQ"),
             PhysmapError::Overflow => f.write_str("-EOVERFLOW"),
+            PhysmapError::Busy => f.write_str("-EBUSY"),
+            PhysmapError::OpNotSupp => f.write_str("-EOPNOTSUPP"),
+            PhysmapError::Again => f.write_str("-EAGAIN"),
+            PhysmapError::NoEnt => f.write_str("-ENOENT"),
+            PhysmapError::TooBig => f.write_str("-E2BIG"),
             PhysmapError::P2m(e) => e.fmt(f),
         }
     }

@@ -20,6 +20,7 @@
 //!   hides the frame of some types; the harness compares like with like);
 //! - a device view granting nothing is reported as `(INVALID_MFN, none)`.
 
+pub mod callers;
 pub mod entry;
 pub mod model;
 pub mod permissions;

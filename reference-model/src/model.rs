@@ -23,6 +23,11 @@ pub struct Extent {
     pub p2mt: P2mType,
     /// p2m access of every frame.
     pub access: P2mAccess,
+    /// Master p2m-pt only: the frames sit in grant superpage entries, whose frame
+    /// `p2m_pt_get_entry` does not report (it returns the frame of a superpage only for
+    /// `p2m_is_valid` types, `p2m-pt.c:860-870`); a 4 KiB change inside splits the 2 MiB
+    /// region it falls in down to 4 KiB entries, which report it.
+    pub hidden_frame: bool,
 }
 
 impl Extent {
@@ -105,6 +110,10 @@ impl RefModel {
         let range = GfnRange::of_order(gfn, order);
         self.carve(range);
         if writes_real_entry_for(self.policy, self.config.mode, mfn, order, p2mt) {
+            let hidden_frame = self.policy == IommuPolicy::Master
+                && self.config.mode != p2m_core::Mode::Ept
+                && order > 0
+                && matches!(p2mt, P2mType::GrantMapRw | P2mType::GrantMapRo);
             self.extents.insert(
                 gfn,
                 Extent {
@@ -112,21 +121,57 @@ impl RefModel {
                     mfn,
                     p2mt,
                     access,
+                    hidden_frame,
                 },
             );
         }
         Ok(())
     }
 
-    /// Removes every mapping in `range`, splitting extents that straddle its ends.
+    /// Writes `range` as one run `mfn + i` of type `p2mt` and access `access`, as a
+    /// caller's chunked `p2m_set_entry` of valid 4 KiB-aligned pieces leaves it (empty
+    /// where Xen writes an empty entry). No argument checks: callers pass valid ones.
+    pub(crate) fn write_run(
+        &mut self,
+        range: GfnRange,
+        mfn: Mfn,
+        p2mt: P2mType,
+        access: P2mAccess,
+    ) {
+        self.carve(range);
+        if writes_real_entry_for(self.policy, self.config.mode, mfn, 0, p2mt) {
+            self.extents.insert(
+                range.start,
+                Extent {
+                    len: range.len(),
+                    mfn,
+                    p2mt,
+                    access,
+                    hidden_frame: false,
+                },
+            );
+        }
+    }
+
+    /// Removes every mapping in `range`, splitting extents that straddle its ends. The
+    /// part of a [`Extent::hidden_frame`] extent in a 2 MiB region the range meets stops
+    /// being hidden (Xen split that superpage down to 4 KiB entries).
     fn carve(&mut self, range: GfnRange) {
+        let mut pieces: Vec<(u64, Extent)> = Vec::new();
         // An extent starting before the range and reaching into it.
         if let Some((&start, &ext)) = self.extents.range(..range.start).next_back() {
             let end = start + ext.len;
             if end > range.start {
-                self.extents.get_mut(&start).expect("present").len = range.start - start;
+                self.extents.remove(&start);
+                pieces.push((
+                    start,
+                    Extent {
+                        len: range.start - start,
+                        ..ext
+                    },
+                ));
                 if end > range.end {
-                    self.extents.insert(range.end, ext.tail(range.end - start));
+                    pieces.push((range.end, ext.tail(range.end - start)));
                 }
             }
         }
@@ -140,7 +185,25 @@ impl RefModel {
             let ext = self.extents.remove(&start).expect("present");
             let end = start + ext.len;
             if end > range.end {
-                self.extents.insert(range.end, ext.tail(range.end - start));
+                pieces.push((range.end, ext.tail(range.end - start)));
+            }
+        }
+        let (lo, hi) = (range.start & !511, range.end.next_multiple_of(512));
+        for (start, ext) in pieces {
+            let end = start + ext.len;
+            if !ext.hidden_frame || end <= lo || start >= hi {
+                self.extents.insert(start, ext);
+                continue;
+            }
+            // Split at the 2 MiB bounds of the touched regions; the part inside shows.
+            let cuts = [start, lo.max(start), hi.min(end), end];
+            for w in cuts.windows(2) {
+                if w[0] < w[1] {
+                    let mut e = ext.tail(w[0] - start);
+                    e.len = w[1] - w[0];
+                    e.hidden_frame = !(lo..hi).contains(&w[0]);
+                    self.extents.insert(w[0], e);
+                }
             }
         }
     }
@@ -149,6 +212,11 @@ impl RefModel {
     fn lookup(&self, gfn: u64) -> Option<(u64, &Extent)> {
         let (&start, ext) = self.extents.range(..=gfn).next_back()?;
         (gfn - start < ext.len).then_some((gfn - start, ext))
+    }
+
+    /// Whether Xen's `get_entry` hides the frame at `gfn` (see [`Extent::hidden_frame`]).
+    pub fn frame_hidden(&self, gfn: u64) -> bool {
+        self.lookup(gfn).is_some_and(|(_, e)| e.hidden_frame)
     }
 
     /// The CPU view of `gfn`: `(mfn, type, access)`; unmapped or empty gives

@@ -30,7 +30,7 @@ use crate::model::RefModel;
 use crate::permissions::IommuPolicy;
 
 /// A RAM type: its frame can be the domain's own page.
-fn ram_type(t: P2mType) -> bool {
+pub(crate) fn ram_type(t: P2mType) -> bool {
     use P2mType::*;
     matches!(
         t,
@@ -46,7 +46,7 @@ fn ram_type(t: P2mType) -> bool {
 }
 
 /// Grant and foreign entries: pages of another domain.
-fn other_domains(t: P2mType) -> bool {
+pub(crate) fn other_domains(t: P2mType) -> bool {
     matches!(
         t,
         P2mType::GrantMapRw | P2mType::GrantMapRo | P2mType::MapForeign
@@ -54,7 +54,7 @@ fn other_domains(t: P2mType) -> bool {
 }
 
 /// Holes: nothing to remove.
-fn hole(t: P2mType) -> bool {
+pub(crate) fn hole(t: P2mType) -> bool {
     matches!(
         t,
         P2mType::Invalid | P2mType::MmioDm | P2mType::RamPaged | P2mType::RamPagingIn
@@ -67,9 +67,12 @@ impl RefModel {
     /// that are not present in its tables — `mmio_dm`, the paging types, `ram_broken` — so
     /// the batch sees a hole there (`ept_get_entry` reads them at 4 KiB, where callers
     /// create them).
-    fn batch_read(&self, gfn: u64) -> (Mfn, P2mType) {
+    pub(crate) fn batch_read(&self, gfn: u64) -> (Mfn, P2mType) {
         use P2mType::*;
         let (m, t, _) = self.get_entry(gfn);
+        if self.frame_hidden(gfn) {
+            return (INVALID_MFN, t);
+        }
         let pt = self.config().mode != Mode::Ept;
         match t {
             PopulateOnDemand => (INVALID_MFN, t),
@@ -84,12 +87,12 @@ impl RefModel {
 
     /// Whether `(m, t)`, read at gfn `g`, is a page of the domain; `table(g, m)` says a Xen
     /// table lived in `m` when the batch read `g`.
-    fn own_page(g: u64, m: Mfn, t: P2mType, table: &dyn Fn(u64, u64) -> bool) -> bool {
+    pub(crate) fn own_page(g: u64, m: Mfn, t: P2mType, table: &dyn Fn(u64, u64) -> bool) -> bool {
         m.0 < MAX_PAGE && ram_type(t) && !table(g, m.0)
     }
 
     /// Empties `gfn`.
-    fn empty(&mut self, gfn: u64) {
+    pub(crate) fn empty(&mut self, gfn: u64) {
         // Order 0 with INVALID_MFN passes every argument check.
         let _ = self.set_entry(gfn, INVALID_MFN, 0, P2mType::Invalid, P2mAccess::Rwx);
     }
@@ -189,6 +192,29 @@ impl RefModel {
         op: AddToPhysmapRange,
         table: &dyn Fn(u64, u64) -> bool,
     ) -> BatchOutcome {
+        self.add_to_physmap_range_with(op, table, &mut |_: &mut RefModel, _: u64| {})
+    }
+
+    /// [`Self::add_to_physmap_range`] calling `between(self, done)` before each page and
+    /// once the batch has stopped (where a second vCPU may act).
+    pub fn add_to_physmap_range_with(
+        &mut self,
+        op: AddToPhysmapRange,
+        table: &dyn Fn(u64, u64) -> bool,
+        between: &mut dyn FnMut(&mut RefModel, u64),
+    ) -> BatchOutcome {
+        let out = self.batch_pages(op, table, between);
+        between(self, out.done);
+        out
+    }
+
+    /// The pages of the batch (see [`Self::add_to_physmap_range_with`]).
+    fn batch_pages(
+        &mut self,
+        op: AddToPhysmapRange,
+        table: &dyn Fn(u64, u64) -> bool,
+        between: &mut dyn FnMut(&mut RefModel, u64),
+    ) -> BatchOutcome {
         let master = self.policy() == IommuPolicy::Master;
         if master && op.gpfn == u64::MAX {
             return BatchOutcome {
@@ -205,6 +231,7 @@ impl RefModel {
         let back = op.backwards(master);
         let mut done = 0;
         while done < op.size as u64 {
+            between(self, done);
             let (s, g) = op.page(back, done);
             let rc = if master {
                 self.master_page(s, g, table)

@@ -151,9 +151,11 @@ fn load(path: &Path) -> Result<Scenario, String> {
     if data.is_empty() {
         return Err(format!("{}: empty file", path.display()));
     }
-    // A trace is UTF-8, starts like one and names an op; fuzz inputs may start with '#'.
+    // A trace is UTF-8, starts like one and has a config line; fuzz inputs may start
+    // with '#'.
     let looks_text = (data.starts_with(b"#") || data.starts_with(b"config"))
-        && std::str::from_utf8(&data).is_ok_and(|t| t.contains("set_entry"));
+        && std::str::from_utf8(&data)
+            .is_ok_and(|t| t.lines().any(|l| l.trim_start().starts_with("config ")));
     if looks_text {
         let text = std::str::from_utf8(&data)
             .map_err(|_| format!("{}: trace is not UTF-8", path.display()))?;

@@ -51,6 +51,25 @@
 //! `b10` (the test `committed_corpora_decode_without_batch_ops` checks it), so they all
 //! decode as before. The encoder writes the absolute form.
 //!
+//! An op whose `b10` is [`CALLER_MARKER`] (0xa7) is a caller op ([`CallerOp`]) of kind
+//! `b11 % 7` — 0 `populate_physmap`, 1 `decrease_reservation`, 2 `set_mem_type`,
+//! 3 `memory_mapping`, 4 `set_mem_access`, 5 `assign_device`, 6 `set_broken_page_p2m`
+//! — with the gfn in `b1..=b3`
+//! (masked to the window) and:
+//! - `populate_physmap` / `decrease_reservation`: the order from `b0` as for `set_entry`
+//!   (selector, keep-misaligned bit, raw order); `populate_physmap`'s frame from `b4 & 3`
+//!   and `b5..=b9` as for `set_entry` kinds 0 and 1 (any other kind reads as 0);
+//! - `set_mem_type`, `memory_mapping`, `set_mem_access`: `nr = 1 + (b0 & 15)` when `b0`
+//!   bit 7 is clear, else `32 << min(b0 & 7, 4)` (32 … 512) — see [`call_pages`];
+//!   the memory type `b5 % 4`, the access `b5 % 10`; `memory_mapping`'s frame is
+//!   `MAX_PAGE + (v & 0xffffff)` (device MMIO, `mmio_ro_ranges` included) when `b4 & 1`
+//!   is clear, the literal `v` when set, and `b4 bit 4` set means remove.
+//!
+//! An `add_to_physmap_range` with `b4` bit 3 set whose next record is a caller op is an
+//! interleaved batch: that caller op runs as a second vCPU after `b9` pages. No committed
+//! corpus file carries 0xa7 in `b10` or a batch with that bit (the test
+//! `committed_corpora_decode_without_caller_ops` checks it).
+//!
 //! # Canonical scenarios
 //!
 //! A scenario is *canonical* ([`is_canonical`]) when
@@ -69,7 +88,9 @@
 use arbitrary::{Arbitrary, Unstructured};
 use p2m_core::{Config, HwSemantics, Mode, P2mAccess, P2mType, PageSizes, Vendor};
 
+use p2m_core::callers::{CallerOp, HvmMemType, Interleave, InterleavedBatch, MAX_CALL_PAGES};
 use p2m_core::physmap::AddToPhysmapRange;
+use p2m_core::MAX_PAGE;
 
 use super::{
     MfnSel, Op, Scenario, SetEntryOp, GFN_WINDOW, MAX_BATCH_SIZE, MAX_OPS, MFN_LITERAL_LIMIT,
@@ -86,6 +107,16 @@ pub const GFN_ESCAPE_SHIFT: u32 = 16;
 pub const RELATIVE_MARKER: u8 = 0xf0;
 /// Value of `b10` that makes the op an `add_to_physmap_range`.
 pub const BATCH_MARKER: u8 = 0xb7;
+/// Value of `b10` that makes the op a caller op.
+pub const CALLER_MARKER: u8 = 0xa7;
+/// `b4` bit of a batch whose next record is its second vCPU's caller op.
+const B4_INTERLEAVE: u8 = 1 << 3;
+/// `b0` bit selecting a caller op's larger page counts.
+const B0_NR_LARGE: u8 = 1 << 7;
+/// `b4` bit making `memory_mapping` a remove.
+const B4_REMOVE: u8 = 1 << 4;
+/// Frames of device MMIO a `memory_mapping` reaches without the literal bit.
+const MMIO_WINDOW: u64 = 1 << 24;
 
 const HDR_AMD: u8 = 1 << 2;
 const HDR_SHARE: u8 = 1 << 3;
@@ -139,17 +170,39 @@ fn check(s: &Scenario) -> Result<(), EncodeError> {
             s.ops.len()
         )));
     }
+    let records: usize = s.ops.iter().map(records_of).sum();
+    if records > MAX_OPS {
+        return Err(whole(format!(
+            "{records} op records (an interleaved batch takes two; at most {MAX_OPS})"
+        )));
+    }
     for (i, op) in s.ops.iter().enumerate() {
         let bad = |msg: String| EncodeError { op: Some(i), msg };
+        let check_batch = |b: &AddToPhysmapRange| {
+            if b.idx >= GFN_WINDOW || b.gpfn >= GFN_WINDOW {
+                return Err(bad(format!("{b}: gfns must be below {GFN_WINDOW:#x}")));
+            }
+            if b.size > MAX_BATCH_SIZE {
+                return Err(bad(format!("{b}: size above {MAX_BATCH_SIZE}")));
+            }
+            Ok(())
+        };
         let e = match op {
             Op::SetEntry(e) => e,
             Op::AddToPhysmap(b) => {
-                if b.idx >= GFN_WINDOW || b.gpfn >= GFN_WINDOW {
-                    return Err(bad(format!("{b}: gfns must be below {GFN_WINDOW:#x}")));
+                check_batch(b)?;
+                continue;
+            }
+            Op::Call(c) => {
+                check_call(c).map_err(bad)?;
+                continue;
+            }
+            Op::Interleaved(ib) => {
+                check_batch(&ib.batch)?;
+                if ib.second.after > 255 {
+                    return Err(bad(format!("{ib}: `after` above 255")));
                 }
-                if b.size > MAX_BATCH_SIZE {
-                    return Err(bad(format!("{b}: size above {MAX_BATCH_SIZE}")));
-                }
+                check_call(&ib.second.op).map_err(bad)?;
                 continue;
             }
         };
@@ -168,6 +221,52 @@ fn check(s: &Scenario) -> Result<(), EncodeError> {
             }
             _ => {}
         }
+    }
+    Ok(())
+}
+
+/// Whether `nr` is a page count the byte format holds: 1..=16, 32, 64, 128, 256, 512
+/// (the small counts a device model retypes, and whole tables up to 2 MiB).
+pub fn call_pages(nr: u32) -> bool {
+    (1..=16).contains(&nr) || (nr.is_power_of_two() && (32..=MAX_CALL_PAGES).contains(&nr))
+}
+
+/// Byte records an op takes (an interleaved batch: two).
+fn records_of(op: &Op) -> usize {
+    match op {
+        Op::Interleaved(_) => 2,
+        _ => 1,
+    }
+}
+
+/// Why a caller op is not representable in bytes, if it is not.
+fn check_call(c: &CallerOp) -> Result<(), String> {
+    if c.gfn() >= GFN_WINDOW {
+        return Err(format!("{c}: gfn must be below {GFN_WINDOW:#x}"));
+    }
+    match *c {
+        CallerOp::Populate { mfn, order, .. } => {
+            if order > MAX_RAW_ORDER {
+                return Err(format!("{c}: order above {MAX_RAW_ORDER}"));
+            }
+            if mfn >= MFN_LITERAL_LIMIT {
+                return Err(format!("{c}: mfn does not fit 40 bits"));
+            }
+        }
+        CallerOp::DecreaseReservation { order, .. } if order > MAX_RAW_ORDER => {
+            return Err(format!("{c}: order above {MAX_RAW_ORDER}"));
+        }
+        CallerOp::SetMemType { nr, .. }
+        | CallerOp::SetMemAccess { nr, .. }
+        | CallerOp::MemoryMapping { nr, .. }
+            if !call_pages(nr) =>
+        {
+            return Err(format!("{c}: nr not one of 1..=16, 32, 64, 128, 256, 512"));
+        }
+        CallerOp::MemoryMapping { mfn, .. } if mfn >= MFN_LITERAL_LIMIT => {
+            return Err(format!("{c}: mfn does not fit 40 bits"));
+        }
+        _ => {}
     }
     Ok(())
 }
@@ -210,13 +309,166 @@ pub fn encode(s: &Scenario) -> Vec<u8> {
         PageSizes::Only4k => 2,
     } << HDR_SIZES_SHIFT;
     out.push(h);
-    for op in s.ops.iter().take(MAX_OPS) {
+    let mut records = 0;
+    for op in s.ops.iter() {
+        records += records_of(op);
+        if records > MAX_OPS {
+            break;
+        }
         match op {
             Op::SetEntry(e) => out.extend_from_slice(&encode_set_entry(e)),
             Op::AddToPhysmap(b) => out.extend_from_slice(&encode_batch(b)),
+            Op::Call(c) => out.extend_from_slice(&encode_call(c)),
+            Op::Interleaved(ib) => {
+                let mut b = encode_batch(&ib.batch);
+                b[4] |= B4_INTERLEAVE;
+                b[9] = ib.second.after.min(255) as u8;
+                out.extend_from_slice(&b);
+                out.extend_from_slice(&encode_call(&ib.second.op));
+            }
         }
     }
     out
+}
+
+/// The order byte `b0` of an op with an order and a first frame (`None`: no frame).
+fn order_byte(order: u32, gfn: u64, frame: Option<u64>) -> u8 {
+    match ORDERS.iter().position(|&o| o == order) {
+        Some(sel) => {
+            let mask = (1u64 << order) - 1;
+            let misaligned = gfn & mask != 0 || frame.is_some_and(|x| x & mask != 0);
+            sel as u8 | if misaligned { B0_KEEP_MISALIGNED } else { 0 }
+        }
+        None => 3 | (order.min(MAX_RAW_ORDER) as u8) << 2,
+    }
+}
+
+/// `(order, align)` from an order byte.
+fn order_of(b0: u8) -> (u32, bool) {
+    let sel = b0 & 3;
+    if sel < 3 {
+        (ORDERS[sel as usize], b0 & B0_KEEP_MISALIGNED == 0)
+    } else {
+        (u32::from(b0 >> 2), false)
+    }
+}
+
+fn encode_call(c: &CallerOp) -> [u8; OP_SIZE] {
+    let mut o = [0u8; OP_SIZE];
+    o[10] = CALLER_MARKER;
+    o[1..4].copy_from_slice(&(c.gfn() & (GFN_WINDOW - 1)).to_le_bytes()[..3]);
+    let nr_bytes = |o: &mut [u8; OP_SIZE], nr: u32| {
+        o[0] = if nr <= 16 {
+            (nr.max(1) - 1) as u8
+        } else {
+            let k = (nr.min(MAX_CALL_PAGES) / 32).max(1).ilog2().min(4) as u8;
+            B0_NR_LARGE | k
+        };
+    };
+    match *c {
+        CallerOp::Populate { gfn, mfn, order } => {
+            o[11] = 0;
+            o[0] = order_byte(order, gfn, Some(mfn));
+            let mfn = mfn & (MFN_LITERAL_LIMIT - 1);
+            let (kind, v) = if (MFN_POOL_BASE..MFN_POOL_BASE + MFN_POOL_SIZE).contains(&mfn) {
+                (0u8, mfn - MFN_POOL_BASE)
+            } else {
+                (1, mfn)
+            };
+            o[4] |= kind;
+            o[5..10].copy_from_slice(&v.to_le_bytes()[..5]);
+        }
+        CallerOp::DecreaseReservation { gfn, order } => {
+            o[11] = 1;
+            o[0] = order_byte(order, gfn, None);
+        }
+        CallerOp::SetMemType { nr, mem_type, .. } => {
+            o[11] = 2;
+            nr_bytes(&mut o, nr);
+            o[5] = HvmMemType::ALL
+                .iter()
+                .position(|&t| t == mem_type)
+                .unwrap_or(0) as u8;
+        }
+        CallerOp::MemoryMapping { mfn, nr, add, .. } => {
+            o[11] = 3;
+            nr_bytes(&mut o, nr);
+            let mfn = mfn & (MFN_LITERAL_LIMIT - 1);
+            let v = if (MAX_PAGE..MAX_PAGE + MMIO_WINDOW).contains(&mfn) {
+                mfn - MAX_PAGE
+            } else {
+                o[4] |= 1;
+                mfn
+            };
+            o[5..10].copy_from_slice(&v.to_le_bytes()[..5]);
+            if !add {
+                o[4] |= B4_REMOVE;
+            }
+        }
+        CallerOp::SetMemAccess { nr, access, .. } => {
+            o[11] = 4;
+            nr_bytes(&mut o, nr);
+            o[5] = access as u8;
+        }
+        CallerOp::AssignDevice => o[11] = 5,
+        CallerOp::SetBrokenPage { .. } => o[11] = 6,
+    }
+    o
+}
+
+fn decode_call(b: &[u8; OP_SIZE]) -> CallerOp {
+    let gfn = le(&b[1..4]) & (GFN_WINDOW - 1);
+    let nr = if b[0] & B0_NR_LARGE == 0 {
+        1 + u32::from(b[0] & 15)
+    } else {
+        32 << u32::from(b[0] & 7).min(4)
+    };
+    let v = le(&b[5..10]);
+    match b[11] % 7 {
+        0 | 1 => {
+            let (order, align) = order_of(b[0]);
+            let mask = if align && order < 64 {
+                (1u64 << order) - 1
+            } else {
+                0
+            };
+            let gfn = gfn & !mask;
+            if b[11] % 7 == 1 {
+                return CallerOp::DecreaseReservation { gfn, order };
+            }
+            let mfn = match b[4] & 3 {
+                1 => v,
+                _ => MFN_POOL_BASE + (v & (MFN_POOL_SIZE - 1)),
+            };
+            CallerOp::Populate {
+                gfn,
+                mfn: mfn & !mask,
+                order,
+            }
+        }
+        2 => CallerOp::SetMemType {
+            gfn,
+            nr,
+            mem_type: HvmMemType::ALL[usize::from(b[5] % 4)],
+        },
+        3 => CallerOp::MemoryMapping {
+            gfn,
+            mfn: if b[4] & 1 != 0 {
+                v
+            } else {
+                MAX_PAGE + (v & (MMIO_WINDOW - 1))
+            },
+            nr,
+            add: b[4] & B4_REMOVE == 0,
+        },
+        4 => CallerOp::SetMemAccess {
+            gfn,
+            nr,
+            access: P2mAccess::from_raw(b[5] % 10).expect("10 p2m accesses"),
+        },
+        5 => CallerOp::AssignDevice,
+        _ => CallerOp::SetBrokenPage { gfn },
+    }
 }
 
 fn encode_batch(b: &AddToPhysmapRange) -> [u8; OP_SIZE] {
@@ -276,15 +528,7 @@ fn encode_set_entry(e: &SetEntryOp) -> [u8; OP_SIZE] {
     };
     b[4] = kind | if escape { B4_GFN_ESCAPE } else { 0 };
     b[5..10].copy_from_slice(&v.to_le_bytes()[..5]);
-    // order
-    b[0] = match ORDERS.iter().position(|&o| o == e.order) {
-        Some(sel) => {
-            let mask = (1u64 << e.order) - 1;
-            let misaligned = gfn & mask != 0 || frame.is_some_and(|x| x & mask != 0);
-            sel as u8 | if misaligned { B0_KEEP_MISALIGNED } else { 0 }
-        }
-        None => 3 | (e.order.min(MAX_RAW_ORDER) as u8) << 2,
-    };
+    b[0] = order_byte(e.order, gfn, frame);
     b[10] = e.p2mt as u8;
     b[11] = e.access as u8;
     b
@@ -311,18 +555,37 @@ pub fn decode(data: &[u8]) -> Option<Scenario> {
         2 => PageSizes::Only4k,
         _ => PageSizes::Up1g,
     };
-    let ops = rest
+    let records: Vec<&[u8; OP_SIZE]> = rest
         .chunks_exact(OP_SIZE)
         .take(MAX_OPS)
-        .map(|c| {
-            let c: &[u8; OP_SIZE] = c.try_into().expect("chunk of OP_SIZE");
-            if c[10] == BATCH_MARKER {
-                Op::AddToPhysmap(decode_batch(c))
-            } else {
-                Op::SetEntry(decode_set_entry(c))
-            }
-        })
+        .map(|c| c.try_into().expect("chunk of OP_SIZE"))
         .collect();
+    let mut ops = Vec::with_capacity(records.len());
+    let mut k = 0;
+    while k < records.len() {
+        let c = records[k];
+        k += 1;
+        ops.push(match c[10] {
+            BATCH_MARKER => {
+                let batch = decode_batch(c);
+                match records.get(k) {
+                    Some(n) if c[4] & B4_INTERLEAVE != 0 && n[10] == CALLER_MARKER => {
+                        k += 1;
+                        Op::Interleaved(InterleavedBatch {
+                            batch,
+                            second: Interleave {
+                                after: u16::from(c[9]),
+                                op: decode_call(n),
+                            },
+                        })
+                    }
+                    _ => Op::AddToPhysmap(batch),
+                }
+            }
+            CALLER_MARKER => Op::Call(decode_call(c)),
+            _ => Op::SetEntry(decode_set_entry(c)),
+        });
+    }
     Some(Scenario {
         config,
         allow_under_permissive: h & HDR_ALLOW != 0,
@@ -346,12 +609,7 @@ fn le(bytes: &[u8]) -> u64 {
 }
 
 fn decode_set_entry(b: &[u8; OP_SIZE]) -> SetEntryOp {
-    let sel = b[0] & 3;
-    let (order, align) = if sel < 3 {
-        (ORDERS[sel as usize], b[0] & B0_KEEP_MISALIGNED == 0)
-    } else {
-        (u32::from(b[0] >> 2), false)
-    };
+    let (order, align) = order_of(b[0]);
     let g = le(&b[1..4]);
     let mut gfn = if b[4] & B4_GFN_ESCAPE != 0 {
         g << GFN_ESCAPE_SHIFT

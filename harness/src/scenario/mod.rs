@@ -11,6 +11,7 @@
 
 use std::fmt;
 
+use p2m_core::callers::{CallerOp, InterleavedBatch};
 use p2m_core::physmap::AddToPhysmapRange;
 use p2m_core::{Config, P2mAccess, P2mType};
 
@@ -113,6 +114,10 @@ pub enum Op {
     SetEntry(SetEntryOp),
     /// `XENMEM_add_to_physmap` with `XENMAPSPACE_gmfn_range`: a guest's own hypercall.
     AddToPhysmap(AddToPhysmapRange),
+    /// A Xen caller of the host p2m (guest, device model, toolstack, introspection).
+    Call(CallerOp),
+    /// The batch with a second vCPU's caller op inside it (see [`InterleavedBatch`]).
+    Interleaved(InterleavedBatch),
 }
 
 impl Op {
@@ -120,7 +125,7 @@ impl Op {
     pub fn as_set_entry(&self) -> Option<&SetEntryOp> {
         match self {
             Op::SetEntry(e) => Some(e),
-            Op::AddToPhysmap(_) => None,
+            _ => None,
         }
     }
 
@@ -128,7 +133,7 @@ impl Op {
     pub fn mfn_sel(&self) -> MfnSel {
         match self {
             Op::SetEntry(e) => e.mfn,
-            Op::AddToPhysmap(_) => MfnSel::Invalid,
+            _ => MfnSel::Invalid,
         }
     }
 
@@ -137,7 +142,15 @@ impl Op {
         match self {
             Op::SetEntry(e) => e.gfn,
             Op::AddToPhysmap(b) => b.idx,
+            Op::Call(c) => c.gfn(),
+            Op::Interleaved(i) => i.batch.idx,
         }
+    }
+
+    /// True for an op some Xen caller issues as written (everything but the raw
+    /// `set_entry`, the internal API).
+    pub fn is_caller_op(&self) -> bool {
+        !matches!(self, Op::SetEntry(_))
     }
 }
 
@@ -146,6 +159,8 @@ impl fmt::Display for Op {
         match self {
             Op::SetEntry(s) => s.fmt(f),
             Op::AddToPhysmap(b) => b.fmt(f),
+            Op::Call(c) => c.fmt(f),
+            Op::Interleaved(i) => i.fmt(f),
         }
     }
 }

@@ -26,6 +26,14 @@
 //! - `add_to_physmap_range idx=I gpfn=G size=N` (any key order): the guest hypercall
 //!   `XENMEM_add_to_physmap` with `XENMAPSPACE_gmfn_range`, moving N pages (0..=255) from
 //!   gfn I to gfn G; both gfns below [`GFN_WINDOW`].
+//! - Caller ops (each the Xen entry point it names, see `p2m_core::callers`), keys in any
+//!   order, gfns and frames below the byte format's limits:
+//!   `populate_physmap gfn=G mfn=F order=O`, `decrease_reservation gfn=G order=O`,
+//!   `set_mem_type gfn=G nr=N TYPE` (`ram_rw`, `ram_ro`, `mmio_dm`, `ioreq_server`),
+//!   `memory_mapping gfn=G mfn=F nr=N add|remove`, `set_mem_access gfn=G nr=N ACCESS`,
+//!   `set_broken_page_p2m gfn=G`, `assign_device`; N is 1..=16, 32, 64, 128, 256 or 512.
+//! - `add_to_physmap_range idx=I gpfn=G size=N | after K: CALLER-OP`: the batch with a
+//!   second vCPU running the caller op once K pages are moved (K ≤ 255).
 //! - A comment `# p2m-fuzz trace vN` with N other than 1 is refused (unknown version).
 //!
 //! At least one and at most [`MAX_OPS`] ops are required. Every scenario [`parse_trace`]
@@ -37,11 +45,12 @@ use std::str::FromStr;
 
 use p2m_core::{Config, HwSemantics, Mode, P2mAccess, P2mType, PageSizes, Vendor};
 
-use super::bytes::{gfn_escape_ok, GFN_ESCAPE_SHIFT};
+use super::bytes::{call_pages, gfn_escape_ok, GFN_ESCAPE_SHIFT};
 use super::{
     MfnSel, Op, Scenario, SetEntryOp, GFN_WINDOW, MAX_BATCH_SIZE, MAX_OPS, MFN_LITERAL_LIMIT,
     TABLE_LEVELS,
 };
+use p2m_core::callers::{CallerOp, HvmMemType, Interleave, InterleavedBatch, MAX_CALL_PAGES};
 use p2m_core::physmap::AddToPhysmapRange;
 
 /// First line of every trace [`to_trace`] writes.
@@ -106,23 +115,33 @@ pub fn parse_trace(text: &str) -> Result<Scenario, TraceError> {
                 let (c, allow) = parse_config(words).map_err(err)?;
                 config = Some((line, c, allow));
             }
-            "set_entry" | "add_to_physmap_range" => {
+            "set_entry"
+            | "add_to_physmap_range"
+            | "populate_physmap"
+            | "decrease_reservation"
+            | "set_mem_type"
+            | "memory_mapping"
+            | "set_mem_access"
+            | "assign_device"
+            | "set_broken_page_p2m" => {
                 if config.is_none() {
                     return Err(err(format!("{head} before the config line")));
                 }
                 if ops.len() == MAX_OPS {
                     return Err(err(format!("more than {MAX_OPS} ops")));
                 }
-                ops.push(if head == "set_entry" {
-                    Op::SetEntry(parse_set_entry(words).map_err(err)?)
-                } else {
-                    Op::AddToPhysmap(parse_batch(words).map_err(err)?)
+                ops.push(match head {
+                    "set_entry" => Op::SetEntry(parse_set_entry(words).map_err(err)?),
+                    "add_to_physmap_range" => parse_batch_line(body).map_err(err)?,
+                    _ => Op::Call(parse_call(head, words).map_err(err)?),
                 });
             }
             other => {
                 return Err(err(format!(
-                    "unknown statement `{other}` (expected `config`, `set_entry` or \
-                     `add_to_physmap_range`)"
+                    "unknown statement `{other}` (expected `config`, `set_entry`, \
+                     `add_to_physmap_range` or a caller op: `populate_physmap`, \
+                     `decrease_reservation`, `set_mem_type`, `memory_mapping`, \
+                     `set_mem_access`, `set_broken_page_p2m`, `assign_device`)"
                 )))
             }
         }
@@ -320,6 +339,171 @@ fn parse_set_entry<'a>(words: impl Iterator<Item = &'a str>) -> Result<SetEntryO
         order: order.ok_or("set_entry without `order=`")?,
         p2mt: p2mt.ok_or("set_entry without a p2m type")?,
         access: access.ok_or("set_entry without a p2m access")?,
+    })
+}
+
+/// A whole `add_to_physmap_range` line (after comment removal), with its optional
+/// `| after K: CALLER-OP` tail.
+fn parse_batch_line(body: &str) -> Result<Op, String> {
+    let (batch, tail) = match body.split_once('|') {
+        Some((b, t)) => (b, Some(t)),
+        None => (body, None),
+    };
+    let b = parse_batch(batch.split_whitespace().skip(1))?;
+    let Some(tail) = tail else {
+        return Ok(Op::AddToPhysmap(b));
+    };
+    let (when, op) = tail
+        .split_once(':')
+        .ok_or("interleave without `:` (write `| after K: CALLER-OP`)")?;
+    let mut w = when.split_whitespace();
+    let after = match (w.next(), w.next(), w.next()) {
+        (Some("after"), Some(k), None) => parse_u64(k)
+            .filter(|&k| k <= 255)
+            .ok_or_else(|| format!("bad `after {k}` (0..=255 pages)"))?,
+        _ => {
+            return Err(format!(
+                "bad interleave point `{}` (write `after K`)",
+                when.trim()
+            ))
+        }
+    };
+    let mut words = op.split_whitespace();
+    let head = words.next().ok_or("interleave without a caller op")?;
+    let c = parse_call(head, words)?;
+    Ok(Op::Interleaved(InterleavedBatch {
+        batch: b,
+        second: Interleave {
+            after: after as u16,
+            op: c,
+        },
+    }))
+}
+
+/// A caller op's words after its head.
+fn parse_call<'a>(head: &str, words: impl Iterator<Item = &'a str>) -> Result<CallerOp, String> {
+    let (mut gfn, mut mfn, mut order, mut nr, mut bare) = (None, None, None, None, Vec::new());
+    for w in words {
+        let Some((k, v)) = w.split_once('=') else {
+            bare.push(w);
+            continue;
+        };
+        match k {
+            "gfn" => {
+                let g = parse_u64(v)
+                    .filter(|&g| g < GFN_WINDOW)
+                    .ok_or_else(|| format!("bad gfn `{v}` (below {GFN_WINDOW:#x})"))?;
+                set_once(&mut gfn, k, g)?;
+            }
+            "mfn" => {
+                let m = parse_u64(v)
+                    .filter(|&m| m < MFN_LITERAL_LIMIT)
+                    .ok_or_else(|| format!("bad mfn `{v}` (a frame below 2^40)"))?;
+                set_once(&mut mfn, k, m)?;
+            }
+            "order" => {
+                let o = parse_u64(v)
+                    .filter(|&o| o <= 63)
+                    .ok_or_else(|| format!("bad order `{v}` (0..=63)"))?;
+                set_once(&mut order, k, o as u32)?;
+            }
+            "nr" => {
+                let n = parse_u64(v)
+                    .filter(|&n| n <= u64::from(MAX_CALL_PAGES) && call_pages(n as u32))
+                    .ok_or_else(|| {
+                        format!("bad nr `{v}` (1..=16, 32, 64, 128, 256 or {MAX_CALL_PAGES})")
+                    })?;
+                set_once(&mut nr, k, n as u32)?;
+            }
+            _ => return Err(format!("unknown {head} key `{k}`")),
+        }
+    }
+    let need = |x: Option<u64>, k: &str| x.ok_or_else(|| format!("{head} without `{k}=`"));
+    let gfn_of = |g: Option<u64>| need(g, "gfn");
+    let one_word = |what: &str| -> Result<&str, String> {
+        match bare.as_slice() {
+            [w] => Ok(*w),
+            [] => Err(format!("{head} without {what}")),
+            _ => Err(format!("{head}: unexpected words `{}`", bare.join(" "))),
+        }
+    };
+    let no_words = || {
+        if bare.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("{head}: unexpected words `{}`", bare.join(" ")))
+        }
+    };
+    let need_order = || order.ok_or_else(|| format!("{head} without `order=`"));
+    let need_nr = || nr.ok_or_else(|| format!("{head} without `nr=`"));
+    Ok(match head {
+        "populate_physmap" => {
+            no_words()?;
+            CallerOp::Populate {
+                gfn: gfn_of(gfn)?,
+                mfn: need(mfn, "mfn")?,
+                order: need_order()?,
+            }
+        }
+        "decrease_reservation" => {
+            no_words()?;
+            CallerOp::DecreaseReservation {
+                gfn: gfn_of(gfn)?,
+                order: need_order()?,
+            }
+        }
+        "set_mem_type" => {
+            let w = one_word("a memory type (ram_rw, ram_ro, mmio_dm, ioreq_server)")?;
+            CallerOp::SetMemType {
+                gfn: gfn_of(gfn)?,
+                nr: need_nr()?,
+                mem_type: HvmMemType::from_name(w).ok_or_else(|| {
+                    format!("unknown memory type `{w}` (ram_rw, ram_ro, mmio_dm, ioreq_server)")
+                })?,
+            }
+        }
+        "memory_mapping" => {
+            let w = one_word("`add` or `remove`")?;
+            let add = match w {
+                "add" => true,
+                "remove" => false,
+                _ => {
+                    return Err(format!(
+                        "memory_mapping: `{w}` is neither `add` nor `remove`"
+                    ))
+                }
+            };
+            CallerOp::MemoryMapping {
+                gfn: gfn_of(gfn)?,
+                mfn: need(mfn, "mfn")?,
+                nr: need_nr()?,
+                add,
+            }
+        }
+        "set_mem_access" => {
+            let w = one_word("an access")?;
+            CallerOp::SetMemAccess {
+                gfn: gfn_of(gfn)?,
+                nr: need_nr()?,
+                access: P2mAccess::from_name(w)
+                    .ok_or_else(|| format!("unknown p2m access `{w}`"))?,
+            }
+        }
+        "set_broken_page_p2m" => {
+            no_words()?;
+            if mfn.is_some() || order.is_some() || nr.is_some() {
+                return Err("set_broken_page_p2m takes only `gfn=`".into());
+            }
+            CallerOp::SetBrokenPage { gfn: gfn_of(gfn)? }
+        }
+        "assign_device" => {
+            no_words()?;
+            if gfn.is_some() || mfn.is_some() || order.is_some() || nr.is_some() {
+                return Err("assign_device takes no keys".into());
+            }
+            CallerOp::AssignDevice
+        }
+        other => return Err(format!("unknown caller op `{other}`")),
     })
 }
 

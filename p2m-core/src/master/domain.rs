@@ -7,6 +7,7 @@
 use std::fmt;
 
 use crate::cache::CacheRecord;
+use crate::callers::{CallerOp, InterleavedBatch, InterleavedOutcome};
 use crate::events::OpLog;
 use crate::frames::MachineMemory;
 use crate::master::iommu::{FlushFlags, IoCx, Iommu, IommuErr};
@@ -14,7 +15,7 @@ use crate::master::p2m::{p2m_set_entry, IommuCall, P2mCaps};
 use crate::master::p2m_ept::Ept;
 use crate::master::p2m_pt::P2mPt;
 use crate::master::revision::Switches;
-use crate::physmap::{AddToPhysmapRange, BatchOutcome};
+use crate::physmap::{AddToPhysmapRange, BatchOutcome, PageRefs};
 use crate::revision::{Revision, Switches as LineSwitches};
 use crate::stats::ModelStats;
 use crate::types::*;
@@ -179,6 +180,37 @@ pub enum P2m {
     Pt(P2mPt),
 }
 
+/// Runs one caller op on the p2m (inside an op: see `Domain::call`); `refs` are the page
+/// references held around it (a batch's, when a second vCPU acts inside one).
+pub fn caller_op(p2m: &mut P2m, cx: &mut Cx, refs: &mut PageRefs, op: CallerOp) -> BatchOutcome {
+    use crate::master::{dm, mem_access, memory, p2m_typed};
+    match op {
+        CallerOp::Populate { gfn, mfn, order } => {
+            memory::populate_physmap(p2m, cx, gfn, mfn, order)
+        }
+        CallerOp::DecreaseReservation { gfn, order } => {
+            memory::decrease_reservation(p2m, cx, refs, gfn, order)
+        }
+        CallerOp::SetMemType { gfn, nr, mem_type } => {
+            dm::set_mem_type(p2m, cx, gfn, nr.into(), mem_type)
+        }
+        CallerOp::MemoryMapping { gfn, mfn, nr, add } => {
+            p2m_typed::memory_mapping(p2m, cx, gfn, mfn, nr.into(), add)
+        }
+        CallerOp::SetMemAccess { gfn, nr, access } => {
+            mem_access::p2m_set_mem_access(p2m, cx, gfn, nr.into(), access)
+        }
+        // `assign_device` (`pci.c:1593-1677`): the IOMMU tables exist from creation and
+        // mirror every p2m write since; the model's machine has no RMRR/IVMD ranges, so
+        // nothing is mapped (and sharing, paging and PoD, which it refuses, are absent).
+        CallerOp::AssignDevice => BatchOutcome {
+            done: 0,
+            rc: Ok(()),
+        },
+        CallerOp::SetBrokenPage { gfn } => p2m_typed::set_broken_page_p2m(p2m, cx, gfn),
+    }
+}
+
 /// One master-line domain: configuration, revision, machine memory, p2m and IOMMU
 /// (`struct domain_iommu`, `xen/include/xen/iommu.h:419`).
 #[derive(Clone, Debug)]
@@ -306,6 +338,26 @@ impl Domain {
     /// (`memory.c:960-1059`, [`crate::master::memory`]), continuations included.
     pub fn add_to_physmap_range(&mut self, op: AddToPhysmapRange) -> BatchOutcome {
         self.op(|p2m, cx| crate::master::memory::add_to_physmap_range(p2m, cx, op))
+    }
+
+    /// Models one call of a Xen caller of the host p2m ([`CallerOp`]) as one hypercall.
+    pub fn call(&mut self, op: CallerOp) -> BatchOutcome {
+        self.op(|p2m, cx| caller_op(p2m, cx, &mut PageRefs::default(), op))
+    }
+
+    /// Models the batch with a second vCPU's caller op inside it, as one op (the
+    /// deferred-free queue drains at the batch's continuations and at its end).
+    pub fn add_to_physmap_interleaved(&mut self, ib: InterleavedBatch) -> InterleavedOutcome {
+        let (batch, second) = self.op(|p2m, cx| {
+            crate::master::memory::add_to_physmap_range_with(p2m, cx, ib.batch, Some(ib.second))
+        });
+        InterleavedOutcome {
+            batch,
+            second: second.unwrap_or(BatchOutcome {
+                done: 0,
+                rc: Ok(()),
+            }),
+        }
     }
 
     /// Models `p2m_set_entry()` (`p2m.c:422-452`, what every caller goes through): the

@@ -3,11 +3,13 @@
 //! `guest_remove_page` (`memory.c:430-555`). The per-page work is
 //! [`super::p2m_physmap::xenmem_add_to_physmap_one`].
 
+use crate::callers::Interleave;
 use crate::master::domain::{Cx, P2m};
 use crate::master::iommu::FlushFlags;
 use crate::master::p2m::p2m_is_paging;
 use crate::master::p2m_physmap::{
-    domain_owns_page, get_gfn_query, io_tables, p2m_remove_page, xenmem_add_to_physmap_one,
+    domain_owns_page, get_gfn_query, io_tables, p2m_add_page, p2m_remove_page,
+    xenmem_add_to_physmap_one,
 };
 use crate::physmap::{mfn_valid, AddToPhysmapRange, BatchOutcome, PageRefs, PhysmapError};
 use crate::stats::bump;
@@ -90,6 +92,7 @@ pub fn xenmem_add_to_physmap(
     refs: &mut PageRefs,
     op: AddToPhysmapRange,
     start: u64,
+    second: &mut SecondVcpu,
 ) -> (u64, Result<bool, PhysmapError>) {
     let size = op.size as u64;
     let back = op.backwards(true);
@@ -98,6 +101,9 @@ pub fn xenmem_add_to_physmap(
     let mut done = 0;
     let mut rc = Ok(false);
     while start + done < size {
+        if second.due(start + done, false) {
+            second.run(p2m, cx, refs);
+        }
         let (idx, gpfn) = op.page(back, start + done);
         if let Err(e) = xenmem_add_to_physmap_one(p2m, cx, refs, idx, gpfn) {
             rc = Err(e);
@@ -109,6 +115,11 @@ pub fn xenmem_add_to_physmap(
             rc = Ok(true);
             break;
         }
+    }
+    // A second vCPU due at or before the end of this call acts before its flush.
+    let finished = rc.is_err() || start + done >= size;
+    if second.due(start + done, finished) {
+        second.run(p2m, cx, refs);
     }
     cx.iommu.dont_flush = false;
     // The gfns of the pages done, lowest first, whichever way the batch ran.
@@ -162,22 +173,69 @@ pub fn xenmem_add_to_physmap(
 /// (`memory.c:960-995` checks, then [`xenmem_add_to_physmap`] and its continuations;
 /// the deferred-free tasklet runs at each continuation point).
 pub fn add_to_physmap_range(p2m: &mut P2m, cx: &mut Cx, op: AddToPhysmapRange) -> BatchOutcome {
-    if op.gpfn == u64::MAX {
-        return BatchOutcome {
-            done: 0,
-            rc: Err(PhysmapError::Inval),
-        };
+    add_to_physmap_range_with(p2m, cx, op, None).0
+}
+
+/// A second vCPU's op waiting inside a batch, and what it did once it ran.
+#[derive(Default)]
+pub struct SecondVcpu {
+    /// The op, until it runs.
+    pending: Option<Interleave>,
+    /// Its outcome, once it ran.
+    out: Option<BatchOutcome>,
+}
+
+impl SecondVcpu {
+    /// Whether the op is due with `moved` pages moved (`last`: the batch moves no more).
+    fn due(&self, moved: u64, last: bool) -> bool {
+        self.pending
+            .is_some_and(|s| last || u64::from(s.after) <= moved)
     }
-    if op.wraps() {
-        return BatchOutcome {
-            done: 0,
-            rc: Err(PhysmapError::Overflow),
-        };
+
+    /// Runs the op (once) on another CPU: `iommu_dont_flush_iotlb` is per CPU, so it is
+    /// clear there; page references are the pages' own, shared with the batch.
+    fn run(&mut self, p2m: &mut P2m, cx: &mut Cx, refs: &mut PageRefs) {
+        let Some(s) = self.pending.take() else { return };
+        let dont_flush = std::mem::replace(&mut cx.iommu.dont_flush, false);
+        let batch_reads = std::mem::take(&mut cx.log.xen_frames);
+        self.out = Some(crate::master::domain::caller_op(p2m, cx, refs, s.op));
+        cx.log.xen_frames_second = std::mem::replace(&mut cx.log.xen_frames, batch_reads);
+        cx.iommu.dont_flush = dont_flush;
     }
+}
+
+/// [`add_to_physmap_range`] with a second vCPU acting inside it (see [`Interleave`]):
+/// the batch's outcome and, if it ran, the second op's (it runs once, before the batch's
+/// first page when the checks refuse the batch outright).
+pub fn add_to_physmap_range_with(
+    p2m: &mut P2m,
+    cx: &mut Cx,
+    op: AddToPhysmapRange,
+    second: Option<Interleave>,
+) -> (BatchOutcome, Option<BatchOutcome>) {
+    let mut second = SecondVcpu {
+        pending: second,
+        out: None,
+    };
     let mut refs = PageRefs::default();
+    let refused = if op.gpfn == u64::MAX {
+        Some(PhysmapError::Inval)
+    } else if op.wraps() {
+        Some(PhysmapError::Overflow)
+    } else {
+        None
+    };
+    if let Some(e) = refused {
+        second.run(p2m, cx, &mut refs);
+        let out = BatchOutcome {
+            done: 0,
+            rc: Err(e),
+        };
+        return (out, second.out);
+    }
     let mut start = 0;
     loop {
-        let (done, rc) = xenmem_add_to_physmap(p2m, cx, &mut refs, op, start);
+        let (done, rc) = xenmem_add_to_physmap(p2m, cx, &mut refs, op, start, &mut second);
         start += done;
         match rc {
             Ok(true) => {
@@ -186,17 +244,88 @@ pub fn add_to_physmap_range(p2m: &mut P2m, cx: &mut Cx, op: AddToPhysmapRange) -
                 io.free_queued_pgtables(&mut icx);
             }
             Ok(false) => {
-                return BatchOutcome {
+                let out = BatchOutcome {
                     done: start,
                     rc: Ok(()),
-                }
+                };
+                return (out, second.out);
             }
             Err(e) => {
-                return BatchOutcome {
+                let out = BatchOutcome {
                     done: start,
                     rc: Err(e),
-                }
+                };
+                return (out, second.out);
             }
         }
+    }
+}
+
+/// Largest extent order `XENMEM_populate_physmap` takes from the toolstack building a
+/// domain (`max_order` of the control domain, `PAGEALLOC_MAX_ORDER`, `memory.c:88-104`);
+/// a guest's own call is limited to 9 (12 with I/O resources).
+pub const POPULATE_MAX_ORDER: u32 = 18;
+
+/// Largest extent order a passthrough guest's `XENMEM_decrease_reservation` takes
+/// (`max_order` with I/O resources: `ptdom_max_order` = 12, `memory.c:88-104`).
+pub const DECREASE_MAX_ORDER: u32 = 12;
+
+/// `XENMEM_populate_physmap`, one extent (`memory.c:243-418`), non-PoD: the allocator's
+/// `2^order` pages at `mfn` (the scenario names them; a caller chain needs them free)
+/// are added at `gfn` by `guest_physmap_add_page` → `p2m_add_page(..., p2m_ram_rw)`. An
+/// order above [`POPULATE_MAX_ORDER`] does nothing. Pages done: the extent or nothing.
+pub fn populate_physmap(
+    p2m: &mut P2m,
+    cx: &mut Cx,
+    gfn: u64,
+    mfn: u64,
+    order: u32,
+) -> BatchOutcome {
+    if order > POPULATE_MAX_ORDER {
+        return BatchOutcome {
+            done: 0,
+            rc: Ok(()),
+        };
+    }
+    match p2m_add_page(p2m, cx, gfn, crate::types::Mfn(mfn), order, P2mType::RamRw) {
+        Ok(()) => BatchOutcome {
+            done: 1 << order,
+            rc: Ok(()),
+        },
+        Err(e) => BatchOutcome {
+            done: 0,
+            rc: Err(e),
+        },
+    }
+}
+
+/// `XENMEM_decrease_reservation`, one extent (`memory.c:572-632`): an order above
+/// [`DECREASE_MAX_ORDER`] does nothing; `p2m_pod_decrease_reservation` does nothing (no
+/// PoD with passthrough); then `guest_remove_page` on each 4 KiB gfn, the first error
+/// stopping the op. Pages done: those removed.
+pub fn decrease_reservation(
+    p2m: &mut P2m,
+    cx: &mut Cx,
+    refs: &mut PageRefs,
+    gfn: u64,
+    order: u32,
+) -> BatchOutcome {
+    if order > DECREASE_MAX_ORDER {
+        return BatchOutcome {
+            done: 0,
+            rc: Ok(()),
+        };
+    }
+    for j in 0..1u64 << order {
+        if let Err(e) = guest_remove_page(p2m, cx, refs, gfn + j) {
+            return BatchOutcome {
+                done: j,
+                rc: Err(e),
+            };
+        }
+    }
+    BatchOutcome {
+        done: 1 << order,
+        rc: Ok(()),
     }
 }

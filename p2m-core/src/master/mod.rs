@@ -10,16 +10,22 @@
 //! `drivers/passthrough/amd/iommu_map.c` (with `amd_iommu_flush_iotlb_pages`),
 //! [`pt_contig_markers`] is `asm/pt-contig-markers.h`, [`memory`] is
 //! `xen/common/memory.c` (the `XENMAPSPACE_gmfn_range` batch, `guest_remove_page`) and
-//! [`p2m_physmap`] the physmap half of `p2m.c` the batch calls.
+//! [`p2m_physmap`] the physmap half of `p2m.c` the batch calls; the other callers are
+//! [`p2m_typed`] (the typed-entry half of `p2m.c`: `p2m_change_type_one`, the MMIO
+//! entries and `XEN_DOMCTL_memory_mapping`'s loops), [`dm`] (`hvm/dm.c`,
+//! `XEN_DMOP_set_mem_type`) and [`mem_access`] (`mm/mem_access.c`).
 
 pub mod amd_iommu_map;
+pub mod dm;
 pub mod domain;
 pub mod iommu;
+pub mod mem_access;
 pub mod memory;
 pub mod p2m;
 pub mod p2m_ept;
 pub mod p2m_physmap;
 pub mod p2m_pt;
+pub mod p2m_typed;
 pub mod pt_contig_markers;
 pub mod revision;
 pub mod vtd_iommu;

@@ -73,31 +73,52 @@ pub fn p2m_remove_page(p2m: &mut P2m, cx: &mut Cx, gfn: u64, mfn: Mfn) -> Result
     set_4k(p2m, cx, gfn, INVALID_MFN, P2mType::Invalid)
 }
 
-/// `p2m_add_page(d, gfn, mfn, PAGE_ORDER_4K, t)` (`p2m.c:622-780`) for a RAM type: a
-/// shared entry at `gfn` cannot be unshared (`-ENOMEM`); a grant, foreign or
-/// `mmio_direct` one crashes the domain (`-EPERM`); else the entry is written. The M2P
-/// fix-ups change no p2m entry here (the page's old gfn was removed first).
+/// `p2m_add_page(d, gfn, mfn, order, t)` (`p2m.c:622-812`) for a RAM type: over the old
+/// entries in gfn order, a shared one cannot be unshared (`-ENOMEM`) and a grant,
+/// foreign or `mmio_direct` one crashes the domain (`-EPERM`), both before any write;
+/// old RAM pages lose only their M2P entry (they stay the domain's). The page's own old
+/// gfn was removed by the caller (the batch) or never existed (a fresh page), so the
+/// M2P alias loop removes nothing. Then `p2m_set_entry` over the range (chunked).
+/// Costs the runs of the old content, not its pages.
 pub fn p2m_add_page(
     p2m: &mut P2m,
     cx: &mut Cx,
     gfn: u64,
     mfn: Mfn,
+    order: u32,
     t: P2mType,
 ) -> Result<(), PhysmapError> {
     if !mfn_valid(mfn) || t == P2mType::MmioDirect {
         return Err(PhysmapError::Inval);
     }
-    let (_, ot) = get_gfn_query(p2m, gfn);
-    if ot == P2mType::RamShared {
-        return Err(PhysmapError::NoMem);
+    let range = crate::types::GfnRange::of_order(gfn, order.min(18));
+    let old = match p2m {
+        P2m::Ept(e) => e.cpu_extents(range),
+        P2m::Pt(p) => p.cpu_extents(range),
+    };
+    for ext in old {
+        if ext.p2mt == P2mType::RamShared {
+            return Err(PhysmapError::NoMem);
+        }
+        if p2m_is_special(ext.p2mt) {
+            cx.iommu
+                .crashed
+                .get_or_insert("p2m_add_page over a grant/foreign/mmio_direct entry");
+            return Err(PhysmapError::Perm);
+        }
     }
-    if p2m_is_special(ot) {
-        cx.iommu
-            .crashed
-            .get_or_insert("p2m_add_page over a grant/foreign/mmio_direct entry");
-        return Err(PhysmapError::Perm);
+    if order == 0 {
+        return set_4k(p2m, cx, gfn, mfn, t);
     }
-    set_4k(p2m, cx, gfn, mfn, t)
+    crate::master::p2m_typed::p2m_set_entry_chunked(
+        p2m,
+        cx,
+        gfn,
+        mfn,
+        order,
+        t,
+        crate::master::p2m_typed::DEFAULT_ACCESS,
+    )
 }
 
 /// `xenmem_add_to_physmap_one(d, XENMAPSPACE_gmfn, extra, idx, gfn)`
@@ -135,9 +156,12 @@ pub fn xenmem_add_to_physmap_one(
     }
     if rc.is_ok() && idx != gfn {
         rc = p2m_remove_page(p2m, cx, idx, mfn);
+        if rc.is_ok() {
+            cx.log.moved_from.push((mfn.0, idx));
+        }
     }
     if rc.is_ok() {
-        rc = p2m_add_page(p2m, cx, gfn, mfn, P2mType::RamRw);
+        rc = p2m_add_page(p2m, cx, gfn, mfn, 0, P2mType::RamRw);
     }
     if rc.is_ok() && cx.sw.batch_holds_page_refs {
         refs.hand_to_batch(mfn.0, gfn);

@@ -211,6 +211,30 @@ impl Domain {
         self.op(|p2m, cx| crate::xen46::memory::add_to_physmap_range(p2m, cx, op))
     }
 
+    /// Models one call of a Xen caller of the host p2m as one hypercall.
+    pub fn call(&mut self, op: crate::callers::CallerOp) -> BatchOutcome {
+        self.op(|p2m, cx| {
+            crate::xen46::memory::caller_op(p2m, cx, &mut crate::physmap::PageRefs::default(), op)
+        })
+    }
+
+    /// Models the batch with a second vCPU's caller op inside it, as one op.
+    pub fn add_to_physmap_interleaved(
+        &mut self,
+        ib: crate::callers::InterleavedBatch,
+    ) -> crate::callers::InterleavedOutcome {
+        let (batch, second) = self.op(|p2m, cx| {
+            crate::xen46::memory::add_to_physmap_range_with(p2m, cx, ib.batch, Some(ib.second))
+        });
+        crate::callers::InterleavedOutcome {
+            batch,
+            second: second.unwrap_or(BatchOutcome {
+                done: 0,
+                rc: Ok(()),
+            }),
+        }
+    }
+
     /// Writes everything that can influence a later op or oracle check (tables, machine
     /// memory, separate IOMMU tables), leaving out counters and cache records.
     pub fn write_state(&self, w: &mut dyn std::fmt::Write) -> std::fmt::Result {

@@ -9,6 +9,7 @@
 //! VT-d's separate-table map and unmap honour) and flushes both ranges at the end
 //! (`iommu_iotlb_flush`: a VT-d domain flush for more than one page, nothing on AMD).
 
+use crate::callers::Interleave;
 use crate::physmap::{
     domain_page, mfn_valid, AddToPhysmapRange, BatchOutcome, PageRefs, PhysmapError,
 };
@@ -109,25 +110,26 @@ fn guest_physmap_add_page(
 /// cleared (`clear_mmio_p2m_entry`); a frame that is not RAM, a shared page (not
 /// unshared here) or a page it cannot reference is left alone; else the allocation
 /// reference goes and the entry is removed — under `iommu_dont_flush_iotlb` unless
-/// `guest_remove_page_flushes`.
-fn guest_remove_page(p2m: &mut P2m, cx: &mut Cx, refs: &mut PageRefs, gmfn: u64) {
+/// `guest_remove_page_flushes`. Returns Xen's result: 1 (true) when handled, 0 when
+/// left alone (which stops `decrease_reservation`).
+fn guest_remove_page(p2m: &mut P2m, cx: &mut Cx, refs: &mut PageRefs, gmfn: u64) -> bool {
     let (mfn, p2mt) = get_gfn_query(p2m, gmfn);
     if p2m_is_paging(p2mt) {
         let _ = guest_physmap_remove_page(p2m, cx, gmfn);
         if p2mt == P2mType::RamPagingOut && domain_page(cx.mem, cx.log, gmfn, mfn, p2mt) {
             put_alloc_ref(p2m, cx, refs, mfn.0, gmfn);
         }
-        return;
+        return true;
     }
     if p2mt == P2mType::MmioDirect {
-        let _ = guest_physmap_remove_page(p2m, cx, gmfn);
-        return;
+        let _ = crate::xen46::p2m::clear_mmio_p2m_entry(p2m, cx, gmfn);
+        return true;
     }
     if !mfn_valid(mfn)
         || p2mt == P2mType::RamShared
         || !domain_page(cx.mem, cx.log, gmfn, mfn, p2mt)
     {
-        return;
+        return false;
     }
     refs.get(mfn.0);
     put_alloc_ref(p2m, cx, refs, mfn.0, gmfn);
@@ -138,6 +140,7 @@ fn guest_remove_page(p2m: &mut P2m, cx: &mut Cx, refs: &mut PageRefs, gmfn: u64)
     let _ = guest_physmap_remove_page(p2m, cx, gmfn);
     cx.iommu.dont_flush = dont_flush;
     put_page(p2m, cx, refs, mfn.0, gmfn);
+    true
 }
 
 /// `xenmem_add_to_physmap_one(d, XENMAPSPACE_gmfn_range, ..., idx, gpfn)` of 4.6
@@ -163,15 +166,20 @@ fn xenmem_add_to_physmap_one(
     let (prev_mfn, _) = get_gfn_query(p2m, gpfn);
     let mut m2p_cleared = false;
     if mfn_valid(prev_mfn) && !(cx.sw.add_to_physmap_keeps_same_page && prev_mfn == mfn) {
-        guest_remove_page(p2m, cx, refs, gpfn);
+        let _ = guest_remove_page(p2m, cx, refs, gpfn);
         // guest_remove_page of the moving page itself clears its M2P entry.
         m2p_cleared = prev_mfn == mfn && get_gfn_query(p2m, gpfn).0 != mfn;
     }
     if !m2p_cleared {
         let _ = guest_physmap_remove_page(p2m, cx, idx);
+        cx.log.moved_from.push((mfn.0, idx));
     }
     let rc = guest_physmap_add_page(p2m, cx, gpfn, mfn);
-    put_page(p2m, cx, refs, mfn.0, gpfn);
+    if rc.is_ok() && cx.sw.batch_holds_page_refs {
+        refs.hand_to_batch(mfn.0, gpfn);
+    } else {
+        put_page(p2m, cx, refs, mfn.0, gpfn);
+    }
     rc
 }
 
@@ -179,11 +187,42 @@ fn xenmem_add_to_physmap_one(
 /// (`memory.c:582-641`): every page forwards under `iommu_dont_flush_iotlb`, stopping at
 /// the first error, then `iommu_iotlb_flush` of the old and of the new gfns.
 pub fn add_to_physmap_range(p2m: &mut P2m, cx: &mut Cx, op: AddToPhysmapRange) -> BatchOutcome {
+    add_to_physmap_range_with(p2m, cx, op, None).0
+}
+
+/// [`add_to_physmap_range`] with a second vCPU's op inside it: it runs once the batch
+/// has moved `after` pages (or before the flush, if the batch stops earlier), on
+/// another CPU (`iommu_dont_flush_iotlb` is per CPU: clear there), sharing the pages'
+/// references. Returns the batch's outcome and the second op's.
+pub fn add_to_physmap_range_with(
+    p2m: &mut P2m,
+    cx: &mut Cx,
+    op: AddToPhysmapRange,
+    second: Option<Interleave>,
+) -> (BatchOutcome, Option<BatchOutcome>) {
+    let mut second = second;
+    let mut second_out = None;
     let mut refs = PageRefs::default();
+    let run_second = |p2m: &mut P2m,
+                      cx: &mut Cx,
+                      refs: &mut PageRefs,
+                      second: &mut Option<Interleave>,
+                      out: &mut Option<BatchOutcome>| {
+        if let Some(s) = second.take() {
+            let dont_flush = std::mem::replace(&mut cx.iommu.dont_flush, false);
+            let batch_reads = std::mem::take(&mut cx.log.xen_frames);
+            *out = Some(caller_op(p2m, cx, refs, s.op));
+            cx.log.xen_frames_second = std::mem::replace(&mut cx.log.xen_frames, batch_reads);
+            cx.iommu.dont_flush = dont_flush;
+        }
+    };
     cx.iommu.dont_flush = true;
     let mut done = 0;
     let mut rc = Ok(());
     while done < op.size as u64 {
+        if second.is_some_and(|s| u64::from(s.after) <= done) {
+            run_second(p2m, cx, &mut refs, &mut second, &mut second_out);
+        }
         let (idx, gpfn) = op.page(false, done);
         if let Err(e) = xenmem_add_to_physmap_one(p2m, cx, &mut refs, idx, gpfn) {
             rc = Err(e);
@@ -192,10 +231,107 @@ pub fn add_to_physmap_range(p2m: &mut P2m, cx: &mut Cx, op: AddToPhysmapRange) -
         bump(&mut cx.stats.physmap_pages_moved, 1);
         done += 1;
     }
+    run_second(p2m, cx, &mut refs, &mut second, &mut second_out);
     cx.iommu.dont_flush = false;
     // Not Xen (`batch_flush_covers_failed_page`): the failed page's source may be unmapped.
     let old = done + u64::from(rc.is_err() && cx.sw.batch_flush_covers_failed_page);
     cx.iommu.iommu_iotlb_flush(op.idx, old);
+    // With `batch_holds_page_refs` the references go after the first flush.
+    for (mfn, gfn) in refs.take_batch() {
+        put_page(p2m, cx, &mut refs, mfn, gfn);
+    }
     cx.iommu.iommu_iotlb_flush(op.gpfn, done);
-    BatchOutcome { done, rc }
+    (BatchOutcome { done, rc }, second_out)
+}
+
+/// Largest extent order of 4.6 `XENMEM_populate_physmap`: the allocator's `MAX_ORDER`
+/// (a guest's own call is limited to 9 unless it has I/O permissions, `memory.c:103-105`).
+pub const POPULATE_MAX_ORDER: u32 = 18;
+
+/// `XENMEM_populate_physmap` of 4.6, one extent (`memory.c:140-180`), non-PoD: the
+/// allocator's pages at `mfn` (the scenario names them) are added at `gfn` by
+/// `guest_physmap_add_entry`, whose result `populate_physmap` ignores: the extent counts
+/// as done whatever the p2m did. An order above [`POPULATE_MAX_ORDER`] does nothing.
+pub fn populate_physmap(
+    p2m: &mut P2m,
+    cx: &mut Cx,
+    gfn: u64,
+    mfn: u64,
+    order: u32,
+) -> BatchOutcome {
+    if order > POPULATE_MAX_ORDER {
+        return BatchOutcome {
+            done: 0,
+            rc: Ok(()),
+        };
+    }
+    let _ = crate::xen46::p2m::guest_physmap_add_entry(p2m, cx, gfn, Mfn(mfn), order);
+    BatchOutcome {
+        done: 1 << order,
+        rc: Ok(()),
+    }
+}
+
+/// `XENMEM_decrease_reservation` of 4.6, one extent (`memory.c:277-321`): an order above
+/// 18 does nothing; `p2m_pod_decrease_reservation` does nothing (no PoD entries); then
+/// `guest_remove_page` on each 4 KiB gfn, a 0 result stopping the op (`-EINVAL` here:
+/// Xen returns only the extents done). Pages done: those handled.
+pub fn decrease_reservation(
+    p2m: &mut P2m,
+    cx: &mut Cx,
+    refs: &mut PageRefs,
+    gfn: u64,
+    order: u32,
+) -> BatchOutcome {
+    if order > 18 {
+        return BatchOutcome {
+            done: 0,
+            rc: Ok(()),
+        };
+    }
+    for j in 0..1u64 << order {
+        if !guest_remove_page(p2m, cx, refs, gfn + j) {
+            return BatchOutcome {
+                done: j,
+                rc: Err(PhysmapError::Inval),
+            };
+        }
+    }
+    BatchOutcome {
+        done: 1 << order,
+        rc: Ok(()),
+    }
+}
+
+/// Runs one caller op on the 4.6 p2m; `refs` are the page references held around it.
+pub fn caller_op(
+    p2m: &mut P2m,
+    cx: &mut Cx,
+    refs: &mut PageRefs,
+    op: crate::callers::CallerOp,
+) -> BatchOutcome {
+    use crate::callers::CallerOp;
+    use crate::xen46::{hvm, p2m as xp2m};
+    match op {
+        CallerOp::Populate { gfn, mfn, order } => populate_physmap(p2m, cx, gfn, mfn, order),
+        CallerOp::DecreaseReservation { gfn, order } => {
+            decrease_reservation(p2m, cx, refs, gfn, order)
+        }
+        CallerOp::SetMemType { gfn, nr, mem_type } => {
+            hvm::hvmop_set_mem_type(p2m, cx, gfn, nr.into(), mem_type)
+        }
+        CallerOp::MemoryMapping { gfn, mfn, nr, add } => {
+            xp2m::memory_mapping(p2m, cx, gfn, mfn, nr.into(), add)
+        }
+        CallerOp::SetMemAccess { gfn, nr, access } => {
+            xp2m::p2m_set_mem_access(p2m, cx, gfn, nr.into(), access)
+        }
+        // `assign_device` → `iommu_construct` (`iommu.c:192-216`) returns at once when
+        // `need_iommu(d) > 0`: the model's domain has had the IOMMU since creation.
+        CallerOp::AssignDevice => BatchOutcome {
+            done: 0,
+            rc: Ok(()),
+        },
+        CallerOp::SetBrokenPage { gfn } => xp2m::set_broken_page_p2m(p2m, cx, gfn),
+    }
 }

@@ -6,12 +6,18 @@
 //! `p2m-pt.c`, [`iommu`] holds the flush entry points of `drivers/passthrough/` and
 //! [`iommu_tables`] the separate VT-d (`vtd/iommu.c`) and AMD-Vi (`amd/iommu_map.c`)
 //! tables; [`policy`] is `p2m_get_iommu_flags` (`asm-x86/p2m.h`); [`memory`] is the
-//! `XENMAPSPACE_gmfn_range` batch (`common/memory.c`, `arch/x86/mm.c`).
+//! `XENMAPSPACE_gmfn_range` batch (`common/memory.c`, `arch/x86/mm.c`) with
+//! `populate_physmap` and `decrease_reservation`; [`p2m`] is the generic layer of
+//! `arch/x86/mm/p2m.c` the callers reach (`p2m_set_entry`, typed and MMIO entries,
+//! `XEN_DOMCTL_memory_mapping`, `p2m_set_mem_access`) and [`hvm`] is `HVMOP_set_mem_type`
+//! (`arch/x86/hvm/hvm.c`).
 
 pub mod domain;
+pub mod hvm;
 pub mod iommu;
 pub mod iommu_tables;
 pub mod memory;
+pub mod p2m;
 pub mod p2m_ept;
 pub mod p2m_pt;
 pub mod policy;

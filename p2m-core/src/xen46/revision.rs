@@ -128,6 +128,12 @@ pub struct Switches {
     /// (`idx == gpfn`) drops its allocation reference and the final `put_page` frees
     /// it while it is mapped again at `gpfn`.
     pub add_to_physmap_keeps_same_page: bool,
+    /// XSA-346, 5777a3742d (2020) "IOMMU: hold page ref until after deferred TLB flush",
+    /// backported: the batch keeps each moved page's reference until after its flush of
+    /// the old gfns. 4.6 drops it per page (`put_page` in `xenmem_add_to_physmap_one`),
+    /// so a second vCPU removing the page at its new gfn frees it while the old gfn's
+    /// IOTLB entry (unmapped under `iommu_dont_flush_iotlb`) still translates to it.
+    pub batch_holds_page_refs: bool,
     /// Not Xen (closes a hole the harness found in 4.6, and in master without its
     /// proposed fix): a batch page that fails after its source gfn was unmapped under
     /// `iommu_dont_flush_iotlb` (the destination cannot be unshared, or holds a grant) is
@@ -171,6 +177,7 @@ const PRE: Switches = Switches {
     ept_split_nonpresent_superpage: false,
     guest_remove_page_flushes: false,
     add_to_physmap_keeps_same_page: false,
+    batch_holds_page_refs: false,
     batch_flush_covers_failed_page: false,
     planted_free_before_flush: false,
     planted_split_wrong_frame: false,
@@ -199,6 +206,7 @@ const FIXED: Switches = Switches {
     ept_split_nonpresent_superpage: true,
     guest_remove_page_flushes: true,
     add_to_physmap_keeps_same_page: true,
+    batch_holds_page_refs: true,
     batch_flush_covers_failed_page: true,
     ..COMMITTED
 };

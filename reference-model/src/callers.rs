@@ -1,0 +1,338 @@
+//! The Xen callers of the host p2m as the flat reference sees them: which gfns each one
+//! changes to what, where it stops and with which error. Flushes, references and frees
+//! are not its business.
+//!
+//! Read from the Xen tree (4.6 at `edb9531263`, master at `c447b7308b`) and written
+//! without `p2m-core`'s model; per page, in gfn order, stopping at the first error:
+//!
+//! | op | Xen master | Xen 4.6 |
+//! |----|-----------|---------|
+//! | `populate_physmap` (`memory.c`, `p2m_add_page` / `guest_physmap_add_entry`) | order > 18: nothing; frame not RAM: `-EINVAL`; any old shared page: `-ENOMEM`, any old grant, foreign or `mmio_direct` entry: crash, `-EPERM` (nothing written); else the range maps the extent `ram_rw` | order > 18: nothing; shared: nothing; grant or foreign: crash; else mapped; the extent always counts as done (the result is ignored) |
+//! | `decrease_reservation` (`guest_remove_page` per page) | order > 12: nothing; a hole `-EINVAL`; `mmio_direct` `-EPERM`; no RAM frame `-EINVAL`; shared `-ENOMEM`; not the domain's page `-ENXIO`; else emptied | order > 18: nothing; paging types emptied; `mmio_direct` cleared; no RAM frame, shared, not the domain's page: stop; else emptied |
+//! | `set_mem_type` (`p2m_change_type_one` per page) | `ioreq_server` without HAP `-EOPNOTSUPP`; shared `-EAGAIN`; to `ioreq_server` only from `ram_rw`, from it only to `ram_rw`, any RAM type to the others, a hole only to `mmio_dm` (else `-EINVAL`); the frame kept, access `rwx` | paging or shared `-EAGAIN`; RAM to anything, a hole to `mmio_dm`, `mmio_write_dm` to `ram_rw`; a refusal after a change returns 0 |
+//! | `memory_mapping` add | per page `mmio_direct` `rwx`; an old grant, foreign or `mmio_direct` entry of another frame (or type) crashes the domain, `-EPERM`; the same one is kept | more than 64 frames `-E2BIG`; a grant or foreign entry crashes the domain, `-ENOENT`, and the pages mapped so far are cleared |
+//! | `memory_mapping` remove | per page: `-EINVAL` (stop) unless `mmio_direct` with a frame; else emptied | same, but every page is tried (the last error returned) |
+//! | `set_mem_access` | EPT only (`-EOPNOTSUPP`); per page the same frame and type, the new access | EPT only (`-EINVAL`); same |
+//! | `set_broken_page_p2m` | `-EINVAL` unless a RAM frame with a RAM type (`ioreq_server` too); else `ram_broken`, the frame kept | same (`mmio_write_dm` is not RAM) |
+//! | `assign_device` | nothing (tables exist from creation) | nothing (the domain has had the IOMMU since creation) |
+
+use p2m_core::callers::{CallerOp, HvmMemType, InterleavedBatch, InterleavedOutcome};
+use p2m_core::physmap::{BatchOutcome, PhysmapError};
+use p2m_core::{GfnRange, Mfn, Mode, P2mAccess, P2mType, INVALID_MFN, MAX_PAGE};
+
+use crate::model::RefModel;
+use crate::permissions::IommuPolicy;
+use crate::physmap::{hole, other_domains};
+
+/// The default access callers write.
+const RWX: P2mAccess = P2mAccess::Rwx;
+
+/// Grant, foreign and `mmio_direct` entries (master's `p2m_is_special`).
+fn special(t: P2mType) -> bool {
+    other_domains(t) || t == P2mType::MmioDirect
+}
+
+/// A RAM type in the sense of the set-mem-type checks (`p2m_is_ram`): master counts
+/// `ioreq_server` (the `mmio_write_dm` slot) in, 4.6 does not.
+fn is_ram(master: bool, t: P2mType) -> bool {
+    use P2mType::*;
+    matches!(
+        t,
+        RamRw | RamLogdirty | RamRo | RamPagingOut | RamPaged | RamPagingIn | RamShared
+    ) || (master && t == MmioWriteDm)
+}
+
+/// What `t` (`HVMMEM_*`) means as a p2m type.
+fn memtype(t: HvmMemType) -> P2mType {
+    match t {
+        HvmMemType::RamRw => P2mType::RamRw,
+        HvmMemType::RamRo => P2mType::RamRo,
+        HvmMemType::MmioDm => P2mType::MmioDm,
+        HvmMemType::IoreqServer => P2mType::MmioWriteDm,
+    }
+}
+
+/// `n` pages done, no error.
+fn ok(n: u64) -> BatchOutcome {
+    BatchOutcome {
+        done: n,
+        rc: Ok(()),
+    }
+}
+
+/// `n` pages done, then `e`.
+fn err(n: u64, e: PhysmapError) -> BatchOutcome {
+    BatchOutcome {
+        done: n,
+        rc: Err(e),
+    }
+}
+
+impl RefModel {
+    /// Writes `range` as `mfn + i` with type `t` and access `a`, as a caller's chunked
+    /// `p2m_set_entry` leaves it (empty where Xen writes an empty entry).
+    fn write_range(&mut self, range: GfnRange, mfn: Mfn, t: P2mType, a: P2mAccess) {
+        self.write_run(range, mfn, t, a);
+    }
+
+    /// Runs one caller op; `table(g, m)` says whether a Xen table lived in frame `m` when
+    /// gfn `g` was read (such a frame is never the domain's page). A crash is the
+    /// model's to report; the reference only stops.
+    pub fn call(&mut self, op: CallerOp, table: &dyn Fn(u64, u64) -> bool) -> BatchOutcome {
+        let master = self.policy() == IommuPolicy::Master;
+        match op {
+            CallerOp::Populate { gfn, mfn, order } => self.populate(master, gfn, mfn, order),
+            CallerOp::DecreaseReservation { gfn, order } => {
+                self.decrease(master, gfn, order, table)
+            }
+            CallerOp::SetMemType { gfn, nr, mem_type } => {
+                self.set_mem_type(master, gfn, nr.into(), memtype(mem_type))
+            }
+            CallerOp::MemoryMapping { gfn, mfn, nr, add } => {
+                self.memory_mapping(master, gfn, mfn, nr.into(), add)
+            }
+            CallerOp::SetMemAccess { gfn, nr, access } => {
+                if self.config().mode != Mode::Ept {
+                    let e = if master {
+                        PhysmapError::OpNotSupp
+                    } else {
+                        PhysmapError::Inval
+                    };
+                    return err(0, e);
+                }
+                for i in 0..u64::from(nr) {
+                    // As `get_entry` reads it (a PoD entry has no frame).
+                    let (m, t) = self.batch_read(gfn + i);
+                    if let Err(e) = self.set_entry(gfn + i, m, 0, t, access) {
+                        return err(i, PhysmapError::P2m(e));
+                    }
+                }
+                ok(nr.into())
+            }
+            CallerOp::AssignDevice => ok(0),
+            CallerOp::SetBrokenPage { gfn } => {
+                let (m, t) = self.batch_read(gfn);
+                if m.0 >= MAX_PAGE || !is_ram(master, t) {
+                    return err(0, PhysmapError::Inval);
+                }
+                self.write_range(GfnRange::of_order(gfn, 0), m, P2mType::RamBroken, RWX);
+                ok(1)
+            }
+        }
+    }
+
+    /// The batch with a second vCPU's op run once `after` pages are moved (or when the
+    /// batch stops earlier); `table` answers for the batch's reads, `table_second` for
+    /// the second op's.
+    pub fn add_to_physmap_interleaved(
+        &mut self,
+        ib: InterleavedBatch,
+        table: &dyn Fn(u64, u64) -> bool,
+        table_second: &dyn Fn(u64, u64) -> bool,
+    ) -> InterleavedOutcome {
+        let mut second = None;
+        let mut pending = Some(ib.second);
+        let mut between = |r: &mut RefModel, done: u64| {
+            if let Some(s) = pending.filter(|s| u64::from(s.after) <= done) {
+                pending = None;
+                second = Some(r.call(s.op, table_second));
+            }
+        };
+        let batch = self.add_to_physmap_range_with(ib.batch, table, &mut between);
+        // A batch that stopped early ran the second op when it stopped.
+        if let Some(s) = pending {
+            second = Some(self.call(s.op, table_second));
+        }
+        InterleavedOutcome {
+            batch,
+            second: second.unwrap_or(ok(0)),
+        }
+    }
+
+    /// `XENMEM_populate_physmap`, one extent.
+    fn populate(&mut self, master: bool, gfn: u64, mfn: u64, order: u32) -> BatchOutcome {
+        if order > 18 {
+            return ok(0);
+        }
+        let range = GfnRange::of_order(gfn, order);
+        if master && mfn >= MAX_PAGE {
+            return err(0, PhysmapError::Inval);
+        }
+        let done = if master { 0 } else { range.len() };
+        for (_, _, t, _) in self.cpu_extents(range) {
+            if t == P2mType::RamShared {
+                return if master {
+                    err(0, PhysmapError::NoMem)
+                } else {
+                    ok(done)
+                };
+            }
+            if (master && special(t)) || other_domains(t) {
+                return if master {
+                    err(0, PhysmapError::Perm)
+                } else {
+                    ok(done)
+                };
+            }
+        }
+        if mfn < MAX_PAGE {
+            self.write_range(range, Mfn(mfn), P2mType::RamRw, RWX);
+        }
+        ok(range.len())
+    }
+
+    /// `XENMEM_decrease_reservation`, one extent: `guest_remove_page` per page.
+    fn decrease(
+        &mut self,
+        master: bool,
+        gfn: u64,
+        order: u32,
+        table: &dyn Fn(u64, u64) -> bool,
+    ) -> BatchOutcome {
+        if order > if master { 12 } else { 18 } {
+            return ok(0);
+        }
+        for j in 0..1u64 << order {
+            let g = gfn + j;
+            let (m, t) = self.batch_read(g);
+            let rc = if master {
+                if matches!(t, P2mType::Invalid | P2mType::MmioDm) {
+                    Err(PhysmapError::Inval)
+                } else if t == P2mType::MmioDirect {
+                    Err(PhysmapError::Perm)
+                } else if m.0 >= MAX_PAGE {
+                    Err(PhysmapError::Inval)
+                } else if t == P2mType::RamShared {
+                    Err(PhysmapError::NoMem)
+                } else if !Self::own_page(g, m, t, table) {
+                    Err(PhysmapError::NxIo)
+                } else {
+                    self.empty(g);
+                    Ok(())
+                }
+            } else if matches!(
+                t,
+                P2mType::RamPagingOut | P2mType::RamPaged | P2mType::RamPagingIn
+            ) {
+                self.empty(g);
+                Ok(())
+            } else if t == P2mType::MmioDirect {
+                if m != INVALID_MFN {
+                    self.empty(g);
+                }
+                Ok(())
+            } else if m.0 >= MAX_PAGE || t == P2mType::RamShared || !Self::own_page(g, m, t, table)
+            {
+                Err(PhysmapError::Inval)
+            } else {
+                self.empty(g);
+                Ok(())
+            };
+            if let Err(e) = rc {
+                return err(j, e);
+            }
+        }
+        ok(1 << order)
+    }
+
+    /// `XEN_DMOP_set_mem_type` / `HVMOP_set_mem_type`.
+    fn set_mem_type(&mut self, master: bool, gfn: u64, nr: u64, nt: P2mType) -> BatchOutcome {
+        let ioreq = P2mType::MmioWriteDm;
+        if master && nt == ioreq && self.config().mode == Mode::Shadow {
+            return err(0, PhysmapError::OpNotSupp);
+        }
+        for i in 0..nr {
+            let g = gfn + i;
+            let (m, t) = self.batch_read(g);
+            let paging = matches!(
+                t,
+                P2mType::RamPagingOut | P2mType::RamPaged | P2mType::RamPagingIn
+            );
+            let allowed = if master {
+                if nt == ioreq {
+                    t == P2mType::RamRw
+                } else if t == ioreq {
+                    nt == P2mType::RamRw
+                } else {
+                    is_ram(true, t) || (hole(t) && nt == P2mType::MmioDm)
+                }
+            } else {
+                is_ram(false, t)
+                    || (matches!(t, P2mType::MmioDm | P2mType::Invalid) && nt == P2mType::MmioDm)
+                    || (t == ioreq && nt == P2mType::RamRw)
+            };
+            if t == P2mType::RamShared || (!master && paging) {
+                return err(i, PhysmapError::Again);
+            }
+            if !allowed {
+                return if master || i == 0 {
+                    err(i, PhysmapError::Inval)
+                } else {
+                    ok(i)
+                };
+            }
+            self.write_range(GfnRange::of_order(g, 0), m, nt, RWX);
+        }
+        ok(nr)
+    }
+
+    /// `XEN_DOMCTL_memory_mapping`.
+    fn memory_mapping(
+        &mut self,
+        master: bool,
+        gfn: u64,
+        mfn: u64,
+        nr: u64,
+        add: bool,
+    ) -> BatchOutcome {
+        if !master && nr > 64 {
+            return err(0, PhysmapError::TooBig);
+        }
+        let is_mmio = |r: &RefModel, g: u64| {
+            let (m, t, _) = r.get_entry(g);
+            m != INVALID_MFN && t == P2mType::MmioDirect
+        };
+        if !add {
+            let (mut done, mut rc) = (0, Ok(()));
+            for i in 0..nr {
+                if is_mmio(self, gfn + i) {
+                    self.empty(gfn + i);
+                    done += 1;
+                } else if master {
+                    return err(i, PhysmapError::Inval);
+                } else {
+                    rc = Err(PhysmapError::Inval);
+                }
+            }
+            return BatchOutcome { done, rc };
+        }
+        for i in 0..nr {
+            let (g, m) = (gfn + i, Mfn(mfn + i));
+            let (om, ot, oa) = self.get_entry(g);
+            // p2m-pt keeps no access: its `get_entry` reports `rwx`.
+            let oa = if self.config().mode == Mode::Ept {
+                oa
+            } else {
+                RWX
+            };
+            if master && special(ot) {
+                if om != m || ot != P2mType::MmioDirect {
+                    return err(i, PhysmapError::Perm);
+                }
+                if oa == RWX {
+                    continue;
+                }
+            }
+            if !master && other_domains(ot) {
+                for k in 0..i {
+                    if is_mmio(self, gfn + k) {
+                        self.empty(gfn + k);
+                    }
+                }
+                return err(i, PhysmapError::NoEnt);
+            }
+            self.write_range(GfnRange::of_order(g, 0), m, P2mType::MmioDirect, RWX);
+        }
+        ok(nr)
+    }
+}
