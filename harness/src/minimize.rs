@@ -39,9 +39,23 @@ use p2m_core::{Domain, Mfn, P2mAccess, P2mType, INVALID_MFN, MAX_PAGE};
 struct RunAs {
     rev: p2m_core::Revision,
     strict: bool,
-    /// The original divergence is reachable (see `crate::reach`): so must every candidate
-    /// be — minimizing never changes the reachability verdict.
-    reachable: bool,
+    /// The original divergence's reachability tier (see `crate::reach`): every candidate
+    /// must have the same — minimizing never changes the reachability verdict, neither
+    /// down (a caller chain stays one) nor up (dropping the op that made it internal-API
+    /// only would report another finding).
+    tier: (bool, bool),
+}
+
+impl RunAs {
+    /// The reachability tier of `d`: (reachable, reached by a caller chain).
+    fn tier_of(d: &crate::runner::Divergence) -> (bool, bool) {
+        (d.is_reachable(), d.is_caller_chain())
+    }
+
+    /// Whether a candidate's divergence `d` keeps the original's reachability tier.
+    fn keeps_reach(&self, d: &crate::runner::Divergence) -> bool {
+        Self::tier_of(d) == self.tier
+    }
 }
 
 /// Upper bound on shrinking rounds (each round strictly simplifies; this only guards
@@ -153,8 +167,7 @@ fn attempt(
         let Op::SetEntry(mut e) = it.op else {
             out.push(*it);
             if let Some(f) = sess.step(&it.op) {
-                let keeps =
-                    f.class == class && (!rev.reachable || sess.divergence(f).is_reachable());
+                let keeps = f.class == class && rev.keeps_reach(&sess.divergence(f));
                 return keeps.then_some(out);
             }
             continue;
@@ -173,7 +186,7 @@ fn attempt(
         let op = Op::SetEntry(e);
         out.push(Item { op, frame, roles });
         if let Some(f) = sess.step(&op) {
-            let keeps = f.class == class && (!rev.reachable || sess.divergence(f).is_reachable());
+            let keeps = f.class == class && rev.keeps_reach(&sess.divergence(f));
             return keeps.then_some(out);
         }
     }
@@ -445,7 +458,7 @@ pub fn minimize_with(s: &Scenario, rev: p2m_core::Revision, strict: bool) -> Sce
     let rev = RunAs {
         rev,
         strict,
-        reachable: original.is_reachable(),
+        tier: RunAs::tier_of(&original),
     };
     let items: Vec<Item> = s
         .ops

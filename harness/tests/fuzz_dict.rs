@@ -5,7 +5,8 @@
 //! they must still diverge under `xen-master` and be clean under `master-fixed`.
 
 use harness::scenario::{decode, MfnSel, Op};
-use harness::{revision_by_name, run_with};
+use harness::{assume_fixed, revision_by_name, run_with};
+use p2m_core::callers::CallerOp;
 use p2m_core::types::MMIO_RO_FRAMES;
 use p2m_core::P2mType;
 
@@ -41,7 +42,7 @@ fn le40(b: &[u8]) -> u64 {
 fn fuzz_dictionary_entries_decode_as_documented() {
     let entries = entries();
     assert!(entries.len() >= 10, "dictionary lost its entries");
-    let (mut frames, mut ops) = (0, 0);
+    let (mut frames, mut ops, mut calls) = (0, 0, 0);
     for (name, bytes) in &entries {
         if let Some(what) = name.strip_prefix("mfn_") {
             frames += 1;
@@ -93,6 +94,80 @@ fn fuzz_dictionary_entries_decode_as_documented() {
                 let fixed = run_with(&s, revision_by_name("master-fixed").unwrap(), false);
                 assert!(fixed.divergence.is_none(), "{name}: master-fixed diverges");
             }
+        } else if let Some(what) = name.strip_prefix("call_") {
+            calls += 1;
+            assert_eq!(bytes.len(), harness::scenario::OP_SIZE, "{name}");
+            let mut input = vec![0u8];
+            input.extend_from_slice(bytes);
+            let s = decode(&input).unwrap_or_else(|| panic!("{name}: does not decode"));
+            let Op::Call(c) = &s.ops[0] else {
+                panic!("{name}: not a caller op");
+            };
+            let entry = what
+                .trim_end_matches("_neighbour")
+                .trim_end_matches("_in_2m");
+            let want = match entry {
+                "populate_4k" | "populate_2m" => "populate_physmap",
+                "decrease_4k" => "decrease_reservation",
+                "set_mem_type_ram_ro" | "set_mem_type_ioreq_server" => "set_mem_type",
+                "memory_mapping_add_mmio_ro" => "memory_mapping",
+                _ => panic!("{name}: undocumented caller entry"),
+            };
+            assert_eq!(c.name(), want, "{name}: {c}");
+            if what.contains("mmio_ro") {
+                let CallerOp::MemoryMapping { mfn, add, .. } = *c else {
+                    unreachable!()
+                };
+                assert!(add && MMIO_RO_FRAMES.contains(&mfn), "{name}: {c}");
+            }
+        } else if name.starts_with("seq_") {
+            // A whole reproducer: it alone diverges under its revision, not under master.
+            let mut input = vec![0u8];
+            input.extend_from_slice(bytes);
+            let s = decode(&input).unwrap_or_else(|| panic!("{name}: does not decode"));
+            // With the master findings assumed fixed, as the peeling canary gets there.
+            let master = revision_by_name("xen-master").unwrap();
+            let fixes: Vec<String> = revision_by_name("master-fixed")
+                .unwrap()
+                .switches
+                .differing(&master.switches)
+                .into_iter()
+                .map(String::from)
+                .collect();
+            let r = |n| {
+                let rev = assume_fixed(revision_by_name(n).unwrap(), &fixes).unwrap();
+                run_with(&s, rev, false).divergence
+            };
+            let d = r("xsa346-ref").unwrap_or_else(|| panic!("{name}: clean:\n{s}"));
+            assert!(d.is_caller_chain(), "{name}: not a caller chain");
+            if let Some(d) = r("xen-master") {
+                panic!("{name}: xen-master diverges:\n{d}");
+            }
+        } else if name.starts_with("pair_") {
+            // Two records: a batch and its second vCPU's op.
+            assert_eq!(bytes.len(), 2 * harness::scenario::OP_SIZE, "{name}");
+            let mut input = vec![0u8];
+            input.extend_from_slice(bytes);
+            let s = decode(&input).unwrap_or_else(|| panic!("{name}: does not decode"));
+            let [Op::Interleaved(ib)] = s.ops.as_slice() else {
+                panic!("{name}: not one interleaved batch: {s}");
+            };
+            assert!(ib.second.after >= 1, "{name}: {ib}");
+            // With the dictionary's populate entries it is the XSA-346 reference hole.
+            let mut full = vec![0u8];
+            for k in ["call_populate_4k", "call_populate_4k_neighbour"] {
+                full.extend_from_slice(&entries.iter().find(|e| e.0 == k).expect(k).1);
+            }
+            full.extend_from_slice(bytes);
+            let s = decode(&full).expect("decodes");
+            let r = |n| run_with(&s, revision_by_name(n).unwrap(), false).divergence;
+            assert!(
+                r("xsa346-ref").is_some(),
+                "{name}: xsa346-ref is clean:\n{s}"
+            );
+            if let Some(d) = r("xen-master") {
+                panic!("{name}: xen-master diverges:\n{d}");
+            }
         } else if name.starts_with("type_") || name.starts_with("access_") {
             assert_eq!(bytes.len(), 1, "{name}");
         } else {
@@ -100,7 +175,7 @@ fn fuzz_dictionary_entries_decode_as_documented() {
         }
     }
     assert!(
-        frames >= 3 && ops >= 3,
-        "{frames} frame entries, {ops} op entries"
+        frames >= 3 && ops >= 3 && calls >= 4,
+        "{frames} frame entries, {ops} op entries, {calls} caller entries"
     );
 }

@@ -181,3 +181,52 @@ fn minimize_never_changes_the_divergence_class() {
         );
     }
 }
+
+/// The reachability tier of a report: a caller chain, a raw `set_entry` with inputs a
+/// caller passes, or neither.
+fn tier(d: &harness::runner::Divergence) -> &'static str {
+    if d.is_caller_chain() {
+        "caller chain"
+    } else if d.is_reachable() {
+        "raw"
+    } else {
+        "unreachable"
+    }
+}
+
+/// `minimize` never changes the verdict: over swarm scenarios with caller ops and
+/// interleaved batches (half of them caller ops only), under revisions with reachable
+/// holes, the minimized scenario diverges with the same class and the same
+/// reachability tier, and is no longer.
+#[test]
+fn minimize_keeps_the_reachability_verdict() {
+    let mut per_tier = std::collections::BTreeMap::new();
+    for (name, seed) in [("xsa346-ref", 21u64), ("committed", 22), ("xen-master", 23)] {
+        let rev = revision_by_name(name).unwrap();
+        let mut rng = SmallRng::seed_from_u64(seed);
+        let (mut found, mut tried) = (0, 0);
+        while found < 40 {
+            tried += 1;
+            assert!(tried < 100_000, "{name}: only {found} divergences");
+            let mut swarm = Swarm::new(&mut rng, Some(Mode::ALL[tried % 3]));
+            if tried % 2 == 0 {
+                swarm = swarm.callers_only();
+            }
+            let s = swarm.scenario(&mut rng);
+            let Some(d) = run(&s, rev).divergence else {
+                continue;
+            };
+            found += 1;
+            let small = minimize(&s, rev);
+            let m = run(&small, rev).divergence.expect("still diverges");
+            assert_eq!(m.class(), d.class(), "{name}:\n{s}\n→\n{small}");
+            assert_eq!(tier(&m), tier(&d), "{name}:\n{s}\n→\n{small}\n{m}");
+            assert!(small.ops.len() <= s.ops.len());
+            *per_tier.entry(tier(&d)).or_insert(0) += 1;
+        }
+    }
+    assert!(
+        per_tier.get("caller chain").is_some_and(|&n| n >= 10),
+        "too few caller-chain divergences: {per_tier:?}"
+    );
+}

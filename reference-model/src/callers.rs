@@ -72,6 +72,30 @@ impl RefModel {
     /// Writes `range` as `mfn + i` with type `t` and access `a`, as a caller's chunked
     /// `p2m_set_entry` leaves it (empty where Xen writes an empty entry).
     fn write_range(&mut self, range: GfnRange, mfn: Mfn, t: P2mType, a: P2mAccess) {
+        // Each page is judged by its own frame: the part beyond the RAM (not
+        // `mfn_valid`) gets what Xen writes for such a frame.
+        if mfn != INVALID_MFN && mfn.0 < MAX_PAGE && mfn.0 + range.len() > MAX_PAGE {
+            let cut = range.start + (MAX_PAGE - mfn.0);
+            self.write_run(
+                GfnRange {
+                    start: range.start,
+                    end: cut,
+                },
+                mfn,
+                t,
+                a,
+            );
+            self.write_run(
+                GfnRange {
+                    start: cut,
+                    end: range.end,
+                },
+                Mfn(MAX_PAGE),
+                t,
+                a,
+            );
+            return;
+        }
         self.write_run(range, mfn, t, a);
     }
 

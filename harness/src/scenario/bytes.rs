@@ -56,9 +56,13 @@
 //! 3 `memory_mapping`, 4 `set_mem_access`, 5 `assign_device`, 6 `set_broken_page_p2m`
 //! — with the gfn in `b1..=b3`
 //! (masked to the window) and:
-//! - `populate_physmap` / `decrease_reservation`: the order from `b0` as for `set_entry`
-//!   (selector, keep-misaligned bit, raw order); `populate_physmap`'s frame from `b4 & 3`
-//!   and `b5..=b9` as for `set_entry` kinds 0 and 1 (any other kind reads as 0);
+//! - `populate_physmap` / `decrease_reservation`: the order from `b0` bits 0-1: 0 → 0 and
+//!   1 → 9 (gfn and frame aligned unless bit 2 is set), 2 → 18 (aligned) for a populate
+//!   under HAP, else 12; 3 → `(b0 >> 2) % 13`, not aligned. Larger or misaligned extents
+//!   (and a 1 GiB populate in shadow mode, which 4.6 writes as 2^18 4 KiB entries) cost
+//!   Xen — and the model — one `set_entry` per 4 KiB page: only text traces hold them.
+//!   `populate_physmap`'s frame from `b4 & 3` and `b5..=b9` as for `set_entry` kinds 0
+//!   and 1 (any other kind reads as 0);
 //! - `set_mem_type`, `memory_mapping`, `set_mem_access`: `nr = 1 + (b0 & 15)` when `b0`
 //!   bit 7 is clear, else `32 << min(b0 & 7, 4)` (32 … 512) — see [`call_pages`];
 //!   the memory type `b5 % 4`, the access `b5 % 10`; `memory_mapping`'s frame is
@@ -194,7 +198,7 @@ fn check(s: &Scenario) -> Result<(), EncodeError> {
                 continue;
             }
             Op::Call(c) => {
-                check_call(c).map_err(bad)?;
+                check_call(c, s.config.mode).map_err(bad)?;
                 continue;
             }
             Op::Interleaved(ib) => {
@@ -202,7 +206,7 @@ fn check(s: &Scenario) -> Result<(), EncodeError> {
                 if ib.second.after > 255 {
                     return Err(bad(format!("{ib}: `after` above 255")));
                 }
-                check_call(&ib.second.op).map_err(bad)?;
+                check_call(&ib.second.op, s.config.mode).map_err(bad)?;
                 continue;
             }
         };
@@ -231,6 +235,30 @@ pub fn call_pages(nr: u32) -> bool {
     (1..=16).contains(&nr) || (nr.is_power_of_two() && (32..=MAX_CALL_PAGES).contains(&nr))
 }
 
+/// Largest caller-op order the bytes hold besides an aligned 1 GiB populate under HAP.
+pub const MAX_CALL_ORDER: u32 = 12;
+
+/// `(order, align)` of a populate (`populate`) or decrease order byte in `mode`.
+fn call_order_of(b0: u8, populate: bool, mode: Mode) -> (u32, bool) {
+    let keep = b0 & B0_KEEP_MISALIGNED != 0;
+    match b0 & 3 {
+        0 => (0, !keep),
+        1 => (9, !keep),
+        2 if populate && mode != Mode::Shadow => (18, true),
+        2 => (MAX_CALL_ORDER, !keep),
+        _ => (u32::from(b0 >> 2) % (MAX_CALL_ORDER + 1), false),
+    }
+}
+
+/// The order byte of a canonical populate or decrease (see [`call_order_of`]).
+fn call_order_byte(order: u32, misaligned: bool) -> u8 {
+    match order {
+        0 | 9 => (order / 9) as u8 | if misaligned { B0_KEEP_MISALIGNED } else { 0 },
+        18 => 2,
+        o => 3 | (o.min(MAX_CALL_ORDER) as u8) << 2,
+    }
+}
+
 /// Byte records an op takes (an interleaved batch: two).
 fn records_of(op: &Op) -> usize {
     match op {
@@ -240,21 +268,24 @@ fn records_of(op: &Op) -> usize {
 }
 
 /// Why a caller op is not representable in bytes, if it is not.
-fn check_call(c: &CallerOp) -> Result<(), String> {
+pub(super) fn check_call(c: &CallerOp, mode: Mode) -> Result<(), String> {
     if c.gfn() >= GFN_WINDOW {
         return Err(format!("{c}: gfn must be below {GFN_WINDOW:#x}"));
     }
     match *c {
-        CallerOp::Populate { mfn, order, .. } => {
-            if order > MAX_RAW_ORDER {
-                return Err(format!("{c}: order above {MAX_RAW_ORDER}"));
+        CallerOp::Populate { gfn, mfn, order } => {
+            let huge = order == 18 && mode != Mode::Shadow && (gfn | mfn) & ((1 << 18) - 1) == 0;
+            if order > MAX_CALL_ORDER && !huge {
+                return Err(format!(
+                    "{c}: the bytes hold orders up to {MAX_CALL_ORDER}, and 18 aligned under HAP"
+                ));
             }
             if mfn >= MFN_LITERAL_LIMIT {
                 return Err(format!("{c}: mfn does not fit 40 bits"));
             }
         }
-        CallerOp::DecreaseReservation { order, .. } if order > MAX_RAW_ORDER => {
-            return Err(format!("{c}: order above {MAX_RAW_ORDER}"));
+        CallerOp::DecreaseReservation { order, .. } if order > MAX_CALL_ORDER => {
+            return Err(format!("{c}: the bytes hold orders up to {MAX_CALL_ORDER}"));
         }
         CallerOp::SetMemType { nr, .. }
         | CallerOp::SetMemAccess { nr, .. }
@@ -318,13 +349,13 @@ pub fn encode(s: &Scenario) -> Vec<u8> {
         match op {
             Op::SetEntry(e) => out.extend_from_slice(&encode_set_entry(e)),
             Op::AddToPhysmap(b) => out.extend_from_slice(&encode_batch(b)),
-            Op::Call(c) => out.extend_from_slice(&encode_call(c)),
+            Op::Call(c) => out.extend_from_slice(&encode_call(c, c.gfn())),
             Op::Interleaved(ib) => {
                 let mut b = encode_batch(&ib.batch);
                 b[4] |= B4_INTERLEAVE;
                 b[9] = ib.second.after.min(255) as u8;
                 out.extend_from_slice(&b);
-                out.extend_from_slice(&encode_call(&ib.second.op));
+                out.extend_from_slice(&encode_call(&ib.second.op, ib.second.op.gfn()));
             }
         }
     }
@@ -353,7 +384,7 @@ fn order_of(b0: u8) -> (u32, bool) {
     }
 }
 
-fn encode_call(c: &CallerOp) -> [u8; OP_SIZE] {
+fn encode_call(c: &CallerOp, _gfn: u64) -> [u8; OP_SIZE] {
     let mut o = [0u8; OP_SIZE];
     o[10] = CALLER_MARKER;
     o[1..4].copy_from_slice(&(c.gfn() & (GFN_WINDOW - 1)).to_le_bytes()[..3]);
@@ -368,7 +399,8 @@ fn encode_call(c: &CallerOp) -> [u8; OP_SIZE] {
     match *c {
         CallerOp::Populate { gfn, mfn, order } => {
             o[11] = 0;
-            o[0] = order_byte(order, gfn, Some(mfn));
+            let mask = (1u64 << order.min(63)) - 1;
+            o[0] = call_order_byte(order, (gfn | mfn) & mask != 0);
             let mfn = mfn & (MFN_LITERAL_LIMIT - 1);
             let (kind, v) = if (MFN_POOL_BASE..MFN_POOL_BASE + MFN_POOL_SIZE).contains(&mfn) {
                 (0u8, mfn - MFN_POOL_BASE)
@@ -380,7 +412,8 @@ fn encode_call(c: &CallerOp) -> [u8; OP_SIZE] {
         }
         CallerOp::DecreaseReservation { gfn, order } => {
             o[11] = 1;
-            o[0] = order_byte(order, gfn, None);
+            let mask = (1u64 << order.min(63)) - 1;
+            o[0] = call_order_byte(order, gfn & mask != 0);
         }
         CallerOp::SetMemType { nr, mem_type, .. } => {
             o[11] = 2;
@@ -416,7 +449,7 @@ fn encode_call(c: &CallerOp) -> [u8; OP_SIZE] {
     o
 }
 
-fn decode_call(b: &[u8; OP_SIZE]) -> CallerOp {
+fn decode_call(b: &[u8; OP_SIZE], mode: Mode) -> CallerOp {
     let gfn = le(&b[1..4]) & (GFN_WINDOW - 1);
     let nr = if b[0] & B0_NR_LARGE == 0 {
         1 + u32::from(b[0] & 15)
@@ -426,7 +459,7 @@ fn decode_call(b: &[u8; OP_SIZE]) -> CallerOp {
     let v = le(&b[5..10]);
     match b[11] % 7 {
         0 | 1 => {
-            let (order, align) = order_of(b[0]);
+            let (order, align) = call_order_of(b[0], b[11] % 7 == 0, mode);
             let mask = if align && order < 64 {
                 (1u64 << order) - 1
             } else {
@@ -536,12 +569,21 @@ fn encode_set_entry(e: &SetEntryOp) -> [u8; OP_SIZE] {
 
 /// The scenario `data` describes, or `None` when it holds less than a header and one op.
 pub fn decode(data: &[u8]) -> Option<Scenario> {
+    decode_as(data, None)
+}
+
+/// [`decode`], with the header's mode replaced by `mode` when given (the caller ops are
+/// read for that mode).
+fn decode_as(data: &[u8], mode: Option<Mode>) -> Option<Scenario> {
     let (&h, rest) = data.split_first()?;
     if rest.len() < OP_SIZE {
         return None;
     }
     let mut config = Config::new(
-        Mode::from_raw((h & 3) % 3)?,
+        match mode {
+            Some(m) => m,
+            None => Mode::from_raw((h & 3) % 3)?,
+        },
         if h & HDR_AMD != 0 {
             Vendor::Amd
         } else {
@@ -575,14 +617,14 @@ pub fn decode(data: &[u8]) -> Option<Scenario> {
                             batch,
                             second: Interleave {
                                 after: u16::from(c[9]),
-                                op: decode_call(n),
+                                op: decode_call(n, config.mode),
                             },
                         })
                     }
                     _ => Op::AddToPhysmap(batch),
                 }
             }
-            CALLER_MARKER => Op::Call(decode_call(c)),
+            CALLER_MARKER => Op::Call(decode_call(c, config.mode)),
             _ => Op::SetEntry(decode_set_entry(c)),
         });
     }
@@ -595,10 +637,7 @@ pub fn decode(data: &[u8]) -> Option<Scenario> {
 
 /// [`decode`], with the header's mode replaced by `mode` (for per-mode fuzz targets).
 pub fn decode_with_mode(data: &[u8], mode: Mode) -> Option<Scenario> {
-    let mut s = decode(data)?;
-    s.config.mode = mode;
-    s.config = s.config.normalized();
-    Some(s)
+    decode_as(data, Some(mode))
 }
 
 fn le(bytes: &[u8]) -> u64 {

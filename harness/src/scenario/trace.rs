@@ -84,6 +84,7 @@ pub fn to_trace(s: &Scenario) -> String {
 pub fn parse_trace(text: &str) -> Result<Scenario, TraceError> {
     let mut config: Option<(usize, Config, bool)> = None;
     let mut ops = Vec::new();
+    let mut op_lines = Vec::new();
     let mut last_line = 1;
     for (idx, raw) in text.lines().enumerate() {
         let line = idx + 1;
@@ -130,6 +131,7 @@ pub fn parse_trace(text: &str) -> Result<Scenario, TraceError> {
                 if ops.len() == MAX_OPS {
                     return Err(err(format!("more than {MAX_OPS} ops")));
                 }
+                op_lines.push(line);
                 ops.push(match head {
                     "set_entry" => Op::SetEntry(parse_set_entry(words).map_err(err)?),
                     "add_to_physmap_range" => parse_batch_line(body).map_err(err)?,
@@ -155,8 +157,23 @@ pub fn parse_trace(text: &str) -> Result<Scenario, TraceError> {
     if ops.is_empty() {
         return Err(TraceError {
             line: last_line,
-            msg: "no ops (a scenario needs at least one set_entry)".into(),
+            msg: "no ops (a scenario needs at least one op)".into(),
         });
+    }
+    // Caller ops the byte format cannot hold (see `bytes`): refused here too, so every
+    // parsed trace can be fuzzed and encoded.
+    for (k, op) in ops.iter().enumerate() {
+        let c = match op {
+            Op::Call(c) => c,
+            Op::Interleaved(ib) => &ib.second.op,
+            _ => continue,
+        };
+        if let Err(msg) = super::bytes::check_call(c, config.mode) {
+            return Err(TraceError {
+                line: op_lines[k],
+                msg,
+            });
+        }
     }
     Ok(Scenario {
         config,
