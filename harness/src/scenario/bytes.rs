@@ -457,16 +457,17 @@ fn decode_call(b: &[u8; OP_SIZE], mode: Mode) -> CallerOp {
         32 << u32::from(b[0] & 7).min(4)
     };
     let v = le(&b[5..10]);
-    match b[11] % 7 {
+    let kind = b[11] % 7;
+    match kind {
         0 | 1 => {
-            let (order, align) = call_order_of(b[0], b[11] % 7 == 0, mode);
+            let (order, align) = call_order_of(b[0], kind == 0, mode);
             let mask = if align && order < 64 {
                 (1u64 << order) - 1
             } else {
                 0
             };
             let gfn = gfn & !mask;
-            if b[11] % 7 == 1 {
+            if kind == 1 {
                 return CallerOp::DecreaseReservation { gfn, order };
             }
             let mfn = match b[4] & 3 {
