@@ -33,7 +33,7 @@ fuzz() { # TARGET: libFuzzer from the seed corpus under `fixed`.
 }
 lane1() {
   for m in ept npt shadow; do
-    "$cli" hunt --revision fixed --mode "$m" --seconds "$fixed_secs" --seed 101 \
+    "$cli" hunt --raw --revision fixed --mode "$m" --seconds "$fixed_secs" --seed 101 \
       --out "$out/h-$m" >"$out/fixed-hunt-$m.log" 2>&1 || true
   done
   fuzz ept; fuzz npt

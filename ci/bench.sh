@@ -73,7 +73,7 @@ for f in corpus/regressions/*/*.trace; do
     if [ $found = yes ]; then lf+=("$(awk -v a="$t0" -v b="$t1" 'BEGIN {printf "%.3f", b - a}')"); fi
     args=(); IFS=, read -ra oa <<<"$others"; for o in "${oa[@]}"; do [ -n "$o" ] && args+=(--assume-fixed "$o"); done
     t0=$(now)
-    "$cli" hunt --revision "$rev" --mode "$mode" --seed "$s" --seconds "$budget" --out "$work/h" "${args[@]}" >/dev/null 2>&1 && found=no || found=yes
+    "$cli" hunt --raw --revision "$rev" --mode "$mode" --seed "$s" --seconds "$budget" --out "$work/h" "${args[@]}" >/dev/null 2>&1 && found=no || found=yes
     t1=$(now)
     if [ $found = yes ]; then hu+=("$(awk -v a="$t0" -v b="$t1" 'BEGIN {printf "%.3f", b - a}')"); fi
   done

@@ -38,7 +38,7 @@ for r in $controls; do
   for c in "${configs[@]}"; do
     i=$((i + 1))
     log="$out/$r-$i.log"
-    "$cli" hunt --revision "$r" --config "$c" --seconds "$secs" "${assume[@]}" --seed "$i" \
+    "$cli" hunt --raw --revision "$r" --config "$c" --seconds "$secs" "${assume[@]}" --seed "$i" \
       --out "$out/$r-$i" >"$log" 2>&1 || failed=1
     v=$(grep -E '^hunt: (clean|divergence)' "$log" | head -1 | sed 's/ (revision.*//')
     echo "| $r | hunt $c, $secs s | ${v:-no verdict (see $log)} |" | tee -a "$out/summary.md"

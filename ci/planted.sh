@@ -30,7 +30,7 @@ for rev in planted-free-first planted-split-wrong-frame planted-leak-subtree \
   strict=(); env_strict=0
   case $rev in planted-leak-subtree|planted-free-recursion-short) strict=(--strict); env_strict=1 ;; esac
   t0=$(now)
-  "$cli" hunt --revision "$rev" --seconds "$budget" --seed 1 "${strict[@]}" --out "$work/h-$rev" >"$work/h.log" 2>&1 || true
+  "$cli" hunt --raw --revision "$rev" --seconds "$budget" --seed 1 "${strict[@]}" --out "$work/h-$rev" >"$work/h.log" 2>&1 || true
   h="$(since "$t0") $(cls "$work/h.log")"
   "$cli" exhaustive --revision "$rev" --depth 2 --out "$work/x-$rev" >"$work/x.log" 2>&1 || true
   xc=$(cls "$work/x.log")
@@ -46,7 +46,7 @@ for rev in planted-free-first planted-split-wrong-frame planted-leak-subtree \
 done
 # The IOMMU never walks p2m frames with separate tables: freeing first is harmless there.
 for cfg in "mode=ept vendor=vtd share=off" "mode=npt vendor=amd share=off"; do
-  "$cli" hunt --revision planted-free-first --config "$cfg" --seconds "$budget" --seed 1 \
+  "$cli" hunt --raw --revision planted-free-first --config "$cfg" --seconds "$budget" --seed 1 \
     --out "$work/s" >"$work/s.log" 2>&1 && r=clean || r="DIVERGES: $(cls "$work/s.log")"
   echo "| planted-free-first, $cfg | $r after ${budget} s | | |"
   [ "$r" = clean ] || fail=1

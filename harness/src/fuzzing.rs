@@ -6,7 +6,7 @@ use std::sync::OnceLock;
 use arbitrary::{Arbitrary, Unstructured};
 use p2m_core::{HwSemantics, Mode, Revision};
 
-use crate::scenario::bytes::{decode_with_mode, HEADER_SIZE, OP_SIZE};
+use crate::scenario::bytes::{decode_for_api, HEADER_SIZE, OP_SIZE};
 use crate::{hw_from, reachable_from_env, revision_from_env, run_with, strict_from_env, Scenario};
 
 /// The revision the targets check: `P2M_REVISION`, else `fixed`. An unknown name stops the
@@ -23,15 +23,22 @@ pub fn target_revision() -> Revision {
 }
 
 /// The hardware semantics the targets impose (`P2M_HW`, else each scenario's own),
-/// whether every class is fatal (`P2M_STRICT=1`) and whether only reachable divergences
-/// count (`P2M_REACHABLE=1`); a bad value stops the fuzzer at once.
-pub fn target_options() -> (Option<HwSemantics>, bool, bool) {
-    static OPTS: OnceLock<(Option<HwSemantics>, bool, bool)> = OnceLock::new();
-    *OPTS.get_or_init(|| match hw_from(None) {
-        Ok(h) => (h, strict_from_env(), reachable_from_env()),
-        Err(e) => {
-            eprintln!("p2m-fuzz target: P2M_HW: {e}");
+/// whether every class is fatal (`P2M_STRICT=1`), whether only reachable divergences
+/// count (`P2M_REACHABLE=1`) and whether only caller chains do (`P2M_API=callers`); a
+/// bad value stops the fuzzer at once.
+pub fn target_options() -> (Option<HwSemantics>, bool, bool, bool) {
+    static OPTS: OnceLock<(Option<HwSemantics>, bool, bool, bool)> = OnceLock::new();
+    *OPTS.get_or_init(|| {
+        let callers = crate::callers_api().unwrap_or_else(|e| {
+            eprintln!("p2m-fuzz target: {e}");
             std::process::exit(2)
+        });
+        match hw_from(None) {
+            Ok(h) => (h, strict_from_env(), reachable_from_env(), callers),
+            Err(e) => {
+                eprintln!("p2m-fuzz target: P2M_HW: {e}");
+                std::process::exit(2)
+            }
         }
     })
 }
@@ -39,7 +46,7 @@ pub fn target_options() -> (Option<HwSemantics>, bool, bool) {
 /// Runs `s` under the target revision and options; a divergence panics with the full
 /// report (with `P2M_REACHABLE=1`, only one a Xen caller can produce).
 pub fn check(s: &Scenario) {
-    let (hw, strict, reachable) = target_options();
+    let (hw, strict, reachable, callers) = target_options();
     let d = match hw {
         Some(h) if h != s.config.hw => {
             let mut s = s.clone();
@@ -48,7 +55,10 @@ pub fn check(s: &Scenario) {
         }
         _ => run_with(s, target_revision(), strict).divergence,
     };
-    if let Some(d) = d.filter(|d| !reachable || d.is_reachable()) {
+    let counts = |d: &crate::runner::Divergence| {
+        (!reachable || d.is_reachable()) && (!callers || d.is_caller_chain())
+    };
+    if let Some(d) = d.filter(counts) {
         panic!("\n{d}");
     }
 }
@@ -62,13 +72,13 @@ macro_rules! mode_scenario {
         impl<'a> Arbitrary<'a> for $name {
             fn arbitrary(u: &mut Unstructured<'a>) -> arbitrary::Result<Self> {
                 let data = u.bytes(u.len())?;
-                decode_with_mode(data, $mode)
+                decode_for_api(data, Some($mode))
                     .map($name)
                     .ok_or(arbitrary::Error::IncorrectFormat)
             }
 
             fn arbitrary_take_rest(u: Unstructured<'a>) -> arbitrary::Result<Self> {
-                decode_with_mode(u.take_rest(), $mode)
+                decode_for_api(u.take_rest(), Some($mode))
                     .map($name)
                     .ok_or(arbitrary::Error::IncorrectFormat)
             }

@@ -5,7 +5,7 @@ use harness::exhaustive;
 use harness::generate::Swarm;
 use harness::minimize::minimize_with;
 use harness::scenario::trace::parse_config_words;
-use harness::scenario::{decode, encode, parse_trace, to_trace, Scenario};
+use harness::scenario::{encode, parse_trace, to_trace, Scenario};
 use harness::{revision_by_name, run, run_with, RunStats};
 use p2m_core::{Mode, Revision};
 use rand::rngs::SmallRng;
@@ -56,8 +56,14 @@ struct HuntArgs {
     /// Every class is fatal, leaked tables and cached under-permission included.
     #[arg(long)]
     strict: bool,
-    /// Pass over findings whose inputs no Xen caller produces (internal API only; see
-    /// `harness::reach`) and keep looking for reachable ones.
+    /// Fuzz the raw API: `set_entry` ops (the internal API) mixed with the caller ops,
+    /// every divergence counts. Without it (the default) scenarios are caller ops only
+    /// and only a divergence reached by a caller chain counts (`reachable via …`).
+    #[arg(long)]
+    raw: bool,
+    /// Raw API scenarios (implies --raw), passing over findings whose inputs no Xen
+    /// caller produces (internal API only, outside security support, a configuration
+    /// the line does not have; see `harness::reach`) and looking on.
     #[arg(long)]
     reachable: bool,
 }
@@ -163,8 +169,11 @@ fn load(path: &Path) -> Result<Scenario, String> {
     }
     let target = target_mode(path)?;
     match target {
-        Some(m) => harness::scenario::decode_with_mode(&data, m),
-        None => decode(&data),
+        // Fuzz inputs are read as the targets read them (`P2M_API`).
+        m => {
+            harness::callers_api()?;
+            harness::scenario::bytes::decode_for_api(&data, m)
+        }
     }
     .ok_or_else(|| {
         format!(
@@ -317,6 +326,10 @@ fn hunt(args: HuntArgs) -> ExitCode {
         if let Some(h) = hw {
             swarm.config.hw = h;
         }
+        let callers = !args.raw && !args.reachable;
+        if callers {
+            swarm = swarm.callers_only();
+        }
         for _ in 0..64 {
             let s = swarm.scenario(&mut rng);
             let o = run_with(&s, rev, args.strict);
@@ -333,7 +346,7 @@ fn hunt(args: HuntArgs) -> ExitCode {
                 }
             }
             if let Some(d) = o.divergence {
-                if args.reachable && !d.is_reachable() {
+                if (args.reachable && !d.is_reachable()) || (callers && !d.is_caller_chain()) {
                     internal += 1;
                     continue;
                 }
@@ -383,6 +396,11 @@ fn hunt(args: HuntArgs) -> ExitCode {
     );
     if args.reachable {
         eprintln!("hunt: {internal} internal-API-only divergences passed over (--reachable)");
+    } else if !args.raw {
+        eprintln!(
+            "hunt: caller ops only; {internal} divergences no caller chain reaches passed over \
+             (--raw fuzzes the internal API)"
+        );
     }
     let counts: Vec<String> = total
         .fields()

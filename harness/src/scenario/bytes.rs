@@ -570,12 +570,18 @@ fn encode_set_entry(e: &SetEntryOp) -> [u8; OP_SIZE] {
 
 /// The scenario `data` describes, or `None` when it holds less than a header and one op.
 pub fn decode(data: &[u8]) -> Option<Scenario> {
-    decode_as(data, None)
+    decode_as(data, None, false)
+}
+
+/// The caller-ops-only reading of `data` (`P2M_API=callers`): every record that is not a
+/// batch is a caller op (its `b10` ignored), so every scenario is a caller chain.
+pub fn decode_callers(data: &[u8], mode: Option<Mode>) -> Option<Scenario> {
+    decode_as(data, mode, true)
 }
 
 /// [`decode`], with the header's mode replaced by `mode` when given (the caller ops are
-/// read for that mode).
-fn decode_as(data: &[u8], mode: Option<Mode>) -> Option<Scenario> {
+/// read for that mode), and every non-batch record a caller op when `callers`.
+fn decode_as(data: &[u8], mode: Option<Mode>, callers: bool) -> Option<Scenario> {
     let (&h, rest) = data.split_first()?;
     if rest.len() < OP_SIZE {
         return None;
@@ -612,7 +618,11 @@ fn decode_as(data: &[u8], mode: Option<Mode>) -> Option<Scenario> {
             BATCH_MARKER => {
                 let batch = decode_batch(c);
                 match records.get(k) {
-                    Some(n) if c[4] & B4_INTERLEAVE != 0 && n[10] == CALLER_MARKER => {
+                    Some(n)
+                        if c[4] & B4_INTERLEAVE != 0
+                            && (callers || n[10] == CALLER_MARKER)
+                            && n[10] != BATCH_MARKER =>
+                    {
                         k += 1;
                         Op::Interleaved(InterleavedBatch {
                             batch,
@@ -625,7 +635,7 @@ fn decode_as(data: &[u8], mode: Option<Mode>) -> Option<Scenario> {
                     _ => Op::AddToPhysmap(batch),
                 }
             }
-            CALLER_MARKER => Op::Call(decode_call(c, config.mode)),
+            _ if callers || c[10] == CALLER_MARKER => Op::Call(decode_call(c, config.mode)),
             _ => Op::SetEntry(decode_set_entry(c)),
         });
     }
@@ -638,7 +648,7 @@ fn decode_as(data: &[u8], mode: Option<Mode>) -> Option<Scenario> {
 
 /// [`decode`], with the header's mode replaced by `mode` (for per-mode fuzz targets).
 pub fn decode_with_mode(data: &[u8], mode: Mode) -> Option<Scenario> {
-    decode_as(data, Some(mode))
+    decode_as(data, Some(mode), false)
 }
 
 fn le(bytes: &[u8]) -> u64 {
@@ -683,15 +693,27 @@ fn decode_set_entry(b: &[u8; OP_SIZE]) -> SetEntryOp {
     }
 }
 
-/// Reads the whole remaining input with [`decode`]; too short an input is `IncorrectFormat`.
+/// [`decode`] (or, with `mode`, [`decode_with_mode`]) as `P2M_API` asks: the caller-ops
+/// reading with `P2M_API=callers` (see [`crate::callers_api`]; a bad value reads as raw
+/// here — the targets and the CLI report it).
+pub fn decode_for_api(data: &[u8], mode: Option<Mode>) -> Option<Scenario> {
+    if crate::callers_api().unwrap_or(false) {
+        decode_callers(data, mode)
+    } else {
+        decode_as(data, mode, false)
+    }
+}
+
+/// Reads the whole remaining input with [`decode_for_api`]; too short an input is
+/// `IncorrectFormat`.
 impl<'a> Arbitrary<'a> for Scenario {
     fn arbitrary(u: &mut Unstructured<'a>) -> arbitrary::Result<Self> {
         let data = u.bytes(u.len())?;
-        decode(data).ok_or(arbitrary::Error::IncorrectFormat)
+        decode_for_api(data, None).ok_or(arbitrary::Error::IncorrectFormat)
     }
 
     fn arbitrary_take_rest(u: Unstructured<'a>) -> arbitrary::Result<Self> {
-        decode(u.take_rest()).ok_or(arbitrary::Error::IncorrectFormat)
+        decode_for_api(u.take_rest(), None).ok_or(arbitrary::Error::IncorrectFormat)
     }
 
     fn size_hint(_depth: usize) -> (usize, Option<usize>) {
