@@ -168,14 +168,9 @@ fn load(path: &Path) -> Result<Scenario, String> {
         return parse_trace(text).map_err(|e| format!("{}: {e}", path.display()));
     }
     let target = target_mode(path)?;
-    match target {
-        // Fuzz inputs are read as the targets read them (`P2M_API`).
-        m => {
-            harness::callers_api()?;
-            harness::scenario::bytes::decode_for_api(&data, m)
-        }
-    }
-    .ok_or_else(|| {
+    // Fuzz inputs are read as the targets read them (`P2M_API`).
+    harness::callers_api()?;
+    harness::scenario::bytes::decode_for_api(&data, target).ok_or_else(|| {
         format!(
             "{}: truncated input ({} bytes; a scenario needs a 1-byte header and at least one 12-byte op)",
             path.display(),
