@@ -540,8 +540,12 @@ pub enum P2mError {
     GfnOutOfRange,
     /// `p2m_pt_set_entry` refuses foreign types ("Unimplemented foreign p2m type").
     ForeignOnP2mPt,
-    /// `ept_set_entry` asserts foreign mappings are 4 KiB; `atomic_write_ept_entry`
-    /// refuses a foreign entry that is not present or has no valid frame.
+    /// A foreign EPT entry the model refuses: above 4 KiB (`ept_set_entry` asserts 4 KiB),
+    /// not present (`atomic_write_ept_entry` returns `-EINVAL`), or — a simplification, no
+    /// caller does it (`set_foreign_p2m_entry` passes a real page) — without a valid
+    /// frame, where 4.6 skips building the entry (`p2m-ept.c:783`), writes an empty
+    /// non-foreign entry that `atomic_write_ept_entry` accepts, and maps `gfn → ~0` RW in
+    /// separate IOMMU tables.
     ForeignRejected,
     /// Master: the op reaches a `BUG_ON` in Xen, crashing the host; the model refuses it
     /// and leaves the domain unchanged. The text names the assertion (see

@@ -101,6 +101,10 @@ impl Iommu {
     /// Models `iommu_pte_flush()` (VT-d with EPT shared): a page-selective flush of
     /// `(gfn, order)` with `flush_non_present_entry = !present`, which the
     /// register/queued flush skips when the old entry was not present (no caching mode).
+    /// Always a PSI: `iommu_flush_iotlb_psi` falls back to a domain-selective flush on a
+    /// unit without page-selective invalidation or with `order > cap_max_amask_val`
+    /// (`vtd/iommu.c:523-528`), which only flushes more — the model is the conservative
+    /// (least-flushing) unit here.
     pub fn iommu_pte_flush(&mut self, gfn: u64, order: u32, present: bool) {
         if !present {
             bump(&mut self.stats.vtd_psi_skipped, 1);

@@ -352,8 +352,9 @@ impl Ept {
         let is_foreign = p2mt == P2mType::MapForeign;
         let foreign_not_present = matches!(p2ma, P2mAccess::N | P2mAccess::N2rwx | P2mAccess::X);
         if is_foreign && (order != 0 || !mfn.is_valid() || foreign_not_present) {
-            // ASSERT(!p2m_is_foreign(p2mt) || target == 0) and the -EINVAL of
-            // atomic_write_ept_entry for a foreign entry without a valid frame.
+            // ASSERT(!p2m_is_foreign(p2mt) || target == 0), the -EINVAL of
+            // atomic_write_ept_entry for a non-present foreign entry, and (a simplification,
+            // see `P2mError::ForeignRejected`) a foreign entry without a valid frame.
             return Err(P2mError::ForeignRejected);
         }
         let target = (order / 9) as u8 + 1;
