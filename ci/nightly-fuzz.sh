@@ -16,7 +16,7 @@
 #                             e.g. for a canary-only run). `ceiling` decodes only: never fuzzed.
 #   P2M_FUZZ_LINES            Xen lines to fuzz, one after the other (default "xen-4.6 xen-master"),
 #                             each into $P2M_FUZZ_OUT/<line>/ with its own defaults: xen-4.6
-#                             checks `fixed` (canary: xen-4.6-pre patch-v1 committed), xen-master
+#                             checks `fixed` (canary: xen-4.6-pre patch-v1 committed edb9531263), xen-master
 #                             checks `master-fixed` (canary: every master revision with a
 #                             corpus/regressions/ directory, baseline master-fixed); the summary
 #                             of each line is concatenated into $P2M_FUZZ_OUT/summary.md.
@@ -87,13 +87,13 @@ if [ -z "${P2M_REVISION:-}" ] && [ -z "${P2M_FUZZ_LINE:-}" ]; then
   : >"$OUT/summary.md"
   for line in "${LINES[@]}"; do
     case $line in
-      xen-4.6) rev=fixed; canary="xen-4.6-pre patch-v1 committed" ;;
+      xen-4.6) rev=fixed; canary="xen-4.6-pre patch-v1 committed edb9531263" ;;
       xen-master)
         rev=master-fixed
         canary=""
         for d in corpus/regressions/*/; do
           r=$(basename "$d")
-          case $r in xen-4.6-pre|patch-v1|committed) ;; *) canary="$canary $r" ;; esac
+          case $r in xen-4.6-pre|patch-v1|committed|edb9531263) ;; *) canary="$canary $r" ;; esac
         done ;;
       *) echo "nightly-fuzz: unknown line '$line' (xen-4.6, xen-master)" >&2; exit 2 ;;
     esac
