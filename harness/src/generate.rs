@@ -98,6 +98,14 @@ impl Swarm {
         }
     }
 
+    /// A swarm that draws no caller ops besides the batch (the raw API as before caller
+    /// ops existed: for properties of `set_entry` ops and their frame selectors).
+    pub fn without_callers(mut self) -> Swarm {
+        self.caller_chance = 0.0;
+        self.interleave_chance = 0.0;
+        self
+    }
+
     /// A swarm that draws caller ops only (every scenario a caller chain).
     pub fn callers_only(mut self) -> Swarm {
         self.caller_chance = 1.0;
@@ -211,7 +219,8 @@ impl Swarm {
     }
 
     /// A caller op at `gfn` (aligned to `order`): mostly populating with fresh frames from
-    /// `heap` and returning pages, else retyping, MMIO mapping (around and inside
+    /// `heap` and returning pages, else retyping (the device model's set-mem-type, the
+    /// toolstack's broken-page marking), MMIO mapping (around and inside
     /// `mmio_ro_ranges`), device assignment, rarely an introspection access change.
     fn caller(&self, rng: &mut SmallRng, gfn: u64, order: u32, heap: &mut u64) -> CallerOp {
         let nr = if rng.gen_bool(0.9) {
@@ -219,7 +228,7 @@ impl Swarm {
         } else {
             512
         };
-        match rng.gen_range(0..20u8) {
+        match rng.gen_range(0..22u8) {
             0..=6 => {
                 // 4.6 shadow mode writes a 1 GiB extent as 2^18 4 KiB entries: kept to
                 // 2 MiB here so a search costs time per op, not per page.
@@ -250,8 +259,8 @@ impl Swarm {
                 nr,
                 add: rng.gen_bool(0.7),
             },
-            18 if rng.gen_bool(0.5) => CallerOp::AssignDevice,
-            18 => CallerOp::SetBrokenPage { gfn },
+            18 => CallerOp::AssignDevice,
+            19 | 20 => CallerOp::SetBrokenPage { gfn },
             _ => CallerOp::SetMemAccess {
                 gfn,
                 nr,
