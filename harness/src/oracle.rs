@@ -320,26 +320,15 @@ pub fn check_batch(
     got: BatchOutcome,
     want: BatchOutcome,
 ) -> Option<Finding> {
-    if got == want {
-        return None;
-    }
-    let mut f = Finding::new(
-        DivergenceClass::CpuView,
-        op.gpfn,
-        format!("add_to_physmap_range: {got}"),
-        format!("add_to_physmap_range: {want}"),
-    );
-    f.context.push(format!(
-        "the sides part after {} pages of {op}",
-        got.done.min(want.done)
-    ));
-    Some(f)
+    check_outcome("add_to_physmap_range", &op.to_string(), op.gpfn, got, want)
 }
 
-/// A caller op whose outcome (pages done, the error that stopped it) differs between the
-/// model and the reference: a CPU-view divergence at the op's first gfn.
+/// An op whose outcome (pages done, the error that stopped it) differs between the model
+/// and the reference: a CPU-view divergence at `gfn`. `label` names the outcome in the
+/// report lines, `subject` the op in the context line.
 pub fn check_outcome(
-    what: &str,
+    label: &str,
+    subject: &str,
     gfn: u64,
     got: BatchOutcome,
     want: BatchOutcome,
@@ -350,11 +339,11 @@ pub fn check_outcome(
     let mut f = Finding::new(
         DivergenceClass::CpuView,
         gfn,
-        format!("{what}: {got}"),
-        format!("{what}: {want}"),
+        format!("{label}: {got}"),
+        format!("{label}: {want}"),
     );
     f.context.push(format!(
-        "the sides part after {} pages of {what}",
+        "the sides part after {} pages of {subject}",
         got.done.min(want.done)
     ));
     Some(f)

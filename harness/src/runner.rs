@@ -580,7 +580,10 @@ impl Session {
             real: Ok(()),
             reference: Ok(()),
             op_ranges: caller_ranges(c),
-            early: check_outcome(&c.to_string(), c.gfn(), got, want),
+            early: {
+                let what = c.to_string();
+                check_outcome(&what, &what, c.gfn(), got, want)
+            },
             both_refused: got.done == 0 && got.rc.is_err() && want.rc.is_err(),
         }
     }
@@ -603,12 +606,8 @@ impl Session {
         op_ranges.extend(caller_ranges(&ib.second.op));
         let early = check_batch(&ib.batch, got.batch, want.batch).or_else(|| {
             let c = &ib.second.op;
-            check_outcome(
-                &format!("second vCPU: {c}"),
-                c.gfn(),
-                got.second,
-                want.second,
-            )
+            let what = format!("second vCPU: {c}");
+            check_outcome(&what, &what, c.gfn(), got.second, want.second)
         });
         Applied {
             real: Ok(()),

@@ -47,6 +47,13 @@ pub fn get_entry_order(p2m: &P2m, gfn: u64) -> u32 {
     }
 }
 
+/// The "retry with a smaller order" answer of `set_typed_p2m_entry` /
+/// `clear_mmio_p2m_entry` (`cur_order + 1`) when the entry at `gfn` is smaller than `order`.
+fn retry_smaller(p2m: &P2m, gfn: u64, order: u32) -> Option<u32> {
+    let cur_order = get_entry_order(p2m, gfn);
+    (cur_order < order).then_some(cur_order + 1)
+}
+
 /// `p2m_change_type_one(d, gfn, ot, nt)` (`p2m.c:819-842`): `-EBUSY` unless the entry
 /// still has type `ot`; else the same frame at 4 KiB with type `nt` and the default
 /// access (a superpage is split; any `mem_access` setting is lost).
@@ -78,11 +85,16 @@ pub fn set_typed_p2m_entry(
     t: P2mType,
     a: P2mAccess,
 ) -> Result<u32, PhysmapError> {
-    let cur_order = get_entry_order(p2m, gfn);
-    if cur_order < order {
-        return Ok(cur_order + 1);
+    if let Some(k) = retry_smaller(p2m, gfn, order) {
+        return Ok(k);
     }
-    let (omfn, ot) = get_gfn_query(p2m, gfn);
+    let old = match p2m {
+        P2m::Ept(e) => e.get_entry(gfn),
+        P2m::Pt(p) => p.get_entry(gfn),
+    };
+    let (omfn, ot, oa) = old.map_or((INVALID_MFN, P2mType::MmioDm, DEFAULT_ACCESS), |e| {
+        (e.mfn, e.p2mt, e.access)
+    });
     if p2m_is_special(ot) {
         if omfn != mfn || ot != t {
             cx.iommu
@@ -90,11 +102,6 @@ pub fn set_typed_p2m_entry(
                 .get_or_insert("set_typed_p2m_entry over another special entry");
             return Err(PhysmapError::Perm);
         }
-        let oa = match p2m {
-            P2m::Ept(e) => e.get_entry(gfn),
-            P2m::Pt(p) => p.get_entry(gfn),
-        }
-        .map_or(DEFAULT_ACCESS, |e| e.access);
         if oa == a {
             return Ok(0);
         }
@@ -136,9 +143,8 @@ pub fn clear_mmio_p2m_entry(
     gfn: u64,
     order: u32,
 ) -> Result<u32, PhysmapError> {
-    let cur_order = get_entry_order(p2m, gfn);
-    if cur_order < order {
-        return Ok(cur_order + 1);
+    if let Some(k) = retry_smaller(p2m, gfn, order) {
+        return Ok(k);
     }
     let (actual, t) = get_gfn_query(p2m, gfn);
     if actual == INVALID_MFN || t != P2mType::MmioDirect {
