@@ -109,6 +109,7 @@ pub fn replay(s: &Scenario, rev: Revision, count: usize) -> (Domain, Vec<String>
             Op::Interleaved(ib) => {
                 let _ = dom.add_to_physmap_interleaved(*ib);
             }
+            Op::FailAlloc { nth } => dom.arm_alloc_failure(*nth),
         }
     }
     (dom, lines)

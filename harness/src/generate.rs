@@ -36,6 +36,9 @@ pub struct Swarm {
     caller_chance: f64,
     /// Chance that a batch carries a second vCPU's caller op.
     interleave_chance: f64,
+    /// Chance that an op is preceded by a fault injection (`fail_alloc`; 0 in half the
+    /// swarms): one of its first table allocations fails.
+    fail_chance: f64,
 }
 
 fn subset<T: Copy>(rng: &mut SmallRng, all: &[T]) -> Vec<T> {
@@ -95,6 +98,11 @@ impl Swarm {
             } else {
                 rng.gen_range(0.3..1.0)
             },
+            fail_chance: if rng.gen_bool(0.5) {
+                0.0
+            } else {
+                rng.gen_range(0.05..0.3)
+            },
         }
     }
 
@@ -103,6 +111,7 @@ impl Swarm {
     pub fn without_callers(mut self) -> Swarm {
         self.caller_chance = 0.0;
         self.interleave_chance = 0.0;
+        self.fail_chance = 0.0;
         self
     }
 
@@ -134,6 +143,16 @@ impl Swarm {
             let low = *[0u64, 1, 511].choose(rng).expect("low");
             let mask = !((1u64 << order) - 1);
             let gfn = (region + mid + low) & mask;
+            if self.fail_chance > 0.0 && rng.gen_bool(self.fail_chance) {
+                // Mostly one of the few tables a walk allocates; now and then deep
+                // inside a split or a long map loop.
+                let nth = if rng.gen_bool(0.8) {
+                    rng.gen_range(1..=6)
+                } else {
+                    rng.gen_range(7..=crate::scenario::MAX_FAIL_NTH)
+                };
+                ops.push(Op::FailAlloc { nth });
+            }
             if let Some(Op::SetEntry(prev)) = ops.last() {
                 if self.revert_chance > 0.0 && rng.gen_bool(self.revert_chance) {
                     let back = SetEntryOp {

@@ -250,6 +250,12 @@ fn simpler_ops(op: &Op) -> Vec<Op> {
                 .collect();
         }
         Op::Call(c) => return simpler_calls(c).into_iter().map(Op::Call).collect(),
+        Op::FailAlloc { nth } => {
+            let mut v: Vec<u32> = vec![1, nth / 2, nth.saturating_sub(1)];
+            v.retain(|&k| k >= 1 && k < *nth);
+            v.dedup();
+            return v.into_iter().map(|nth| Op::FailAlloc { nth }).collect();
+        }
         Op::Interleaved(ib) => {
             let mut v = Vec::new();
             let mut at = |ib2: InterleavedBatch| v.push(Op::Interleaved(ib2));

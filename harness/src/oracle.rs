@@ -272,7 +272,8 @@ pub fn check_free_events(dom: &Domain, refm: &RefModel, op_ranges: &[GfnRange]) 
         .find_map(|e| e.reaches.iter().find(|r| !granted(e, r)).map(|r| (e, r)))?;
     let via = match reach.via {
         ReachVia::CurrentWalk => "a walk of the current tables".to_string(),
-        ReachVia::CachedWalk { seq } => format!("a record left by op #{}", seq.saturating_sub(1)),
+        // The runner names the op that made the record (`stale_seq`).
+        ReachVia::CachedWalk { .. } => "a cached record".to_string(),
     };
     let (what, freed) = match ev.what {
         Freed::Table { owner, level } => (

@@ -33,6 +33,8 @@ pub struct RunStats {
     pub notes: u64,
     /// Pages the `add_to_physmap_range` ops moved (model side).
     pub batch_pages: u64,
+    /// Ops in which an injected allocation failure fired.
+    pub alloc_failures: u64,
     /// What the model did.
     pub model: ModelStats,
 }
@@ -50,6 +52,7 @@ impl RunStats {
         self.free_checks += o.free_checks;
         self.notes += o.notes;
         self.batch_pages += o.batch_pages;
+        self.alloc_failures += o.alloc_failures;
         self.model.add(&o.model);
     }
 
@@ -66,6 +69,7 @@ impl RunStats {
             ("free_checks", self.free_checks),
             ("notes", self.notes),
             ("batch_pages", self.batch_pages),
+            ("alloc_failures", self.alloc_failures),
         ];
         v.extend(self.model.fields());
         v
@@ -284,6 +288,9 @@ pub struct Session {
     unreachable: Option<(usize, Unreachable)>,
     /// The first raw `set_entry` op (the internal API), if any.
     first_raw: Option<usize>,
+    /// The op index of each domain op sequence number (1-based, so `seq - 1` indexes
+    /// this): a fault injection is an op of the scenario but runs nothing.
+    op_of_seq: Vec<usize>,
 }
 
 impl Session {
@@ -304,6 +311,7 @@ impl Session {
             notes: Vec::new(),
             unreachable: crate::reach::config_verdict(revision.line(), &cfg).map(|v| (0, v)),
             first_raw: None,
+            op_of_seq: Vec::new(),
         }
     }
 
@@ -371,6 +379,21 @@ impl Session {
 
     /// Like [`Session::step`], also saying whether both sides refused the op.
     pub fn step_outcome(&mut self, op: &Op) -> StepOutcome {
+        if let Op::FailAlloc { nth } = op {
+            // Nothing runs yet: the next op meets the failure.
+            self.dom.arm_alloc_failure(*nth);
+            self.steps.push(Step {
+                op: *op,
+                mfn: INVALID_MFN,
+            });
+            self.stats.ops += 1;
+            return StepOutcome {
+                finding: None,
+                both_refused: false,
+                crashed: None,
+            };
+        }
+        self.op_of_seq.push(self.steps.len());
         let mfn = match op {
             Op::SetEntry(e) => resolve_mfn(&self.dom, e.gfn, e.mfn),
             _ => INVALID_MFN,
@@ -405,10 +428,10 @@ impl Session {
         self.steps.push(Step { op: *op, mfn });
         self.stats.ops += 1;
         let Applied {
-            real,
-            reference,
+            mut real,
+            mut reference,
             op_ranges,
-            early,
+            mut early,
             both_refused,
         } = match op {
             Op::SetEntry(e) => match self.apply_set_entry(e, mfn) {
@@ -418,7 +441,33 @@ impl Session {
             Op::AddToPhysmap(b) => self.apply_batch(b),
             Op::Call(c) => self.apply_call(c),
             Op::Interleaved(ib) => self.apply_interleaved(ib),
+            // Handled above; nothing to apply.
+            Op::FailAlloc { .. } => Applied {
+                real: Ok(()),
+                reference: Ok(()),
+                op_ranges: Vec::new(),
+                early: None,
+                both_refused: false,
+            },
         };
+        if self.dom.alloc_failed() {
+            // The op took Xen's error path: what the p2m holds now is Xen's result, not
+            // the reference's. The reference takes it over the op's ranges, so the oracle
+            // judges the IOMMU against what the p2m grants after the failure.
+            let hint = op.as_set_entry().map(|e| e.access);
+            for r in merge_ranges(op_ranges.clone()) {
+                let ext = self.dom.cpu_extents(r);
+                self.refm.resync(
+                    r,
+                    ext.iter().map(|e| (e.range, e.mfn, e.p2mt, e.access)),
+                    hint,
+                );
+            }
+            self.stats.alloc_failures += 1;
+            early = None;
+            real = Ok(());
+            reference = Ok(());
+        }
         let stats = &mut self.stats;
         let log = self.dom.op_log();
         stats.free_checks += log.frees.len() as u64;
@@ -644,7 +693,10 @@ impl Session {
 
     /// The report for a finding of the last op: its trace lines are built here.
     pub fn divergence(&self, mut finding: Finding) -> Divergence {
-        let stale_op = finding.stale_seq.map(|q| q.saturating_sub(1) as usize);
+        let stale_op = finding.stale_seq.and_then(|q| {
+            let k = usize::try_from(q).ok()?.checked_sub(1)?;
+            self.op_of_seq.get(k).copied()
+        });
         // The last split of a superpage holding the gfn, if any: it rewrote the entries.
         if let Some((op, sp)) = self
             .splits
@@ -738,6 +790,9 @@ fn caller_chain(steps: &[Step]) -> String {
                 ));
             }
             Op::SetEntry(_) => push("set_entry (internal API)".into()),
+            Op::FailAlloc { nth } => push(format!(
+                "allocation {nth} of the next op fails (pool or heap exhausted)"
+            )),
         }
     }
     if parts.is_empty() {

@@ -26,17 +26,22 @@ fn run_equals_manual_session_loop() {
         for i in 0..300 {
             let s = Swarm::new(&mut rng, Some(Mode::ALL[i % 3])).scenario(&mut rng);
             let mut sess = Session::for_scenario(&s, r);
-            let mut divergence = None;
+            let (mut divergence, mut crashed) = (None, None);
             for op in &s.ops {
-                if let Some(f) = sess.step(op) {
+                let out = sess.step_outcome(op);
+                if let Some(f) = out.finding {
                     divergence = Some(sess.divergence(f));
+                    break;
+                }
+                if out.crashed.is_some() {
+                    crashed = out.crashed;
                     break;
                 }
             }
             let manual = RunOutcome {
                 divergence,
                 notes: sess.notes().to_vec(),
-                crashed: None,
+                crashed,
                 stats: sess.stats(),
             };
             assert_eq!(run(&s, r), manual, "scenario:\n{s}");

@@ -168,6 +168,13 @@ fn fuzz_dictionary_entries_decode_as_documented() {
             if let Some(d) = r("xen-master") {
                 panic!("{name}: xen-master diverges:\n{d}");
             }
+        } else if let Some(what) = name.strip_prefix("fail_alloc_") {
+            // A fault injection record: `fail_alloc nth=K`, K in the name.
+            let k: u32 = what.parse().expect("nth in the name");
+            let mut full = vec![0u8];
+            full.extend_from_slice(bytes);
+            let s = decode(&full).expect("decodes");
+            assert_eq!(s.ops, vec![Op::FailAlloc { nth: k }], "{name}");
         } else if name.starts_with("type_") || name.starts_with("access_") {
             assert_eq!(bytes.len(), 1, "{name}");
         } else {

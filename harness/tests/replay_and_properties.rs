@@ -177,11 +177,18 @@ fn swarm_exercises_every_counter() {
         let s = Swarm::new(&mut rng, Some(mode)).scenario(&mut rng);
         let o = run(&s, Revision::fixed());
         assert!(o.divergence.is_none());
+        // `fixed` leaks nothing and has no cached under-permission; the only notes are
+        // findings of an op that crashed the domain (an injected allocation failure).
+        for n in &o.notes {
+            assert!(
+                o.crashed.is_some() && n.to_string().contains("the op crashed the domain"),
+                "fixed reported a non-fatal finding:\n{n}"
+            );
+        }
         total.add(&o.stats);
     }
     let t = total;
-    // `fixed` leaks nothing and has no cached under-permission.
-    assert_eq!(t.notes, 0, "fixed reported non-fatal findings: {t:?}");
+    assert!(t.alloc_failures > 0, "no injected allocation failure fired");
     // Machinery the 4.6 line does not have: VT-d domain-selective invalidations, the
     // master IOMMU's superpages and deferred free queue, and batch continuations.
     for (name, v) in t.fields() {

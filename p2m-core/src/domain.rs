@@ -111,6 +111,17 @@ impl Domain {
         each_line!(self, d => d.add_to_physmap_interleaved(ib))
     }
 
+    /// Fault injection: the `nth` table allocation (p2m or IOMMU, 1 = the first) of the
+    /// next op fails as Xen's allocator does when its pool or heap is exhausted.
+    pub fn arm_alloc_failure(&mut self, nth: u32) {
+        each_line!(self, d => d.mem.arm_alloc_failure(nth))
+    }
+
+    /// Whether the allocation failure injected into the last op fired.
+    pub fn alloc_failed(&self) -> bool {
+        each_line!(self, d => d.mem.alloc_failed())
+    }
+
     /// `domain_crash()` was called (and why): the domain runs no further op.
     pub fn crashed(&self) -> Option<&'static str> {
         match self {

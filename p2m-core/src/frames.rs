@@ -59,6 +59,12 @@ pub struct MachineMemory {
     next_fresh: u64,
     ever: Vec<u64>,
     frees: u64,
+    /// Fault injection: the table allocation of the next op that must fail (1 = its first).
+    armed: Option<u32>,
+    /// Allocations of the current op still to go before the injected failure.
+    countdown: Option<u32>,
+    /// The injected failure fired during the current (or last) op.
+    failed: bool,
 }
 
 impl MachineMemory {
@@ -82,6 +88,57 @@ impl MachineMemory {
             });
         }
         m
+    }
+
+    /// Fault injection: the `nth` table allocation (1 = the first) of the next op returns
+    /// NULL, as `p2m_alloc_ptp` / `alloc_pgtable_maddr` / `alloc_amd_iommu_pgtable` /
+    /// `iommu_alloc_pgtable` do when the pool or the heap is exhausted.
+    pub fn arm_alloc_failure(&mut self, nth: u32) {
+        self.armed = Some(nth.max(1));
+    }
+
+    /// Starts an op: an armed failure applies to it and to no later op.
+    pub fn begin_op(&mut self) {
+        self.countdown = self.armed.take();
+        self.failed = false;
+    }
+
+    /// Ends an op: an injected failure that did not fire is dropped.
+    pub fn end_op(&mut self) {
+        self.countdown = None;
+    }
+
+    /// Whether the injected allocation failure fired during the last op.
+    pub fn alloc_failed(&self) -> bool {
+        self.failed
+    }
+
+    /// Like [`Self::alloc_for`], but `None` when this is the allocation the op was armed
+    /// to fail (Xen's allocator returning NULL): nothing is allocated then.
+    pub fn try_alloc_for(&mut self, owner: TableOwner, level: u8, gfn: u64) -> Option<u64> {
+        self.injected_failure()
+            .then(|| self.alloc_for(owner, level, gfn))
+    }
+
+    /// Like [`Self::alloc`], but `None` for the allocation the op was armed to fail.
+    pub fn try_alloc(&mut self, owner: TableOwner, level: u8) -> Option<u64> {
+        self.injected_failure().then(|| self.alloc(owner, level))
+    }
+
+    /// Counts one fallible allocation: `false` when it is the one that fails.
+    fn injected_failure(&mut self) -> bool {
+        match self.countdown {
+            Some(1) => {
+                self.countdown = None;
+                self.failed = true;
+                false
+            }
+            Some(k) => {
+                self.countdown = Some(k - 1);
+                true
+            }
+            None => true,
+        }
     }
 
     /// Allocates a table frame: the most recently freed one, else a fresh one.
@@ -169,6 +226,30 @@ impl MachineMemory {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An armed failure hits the `nth` fallible allocation of the next op only, and an
+    /// unfired one does not outlive that op.
+    #[test]
+    fn armed_failure_hits_the_nth_allocation_of_one_op() {
+        let mut m = MachineMemory::new();
+        m.arm_alloc_failure(2);
+        m.begin_op();
+        assert!(m.try_alloc(TableOwner::P2m, 1).is_some());
+        assert!(!m.alloc_failed());
+        assert!(m.try_alloc(TableOwner::P2m, 1).is_none());
+        assert!(m.alloc_failed());
+        assert!(m.try_alloc(TableOwner::P2m, 1).is_some());
+        m.end_op();
+        m.arm_alloc_failure(5);
+        m.begin_op();
+        assert!(!m.alloc_failed());
+        m.end_op();
+        m.begin_op();
+        for _ in 0..6 {
+            assert!(m.try_alloc(TableOwner::Iommu, 1).is_some());
+        }
+        m.end_op();
+    }
 
     #[test]
     fn lifo_reuse_bumps_generation() {

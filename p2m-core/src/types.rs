@@ -551,6 +551,12 @@ pub enum P2mError {
     /// and leaves the domain unchanged. The text names the assertion (see
     /// `master::p2m::BUG_SPECIAL_TYPE_ABOVE_4K`, `master::p2m::BUG_PRESENT_INVALID_MFN`).
     XenBug(&'static str),
+    /// Allocating a p2m table on the walk failed (`ept_next_level` → `-ENOENT`): nothing
+    /// was written at the target level.
+    TableNoEnt,
+    /// Allocating a p2m table for a superpage split or a missing level failed
+    /// (`-ENOMEM`): nothing was written at the target level.
+    TableNoMem,
     /// Master: the IOMMU step of `set_entry` failed with `-ENOMEM`; the p2m entry was
     /// written (and any replaced subtree freed) all the same.
     IommuNoMem,
@@ -570,6 +576,8 @@ impl fmt::Display for P2mError {
             P2mError::GfnOutOfRange => "-EINVAL (gfn beyond address width)",
             P2mError::ForeignOnP2mPt => "-EINVAL (foreign type on p2m-pt)",
             P2mError::ForeignRejected => "-EINVAL (foreign entry rejected)",
+            P2mError::TableNoEnt => "-ENOENT (p2m table allocation failed)",
+            P2mError::TableNoMem => "-ENOMEM (p2m table allocation failed)",
             P2mError::IommuNoMem => "-ENOMEM (IOMMU step failed; p2m entry written)",
             P2mError::IommuFault => "-EFAULT (IOMMU step failed; p2m entry written)",
             P2mError::IommuInval => "-EINVAL (IOMMU flush of INVALID_DFN)",

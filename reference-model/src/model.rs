@@ -153,6 +153,61 @@ impl RefModel {
         }
     }
 
+    /// Takes `extents` (covering `range`: frame of each start, type, access) as the
+    /// content of `range` wherever they differ from the reference: after an op that took
+    /// one of Xen's error paths (an allocation failure), what the p2m holds is Xen's
+    /// result, and the IOMMU must agree with it. On EPT frame, type and access are
+    /// compared; p2m-pt keeps no access (its `get_entry` reports `rwx`), so there, where
+    /// frame and type agree, the reference keeps its own entry and access, and where it
+    /// takes the p2m's, the access is `access_hint` (the access the op asked for) when
+    /// given. Parts of `extents` outside `range` are ignored.
+    pub fn resync(
+        &mut self,
+        range: GfnRange,
+        extents: impl Iterator<Item = (GfnRange, Mfn, P2mType, P2mAccess)>,
+        access_hint: Option<P2mAccess>,
+    ) {
+        let at = |r: GfnRange, m: Mfn, g: u64| {
+            if m.is_valid() {
+                Mfn(m.0 + (g - r.start))
+            } else {
+                m
+            }
+        };
+        let with_access = self.config.mode == p2m_core::Mode::Ept;
+        let mine = self.cpu_extents(range);
+        let mut writes = Vec::new();
+        // Both lists are sorted and disjoint: one merge walk cuts each extent at the
+        // reference's, and the pieces that differ are written.
+        let mut k = 0;
+        for (r, mfn, p2mt, access) in extents {
+            let Some(clip) = r.intersect(&range) else {
+                continue;
+            };
+            while k < mine.len() && mine[k].0.end <= clip.start {
+                k += 1;
+            }
+            let mut j = k;
+            while let Some(&(mr, mm, mt, ma)) = mine.get(j).filter(|m| m.0.start < clip.end) {
+                if let Some(piece) = mr.intersect(&clip) {
+                    let theirs = at(r, mfn, piece.start);
+                    let access_differs = with_access && ma != access;
+                    if (at(mr, mm, piece.start), mt) != (theirs, p2mt) || access_differs {
+                        let access = match access_hint {
+                            Some(a) if !with_access => a,
+                            _ => access,
+                        };
+                        writes.push((piece, theirs, p2mt, access));
+                    }
+                }
+                j += 1;
+            }
+        }
+        for (piece, mfn, p2mt, access) in writes {
+            self.write_run(piece, mfn, p2mt, access);
+        }
+    }
+
     /// Removes every mapping in `range`, splitting extents that straddle its ends. The
     /// part of a [`Extent::hidden_frame`] extent in a 2 MiB region the range meets stops
     /// being hidden (Xen split that superpage down to 4 KiB entries).

@@ -252,7 +252,13 @@ fn repro(revision: Option<String>, dot: Option<PathBuf>, files: Vec<PathBuf>) ->
                 any = true;
                 println!("{d}");
             }
-            None => println!("verdict: clean ({} ops)", out.stats.ops),
+            None => match out.crashed {
+                Some(why) => println!(
+                    "verdict: domain crashed after {} ops ({why}): Xen's own verdict, no divergence",
+                    out.stats.ops
+                ),
+                None => println!("verdict: clean ({} ops)", out.stats.ops),
+            },
         }
         if let Some((path, file)) = &mut dot_out {
             let name = f

@@ -70,9 +70,14 @@
 //!   is clear, the literal `v` when set, and `b4 bit 4` set means remove.
 //!
 //! An `add_to_physmap_range` with `b4` bit 3 set whose next record is a caller op is an
-//! interleaved batch: that caller op runs as a second vCPU after `b9` pages. No committed
-//! corpus file carries 0xa7 in `b10` or a batch with that bit (the test
-//! `committed_corpora_decode_without_caller_ops` checks it).
+//! interleaved batch: that caller op runs as a second vCPU after `b9` pages.
+//!
+//! An op whose `b10` is [`FAULT_MARKER`] (0xa6), in either reading, is a fault injection
+//! `fail_alloc nth=b0+1`: the `b0+1`-th table allocation of the next op fails.
+//!
+//! No committed seed corpus file carries 0xa7 or 0xa6 in `b10` or a batch with the
+//! interleave bit (the test `committed_corpora_decode_without_batch_ops` checks that
+//! every op they decode to is a `set_entry`).
 //!
 //! # Canonical scenarios
 //!
@@ -113,6 +118,8 @@ pub const RELATIVE_MARKER: u8 = 0xf0;
 pub const BATCH_MARKER: u8 = 0xb7;
 /// Value of `b10` that makes the op a caller op.
 pub const CALLER_MARKER: u8 = 0xa7;
+/// Value of `b10` that makes the op a fault injection ([`Op::FailAlloc`]).
+pub const FAULT_MARKER: u8 = 0xa6;
 /// `b4` bit of a batch whose next record is its second vCPU's caller op.
 const B4_INTERLEAVE: u8 = 1 << 3;
 /// `b0` bit selecting a caller op's larger page counts.
@@ -207,6 +214,15 @@ fn check(s: &Scenario) -> Result<(), EncodeError> {
                     return Err(bad(format!("{ib}: `after` above 255")));
                 }
                 check_call(&ib.second.op, s.config.mode).map_err(bad)?;
+                continue;
+            }
+            Op::FailAlloc { nth } => {
+                if !(1..=super::MAX_FAIL_NTH).contains(nth) {
+                    return Err(bad(format!(
+                        "{op}: nth outside 1..={}",
+                        super::MAX_FAIL_NTH
+                    )));
+                }
                 continue;
             }
         };
@@ -356,6 +372,12 @@ pub fn encode(s: &Scenario) -> Vec<u8> {
                 b[9] = ib.second.after.min(255) as u8;
                 out.extend_from_slice(&b);
                 out.extend_from_slice(&encode_call(&ib.second.op, ib.second.op.gfn()));
+            }
+            Op::FailAlloc { nth } => {
+                let mut b = [0u8; OP_SIZE];
+                b[0] = (nth.clamp(&1, &super::MAX_FAIL_NTH) - 1) as u8;
+                b[10] = FAULT_MARKER;
+                out.extend_from_slice(&b);
             }
         }
     }
@@ -635,6 +657,9 @@ fn decode_as(data: &[u8], mode: Option<Mode>, callers: bool) -> Option<Scenario>
                     _ => Op::AddToPhysmap(batch),
                 }
             }
+            FAULT_MARKER => Op::FailAlloc {
+                nth: u32::from(c[0]) + 1,
+            },
             _ if callers || c[10] == CALLER_MARKER => Op::Call(decode_call(c, config.mode)),
             _ => Op::SetEntry(decode_set_entry(c)),
         });

@@ -118,7 +118,17 @@ pub enum Op {
     Call(CallerOp),
     /// The batch with a second vCPU's caller op inside it (see [`InterleavedBatch`]).
     Interleaved(InterleavedBatch),
+    /// Fault injection: the `nth` table allocation (p2m or IOMMU, 1 = the first) of the
+    /// next op fails, as Xen's allocators do when the paging pool or the heap runs out;
+    /// that op then takes Xen's own error path.
+    FailAlloc {
+        /// Which allocation of the next op fails (1-based).
+        nth: u32,
+    },
 }
+
+/// Largest `nth` of [`Op::FailAlloc`] the byte format holds.
+pub const MAX_FAIL_NTH: u32 = 256;
 
 impl Op {
     /// The `set_entry` op, if this is one.
@@ -144,11 +154,13 @@ impl Op {
             Op::AddToPhysmap(b) => b.idx,
             Op::Call(c) => c.gfn(),
             Op::Interleaved(i) => i.batch.idx,
+            Op::FailAlloc { .. } => 0,
         }
     }
 
     /// True for an op some Xen caller issues as written (everything but the raw
-    /// `set_entry`, the internal API).
+    /// `set_entry`, the internal API); an injected allocation failure is the host's
+    /// memory running out, which any caller can meet.
     pub fn is_caller_op(&self) -> bool {
         !matches!(self, Op::SetEntry(_))
     }
@@ -161,6 +173,7 @@ impl fmt::Display for Op {
             Op::AddToPhysmap(b) => b.fmt(f),
             Op::Call(c) => c.fmt(f),
             Op::Interleaved(i) => i.fmt(f),
+            Op::FailAlloc { nth } => write!(f, "fail_alloc nth={nth}"),
         }
     }
 }

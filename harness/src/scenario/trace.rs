@@ -34,6 +34,8 @@
 //!   `set_broken_page_p2m gfn=G`, `assign_device`; N is 1..=16, 32, 64, 128, 256 or 512.
 //! - `add_to_physmap_range idx=I gpfn=G size=N | after K: CALLER-OP`: the batch with a
 //!   second vCPU running the caller op once K pages are moved (K ≤ 255).
+//! - `fail_alloc nth=K` (1 ≤ K ≤ 256): fault injection, the K-th table allocation of the
+//!   next op fails.
 //! - A comment `# p2m-fuzz trace vN` with N other than 1 is refused (unknown version).
 //!
 //! At least one and at most [`MAX_OPS`] ops are required. Every scenario [`parse_trace`]
@@ -124,7 +126,8 @@ pub fn parse_trace(text: &str) -> Result<Scenario, TraceError> {
             | "memory_mapping"
             | "set_mem_access"
             | "assign_device"
-            | "set_broken_page_p2m" => {
+            | "set_broken_page_p2m"
+            | "fail_alloc" => {
                 if config.is_none() {
                     return Err(err(format!("{head} before the config line")));
                 }
@@ -135,6 +138,7 @@ pub fn parse_trace(text: &str) -> Result<Scenario, TraceError> {
                 ops.push(match head {
                     "set_entry" => Op::SetEntry(parse_set_entry(words).map_err(err)?),
                     "add_to_physmap_range" => parse_batch_line(body).map_err(err)?,
+                    "fail_alloc" => parse_fail_alloc(words).map_err(err)?,
                     _ => Op::Call(parse_call(head, words).map_err(err)?),
                 });
             }
@@ -143,7 +147,8 @@ pub fn parse_trace(text: &str) -> Result<Scenario, TraceError> {
                     "unknown statement `{other}` (expected `config`, `set_entry`, \
                      `add_to_physmap_range` or a caller op: `populate_physmap`, \
                      `decrease_reservation`, `set_mem_type`, `memory_mapping`, \
-                     `set_mem_access`, `set_broken_page_p2m`, `assign_device`)"
+                     `set_mem_access`, `set_broken_page_p2m`, `assign_device`; or \
+                     `fail_alloc`)"
                 )))
             }
         }
@@ -522,6 +527,23 @@ fn parse_call<'a>(head: &str, words: impl Iterator<Item = &'a str>) -> Result<Ca
         }
         other => return Err(format!("unknown caller op `{other}`")),
     })
+}
+
+/// `fail_alloc nth=K`.
+fn parse_fail_alloc<'a>(mut words: impl Iterator<Item = &'a str>) -> Result<Op, String> {
+    let (Some(w), None) = (words.next(), words.next()) else {
+        return Err("fail_alloc takes exactly `nth=K`".into());
+    };
+    let v = w
+        .strip_prefix("nth=")
+        .ok_or_else(|| format!("fail_alloc: expected `nth=K`, got `{w}`"))?;
+    match v.parse::<u32>() {
+        Ok(nth) if (1..=super::MAX_FAIL_NTH).contains(&nth) => Ok(Op::FailAlloc { nth }),
+        _ => Err(format!(
+            "fail_alloc: nth `{v}` is not 1..={}",
+            super::MAX_FAIL_NTH
+        )),
+    }
 }
 
 fn parse_batch<'a>(words: impl Iterator<Item = &'a str>) -> Result<AddToPhysmapRange, String> {

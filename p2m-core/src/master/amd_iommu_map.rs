@@ -157,7 +157,7 @@ pub(crate) fn iommu_pde_from_dfn(
         next = pde.mfn();
         // Proposed fix `amd_split_superpage_at_mfn0` (not Xen): frame 0 is a frame too.
         if pde.pr() && pde.next_level() == 0 && (next != 0 || cx.sw.amd_split_superpage_at_mfn0) {
-            let nt = iommu_alloc_pgtable(pt, cx.mem, level - 1, true);
+            let nt = iommu_alloc_pgtable(pt, cx.mem, level - 1, true).ok_or(())?;
             pt.fill_entries(
                 nt,
                 0,
@@ -184,7 +184,7 @@ pub(crate) fn iommu_pde_from_dfn(
             if next != 0 {
                 return Err(()); // a non-present entry with a frame: Xen treats it as an error
             }
-            let nt = iommu_alloc_pgtable(pt, cx.mem, level - 1, true);
+            let nt = iommu_alloc_pgtable(pt, cx.mem, level - 1, true).ok_or(())?;
             let span = entry_span(dfn, level);
             note_old(hd, pt, cx, span, level, pde);
             pt.write(table, idx, AmdPte::pde(nt, level - 1, true, true));

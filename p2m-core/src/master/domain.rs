@@ -286,6 +286,7 @@ impl Domain {
         self.seq += 1;
         self.log.clear();
         self.calls.clear();
+        self.mem.begin_op();
         let sw = self.switches;
         let mut cx = Cx {
             mem: &mut self.mem,
@@ -300,6 +301,7 @@ impl Domain {
         let rc = body(&mut self.p2m, &mut cx);
         let (io, mut icx) = cx.io();
         io.free_queued_pgtables(&mut icx);
+        self.mem.end_op();
         self.iommu.caches.take_issued(&mut self.log.invalidations);
         rc
     }

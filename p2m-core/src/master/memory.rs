@@ -138,6 +138,19 @@ pub fn xenmem_add_to_physmap(
         ..FlushFlags::default()
     };
     let r1 = cx.iommu_iotlb_flush(first(op.idx), done, modified);
+    // Proposed fix (not Xen): a page that failed after its source was unmapped is in
+    // neither range; when the wrappers dropped flags, flush the whole domain with them —
+    // before the references go (`batch_holds_failed_page_ref` keeps that page's).
+    if cx.sw.batch_flush_keeps_deferred_flags && rc.is_err() && !dropped.is_empty() {
+        let (io, mut icx) = cx.io();
+        let _ = io.iommu_iotlb_flush_all(
+            &mut icx,
+            FlushFlags {
+                modified: true,
+                ..dropped
+            },
+        );
+    }
     for (mfn, gfn) in refs.take_batch() {
         put_page(p2m, cx, refs, mfn, gfn);
     }
@@ -149,18 +162,6 @@ pub fn xenmem_add_to_physmap(
             ..modified
         },
     );
-    // Proposed fix (not Xen): a page that failed after its source was unmapped is in
-    // neither range; when the wrappers dropped flags, flush the whole domain with them.
-    if cx.sw.batch_flush_keeps_deferred_flags && rc.is_err() && !dropped.is_empty() {
-        let (io, mut icx) = cx.io();
-        let _ = io.iommu_iotlb_flush_all(
-            &mut icx,
-            FlushFlags {
-                modified: true,
-                ..dropped
-            },
-        );
-    }
     if rc.is_ok() {
         if let Err(e) = r1.and(r2) {
             rc = Err(PhysmapError::P2m(e));

@@ -227,12 +227,12 @@ impl Ept {
 
     /// Models `ept_next_level()` creating a missing table (`p2m-ept.c:339-352`, with
     /// `ept_set_middle_entry`): allocates a zeroed table, installs the middle entry and
-    /// returns the table's frame.
-    fn set_middle_entry(&mut self, cx: &mut Cx, t: u64, level: u8, gfn: u64) -> u64 {
-        let nt = cx.mem.alloc(TableOwner::P2m, level - 1);
+    /// returns the table's frame; `None` (nothing written) when `p2m_alloc_ptp` fails.
+    fn set_middle_entry(&mut self, cx: &mut Cx, t: u64, level: u8, gfn: u64) -> Option<u64> {
+        let nt = cx.mem.try_alloc(TableOwner::P2m, level - 1)?;
         self.tables.insert(nt, level - 1);
         self.write(cx, t, level, gfn, middle_entry(nt));
-        nt
+        Some(nt)
     }
 
     /// Models `ept_split_super_page()` (`p2m-ept.c:247-300`): builds, in new tables, the
@@ -240,10 +240,20 @@ impl Ept {
     /// middle entry pointing at it; the caller installs it (the subtree is filled first).
     /// Each child copies the superpage with `snp` set and its frame advanced, and gets
     /// `ept_p2m_type_to_flags` again (so `mmio_direct` children in `mmio_ro_ranges` lose w).
-    fn split_super_page(&mut self, cx: &mut Cx, sp: EptEntry, level: u8, target: u8) -> EptEntry {
+    /// The flag is `false` when an allocation failed: the entry is then `sp` itself if the
+    /// first one did, else the middle entry over the part built so far (`:293-296`).
+    fn split_super_page(
+        &mut self,
+        cx: &mut Cx,
+        sp: EptEntry,
+        level: u8,
+        target: u8,
+    ) -> (EptEntry, bool) {
         cx.stats.superpage_splits += 1;
         let cl = level - 1;
-        let nt = cx.mem.alloc(TableOwner::P2m, cl);
+        let Some(nt) = cx.mem.try_alloc(TableOwner::P2m, cl) else {
+            return (sp, false);
+        };
         self.tables.insert(nt, cl);
         let per = pages_per_entry(cl);
         let child = |k: u64| {
@@ -265,13 +275,16 @@ impl Ept {
             }
         } else {
             for i in 0..512u16 {
-                let sub = self.split_super_page(cx, child(i as u64), cl, target);
+                let (sub, ok) = self.split_super_page(cx, child(i as u64), cl, target);
                 if let Some(tab) = self.tables.get_mut(nt) {
                     tab.set(i, sub);
                 }
+                if !ok {
+                    return (middle_entry(nt), false);
+                }
             }
         }
-        middle_entry(nt)
+        (middle_entry(nt), true)
     }
 
     /// Models `ept_free_entry()` (`p2m-ept.c:229-245`) on the entry `e` at `level` whose
@@ -403,7 +416,11 @@ impl Ept {
                     // Proposed fix (not Xen): split it like a present superpage.
                     break;
                 }
-                t = self.set_middle_entry(cx, t, level, gfn);
+                // `ept_next_level` fails: `rc = -ENOMEM; goto out` (`:846-848`).
+                let Some(nt) = self.set_middle_entry(cx, t, level, gfn) else {
+                    return Err(P2mError::TableNoMem);
+                };
+                t = nt;
             } else if e.sp {
                 break;
             } else {
@@ -418,7 +435,12 @@ impl Ept {
             old_entry = stopped;
         } else {
             // `:883-911`: split, install, walk down the new subtree.
-            let split = self.split_super_page(cx, stopped, level, target);
+            let (split, ok) = self.split_super_page(cx, stopped, level, target);
+            if !ok {
+                // `ept_free_entry` on the local copy, `rc = -ENOMEM; goto out`.
+                self.free_entry(cx, split, level, entry_range(gfn, level));
+                return Err(P2mError::TableNoMem);
+            }
             cx.log
                 .split(entry_range(gfn, level), "ept_split_super_page");
             self.write(cx, t, level, gfn, split);

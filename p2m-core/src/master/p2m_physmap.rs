@@ -154,16 +154,21 @@ pub fn xenmem_add_to_physmap_one(
     } else if mfn_valid(prev_mfn) && prev_mfn != mfn {
         rc = guest_remove_page(p2m, cx, refs, gfn);
     }
+    let mut source_unmapped = false;
     if rc.is_ok() && idx != gfn {
         rc = p2m_remove_page(p2m, cx, idx, mfn);
         if rc.is_ok() {
             cx.log.moved_from.push((mfn.0, idx));
+            source_unmapped = true;
         }
     }
     if rc.is_ok() {
         rc = p2m_add_page(p2m, cx, gfn, mfn, 0, P2mType::RamRw);
     }
-    if rc.is_ok() && cx.sw.batch_holds_page_refs {
+    // Proposed fix `batch_holds_failed_page_ref` (not Xen): a page that failed after its
+    // source was unmapped is held until after the batch's flushes too.
+    let held = rc.is_ok() || (source_unmapped && cx.sw.batch_holds_failed_page_ref);
+    if held && cx.sw.batch_holds_page_refs {
         refs.hand_to_batch(mfn.0, gfn);
     } else {
         put_page(p2m, cx, refs, mfn.0, gfn);

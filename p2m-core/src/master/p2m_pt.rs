@@ -255,12 +255,16 @@ impl P2mPt {
     /// table `t` at `level`: allocates a missing table (empty flags only: a non-present
     /// PoD entry is not empty), or splits a PSE entry (1 GiB → 2 MiB with the flags kept,
     /// 2 MiB → 4 KiB with `_PAGE_PSE` dropped), filling the new table before installing
-    /// it; no IOMMU effect. Returns the next table's frame.
-    fn next_level(&mut self, cx: &mut Cx, t: u64, level: u8, gfn: u64) -> u64 {
+    /// it; no IOMMU effect. Returns the next table's frame, or `-ENOMEM` (nothing written)
+    /// when `p2m_alloc_ptp` fails (`:233-236`, `:272-274`).
+    fn next_level(&mut self, cx: &mut Cx, t: u64, level: u8, gfn: u64) -> Result<u64, P2mError> {
         let e = self.entry(t, index_of(gfn, level));
         let child = level - 1;
         if e.flags == 0 {
-            let nt = cx.mem.alloc(TableOwner::P2m, child);
+            let nt = cx
+                .mem
+                .try_alloc(TableOwner::P2m, child)
+                .ok_or(P2mError::TableNoMem)?;
             self.tables.insert(nt, child);
             self.write(
                 cx,
@@ -272,9 +276,13 @@ impl P2mPt {
                     flags: P2M_BASE_FLAGS | PAGE_RW,
                 },
             );
-            return nt;
+            return Ok(nt);
         }
         if e.pse() && (level == 3 || level == 2) {
+            let nt = cx
+                .mem
+                .try_alloc(TableOwner::P2m, child)
+                .ok_or(P2mError::TableNoMem)?;
             cx.stats.superpage_splits += 1;
             cx.log.split(entry_range(gfn, level), "p2m_next_level");
             let (mut pfn, mut flags) = (e.pfn, e.flags);
@@ -286,7 +294,6 @@ impl P2mPt {
                     flags &= !PAGE_PSE;
                 }
             }
-            let nt = cx.mem.alloc(TableOwner::P2m, child);
             self.tables.insert(nt, child);
             let stride = pages_per_entry(child);
             if let Some(tab) = self.tables.get_mut(nt) {
@@ -313,10 +320,10 @@ impl P2mPt {
                     flags: P2M_BASE_FLAGS | PAGE_RW,
                 },
             );
-            return nt;
+            return Ok(nt);
         }
         // Present intermediate entry (a PSE root entry cannot exist).
-        e.pfn
+        Ok(e.pfn)
     }
 
     /// Models `p2m_free_entry()` (`p2m-pt.c:187-206`) on the entry `e` of `order` whose
@@ -438,7 +445,7 @@ impl P2mPt {
             flags: type_flags | PAGE_PSE,
         };
 
-        let l3 = self.next_level(cx, self.root, 4, gfn);
+        let l3 = self.next_level(cx, self.root, 4, gfn)?;
         let old = if order == 18 {
             let o = Self::superpage_old(&sw, self.entry(l3, index_of(gfn, 3)));
             let content = if writes_type {
@@ -449,9 +456,9 @@ impl P2mPt {
             self.write(cx, l3, 3, gfn, content);
             o
         } else {
-            let l2 = self.next_level(cx, l3, 3, gfn);
+            let l2 = self.next_level(cx, l3, 3, gfn)?;
             if order == 0 {
-                let l1 = self.next_level(cx, l2, 2, gfn);
+                let l1 = self.next_level(cx, l2, 2, gfn)?;
                 // `:687-691`: a 4 KiB entry is always evaluated, present or not.
                 let cur = self.entry(l1, index_of(gfn, 1));
                 let o = Old {

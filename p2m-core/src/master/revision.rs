@@ -118,6 +118,15 @@ pub struct Switches {
     /// neither flushed range — with `done` = 0 nothing is flushed at all), the whole
     /// domain is flushed with them.
     pub batch_flush_keeps_deferred_flags: bool,
+    /// Not Xen — a proposed fix (`master-fixed`) of finding F10's second-vCPU variant:
+    /// `xenmem_add_to_physmap_one` hands the page reference to the batch only on success
+    /// (`p2m.c:2106-2110`, 5777a3742d). A page whose move fails after its source gfn was
+    /// unmapped under `iommu_dont_flush_iotlb` (e.g. the destination's IOMMU map failing
+    /// with `-ENOMEM`, which crashes the domain after the p2m entry is written) loses its
+    /// reference at once, so another vCPU can free it before anything flushes the source
+    /// gfn. Fix: the batch keeps that reference too and drops it after its flushes (the
+    /// whole-domain flush of `batch_flush_keeps_deferred_flags` included).
+    pub batch_holds_failed_page_ref: bool,
     /// Not Xen — a proposed fix (`master-fixed`) of finding F5 (internal API only):
     /// `p2m_get_iommu_flags` and `ept_p2m_type_to_flags` test `mmio_ro_ranges` against the
     /// first frame of an entry only, so an `mmio_direct` superpage covering read-only MMIO
@@ -171,6 +180,7 @@ const MASTER: Switches = Switches {
     ept_need_modify_requires_present_leaf: false,
     flush_covers_split_superpage: false,
     batch_flush_keeps_deferred_flags: false,
+    batch_holds_failed_page_ref: false,
     mmio_ro_superpage_split: false,
     pt_mmio_old_flags_unknown: false,
     ept_get_entry_reads_nonpresent_superpage: false,
@@ -184,6 +194,7 @@ const MASTER_FIXED: Switches = Switches {
     ept_need_modify_requires_present_leaf: true,
     flush_covers_split_superpage: true,
     batch_flush_keeps_deferred_flags: true,
+    batch_holds_failed_page_ref: true,
     mmio_ro_superpage_split: true,
     pt_mmio_old_flags_unknown: true,
     ept_get_entry_reads_nonpresent_superpage: true,

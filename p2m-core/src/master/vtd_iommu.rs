@@ -142,7 +142,8 @@ fn leaf_kind(page_sizes: PageSizes, level: u8) -> PteKind {
 /// (markers prefilled) only with `alloc`; without it the walk stops (`None`, Xen's 0). A
 /// present superpage above `target` is shattered even without `alloc`: the new table gets
 /// the superpage's PTE in each entry (address advancing, SP cleared at 4 KiB) before the
-/// pointer is written, and `IOMMU_FLUSHF_modified` is set.
+/// pointer is written, and `IOMMU_FLUSHF_modified` is set. `Err` when a table allocation
+/// failed.
 pub(crate) fn addr_to_dma_page_maddr(
     hd: &mut Hd,
     pt: &mut VtdTables,
@@ -151,13 +152,13 @@ pub(crate) fn addr_to_dma_page_maddr(
     target: u8,
     ff: &mut FlushFlags,
     alloc: bool,
-) -> Option<u64> {
+) -> Result<Option<u64>, IommuErr> {
     let dfn = dfn & DFN_MASK;
     pt.ensure_root();
     let mut level = pt.root_level;
     let mut parent = pt.root;
     if target >= level {
-        return Some(parent);
+        return Ok(Some(parent));
     }
     loop {
         let offset = index_of(dfn, level);
@@ -165,9 +166,11 @@ pub(crate) fn addr_to_dma_page_maddr(
         let mut next = pte.addr();
         if !pte.present() || pte.superpage() {
             if !alloc && !pte.present() {
-                return None;
+                return Ok(None);
             }
-            let nt = iommu_alloc_pgtable(pt, cx.mem, level - 1, true);
+            // Xen returns `level - 1` (`< PAGE_SIZE`) when the allocation fails: the map
+            // and the unmap both take it as `-ENOMEM` (`:2109-2113`, `:2217-2221`).
+            let nt = iommu_alloc_pgtable(pt, cx.mem, level - 1, true).ok_or(IommuErr::NoMem)?;
             let span = entry_span(dfn, level);
             if pte.present() {
                 let first = if level - 1 == 1 {
@@ -189,7 +192,7 @@ pub(crate) fn addr_to_dma_page_maddr(
         }
         level -= 1;
         if level == target {
-            return Some(next);
+            return Ok(Some(next));
         }
         parent = next;
     }
@@ -213,7 +216,7 @@ pub(crate) fn intel_iommu_map_page(
 ) -> Result<(), IommuErr> {
     let dfn = dfn & DFN_MASK;
     let level = (order / 9 + 1) as u8;
-    let Some(pg) = addr_to_dma_page_maddr(hd, pt, cx, dfn, level, ff, true) else {
+    let Some(pg) = addr_to_dma_page_maddr(hd, pt, cx, dfn, level, ff, true)? else {
         return Err(IommuErr::NoMem);
     };
     let idx = index_of(dfn, level);
@@ -258,7 +261,7 @@ fn coalesce(
         let level_bits = 12 + 9 * (level as u32 - 1);
         new = DmaPte((new.0 & !(511u64 << level_bits)) | DMA_PTE_SP);
         level += 1;
-        let Some(parent) = addr_to_dma_page_maddr(hd, pt, cx, dfn, level, ff, false) else {
+        let Ok(Some(parent)) = addr_to_dma_page_maddr(hd, pt, cx, dfn, level, ff, false) else {
             return; // BUG_ON in Xen: the path was just walked.
         };
         let idx = index_of(dfn, level);
@@ -296,7 +299,7 @@ pub(crate) fn intel_iommu_unmap_page(
 ) -> Result<(), IommuErr> {
     let dfn = dfn & DFN_MASK;
     let level = (order / 9 + 1) as u8;
-    let Some(pg) = addr_to_dma_page_maddr(hd, pt, cx, dfn, level, ff, false) else {
+    let Some(pg) = addr_to_dma_page_maddr(hd, pt, cx, dfn, level, ff, false)? else {
         return Ok(());
     };
     let idx = index_of(dfn, level);
@@ -345,7 +348,7 @@ fn free_empty(
             }
             level += 1;
         }
-        let Some(parent) = addr_to_dma_page_maddr(hd, pt, cx, dfn, level, ff, false) else {
+        let Ok(Some(parent)) = addr_to_dma_page_maddr(hd, pt, cx, dfn, level, ff, false) else {
             return; // BUG_ON in Xen.
         };
         let idx = index_of(dfn, level);
@@ -402,7 +405,7 @@ pub(crate) fn intel_iommu_map_run(
     ff: &mut FlushFlags,
 ) -> Result<u64, IommuErr> {
     let dfn = dfn & DFN_MASK;
-    let Some(l1) = addr_to_dma_page_maddr(hd, pt, cx, dfn, 1, ff, true) else {
+    let Some(l1) = addr_to_dma_page_maddr(hd, pt, cx, dfn, 1, ff, true)? else {
         return Err(IommuErr::NoMem);
     };
     let lo = index_of(dfn, 1);
@@ -481,7 +484,7 @@ pub(crate) fn intel_iommu_unmap_run(
     ff: &mut FlushFlags,
 ) -> Result<u64, IommuErr> {
     let dfn = dfn & DFN_MASK;
-    let Some(l1) = addr_to_dma_page_maddr(hd, pt, cx, dfn, 1, ff, false) else {
+    let Some(l1) = addr_to_dma_page_maddr(hd, pt, cx, dfn, 1, ff, false)? else {
         return Ok(n);
     };
     let lo = index_of(dfn, 1);

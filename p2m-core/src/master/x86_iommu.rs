@@ -63,7 +63,9 @@ impl<E: IoPte> PgTables<E> {
             root: 0,
             root_level,
         };
-        pt.root = iommu_alloc_pgtable(&mut pt, mem, root_level, false);
+        // Domain creation: the model's allocations there never fail.
+        let root = mem.alloc(TableOwner::Iommu, root_level);
+        pt.root = init_pgtable(&mut pt, root, root_level, false);
         pt
     }
 
@@ -233,14 +235,20 @@ impl<E: IoPte> IoTables for PgTables<E> {
 
 /// `iommu_alloc_pgtable(hd, contig_mask)` (`x86/iommu.c:621-674`): a new table frame at
 /// `level`, its markers prefilled (`contig`, `:639-657`) or cleared (`:659-660`), entries
-/// all null.
+/// all null; `None` when the allocation fails (`:631-633`).
 pub(crate) fn iommu_alloc_pgtable<E: IoPte>(
     pt: &mut PgTables<E>,
     mem: &mut MachineMemory,
     level: u8,
     contig: bool,
-) -> u64 {
-    let t = mem.alloc(TableOwner::Iommu, level);
+) -> Option<u64> {
+    let t = mem.try_alloc(TableOwner::Iommu, level)?;
+    Some(init_pgtable(pt, t, level, contig))
+}
+
+/// Sets up the freshly allocated frame `t` as a table at `level` (see
+/// [`iommu_alloc_pgtable`]).
+fn init_pgtable<E: IoPte>(pt: &mut PgTables<E>, t: u64, level: u8, contig: bool) -> u64 {
     pt.entries.insert(t, level);
     pt.markers.insert(t, level);
     if !contig {
@@ -409,7 +417,7 @@ mod tests {
         let mut pt: PgTables<DmaPte> = PgTables::with_root(&mut mem, 4);
         let root = pt.root().0;
         assert!(pt.markers_of(root).unwrap().iter().all(|&m| m == 0));
-        let t = iommu_alloc_pgtable(&mut pt, &mut mem, 1, true);
+        let t = iommu_alloc_pgtable(&mut pt, &mut mem, 1, true).expect("no failure armed");
         let mk = pt.markers_of(t).unwrap();
         assert_eq!((mk[0], mk[1], mk[2], mk[4], mk[256]), (9, 0, 1, 2, 8));
         assert!(mem.is_live_table(t, TableOwner::Iommu));
@@ -420,7 +428,7 @@ mod tests {
     fn pieces_cover_the_range_with_gaps_as_null() {
         let mut mem = MachineMemory::new();
         let mut pt: PgTables<DmaPte> = PgTables::with_root(&mut mem, 4);
-        let t = iommu_alloc_pgtable(&mut pt, &mut mem, 1, true);
+        let t = iommu_alloc_pgtable(&mut pt, &mut mem, 1, true).expect("no failure armed");
         pt.fill_entries(t, 10, 5, DmaPte::leaf(0x100, IommuPerm::RW, false));
         pt.write(t, 20, DmaPte::leaf(0x900, IommuPerm::R, false));
         let p = pt.pieces(t, 8, 22);

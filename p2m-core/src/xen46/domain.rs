@@ -52,6 +52,23 @@ pub struct Cx<'a> {
 }
 
 impl Cx<'_> {
+    /// The `iommu_map_page()` loop over `pages` pages with `flags`, or the
+    /// `iommu_unmap_page()` loop for no flags (separate tables): return values ignored as
+    /// both `set_entry`s do, except that an AMD table allocation failure crashes the domain.
+    pub fn iommu_map_or_unmap(&mut self, gfn: u64, pages: u64, mfn: u64, flags: IommuPerm) {
+        let crash = if flags.is_none() {
+            self.iommu
+                .iommu_unmap_pages(self.mem, self.sw, gfn, pages, self.seq)
+        } else {
+            self.iommu.iommu_map_pages(
+                self.mem, self.sw, gfn, pages, mfn, flags, self.seq, self.log,
+            )
+        };
+        if let Some(why) = crash {
+            self.crashed.get_or_insert(why);
+        }
+    }
+
     /// The `(gfn, order)` the shared-table flush of an op on `(gfn, order)` covers:
     /// the op's own range in Xen; with `flush_covers_split_superpage`, the largest
     /// superpage the op split around it, if any.
@@ -176,6 +193,7 @@ impl Domain {
         self.seq += 1;
         self.iommu.touched.clear();
         self.log.clear();
+        self.mem.begin_op();
         let sw = self.switches;
         let mut cx = Cx {
             mem: &mut self.mem,
@@ -188,6 +206,7 @@ impl Domain {
             crashed: &mut self.crashed,
         };
         let rc = body(&mut self.p2m, &mut cx);
+        self.mem.end_op();
         self.iommu.caches.take_issued(&mut self.log.invalidations);
         self.log.changed.extend_from_slice(&self.iommu.touched);
         rc

@@ -28,6 +28,8 @@ pub struct IommuStats {
     pub map_pages: u64,
     /// `iommu_unmap_page` calls (pages).
     pub unmap_pages: u64,
+    /// Pages whose map/unmap failed for want of a table (fault injection).
+    pub table_alloc_failures: u64,
 }
 
 /// One domain's IOMMU: vendor, separate tables (unused while sharing), caches.
@@ -134,11 +136,31 @@ impl Iommu {
         perm: crate::types::IommuPerm,
         seq: u64,
         log: &mut OpLog,
-    ) {
+    ) -> Option<&'static str> {
         self.stats.map_pages += pages;
         let mut sep = std::mem::take(&mut self.separate);
         sep.map_pages(self, mem, sw, gfn, pages, mfn, perm, seq, log);
         self.separate = sep;
+        self.table_alloc_failures(sw)
+    }
+
+    /// After a map/unmap loop: the `domain_crash()` reason if a page's table allocation
+    /// failed on AMD (`amd_iommu_map_page` / `amd_iommu_unmap_page` crash the domain and
+    /// return `-EFAULT`, `amd/iommu_map.c:657-671`). VT-d's `intel_iommu_map_page` returns
+    /// `-ENOMEM` (`vtd/iommu.c:1714-1718`), which `iommu_map_page` passes up and both
+    /// `set_entry`s ignore: that page stays unmapped and the loop goes on — unless
+    /// `iommu_map_failure_crashes_domu`.
+    fn table_alloc_failures(&mut self, sw: &Switches) -> Option<&'static str> {
+        let failed = self.separate.take_failed_pages();
+        self.stats.table_alloc_failures += failed.len() as u64;
+        match self.vendor {
+            _ if failed.is_empty() => None,
+            Vendor::Amd => Some("amd_iommu_map_page: IO page table allocation failed"),
+            Vendor::Vtd if sw.iommu_map_failure_crashes_domu => {
+                Some("iommu_map_page: intel_iommu_map_page returned -ENOMEM")
+            }
+            Vendor::Vtd => None,
+        }
     }
 
     /// Models the `iommu_unmap_page()` loop over `pages` pages (separate tables only).
@@ -149,11 +171,12 @@ impl Iommu {
         gfn: u64,
         pages: u64,
         seq: u64,
-    ) {
+    ) -> Option<&'static str> {
         self.stats.unmap_pages += pages;
         let mut sep = std::mem::take(&mut self.separate);
         sep.unmap_pages(self, mem, sw, gfn, pages, seq);
         self.separate = sep;
+        self.table_alloc_failures(sw)
     }
 }
 /// Counts the commands of a per-page loop (one per page; a domain-wide one once):

@@ -61,6 +61,10 @@ pub struct SeparateTables {
     tables: TableStore<IoPte>,
     root: u64,
     root_level: u8,
+    /// Pages of the current map/unmap loop whose table allocation failed (each one page's
+    /// `->map_page` returning an error; the next page's walk allocates again). Taken by
+    /// [`SeparateTables::take_failed_pages`] at the end of the loop.
+    failed_pages: Vec<u64>,
 }
 
 impl SeparateTables {
@@ -79,7 +83,14 @@ impl SeparateTables {
             tables,
             root,
             root_level,
+            failed_pages: Vec::new(),
         }
+    }
+
+    /// The pages of the last map/unmap loop whose `->map_page` / `->unmap_page` failed
+    /// for want of a table (emptied by the call).
+    pub fn take_failed_pages(&mut self) -> Vec<u64> {
+        std::mem::take(&mut self.failed_pages)
     }
 
     /// Number of tables.
@@ -96,7 +107,14 @@ impl SeparateTables {
     fn update_paging_mode(&mut self, iommu: &mut Iommu, mem: &mut MachineMemory, last_gfn: u64) {
         let mut grew = false;
         while last_gfn >= pages_per_table(self.root_level) && self.root_level < 6 {
-            let new_root = mem.alloc(TableOwner::Iommu, self.root_level + 1);
+            let Some(new_root) = mem.try_alloc(TableOwner::Iommu, self.root_level + 1) else {
+                // That page's `amd_iommu_map_page` crashes the domain with `-EFAULT`; the
+                // next page grows the root again. The model maps that page all the same:
+                // the domain is crashed, so its device view is no longer judged.
+                let reach = pages_per_table(self.root_level);
+                self.failed_pages.push(reach);
+                continue;
+            };
             self.tables.insert(new_root, self.root_level + 1);
             let e = IoPte {
                 present: true,
@@ -152,7 +170,13 @@ impl SeparateTables {
             let child = if e.present && e.next_level != 0 {
                 Some(e.addr)
             } else if alloc {
-                let nt = mem.alloc_for(TableOwner::Iommu, level - 1, s);
+                let Some(nt) = mem.try_alloc_for(TableOwner::Iommu, level - 1, s) else {
+                    // Page `s`'s walk fails (`-ENOMEM` / `-EFAULT`); the next page's walk
+                    // allocates the table again.
+                    self.failed_pages.push(s);
+                    s += 1;
+                    continue;
+                };
                 self.tables.insert(nt, level - 1);
                 let ne = IoPte {
                     present: true,
@@ -240,7 +264,11 @@ impl SeparateTables {
         let end = gfn + pages;
         let mut s = gfn;
         while s < end {
-            let pt = self.amd_pde_from_gfn(iommu, mem, s, seq);
+            let Some(pt) = self.amd_pde_from_gfn(iommu, mem, s, seq) else {
+                self.failed_pages.push(s);
+                s += 1;
+                continue;
+            };
             let chunk = l1_chunk(s, end);
             let m = mfn.wrapping_add(s - gfn);
             s = match self.amd_map_chunk(iommu, mem, sw, &mut plan, &pt, chunk, m, perm, seq, log) {
@@ -614,14 +642,15 @@ impl SeparateTables {
 
     /// Models `iommu_pde_from_gfn`: walks to `gfn`'s level-1 table, installing missing
     /// tables and splitting a superpage on the way into a new table of 512 read/write
-    /// entries (then flushing all pages). Returns `pt_mfn[]`: the table at each level.
+    /// entries (then flushing all pages). Returns `pt_mfn[]`: the table at each level, or
+    /// `None` when a table allocation failed (the tables linked before it stay).
     fn amd_pde_from_gfn(
         &mut self,
         iommu: &mut Iommu,
         mem: &mut MachineMemory,
         gfn: u64,
         seq: u64,
-    ) -> PtMfn {
+    ) -> Option<PtMfn> {
         let mut pt = [0u64; 7];
         let mut t = self.root;
         let mut level = self.root_level;
@@ -636,7 +665,7 @@ impl SeparateTables {
             let next = if e.present && e.next_level != 0 {
                 e.addr
             } else {
-                let nt = mem.alloc_for(TableOwner::Iommu, level - 1, gfn);
+                let nt = mem.try_alloc_for(TableOwner::Iommu, level - 1, gfn)?;
                 self.tables.insert(nt, level - 1);
                 let superpage = e.present && e.addr != 0;
                 if superpage {
@@ -694,7 +723,7 @@ impl SeparateTables {
             level -= 1;
         }
         pt[1] = t;
-        pt
+        Some(pt)
     }
 
     /// The `unmap_page` loop (`intel_iommu_unmap_page` → `dma_pte_clear_one`;
@@ -729,7 +758,11 @@ impl SeparateTables {
         let end = gfn + pages;
         let mut s = gfn;
         while s < end {
-            let pt = self.amd_pde_from_gfn(iommu, mem, s, seq);
+            let Some(pt) = self.amd_pde_from_gfn(iommu, mem, s, seq) else {
+                self.failed_pages.push(s);
+                s += 1;
+                continue;
+            };
             let chunk = l1_chunk(s, end);
             self.clear_chunk(iommu, mem, pt[1], chunk, seq);
             s = chunk.end;

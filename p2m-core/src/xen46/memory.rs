@@ -112,35 +112,54 @@ fn guest_physmap_add_page(
 /// reference goes and the entry is removed — under `iommu_dont_flush_iotlb` unless
 /// `guest_remove_page_flushes`. Returns Xen's result: 1 (true) when handled, 0 when
 /// left alone (which stops `decrease_reservation`).
-fn guest_remove_page(p2m: &mut P2m, cx: &mut Cx, refs: &mut PageRefs, gmfn: u64) -> bool {
+fn guest_remove_page(
+    p2m: &mut P2m,
+    cx: &mut Cx,
+    refs: &mut PageRefs,
+    gmfn: u64,
+) -> Result<bool, PhysmapError> {
     let (mfn, p2mt) = get_gfn_query(p2m, gmfn);
+    let checks_rc = cx.sw.guest_remove_page_checks_remove_rc;
     if p2m_is_paging(p2mt) {
-        let _ = guest_physmap_remove_page(p2m, cx, gmfn);
+        let rc = guest_physmap_remove_page(p2m, cx, gmfn);
+        if checks_rc {
+            rc?;
+        }
         if p2mt == P2mType::RamPagingOut && domain_page(cx.mem, cx.log, gmfn, mfn, p2mt) {
             put_alloc_ref(p2m, cx, refs, mfn.0, gmfn);
         }
-        return true;
+        return Ok(true);
     }
     if p2mt == P2mType::MmioDirect {
         let _ = crate::xen46::p2m::clear_mmio_p2m_entry(p2m, cx, gmfn);
-        return true;
+        return Ok(true);
     }
     if !mfn_valid(mfn)
         || p2mt == P2mType::RamShared
         || !domain_page(cx.mem, cx.log, gmfn, mfn, p2mt)
     {
-        return false;
+        return Ok(false);
     }
     refs.get(mfn.0);
-    put_alloc_ref(p2m, cx, refs, mfn.0, gmfn);
+    if !checks_rc {
+        put_alloc_ref(p2m, cx, refs, mfn.0, gmfn);
+    }
     let dont_flush = cx.iommu.dont_flush;
     if cx.sw.guest_remove_page_flushes {
         cx.iommu.dont_flush = false;
     }
-    let _ = guest_physmap_remove_page(p2m, cx, gmfn);
+    let rc = guest_physmap_remove_page(p2m, cx, gmfn);
     cx.iommu.dont_flush = dont_flush;
+    // With the XSA-222 fix the allocation reference goes only after a removal that
+    // succeeded (`memory.c`, a0cce6048d); 4.6 dropped it before the (void) removal.
+    if checks_rc && rc.is_ok() {
+        put_alloc_ref(p2m, cx, refs, mfn.0, gmfn);
+    }
     put_page(p2m, cx, refs, mfn.0, gmfn);
-    true
+    if checks_rc {
+        rc?;
+    }
+    Ok(true)
 }
 
 /// `xenmem_add_to_physmap_one(d, XENMAPSPACE_gmfn_range, ..., idx, gpfn)` of 4.6
@@ -165,16 +184,28 @@ fn xenmem_add_to_physmap_one(
     refs.get(mfn.0);
     let (prev_mfn, _) = get_gfn_query(p2m, gpfn);
     let mut m2p_cleared = false;
+    // 4.6 ignores both removals' results. With `guest_remove_page_checks_remove_rc` a
+    // removal that fails (a p2m table allocation) ends the page with its error, as
+    // a0cce6048d makes `xenmem_add_to_physmap_one` do; a destination that is not the
+    // domain's page is still passed over as in 4.6 (a0cce6048d stops there with
+    // `-ENXIO` instead of crashing the domain on the grant below: both safe).
+    let checks_rc = cx.sw.guest_remove_page_checks_remove_rc;
+    let mut rc = Ok(());
     if mfn_valid(prev_mfn) && !(cx.sw.add_to_physmap_keeps_same_page && prev_mfn == mfn) {
-        let _ = guest_remove_page(p2m, cx, refs, gpfn);
+        if let Err(e) = guest_remove_page(p2m, cx, refs, gpfn) {
+            rc = Err(e);
+        }
         // guest_remove_page of the moving page itself clears its M2P entry.
         m2p_cleared = prev_mfn == mfn && get_gfn_query(p2m, gpfn).0 != mfn;
     }
-    if !m2p_cleared {
-        let _ = guest_physmap_remove_page(p2m, cx, idx);
+    if rc.is_ok() && !m2p_cleared {
+        let removed = guest_physmap_remove_page(p2m, cx, idx);
         cx.log.moved_from.push((mfn.0, idx));
+        if checks_rc {
+            rc = removed;
+        }
     }
-    let rc = guest_physmap_add_page(p2m, cx, gpfn, mfn);
+    let rc = rc.and_then(|()| guest_physmap_add_page(p2m, cx, gpfn, mfn));
     if rc.is_ok() && cx.sw.batch_holds_page_refs {
         refs.hand_to_batch(mfn.0, gpfn);
     } else {
@@ -290,7 +321,7 @@ pub fn decrease_reservation(
         };
     }
     for j in 0..1u64 << order {
-        if !guest_remove_page(p2m, cx, refs, gfn + j) {
+        if guest_remove_page(p2m, cx, refs, gfn + j) != Ok(true) {
             return BatchOutcome {
                 done: j,
                 rc: Err(PhysmapError::Inval),

@@ -156,8 +156,9 @@ impl Ept {
     }
 
     /// Models `ept_set_middle_entry()`: a new zeroed table and an rwx entry to it.
-    fn set_middle_entry(&mut self, cx: &mut Cx, t: u64, level: u8, gfn: u64) -> u64 {
-        let nt = cx.mem.alloc_for(TableOwner::P2m, level - 1, gfn);
+    /// `None` when `p2m_alloc_ptp` fails (nothing is written).
+    fn set_middle_entry(&mut self, cx: &mut Cx, t: u64, level: u8, gfn: u64) -> Option<u64> {
+        let nt = cx.mem.try_alloc_for(TableOwner::P2m, level - 1, gfn)?;
         self.tables.insert(nt, level - 1);
         let e = EptEntry {
             r: true,
@@ -168,12 +169,15 @@ impl Ept {
             ..Default::default()
         };
         self.write(cx, t, level, gfn, e);
-        nt
+        Some(nt)
     }
 
     /// Models `ept_split_super_page()`: builds the subtree under a new middle entry
     /// (split down to `target`) and returns that entry; not yet installed.
-    /// `base` is the first gfn the superpage translates.
+    /// `base` is the first gfn the superpage translates. The flag is `false` when an
+    /// allocation failed: the entry is then `sp` itself if the first one did, else the
+    /// new middle entry over the part built so far (the child whose split failed left a
+    /// copy of its superpage, the later ones empty), as Xen installs it in its local copy.
     fn split_super_page(
         &mut self,
         cx: &mut Cx,
@@ -181,9 +185,11 @@ impl Ept {
         level: u8,
         target: u8,
         base: u64,
-    ) -> EptEntry {
+    ) -> (EptEntry, bool) {
         cx.stats.superpage_splits += 1;
-        let nt = cx.mem.alloc_for(TableOwner::P2m, level - 1, base);
+        let Some(nt) = cx.mem.try_alloc_for(TableOwner::P2m, level - 1, base) else {
+            return (sp, false);
+        };
         self.tables.insert(nt, level - 1);
         let child_level = level - 1;
         let mut child = EptEntry {
@@ -196,6 +202,7 @@ impl Ept {
         let t = P2mType::from_raw(sp.sa_p2mt).unwrap_or(P2mType::Invalid);
         let a = P2mAccess::from_raw(sp.access).unwrap_or(P2mAccess::N);
         ept_p2m_type_to_flags(&mut child, t, a);
+        let mut done = true;
         if child_level == target {
             if let Some(tab) = self.tables.get_mut(nt) {
                 tab.fill(0, 512, child);
@@ -204,20 +211,25 @@ impl Ept {
             for i in 0..512u16 {
                 let c = child.nth(i as u64, child_level);
                 let cb = base + i as u64 * pages_per_entry(child_level);
-                let sub = self.split_super_page(cx, c, child_level, target, cb);
+                let (sub, ok) = self.split_super_page(cx, c, child_level, target, cb);
                 if let Some(tab) = self.tables.get_mut(nt) {
                     tab.set(i, sub);
                 }
+                if !ok {
+                    done = false;
+                    break;
+                }
             }
         }
-        EptEntry {
+        let middle = EptEntry {
             r: true,
             w: true,
             x: true,
             mfn: nt,
             access: P2mAccess::Rwx as u8,
             ..Default::default()
-        }
+        };
+        (middle, done)
     }
 
     /// Models `ept_free_entry()`: frees the subtree under the non-leaf entry `e` at
@@ -374,7 +386,11 @@ impl Ept {
                     // Split it like a present superpage, keeping the other entries.
                     break;
                 }
-                t = self.set_middle_entry(cx, t, level, gfn);
+                // `ept_next_level` fails: `rc = -ENOENT; goto out` (no IOMMU step).
+                let Some(nt) = self.set_middle_entry(cx, t, level, gfn) else {
+                    return Err(P2mError::TableNoEnt);
+                };
+                t = nt;
             } else if e.sp {
                 break;
             } else {
@@ -389,7 +405,14 @@ impl Ept {
             old_entry = cur;
         } else {
             let per = pages_per_entry(level);
-            let split = self.split_super_page(cx, cur, level, target, gfn / per * per);
+            let (split, ok) = self.split_super_page(cx, cur, level, target, gfn / per * per);
+            if !ok {
+                // `ept_free_entry` on the local copy, `rc = -ENOMEM; goto out`: the
+                // superpage stays, nothing reaches the IOMMU.
+                let span = GfnRange::of_order(gfn / per * per, 9 * (level as u32 - 1));
+                self.free_entry(cx, split, level, span);
+                return Err(P2mError::TableNoMem);
+            }
             cx.log.split(
                 GfnRange::of_order(gfn / per * per, 9 * (level as u32 - 1)),
                 "ept_split_super_page",
@@ -461,21 +484,7 @@ impl Ept {
                 } else {
                     iommu_flags
                 };
-                if !flags.is_none() {
-                    cx.iommu.iommu_map_pages(
-                        cx.mem,
-                        cx.sw,
-                        gfn,
-                        1 << order,
-                        mfn.0,
-                        flags,
-                        cx.seq,
-                        cx.log,
-                    );
-                } else {
-                    cx.iommu
-                        .iommu_unmap_pages(cx.mem, cx.sw, gfn, 1 << order, cx.seq);
-                }
+                cx.iommu_map_or_unmap(gfn, 1 << order, mfn.0, flags);
             }
         }
 

@@ -140,6 +140,19 @@ pub struct Switches {
     /// not in the range the batch flushes (`idx - done`, `done` pages), so VT-d keeps the
     /// source's IOTLB entry. Fixed: the flush of the old gfns covers the failed page too.
     pub batch_flush_covers_failed_page: bool,
+    /// 834c97baeb (2016) "IOMMU: handle IOMMU mapping and unmapping failures",
+    /// backported: `iommu_map_page` crashes a domU whose `->map_page` failed. In 4.6 it
+    /// returns VT-d's `-ENOMEM` (`intel_iommu_map_page` when a table allocation fails)
+    /// to `ept_set_entry` / `p2m_pt_set_entry`, which ignore it: the p2m grants the page,
+    /// the IOMMU does not map it. (AMD's `amd_iommu_map_page` crashes the domain itself.)
+    pub iommu_map_failure_crashes_domu: bool,
+    /// XSA-222, a0cce6048d (2017) "guest_physmap_remove_page() needs its return value
+    /// checked", its `guest_remove_page` half backported: the allocation reference goes
+    /// only when the removal succeeded, and the call fails otherwise (the batch keeps
+    /// 4.6's flow, which ignores the result). In 4.6 `guest_physmap_remove_page` is
+    /// `void`: when `p2m_set_entry` fails (a superpage split finds no memory for the new
+    /// table) the page is freed while the p2m and the IOMMU still map it.
+    pub guest_remove_page_checks_remove_rc: bool,
     /// Planted, not Xen (measures the oracle's free-event check): `ept_set_entry`
     /// frees the replaced subtree (`ept_free_entry`) *before* the IOMMU step, so with
     /// shared tables a paging-structure record of the old entry still points at it.
@@ -179,6 +192,8 @@ const PRE: Switches = Switches {
     add_to_physmap_keeps_same_page: false,
     batch_holds_page_refs: false,
     batch_flush_covers_failed_page: false,
+    iommu_map_failure_crashes_domu: false,
+    guest_remove_page_checks_remove_rc: false,
     planted_free_before_flush: false,
     planted_split_wrong_frame: false,
     planted_leak_replaced_subtree: false,
@@ -208,6 +223,8 @@ const FIXED: Switches = Switches {
     add_to_physmap_keeps_same_page: true,
     batch_holds_page_refs: true,
     batch_flush_covers_failed_page: true,
+    iommu_map_failure_crashes_domu: true,
+    guest_remove_page_checks_remove_rc: true,
     ..COMMITTED
 };
 
