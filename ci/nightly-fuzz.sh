@@ -45,8 +45,8 @@
 #                             (P2M_ASSUME_FIXED), repeat until nothing is found; then every
 #                             trace in corpus/regressions/<revision>/ must be explained. With a
 #                             CLI that has no `blame --assume-fixed`, a simple canary instead.
-#   P2M_CANARY_MAX_PEEL       at most this many peeling steps per revision (default 16;
-#                             the 4.6 revisions take 12 with the interleaved XSA-346 hole)
+#   P2M_CANARY_MAX_PEEL       at most this many peeling steps per revision (default 20;
+#                             xen-4.6-pre took 13 before fault injection added two holes)
 #   P2M_CANARY_SECONDS        budget per canary run (default 30)
 #   P2M_CANARY_BASELINE       revision a canary crash must be clean under (default fixed)
 #   P2M_CANARY_ATTEMPTS       fresh runs (seeds 1..N) while the crash found also diverges
@@ -130,7 +130,7 @@ CANARY=${P2M_FUZZ_CANARY:-1}
 CANARY_REVISIONS=${P2M_CANARY_REVISIONS:-xen-4.6-pre patch-v1 committed}
 CANARY_TARGETS=${P2M_CANARY_TARGETS-ept npt shadow}
 CANARY_PEEL_TARGET=${P2M_CANARY_PEEL_TARGET-mixed}
-CANARY_MAX_PEEL=${P2M_CANARY_MAX_PEEL:-16}
+CANARY_MAX_PEEL=${P2M_CANARY_MAX_PEEL:-20}
 CANARY_SECONDS=${P2M_CANARY_SECONDS:-30}
 CANARY_BASELINE=${P2M_CANARY_BASELINE:-fixed}
 CANARY_ATTEMPTS=${P2M_CANARY_ATTEMPTS:-3}

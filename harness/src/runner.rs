@@ -291,6 +291,8 @@ pub struct Session {
     /// The op index of each domain op sequence number (1-based, so `seq - 1` indexes
     /// this): a fault injection is an op of the scenario but runs nothing.
     op_of_seq: Vec<usize>,
+    /// A fault injection is armed for the next op.
+    armed: bool,
 }
 
 impl Session {
@@ -312,6 +314,7 @@ impl Session {
             unreachable: crate::reach::config_verdict(revision.line(), &cfg).map(|v| (0, v)),
             first_raw: None,
             op_of_seq: Vec::new(),
+            armed: false,
         }
     }
 
@@ -382,6 +385,7 @@ impl Session {
         if let Op::FailAlloc { nth } = op {
             // Nothing runs yet: the next op meets the failure.
             self.dom.arm_alloc_failure(*nth);
+            self.armed = true;
             self.steps.push(Step {
                 op: *op,
                 mfn: INVALID_MFN,
@@ -427,6 +431,8 @@ impl Session {
         }
         self.steps.push(Step { op: *op, mfn });
         self.stats.ops += 1;
+        // The reference before an op that may take an error path (see `RefModel::resync`).
+        let before = std::mem::take(&mut self.armed).then(|| self.refm.clone());
         let Applied {
             mut real,
             mut reference,
@@ -450,21 +456,40 @@ impl Session {
                 both_refused: false,
             },
         };
-        if self.dom.alloc_failed() {
+        // A caller op that reached one of Xen's `BUG_ON`s (inputs of the internal API, the
+        // host would crash) is the non-fatal `xen-bug` note; like an allocation failure,
+        // the reference then takes what the model did up to there.
+        let hit_bug = early
+            .as_ref()
+            .is_some_and(|f| f.class == DivergenceClass::XenBug);
+        let resynced = self.dom.alloc_failed() || hit_bug;
+        if resynced {
             // The op took Xen's error path: what the p2m holds now is Xen's result, not
             // the reference's. The reference takes it over the op's ranges, so the oracle
             // judges the IOMMU against what the p2m grants after the failure.
             let hint = op.as_set_entry().map(|e| e.access);
+            let before = before.as_ref().unwrap_or(&self.refm).clone();
             for r in merge_ranges(op_ranges.clone()) {
                 let ext = self.dom.cpu_extents(r);
                 self.refm.resync(
                     r,
                     ext.iter().map(|e| (e.range, e.mfn, e.p2mt, e.access)),
+                    &before,
                     hint,
                 );
             }
-            self.stats.alloc_failures += 1;
-            early = None;
+            if hit_bug {
+                if let Some(b) = early.take() {
+                    if b.class.is_fatal(self.strict) {
+                        early = Some(b);
+                    } else {
+                        self.note(b);
+                    }
+                }
+            } else {
+                self.stats.alloc_failures += 1;
+                early = None;
+            }
             real = Ok(());
             reference = Ok(());
         }
@@ -495,7 +520,13 @@ impl Session {
             .or_else(|| check_free_events(&self.dom, &self.refm, &op_ranges))
             .or_else(|| check_bad_frees(&self.dom))
             .or(early)
-            .or_else(|| check_cpu(&self.dom, &self.refm, real, reference, &changed));
+            // After a resync the reference holds the p2m's own result over the op's
+            // ranges (as far as it can represent it): no CPU-view check for that op.
+            .or_else(|| {
+                (!resynced)
+                    .then(|| check_cpu(&self.dom, &self.refm, real, reference, &changed))
+                    .flatten()
+            });
         if finding.is_none() {
             let mut ranges: Vec<GfnRange> =
                 self.dom.cache_records().iter().map(|r| r.range).collect();
@@ -629,9 +660,14 @@ impl Session {
             real: Ok(()),
             reference: Ok(()),
             op_ranges: caller_ranges(c),
-            early: {
-                let what = c.to_string();
-                check_outcome(&what, &what, c.gfn(), got, want)
+            early: match got.rc {
+                Err(p2m_core::physmap::PhysmapError::P2m(P2mError::XenBug(what))) => {
+                    Some(xen_bug(c.gfn(), what))
+                }
+                _ => {
+                    let what = c.to_string();
+                    check_outcome(&what, &what, c.gfn(), got, want)
+                }
             },
             both_refused: got.done == 0 && got.rc.is_err() && want.rc.is_err(),
         }

@@ -157,50 +157,54 @@ impl RefModel {
     /// content of `range` wherever they differ from the reference: after an op that took
     /// one of Xen's error paths (an allocation failure), what the p2m holds is Xen's
     /// result, and the IOMMU must agree with it. On EPT frame, type and access are
-    /// compared; p2m-pt keeps no access (its `get_entry` reports `rwx`), so there, where
-    /// frame and type agree, the reference keeps its own entry and access, and where it
-    /// takes the p2m's, the access is `access_hint` (the access the op asked for) when
-    /// given. Parts of `extents` outside `range` are ignored.
+    /// compared. p2m-pt keeps no access (its `get_entry` reports `rwx`), so there the
+    /// access comes from the reference: where frame and type agree with it the reference
+    /// keeps its entry; where they agree with `before` (the reference before the op: the
+    /// op did not get to that page) `before`'s entry comes back; elsewhere the p2m's entry
+    /// is taken with `access_hint` (the access the op asked for) when given. Parts of
+    /// `extents` outside `range` are ignored.
     pub fn resync(
         &mut self,
         range: GfnRange,
         extents: impl Iterator<Item = (GfnRange, Mfn, P2mType, P2mAccess)>,
+        before: &RefModel,
         access_hint: Option<P2mAccess>,
     ) {
-        let at = |r: GfnRange, m: Mfn, g: u64| {
-            if m.is_valid() {
-                Mfn(m.0 + (g - r.start))
-            } else {
-                m
-            }
-        };
         let with_access = self.config.mode == p2m_core::Mode::Ept;
-        let mine = self.cpu_extents(range);
+        let theirs: Vec<CpuRun> = extents
+            .filter_map(|(r, m, t, a)| {
+                r.intersect(&range)
+                    .map(|c| (c, frame_at(r, m, c.start), t, a))
+            })
+            .collect();
+        let same = |x: &CpuRun, y: &CpuRun, g: u64| {
+            frame_at(x.0, x.1, g) == frame_at(y.0, y.1, g)
+                && x.2 == y.2
+                && (!with_access || x.3 == y.3)
+        };
         let mut writes = Vec::new();
-        // Both lists are sorted and disjoint: one merge walk cuts each extent at the
-        // reference's, and the pieces that differ are written.
-        let mut k = 0;
-        for (r, mfn, p2mt, access) in extents {
-            let Some(clip) = r.intersect(&range) else {
+        for (piece, t, now) in cut(&theirs, &self.cpu_extents(range)) {
+            if same(&t, &now, piece.start) {
                 continue;
-            };
-            while k < mine.len() && mine[k].0.end <= clip.start {
-                k += 1;
             }
-            let mut j = k;
-            while let Some(&(mr, mm, mt, ma)) = mine.get(j).filter(|m| m.0.start < clip.end) {
-                if let Some(piece) = mr.intersect(&clip) {
-                    let theirs = at(r, mfn, piece.start);
-                    let access_differs = with_access && ma != access;
-                    if (at(mr, mm, piece.start), mt) != (theirs, p2mt) || access_differs {
-                        let access = match access_hint {
-                            Some(a) if !with_access => a,
-                            _ => access,
-                        };
-                        writes.push((piece, theirs, p2mt, access));
-                    }
+            if with_access {
+                writes.push((piece, frame_at(t.0, t.1, piece.start), t.2, t.3));
+                continue;
+            }
+            for (sub, t, was) in cut(
+                &[(piece, frame_at(t.0, t.1, piece.start), t.2, t.3)],
+                &before.cpu_extents(piece),
+            ) {
+                if same(&t, &was, sub.start) {
+                    writes.push((sub, frame_at(was.0, was.1, sub.start), was.2, was.3));
+                } else {
+                    writes.push((
+                        sub,
+                        frame_at(t.0, t.1, sub.start),
+                        t.2,
+                        access_hint.unwrap_or(t.3),
+                    ));
                 }
-                j += 1;
             }
         }
         for (piece, mfn, p2mt, access) in writes {
@@ -475,6 +479,36 @@ impl RefModel {
     pub fn extents(&self) -> impl Iterator<Item = (u64, &Extent)> + '_ {
         self.extents.iter().map(|(&s, e)| (s, e))
     }
+}
+
+/// One run of a CPU view: the gfns, the frame of the first, type and access.
+type CpuRun = (GfnRange, Mfn, P2mType, P2mAccess);
+
+/// The frame at `g` of a run starting at `r.start` with frame `m`.
+fn frame_at(r: GfnRange, m: Mfn, g: u64) -> Mfn {
+    if m == INVALID_MFN {
+        m
+    } else {
+        m.plus(g - r.start)
+    }
+}
+
+/// The overlaps of two sorted, disjoint run lists: `(piece, run of a, run of b)` for each
+/// piece both cover, in order (one merge walk).
+fn cut(a: &[CpuRun], b: &[CpuRun]) -> Vec<(GfnRange, CpuRun, CpuRun)> {
+    let (mut i, mut j) = (0, 0);
+    let mut out = Vec::new();
+    while i < a.len() && j < b.len() {
+        if let Some(piece) = a[i].0.intersect(&b[j].0) {
+            out.push((piece, a[i], b[j]));
+        }
+        if a[i].0.end <= b[j].0.end {
+            i += 1;
+        } else {
+            j += 1;
+        }
+    }
+    out
 }
 
 #[cfg(test)]
