@@ -750,6 +750,10 @@ canary_peel() {
 }
 
 if [ "$CANARY" = 1 ]; then
+  # The historical holes include internal-API ones (George's case is a raw set_entry):
+  # the canary fuzzes, reproduces and blames with the raw API; the main runs above use the
+  # targets' default, caller ops only.
+  export P2M_API=raw
   PEEL_OK=0
   if [ -n "$CANARY_PEEL_TARGET" ] && "$P2M_FUZZ" blame --help 2>/dev/null | grep -q -- --assume-fixed; then
     PEEL_OK=1

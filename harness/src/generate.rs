@@ -235,6 +235,7 @@ impl Swarm {
             allow_under_permissive: false,
             ops,
         }
+        .with_hotplug_derived()
     }
 
     /// A caller op at `gfn` (aligned to `order`): mostly populating with fresh frames from

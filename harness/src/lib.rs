@@ -78,15 +78,15 @@ pub fn strict_from_env() -> bool {
     )
 }
 
-/// `P2M_API=callers`: fuzz inputs are read as caller ops only
-/// ([`scenario::bytes::decode_callers`]) and only a divergence a caller chain reaches
-/// counts; unset or `raw`: the raw API (`set_entry` ops and caller ops, every
+/// `P2M_API`: unset, empty or `callers` (the default, as `hunt`'s): fuzz inputs are read
+/// as caller ops only ([`scenario::bytes::decode_callers`]) and only a divergence a caller
+/// chain reaches counts; `raw`: the raw API (`set_entry` ops and caller ops, every
 /// divergence). Read once per process; another value is a one-line error.
 pub fn callers_api() -> Result<bool, String> {
     static API: std::sync::OnceLock<Result<bool, String>> = std::sync::OnceLock::new();
     API.get_or_init(|| match std::env::var("P2M_API").as_deref() {
-        Err(_) | Ok("") | Ok("raw") => Ok(false),
-        Ok("callers") => Ok(true),
+        Ok("raw") => Ok(false),
+        Err(_) | Ok("") | Ok("callers") => Ok(true),
         Ok(v) => Err(format!("P2M_API: unknown value '{v}' (raw or callers)")),
     })
     .clone()

@@ -113,6 +113,7 @@ impl Work {
             ops: self.items.iter().map(|i| i.op).collect(),
             ..self.base.clone()
         }
+        .with_hotplug_derived()
     }
 }
 

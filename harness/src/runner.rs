@@ -166,6 +166,13 @@ pub const RAW_PLAUSIBLE: &str = "raw set_entry";
 
 /// The gfns a caller op names (none for `assign_device`).
 pub fn caller_ranges(c: &CallerOp) -> Vec<GfnRange> {
+    if *c == CallerOp::AssignDevice {
+        // The device may now reach the whole guest address space.
+        return vec![GfnRange {
+            start: 0,
+            end: 1 << p2m_core::types::GFN_BITS,
+        }];
+    }
     let n = c.pages();
     if n == 0 {
         return Vec::new();
@@ -320,7 +327,9 @@ impl Session {
 
     /// A fresh session for a scenario's configuration and oracle flag (its ops are not applied).
     pub fn for_scenario(s: &Scenario, revision: Revision) -> Session {
-        let mut sess = Session::new(s.config, revision);
+        let mut cfg = s.config;
+        cfg.pci_hotplug = crate::scenario::bytes::has_assign_device(&s.ops);
+        let mut sess = Session::new(cfg, revision);
         sess.allow_under_permissive = s.allow_under_permissive;
         sess
     }
@@ -793,6 +802,7 @@ impl Session {
             allow_under_permissive: self.allow_under_permissive,
             ops: self.steps.iter().map(|s| s.op).collect(),
         }
+        .with_hotplug_derived()
     }
 
     /// What the run exercised so far.

@@ -155,6 +155,9 @@ pub struct IommuCaches {
     pub created: u64,
     /// Commands issued since the owner last took them ([`Self::take_issued`]).
     issued: Vec<Issued>,
+    /// No device is attached yet (`pci=hotplug` before `assign_device`): nothing walks
+    /// the tables, so nothing is cached.
+    detached: bool,
 }
 
 impl IommuCaches {
@@ -171,10 +174,27 @@ impl IommuCaches {
         self.hw
     }
 
-    /// Adds a record.
+    /// Adds a record (none while no device is attached).
     pub fn push(&mut self, r: CacheRecord) {
+        if self.detached {
+            return;
+        }
         self.created += 1;
         self.records.push(r);
+    }
+
+    /// Whether a device is attached (see [`Self::set_attached`]).
+    pub fn attached(&self) -> bool {
+        !self.detached
+    }
+
+    /// Attaches or detaches the device: while detached nothing is cached; attaching
+    /// starts from empty caches (no device ever walked the tables before).
+    pub fn set_attached(&mut self, attached: bool) {
+        if attached && self.detached {
+            self.records.clear();
+        }
+        self.detached = !attached;
     }
 
     /// Live records.

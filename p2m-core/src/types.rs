@@ -465,6 +465,13 @@ pub struct Config {
     pub page_sizes: PageSizes,
     /// Hardware semantics assumed for the IOMMU's caches and invalidations.
     pub hw: HwSemantics,
+    /// The device is hot-plugged (`xl pci-attach`) after the guest booted: on 4.6 the domain
+    /// runs with `need_iommu(d) == 0` until `assign_device` → `iommu_construct` builds the
+    /// IOMMU tables from its pages (`arch_iommu_populate_page_table`). On master a domain
+    /// that may get a device must be created with `XEN_DOMCTL_CDF_iommu` and its tables
+    /// mirror every p2m write from the start (f89f555827 removed late construction), so
+    /// there the flag only means no device is assigned before `assign_device`.
+    pub pci_hotplug: bool,
 }
 
 impl Config {
@@ -476,6 +483,7 @@ impl Config {
             iommu_hap_pt_share,
             page_sizes: PageSizes::Up1g,
             hw: HwSemantics::CONSERVATIVE,
+            pci_hotplug: false,
         }
     }
     /// The configuration with the vendor forced to the one the mode requires.
@@ -524,6 +532,9 @@ impl fmt::Display for Config {
                 Some(n) => write!(f, " hw={n}")?,
                 None => write!(f, " hw=[{}]", self.hw)?,
             }
+        }
+        if self.pci_hotplug {
+            f.write_str(" pci=hotplug")?;
         }
         Ok(())
     }

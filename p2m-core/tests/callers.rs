@@ -266,3 +266,74 @@ fn second_vcpu_flushes_on_its_own_cpu() {
         );
     }
 }
+
+/// 4.6 hot-plug (`pci=hotplug`): `set_entry` leaves the IOMMU alone while `need_iommu(d)`
+/// is 0; `assign_device` → `iommu_construct` → `arch_iommu_populate_page_table` then maps
+/// every page of the domain read/write, the `ram_ro` one included, and flushes the IOTLB
+/// once (VT-d: domain-selective). With `iommu_populate_uses_p2m_type` (`fixed`) the page
+/// gets its type's permission. Master builds nothing at assignment: its tables mirrored
+/// the p2m from creation.
+#[test]
+fn xen46_hotplug_assignment_maps_ram_ro_writable() {
+    let hot = |rev: &str| {
+        let mut cfg = Config::new(Mode::Ept, Vendor::Vtd, false).normalized();
+        cfg.pci_hotplug = true;
+        Domain::new(cfg, Revision::by_name(rev).expect(rev))
+    };
+    let leaf_perm = |d: &Domain, gfn: u64| {
+        p2m_core::walk::walk_root(d.io_tables(), d.mem(), p2m_core::GfnRange::of_order(gfn, 0))
+            .translations
+            .first()
+            .map(|t| t.perm)
+    };
+    for (rev, want) in [
+        ("committed", p2m_core::IommuPerm::RW),
+        ("fixed", p2m_core::IommuPerm::R),
+    ] {
+        let mut d = hot(rev);
+        d.call(populate(0x1000, 0x101000, 0));
+        d.call(CallerOp::SetMemType {
+            gfn: 0x1000,
+            nr: 1,
+            mem_type: HvmMemType::RamRo,
+        });
+        assert_eq!(
+            leaf_perm(&d, 0x1000),
+            None,
+            "{rev}: no IOMMU sync before the device"
+        );
+        assert!(d
+            .device_view(p2m_core::GfnRange::of_order(0x1000, 0))
+            .translations
+            .is_empty());
+        d.call(CallerOp::AssignDevice);
+        assert_eq!(leaf_perm(&d, 0x1000), Some(want), "{rev}");
+        assert!(d
+            .op_log()
+            .invalidations
+            .iter()
+            .any(|i| i.cmd == Invalidation::VtdDsi));
+        // From now on `set_entry` syncs as for a domain created with its device.
+        d.call(populate(0x2000, 0x102000, 0));
+        assert_eq!(
+            leaf_perm(&d, 0x2000),
+            Some(p2m_core::IommuPerm::RW),
+            "{rev}"
+        );
+    }
+    let mut cfg = Config::new(Mode::Ept, Vendor::Vtd, false).normalized();
+    cfg.pci_hotplug = true;
+    let mut m = Domain::new(cfg, Revision::by_name("xen-master").expect("master"));
+    m.call(populate(0x1000, 0x101000, 0));
+    assert!(m
+        .device_view(p2m_core::GfnRange::of_order(0x1000, 0))
+        .translations
+        .is_empty());
+    m.call(CallerOp::AssignDevice);
+    assert_eq!(
+        m.device_view(p2m_core::GfnRange::of_order(0x1000, 0))
+            .translations
+            .len(),
+        1
+    );
+}

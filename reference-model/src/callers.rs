@@ -133,7 +133,10 @@ impl RefModel {
                 }
                 ok(nr.into())
             }
-            CallerOp::AssignDevice => ok(0),
+            CallerOp::AssignDevice => {
+                self.assign_device();
+                ok(0)
+            }
             CallerOp::SetBrokenPage { gfn } => {
                 let (m, t) = self.batch_read(gfn);
                 if m.0 >= MAX_PAGE || !is_ram(master, t) {

@@ -68,6 +68,8 @@ pub struct RefModel {
     policy: IommuPolicy,
     column: Column,
     extents: BTreeMap<u64, Extent>,
+    /// A device is assigned: until then (`pci=hotplug`) no device reaches anything.
+    assigned: bool,
 }
 
 impl RefModel {
@@ -78,7 +80,13 @@ impl RefModel {
             policy,
             column: column_for_policy(&config, policy),
             extents: BTreeMap::new(),
+            assigned: !config.pci_hotplug,
         }
+    }
+
+    /// The device arrives (`assign_device`): from now on it may reach what the p2m grants.
+    pub(crate) fn assign_device(&mut self) {
+        self.assigned = true;
     }
 
     /// The configuration the model was built for.
@@ -338,7 +346,7 @@ impl RefModel {
 
     /// The device view of `gfn`: `(mfn, perm)`, `(INVALID_MFN, none)` when nothing is granted.
     pub fn device_entry(&self, gfn: u64) -> (Mfn, IommuPerm) {
-        match self.lookup(gfn) {
+        match self.lookup(gfn).filter(|_| self.assigned) {
             Some((off, ext)) => {
                 let perm = self.perm_at(ext.p2mt, ext.access, ext.mfn_at(off));
                 if perm.is_none() {
@@ -372,6 +380,13 @@ impl RefModel {
         };
         if range.is_empty() {
             return Vec::new();
+        }
+        if !self.assigned {
+            return vec![RefView {
+                range,
+                mfn: INVALID_MFN,
+                perm: IommuPerm::NONE,
+            }];
         }
         let first = self
             .extents

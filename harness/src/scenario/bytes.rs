@@ -13,6 +13,9 @@
 //! - bits 5-6: IOMMU page sizes (0 and 3: 4 KiB, 2 MiB and 1 GiB; 1: up to 2 MiB; 2: 4 KiB
 //!   only — `iommu=no-superpages`); only the master line reads them; bit 7: ignored.
 //!
+//! `pci=hotplug` is not in the header: a scenario with an `assign_device` op hot-plugs
+//! its device there (and one without has it from creation).
+//!
 //! The hardware semantics are not in the bytes: a decoded scenario has the conservative
 //! ones (targets and `hunt` may impose others with `P2M_HW` / `--hw`).
 //!
@@ -158,6 +161,15 @@ impl std::fmt::Display for EncodeError {
 
 impl std::error::Error for EncodeError {}
 
+/// Whether `ops` assign the device (then the scenario is `pci=hotplug`).
+pub fn has_assign_device(ops: &[Op]) -> bool {
+    ops.iter().any(|op| match op {
+        Op::Call(c) => *c == CallerOp::AssignDevice,
+        Op::Interleaved(ib) => ib.second.op == CallerOp::AssignDevice,
+        _ => false,
+    })
+}
+
 /// True when `gfn` has the escaped form: a multiple of 2^16 below 2^40.
 pub(super) fn gfn_escape_ok(gfn: u64) -> bool {
     gfn & ((1 << GFN_ESCAPE_SHIFT) - 1) == 0 && gfn >> GFN_ESCAPE_SHIFT < 1 << 24
@@ -172,6 +184,12 @@ fn check(s: &Scenario) -> Result<(), EncodeError> {
     if s.config.hw != HwSemantics::CONSERVATIVE {
         return Err(whole(format!(
             "config `{}`: hardware semantics are not in the bytes",
+            s.config
+        )));
+    }
+    if s.config.pci_hotplug != has_assign_device(&s.ops) {
+        return Err(whole(format!(
+            "config `{}`: pci=hotplug goes with an assign_device op and only with one",
             s.config
         )));
     }
@@ -350,6 +368,7 @@ pub fn encode(s: &Scenario) -> Vec<u8> {
     if s.allow_under_permissive {
         h |= HDR_ALLOW;
     }
+
     h |= match c.page_sizes {
         PageSizes::Up1g => 0,
         PageSizes::Up2m => 1,
@@ -664,6 +683,7 @@ fn decode_as(data: &[u8], mode: Option<Mode>, callers: bool) -> Option<Scenario>
             _ => Op::SetEntry(decode_set_entry(c)),
         });
     }
+    config.pci_hotplug = has_assign_device(&ops);
     Some(Scenario {
         config,
         allow_under_permissive: h & HDR_ALLOW != 0,
@@ -719,8 +739,8 @@ fn decode_set_entry(b: &[u8; OP_SIZE]) -> SetEntryOp {
 }
 
 /// [`decode`] (or, with `mode`, [`decode_with_mode`]) as `P2M_API` asks: the caller-ops
-/// reading with `P2M_API=callers` (see [`crate::callers_api`]; a bad value reads as raw
-/// here — the targets and the CLI report it).
+/// reading by default, the raw one with `P2M_API=raw` (see [`crate::callers_api`]; a bad
+/// value reads as raw here — the targets and the CLI report it).
 pub fn decode_for_api(data: &[u8], mode: Option<Mode>) -> Option<Scenario> {
     if crate::callers_api().unwrap_or(false) {
         decode_callers(data, mode)
@@ -975,10 +995,12 @@ mod tests {
                 assert!(is_canonical(&s), "{s}");
                 assert!(s.ops.len() == (len - 1) / OP_SIZE || s.ops.len() == MAX_OPS);
                 assert_eq!(decode(&encode(&s)).as_ref(), Some(&s));
+                // The targets read inputs as `P2M_API` asks (caller ops by default).
+                let api = decode_for_api(&data, None).expect("same length rule");
                 let u = Unstructured::new(&data);
-                assert_eq!(Scenario::arbitrary_take_rest(u).unwrap(), s);
+                assert_eq!(Scenario::arbitrary_take_rest(u).unwrap(), api);
                 let mut u = Unstructured::new(&data);
-                assert_eq!(Scenario::arbitrary(&mut u).unwrap(), s);
+                assert_eq!(Scenario::arbitrary(&mut u).unwrap(), api);
                 assert!(u.is_empty());
             } else {
                 assert!(len < HEADER_SIZE + OP_SIZE);

@@ -166,6 +166,15 @@ impl Op {
     }
 }
 
+impl Scenario {
+    /// The scenario with `pci=hotplug` set exactly when an op assigns the device (the
+    /// byte format derives it so; traces must spell it).
+    pub fn with_hotplug_derived(mut self) -> Scenario {
+        self.config.pci_hotplug = bytes::has_assign_device(&self.ops);
+        self
+    }
+}
+
 impl fmt::Display for Op {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {

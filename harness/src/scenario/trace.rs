@@ -12,7 +12,9 @@
 //! - `config mode=M [vendor=V] [share=on|off] [allow-under-permissive]`, exactly once and
 //!   before the first op. `vendor` may be left out for `ept` (→ `vtd`) and `npt` (→ `amd`) and
 //!   must agree with the mode when given; it is required for `shadow`. `share` defaults to
-//!   `off`. Keys may come in any order.
+//!   `off`. `pci=hotplug` (default `boot`) assigns the device only at an `assign_device`
+//!   op (see `Config::pci_hotplug`); it is required exactly when the trace has such an op.
+//!   Keys may come in any order.
 //! - `set_entry gfn=G mfn=F order=O TYPE ACCESS`: `gfn=`, `mfn=`, `order=` in any order, then
 //!   the p2m type name and the access name (in that order) as bare words. Numbers are hex with
 //!   `0x` or decimal. `mfn` is a literal below 2^40, `INVALID_MFN`, or a selector the runner
@@ -167,6 +169,17 @@ pub fn parse_trace(text: &str) -> Result<Scenario, TraceError> {
     }
     // Caller ops the byte format cannot hold (see `bytes`): refused here too, so every
     // parsed trace can be fuzzed and encoded.
+    let hotplug = super::bytes::has_assign_device(&ops);
+    if config.pci_hotplug != hotplug {
+        return Err(TraceError {
+            line: last_line,
+            msg: if hotplug {
+                "an assign_device op needs `pci=hotplug` on the config line".into()
+            } else {
+                "`pci=hotplug` needs an assign_device op".into()
+            },
+        });
+    }
     for (k, op) in ops.iter().enumerate() {
         let c = match op {
             Op::Call(c) => c,
@@ -211,7 +224,7 @@ pub fn parse_config_words(line: &str) -> Result<(Config, bool), String> {
 
 fn parse_config<'a>(words: impl Iterator<Item = &'a str>) -> Result<(Config, bool), String> {
     let (mut mode, mut vendor, mut share, mut allow) = (None, None, None, false);
-    let (mut sizes, mut hw) = (None, None);
+    let (mut sizes, mut hw, mut pci) = (None, None, None);
     for w in words {
         if w == "allow-under-permissive" {
             if allow {
@@ -254,6 +267,14 @@ fn parse_config<'a>(words: impl Iterator<Item = &'a str>) -> Result<(Config, boo
                 })?;
                 set_once(&mut hw, k, h)?;
             }
+            "pci" => {
+                let b = match v {
+                    "hotplug" => true,
+                    "boot" => false,
+                    _ => return Err(format!("bad pci value `{v}` (boot or hotplug)")),
+                };
+                set_once(&mut pci, k, b)?;
+            }
             _ => return Err(format!("unknown config key `{k}`")),
         }
     }
@@ -275,6 +296,7 @@ fn parse_config<'a>(words: impl Iterator<Item = &'a str>) -> Result<(Config, boo
     let mut config = Config::new(mode, vendor, share.unwrap_or(false));
     config.page_sizes = sizes.unwrap_or_default();
     config.hw = hw.unwrap_or_default();
+    config.pci_hotplug = pci.unwrap_or(false);
     debug_assert_eq!(config, config.normalized());
     Ok((config, allow))
 }

@@ -203,10 +203,14 @@ pub fn caller_op(p2m: &mut P2m, cx: &mut Cx, refs: &mut PageRefs, op: CallerOp) 
         // `assign_device` (`pci.c:1593-1677`): the IOMMU tables exist from creation and
         // mirror every p2m write since; the model's machine has no RMRR/IVMD ranges, so
         // nothing is mapped (and sharing, paging and PoD, which it refuses, are absent).
-        CallerOp::AssignDevice => BatchOutcome {
-            done: 0,
-            rc: Ok(()),
-        },
+        // From here on the device walks the tables.
+        CallerOp::AssignDevice => {
+            cx.iommu.caches.set_attached(true);
+            BatchOutcome {
+                done: 0,
+                rc: Ok(()),
+            }
+        }
         CallerOp::SetBrokenPage { gfn } => p2m_typed::set_broken_page_p2m(p2m, cx, gfn),
     }
 }
@@ -254,7 +258,10 @@ impl Domain {
             }
             Mode::Npt | Mode::Shadow => P2m::Pt(P2mPt::new(&mut mem)),
         };
-        let iommu = Iommu::new(&cfg, &mut mem);
+        let mut iommu = Iommu::new(&cfg, &mut mem);
+        // Hot-plug: the tables mirror the p2m from creation (`XEN_DOMCTL_CDF_iommu`), but
+        // no device walks them before `assign_device`.
+        iommu.caches.set_attached(!cfg.pci_hotplug);
         Domain {
             cfg,
             revision,
@@ -424,12 +431,19 @@ impl Domain {
 
     /// The current tables' translations for `range` (no caches).
     pub fn current_view(&self, range: GfnRange) -> WalkResult {
+        if !self.iommu.caches.attached() {
+            // No device yet (`pci=hotplug`): nothing reaches the tables.
+            return WalkResult::default();
+        }
         walk_root(self.io_tables(), &self.mem, range)
     }
 
     /// Everything a device could reach for `range`: the current tables, every IOTLB
     /// record covering it, and walks from every paging-structure record covering it.
     pub fn device_view(&self, range: GfnRange) -> DeviceView {
+        if !self.iommu.caches.attached() {
+            return DeviceView::default();
+        }
         crate::view::device_view(self.io_tables(), &self.mem, self.cache_records(), range)
     }
 

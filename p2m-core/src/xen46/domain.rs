@@ -128,6 +128,14 @@ impl P2m {
             P2m::Pt(p) => p.get_entry(gfn),
         }
     }
+
+    /// The stored content of `range` as extents (see [`crate::view::CpuExtent`]).
+    pub fn cpu_extents(&self, range: GfnRange) -> Vec<crate::view::CpuExtent> {
+        match self {
+            P2m::Ept(e) => e.cpu_extents(range),
+            P2m::Pt(p) => p.cpu_extents(range),
+        }
+    }
 }
 
 /// One domain: configuration, revision, machine memory, p2m and IOMMU.
@@ -167,7 +175,12 @@ impl Domain {
             Mode::Ept => P2m::Ept(Ept::new(&mut mem)),
             Mode::Npt | Mode::Shadow => P2m::Pt(P2mPt::new(&mut mem)),
         };
-        let iommu = Iommu::new(cfg.vendor, cfg.hw, &mut mem);
+        let mut iommu = Iommu::new(cfg.vendor, cfg.hw, &mut mem);
+        if cfg.pci_hotplug {
+            // Hot-plug: `need_iommu(d) == 0` and no device until `assign_device`.
+            iommu.need_iommu = false;
+            iommu.caches.set_attached(false);
+        }
         Domain {
             cfg,
             revision,
@@ -286,10 +299,7 @@ impl Domain {
 
     /// The CPU view of `range` as extents (see [`crate::view::CpuExtent`]).
     pub fn cpu_extents(&self, range: GfnRange) -> Vec<crate::view::CpuExtent> {
-        match &self.p2m {
-            P2m::Ept(e) => e.cpu_extents(range),
-            P2m::Pt(p) => p.cpu_extents(range),
-        }
+        self.p2m.cpu_extents(range)
     }
 
     /// Models `p2m->get_entry()` (query only).
@@ -329,6 +339,10 @@ impl Domain {
 
     /// The current tables' translations for `range` (no caches).
     pub fn current_view(&self, range: GfnRange) -> WalkResult {
+        if !self.iommu.caches.attached() {
+            // No device yet (`pci=hotplug`): nothing reaches the tables.
+            return WalkResult::default();
+        }
         walk_root(self.io_tables(), &self.mem, range)
     }
 
@@ -336,6 +350,9 @@ impl Domain {
     /// IOTLB record covering it, and walks from every paging-structure record
     /// covering it through the tables as they are now.
     pub fn device_view(&self, range: GfnRange) -> DeviceView {
+        if !self.iommu.caches.attached() {
+            return DeviceView::default();
+        }
         crate::view::device_view(self.io_tables(), &self.mem, self.cache_records(), range)
     }
 

@@ -51,6 +51,10 @@ pub struct Iommu {
     /// only VT-d's `intel_iommu_map_page` / `dma_pte_clear_one` honour it
     /// (`vtd/iommu.c:642,1744`).
     pub dont_flush: bool,
+    /// `need_iommu(d)` (`xen/sched.h:843`): `set_entry` keeps the IOMMU in sync only while
+    /// it is set. Set from creation unless the device is hot-plugged (`pci=hotplug`), then
+    /// by `iommu_construct`.
+    pub need_iommu: bool,
 }
 
 impl Iommu {
@@ -63,6 +67,7 @@ impl Iommu {
             stats: IommuStats::default(),
             touched: Vec::new(),
             dont_flush: false,
+            need_iommu: true,
         }
     }
 
@@ -97,6 +102,15 @@ impl Iommu {
                 ih: false,
             }),
             Vendor::Amd => {}
+        }
+    }
+
+    /// Models `iommu_iotlb_flush_all(d)` (`iommu.c:279-287`): VT-d's
+    /// `intel_iommu_iotlb_flush_all` is a domain-selective flush (`vtd/iommu.c:607-610`);
+    /// AMD has no `->iotlb_flush_all` in 4.6.
+    pub fn iommu_iotlb_flush_all(&mut self) {
+        if self.vendor == Vendor::Vtd {
+            self.invalidate(Invalidation::VtdDsi);
         }
     }
 

@@ -357,12 +357,7 @@ pub fn caller_op(
         CallerOp::SetMemAccess { gfn, nr, access } => {
             xp2m::p2m_set_mem_access(p2m, cx, gfn, nr.into(), access)
         }
-        // `assign_device` → `iommu_construct` (`iommu.c:192-216`) returns at once when
-        // `need_iommu(d) > 0`: the model's domain has had the IOMMU since creation.
-        CallerOp::AssignDevice => BatchOutcome {
-            done: 0,
-            rc: Ok(()),
-        },
+        CallerOp::AssignDevice => crate::xen46::pci::assign_device(p2m, cx),
         CallerOp::SetBrokenPage { gfn } => xp2m::set_broken_page_p2m(p2m, cx, gfn),
     }
 }

@@ -9,8 +9,10 @@
 //! `XENMAPSPACE_gmfn_range` batch (`common/memory.c`, `arch/x86/mm.c`) with
 //! `populate_physmap` and `decrease_reservation`; [`p2m`] is the generic layer of
 //! `arch/x86/mm/p2m.c` the callers reach (`p2m_set_entry`, typed and MMIO entries,
-//! `XEN_DOMCTL_memory_mapping`, `p2m_set_mem_access`) and [`hvm`] is `HVMOP_set_mem_type`
-//! (`arch/x86/hvm/hvm.c`).
+//! `XEN_DOMCTL_memory_mapping`, `p2m_set_mem_access`), [`hvm`] is `HVMOP_set_mem_type`
+//! (`arch/x86/hvm/hvm.c`), [`pci`] is `assign_device` (`drivers/passthrough/pci.c`, with
+//! `iommu_construct`) and [`x86_iommu`] `arch_iommu_populate_page_table`
+//! (`drivers/passthrough/x86/iommu.c`).
 
 pub mod domain;
 pub mod hvm;
@@ -20,6 +22,8 @@ pub mod memory;
 pub mod p2m;
 pub mod p2m_ept;
 pub mod p2m_pt;
+pub mod pci;
 pub mod policy;
 pub mod revision;
 pub mod snapshot;
+pub mod x86_iommu;

@@ -471,12 +471,14 @@ impl Ept {
         }
 
         let shared = cx.cfg.iommu_hap_pt_share;
-        if shared && (need_modify_vtd_table || cx.split_to_flush(gfn).is_some()) {
+        // `need_iommu(d)` (`p2m-ept.c:831`): no IOMMU step before a hot-plugged device.
+        let need_iommu = cx.iommu.need_iommu;
+        if need_iommu && shared && (need_modify_vtd_table || cx.split_to_flush(gfn).is_some()) {
             bump(&mut cx.stats.iommu_steps, 1);
             let (fg, fo) = cx.shared_flush_scope(gfn, order);
             let (fg, fo) = sw.planted_short_flush.narrow(order, fg, fo);
             cx.iommu.iommu_pte_flush(fg, fo, vtd_pte_present);
-        } else if need_modify_vtd_table && !shared {
+        } else if need_iommu && need_modify_vtd_table && !shared {
             bump(&mut cx.stats.iommu_steps, 1);
             {
                 let flags = if sw.iommu_flags_require_present_entry && !keeps_frame {

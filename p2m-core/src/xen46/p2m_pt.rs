@@ -536,7 +536,8 @@ impl P2mPt {
             _ => old.iommu_flags != new_flags || old.mfn != mfn.0,
         };
         let split_flush = shared && cx.split_to_flush(gfn).is_some();
-        if run_step || split_flush {
+        // `iommu_enabled && need_iommu(d)` (`p2m-pt.c:668`).
+        if cx.iommu.need_iommu && (run_step || split_flush) {
             bump(&mut cx.stats.iommu_steps, 1);
             if shared {
                 let flush = split_flush

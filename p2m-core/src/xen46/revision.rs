@@ -153,6 +153,13 @@ pub struct Switches {
     /// `void`: when `p2m_set_entry` fails (a superpage split finds no memory for the new
     /// table) the page is freed while the p2m and the IOMMU still map it.
     pub guest_remove_page_checks_remove_rc: bool,
+    /// Not Xen (a proposed fix for 4.6): `arch_iommu_populate_page_table` maps every p2m
+    /// entry with the permission of its type (`p2m_get_iommu_flags`). 4.6 maps every page
+    /// of the domain read/write whatever its type (`x86/iommu.c:42-112`), so a device
+    /// hot-plugged into a running guest can write its `ram_ro` and `mmio_write_dm` pages,
+    /// and it misses grant and foreign mappings (not on `d->page_list`). Upstream never
+    /// fixed the population: f89f555827 (2019) removed late construction.
+    pub iommu_populate_uses_p2m_type: bool,
     /// Planted, not Xen (measures the oracle's free-event check): `ept_set_entry`
     /// frees the replaced subtree (`ept_free_entry`) *before* the IOMMU step, so with
     /// shared tables a paging-structure record of the old entry still points at it.
@@ -194,6 +201,7 @@ const PRE: Switches = Switches {
     batch_flush_covers_failed_page: false,
     iommu_map_failure_crashes_domu: false,
     guest_remove_page_checks_remove_rc: false,
+    iommu_populate_uses_p2m_type: false,
     planted_free_before_flush: false,
     planted_split_wrong_frame: false,
     planted_leak_replaced_subtree: false,
@@ -225,6 +233,7 @@ const FIXED: Switches = Switches {
     batch_flush_covers_failed_page: true,
     iommu_map_failure_crashes_domu: true,
     guest_remove_page_checks_remove_rc: true,
+    iommu_populate_uses_p2m_type: true,
     ..COMMITTED
 };
 
