@@ -11,7 +11,15 @@
 //! configuration stops at its first divergence. [`Report::shortest`] is the shortest over
 //! all configurations.
 //!
-//! # The abstract domain
+//! # The caller alphabet (the default of `p2m-fuzz exhaustive`)
+//!
+//! [`AbstractDomain::callers`]: the Xen callers over the gfns below (35 letters; see its
+//! doc). Depth 3 takes well under a second per configuration; `fixed` and `master-fixed`
+//! are clean there (test `caller_alphabet_is_clean_on_the_fixed_revisions_and_finds_batch_holes`).
+//! Reduction 2 is off for it (a refused caller op may still change state); the others
+//! apply as below ("same"/"other" are the frames `populate_physmap` hands out).
+//!
+//! # The abstract domain (`--raw`)
 //!
 //! A letter is `set_entry(gfn, mfn, order, type, rwx)`:
 //!
@@ -301,6 +309,87 @@ impl AbstractDomain {
         }
     }
 
+    /// The caller alphabet (`p2m-fuzz exhaustive`'s default): the Xen callers a guest,
+    /// its device model or the toolstack issue, over the same gfns — `populate_physmap`
+    /// at each (gfn, order 0 or 9) pair with the "same" and the "other" frames,
+    /// `decrease_reservation` there, `set_mem_type` of one page (at the 4 KiB and at the
+    /// 2 MiB gfn) to each memory type, `memory_mapping` of one page of device MMIO
+    /// (inside `mmio_ro_ranges` too) and its removal, `set_broken_page_p2m`,
+    /// `add_to_physmap_range` of one page both ways between the 4 KiB and the 2 MiB gfn, the
+    /// same batch with a second vCPU giving the moved page back (XSA-346's shape), and
+    /// fault injection (`fail_alloc`, allocations 1 to 3 of the next op). Left out:
+    /// `set_mem_access` (outside security support with passthrough), `assign_device`
+    /// (hot-plug is a configuration the search does not enumerate) and 1 GiB extents (their
+    /// 512 tables make every sequence slow; the random search has them).
+    pub fn callers() -> Vec<Letter> {
+        use p2m_core::callers::{CallerOp, HvmMemType, Interleave, InterleavedBatch};
+        use p2m_core::physmap::AddToPhysmapRange;
+        let mut v: Vec<Letter> = Vec::new();
+        let mut push = |op: Op, frame: FrameKind| {
+            if !v.iter().any(|l| l.op == op) {
+                v.push(Letter { op, frame });
+            }
+        };
+        let pairs: Vec<(u64, u32)> = [0u32, 9]
+            .iter()
+            .flat_map(|&o| GFNS.iter().map(move |&g| (g & !((1u64 << o) - 1), o)))
+            .collect();
+        for &(gfn, order) in &pairs {
+            for (base, frame) in [(SAME_BASE, FrameKind::Same), (OTHER_BASE, FrameKind::Other)] {
+                let mfn = base + gfn;
+                push(Op::Call(CallerOp::Populate { gfn, mfn, order }), frame);
+            }
+            push(
+                Op::Call(CallerOp::DecreaseReservation { gfn, order }),
+                FrameKind::Invalid,
+            );
+        }
+        for gfn in [GFN_4K, GFN_2M] {
+            for mem_type in HvmMemType::ALL {
+                let op = CallerOp::SetMemType {
+                    gfn,
+                    nr: 1,
+                    mem_type,
+                };
+                push(Op::Call(op), FrameKind::Invalid);
+            }
+        }
+        for mfn in [p2m_core::MAX_PAGE + 0x40, p2m_core::MMIO_RO_FRAMES.start] {
+            for add in [true, false] {
+                let op = CallerOp::MemoryMapping {
+                    gfn: GFN_4K,
+                    mfn,
+                    nr: 1,
+                    add,
+                };
+                push(Op::Call(op), FrameKind::Invalid);
+            }
+        }
+        push(
+            Op::Call(CallerOp::SetBrokenPage { gfn: GFN_4K }),
+            FrameKind::Invalid,
+        );
+        for (idx, gpfn) in [(GFN_4K, GFN_2M), (GFN_2M, GFN_4K)] {
+            let batch = AddToPhysmapRange { idx, gpfn, size: 1 };
+            push(Op::AddToPhysmap(batch), FrameKind::Invalid);
+            let second = Interleave {
+                after: 1,
+                op: CallerOp::DecreaseReservation {
+                    gfn: gpfn,
+                    order: 0,
+                },
+            };
+            push(
+                Op::Interleaved(InterleavedBatch { batch, second }),
+                FrameKind::Invalid,
+            );
+        }
+        for nth in 1..=3 {
+            push(Op::FailAlloc { nth }, FrameKind::Invalid);
+        }
+        v
+    }
+
     /// The deduplicated alphabet: every (gfn aligned to order, order, type, frame), rwx,
     /// ordered by order, gfn, type, frame.
     pub fn alphabet(&self) -> Vec<Letter> {
@@ -369,6 +458,9 @@ pub struct Options {
     /// `hunt --reachable` does; their sequences are not extended (an extension keeps the
     /// unreachable op).
     pub reachable: bool,
+    /// Search the caller alphabet ([`AbstractDomain::callers`]) instead of raw `set_entry`
+    /// letters (`wide` is then ignored).
+    pub callers: bool,
 }
 
 impl Options {
@@ -382,6 +474,7 @@ impl Options {
             jobs: 1,
             reduce: true,
             reachable: false,
+            callers: false,
         }
     }
 }
@@ -493,6 +586,9 @@ struct Search<'a> {
     alphabet: &'a [Letter],
     /// Apply reductions 2-4.
     reduce: bool,
+    /// The caller alphabet: reduction 2 is off (a refused caller op may still have
+    /// changed state, e.g. crashed the domain or split a superpage).
+    callers: bool,
     res: ConfigResult,
     /// Fingerprints of prefix states already extended, with the longest extension searched.
     seen: HashMap<u128, usize>,
@@ -517,8 +613,10 @@ impl Search<'_> {
             self.res.ops += 1;
             let base = n.base.as_mut().map(|b| b.step_outcome(&l.op));
             let base_diverged = base.as_ref().is_some_and(|b| b.finding.is_some());
-            let refused =
-                self.reduce && out.both_refused && !matches!(&base, Some(b) if !b.both_refused);
+            let refused = self.reduce
+                && !self.callers
+                && out.both_refused
+                && !matches!(&base, Some(b) if !b.both_refused);
             if left == 1 {
                 self.res.sequences += 1;
                 match out.finding {
@@ -567,12 +665,13 @@ pub fn search_config_with(
     visit: &mut dyn FnMut(&Session, &Divergence) -> Control,
 ) -> ConfigResult {
     let start = Instant::now();
-    let domain = if opts.wide {
-        AbstractDomain::wide(config.mode)
+    let alphabet = if opts.callers {
+        AbstractDomain::callers()
+    } else if opts.wide {
+        AbstractDomain::wide(config.mode).alphabet()
     } else {
-        AbstractDomain::standard()
+        AbstractDomain::standard().alphabet()
     };
-    let alphabet = domain.alphabet();
     let root = Node {
         main: Session::new(config, opts.revision),
         base: opts.baseline.map(|b| Session::new(config, b)),
@@ -581,6 +680,7 @@ pub fn search_config_with(
     let mut search = Search {
         alphabet: &alphabet,
         reduce: opts.reduce,
+        callers: opts.callers,
         res: ConfigResult {
             config: root.main.config(),
             alphabet: alphabet.len(),

@@ -621,9 +621,13 @@ struct ExhaustiveArgs {
     #[arg(long)]
     no_reduce: bool,
     /// Pass over divergences whose inputs no Xen caller produces (internal API only; see
-    /// `harness::reach`) and keep searching for reachable ones.
+    /// `harness::reach`) and keep searching for reachable ones (implies --raw).
     #[arg(long)]
     reachable: bool,
+    /// Search raw `set_entry` letters (the internal API) instead of the caller alphabet
+    /// (the default: Xen's callers, a second vCPU inside a batch, fault injection).
+    #[arg(long)]
+    raw: bool,
     /// Directory for a reproducer of the divergence reported.
     #[arg(long)]
     out: Option<PathBuf>,
@@ -658,6 +662,7 @@ fn exhaustive_cmd(a: ExhaustiveArgs) -> ExitCode {
         jobs: a.jobs,
         reduce: !a.no_reduce,
         reachable: a.reachable,
+        callers: !(a.raw || a.reachable || a.wide),
     };
     match baseline {
         Some(b) => println!(
@@ -666,6 +671,14 @@ fn exhaustive_cmd(a: ExhaustiveArgs) -> ExitCode {
         ),
         None => println!("exhaustive: revision {}, depth {}", rev.name, a.depth),
     }
+    println!(
+        "exhaustive: {}",
+        if opts.callers {
+            "caller alphabet (--raw searches set_entry letters)"
+        } else {
+            "raw set_entry alphabet (the internal API)"
+        }
+    );
     let report = exhaustive::explore(&modes, &opts);
     for c in &report.configs {
         let verdict = match &c.found {
