@@ -59,9 +59,13 @@ committed fixed flush_covers_split_superpage
 committed fixed guest_remove_page_flushes
 committed fixed add_to_physmap_keeps_same_page
 committed fixed batch_holds_page_refs
+committed fixed iommu_map_failure_crashes_domu
+committed fixed guest_remove_page_checks_remove_rc
+committed fixed iommu_populate_uses_p2m_type
 xen-master master-fixed flush_covers_split_superpage
 xen-master master-fixed batch_flush_keeps_deferred_flags
 xen-master master-fixed ept_need_modify_requires_present_leaf
+xen-master master-fixed batch_holds_failed_page_ref
 xsa346-ref master-fixed batch_holds_page_refs
 xsa346-remove master-fixed guest_remove_page_flushes
 ept-perm-noflush master-fixed ept_need_modify_checks_iommu_flags ept_need_modify_requires_present_leaf
