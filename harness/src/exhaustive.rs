@@ -13,7 +13,7 @@
 //!
 //! # The caller alphabet (the default of `p2m-fuzz exhaustive`)
 //!
-//! [`AbstractDomain::callers`]: the Xen callers over the gfns below (35 letters; see its
+//! [`AbstractDomain::callers`]: the Xen callers over the gfns below (38 letters; see its
 //! doc). Depth 3 takes well under a second per configuration; `fixed` and `master-fixed`
 //! are clean there (test `caller_alphabet_is_clean_on_the_fixed_revisions_and_finds_batch_holes`).
 //! Reduction 2 is off for it (a refused caller op may still change state); the others
@@ -316,8 +316,9 @@ impl AbstractDomain {
     /// 2 MiB gfn) to each memory type, `memory_mapping` of one page of device MMIO
     /// (inside `mmio_ro_ranges` too) and its removal, `set_broken_page_p2m`,
     /// `add_to_physmap_range` of one page both ways between the 4 KiB and the 2 MiB gfn, the
-    /// same batch with a second vCPU giving the moved page back (XSA-346's shape), and
-    /// fault injection (`fail_alloc`, allocations 1 to 3 of the next op). Left out:
+    /// same batch with a second vCPU giving the moved page back (XSA-346's shape), an
+    /// identity map of one reserved page (RMRR `rw`, read-only IVMD, removal), and fault
+    /// injection (`fail_alloc`, allocations 1 to 3 of the next op). Left out:
     /// `set_mem_access` (outside security support with passthrough), `assign_device`
     /// (hot-plug is a configuration the search does not enumerate) and 1 GiB extents (their
     /// 512 tables make every sequence slow; the random search has them).
@@ -383,6 +384,21 @@ impl AbstractDomain {
                 Op::Interleaved(InterleavedBatch { batch, second }),
                 FrameKind::Invalid,
             );
+        }
+        // A device with a one-page reserved range at the 4 KiB gfn: assigned with an RMRR
+        // (`rw`) or a read-only IVMD, and deassigned.
+        for (access, add) in [
+            (P2mAccess::Rw, true),
+            (P2mAccess::R, true),
+            (P2mAccess::X, false),
+        ] {
+            let op = CallerOp::IdentityMap {
+                gfn: GFN_4K,
+                nr: 1,
+                access,
+                add,
+            };
+            push(Op::Call(op), FrameKind::Invalid);
         }
         for nth in 1..=3 {
             push(Op::FailAlloc { nth }, FrameKind::Invalid);

@@ -248,7 +248,7 @@ impl Swarm {
         } else {
             512
         };
-        match rng.gen_range(0..22u8) {
+        match rng.gen_range(0..24u8) {
             0..=6 => {
                 // 4.6 shadow mode writes a 1 GiB extent as 2^18 4 KiB entries: kept to
                 // 2 MiB here so a search costs time per op, not per page.
@@ -281,6 +281,23 @@ impl Swarm {
             },
             18 => CallerOp::AssignDevice,
             19 | 20 => CallerOp::SetBrokenPage { gfn },
+            // A device with a reserved range (RMRR / IVMD) is assigned or deassigned; the
+            // range is the frames of the same numbers as its gfns.
+            21 | 22 => {
+                let add = rng.gen_bool(0.75);
+                CallerOp::IdentityMap {
+                    gfn,
+                    nr: nr.min(16),
+                    access: if add {
+                        *p2m_core::callers::IDENTITY_ACCESSES
+                            .choose(rng)
+                            .expect("accesses")
+                    } else {
+                        P2mAccess::X
+                    },
+                    add,
+                }
+            }
             _ => CallerOp::SetMemAccess {
                 gfn,
                 nr,

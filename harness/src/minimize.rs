@@ -390,6 +390,23 @@ fn simpler_calls(c: &CallerOp) -> Vec<CallerOp> {
                 }
             }
         }
+        CallerOp::IdentityMap {
+            gfn,
+            nr,
+            access,
+            add,
+        } => {
+            for n in [1, nr / 2] {
+                if n > 0 && n < nr {
+                    v.push(CallerOp::IdentityMap {
+                        gfn,
+                        nr: n,
+                        access,
+                        add,
+                    });
+                }
+            }
+        }
         CallerOp::AssignDevice | CallerOp::SetBrokenPage { .. } => {}
     }
     v

@@ -109,6 +109,31 @@ pub fn caller_verdict(
             .then_some(Unreachable::InternalApi(
                 "the toolstack maps device MMIO (BARs, iomem= ranges), never RAM frames",
             )),
+        CallerOp::IdentityMap { gfn, nr, add, .. } => {
+            // An RMRR / IVMD range is memory the firmware reserved: never a page the
+            // domain maps (other than 1:1 through such a range) nor a Xen table.
+            let frames = GfnRange {
+                start: gfn,
+                end: gfn.saturating_add(nr.into()),
+            };
+            let table = dom.mem().ever_allocated().iter().any(|&f| {
+                frames.contains(f)
+                    && dom
+                        .mem()
+                        .info(f)
+                        .is_some_and(|i| i.state != p2m_core::frames::FrameState::Free)
+            });
+            let mapped = add
+                && refm.extents().any(|(g, e)| {
+                    e.mfn != INVALID_MFN
+                        && e.mfn.0 < frames.end
+                        && e.mfn.0.saturating_add(e.len) > frames.start
+                        && !(e.p2mt == p2m_core::P2mType::MmioDirect && e.mfn.0 == g)
+                });
+            (table || mapped).then_some(Unreachable::InternalApi(
+                "RMRR / IVMD ranges are reserved memory: never a guest page or a Xen table",
+            ))
+        }
         CallerOp::SetMemAccess { .. } => Some(Unreachable::OutsideSupport(
             "p2m_set_mem_access is VM introspection, which SUPPORT.md does not support \
              together with PCI passthrough",

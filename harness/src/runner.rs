@@ -9,7 +9,7 @@ use crate::scenario::{MfnSel, Op, Scenario, SetEntryOp};
 use p2m_core::cache::Issued;
 use p2m_core::callers::{CallerOp, InterleavedBatch};
 use p2m_core::events::Split;
-use p2m_core::physmap::AddToPhysmapRange;
+use p2m_core::physmap::{AddToPhysmapRange, BatchOutcome};
 use p2m_core::{Config, Domain, GfnRange, Line, Mfn, ModelStats, P2mError, Revision, INVALID_MFN};
 use reference_model::{IommuPolicy, RefModel};
 use std::fmt;
@@ -660,6 +660,7 @@ impl Session {
         let want = self
             .refm
             .call(*c, &|g: u64, m: u64| xen_frames.contains(&(g, m)));
+        self.identity_error_path(c, got);
         if got.rc.is_ok() {
             self.stats.ops_ok += 1;
         } else if got.done == 0 && want.rc.is_err() {
@@ -682,6 +683,19 @@ impl Session {
         }
     }
 
+    /// After an `identity_map` add that failed on an injected allocation failure, the
+    /// reference's list follows Xen's error path (see `RefModel::identity_map_failed`).
+    fn identity_error_path(&mut self, c: &CallerOp, got: BatchOutcome) {
+        if let CallerOp::IdentityMap {
+            gfn, nr, add: true, ..
+        } = *c
+        {
+            if self.dom.alloc_failed() && got.rc.is_err() {
+                self.refm.identity_map_failed(gfn, nr.into(), got.done);
+            }
+        }
+    }
+
     /// Runs a batch with a second vCPU's caller op inside it on both sides.
     fn apply_interleaved(&mut self, ib: &InterleavedBatch) -> Applied {
         let got = self.dom.add_to_physmap_interleaved(*ib);
@@ -692,6 +706,7 @@ impl Session {
             &|g: u64, m: u64| first.contains(&(g, m)),
             &|g: u64, m: u64| second.contains(&(g, m)),
         );
+        self.identity_error_path(&ib.second.op, got.second);
         if got.batch.rc.is_ok() {
             self.stats.ops_ok += 1;
         }

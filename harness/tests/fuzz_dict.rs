@@ -111,6 +111,8 @@ fn fuzz_dictionary_entries_decode_as_documented() {
                 "decrease_4k" => "decrease_reservation",
                 "set_mem_type_ram_ro" | "set_mem_type_ioreq_server" => "set_mem_type",
                 "memory_mapping_add_mmio_ro" => "memory_mapping",
+                "assign_device" => "assign_device",
+                "identity_map_r_add" => "identity_map",
                 _ => panic!("{name}: undocumented caller entry"),
             };
             assert_eq!(c.name(), want, "{name}: {c}");

@@ -13,6 +13,10 @@ use std::fmt;
 use crate::physmap::{AddToPhysmapRange, BatchOutcome};
 use crate::types::P2mAccess;
 
+/// Accesses a reserved range is identity-mapped with: VT-d RMRRs `rw`; AMD IVMDs by their
+/// IR/IW flags (`rw`, `r`, `w`). A removal carries `x` (Xen's `p2m_access_x`).
+pub const IDENTITY_ACCESSES: [P2mAccess; 3] = [P2mAccess::Rw, P2mAccess::R, P2mAccess::W];
+
 /// Most pages one range caller op (`set_mem_type`, `memory_mapping`, `set_mem_access`)
 /// covers: one 2 MiB region (the model runs the hypercall's continuations to the end).
 pub const MAX_CALL_PAGES: u32 = 512;
@@ -125,6 +129,23 @@ pub enum CallerOp {
         /// The gfn.
         gfn: u64,
     },
+    /// `iommu_identity_mapping` (master `x86/iommu.c:224-308`) / 4.6
+    /// `rmrr_identity_mapping` (`vtd/iommu.c:1814-1870`): assigning (`add`) or
+    /// deassigning a device that has a firmware-reserved range (a VT-d RMRR, an AMD IVMD,
+    /// whose IR/IW flags give the access) maps (unmaps) its `nr` pages 1:1 as
+    /// `mmio_direct` with that access (`set_identity_p2m_entry` /
+    /// `clear_identity_p2m_entry`).
+    IdentityMap {
+        /// First gfn (= machine frame) of the range.
+        gfn: u64,
+        /// Pages (1..=[`MAX_CALL_PAGES`]).
+        nr: u32,
+        /// The access (`rw`, or on AMD `r` / `w` from the IVMD flags); ignored on removal,
+        /// which Xen requests with `p2m_access_x`.
+        access: P2mAccess,
+        /// Map (device assigned) or unmap (deassigned).
+        add: bool,
+    },
 }
 
 impl CallerOp {
@@ -138,6 +159,7 @@ impl CallerOp {
             CallerOp::SetMemAccess { .. } => "set_mem_access",
             CallerOp::AssignDevice => "assign_device",
             CallerOp::SetBrokenPage { .. } => "set_broken_page_p2m",
+            CallerOp::IdentityMap { .. } => "identity_map",
         }
     }
 
@@ -148,7 +170,8 @@ impl CallerOp {
             CallerOp::SetMemType { .. } => "device model",
             CallerOp::MemoryMapping { .. }
             | CallerOp::AssignDevice
-            | CallerOp::SetBrokenPage { .. } => "toolstack",
+            | CallerOp::SetBrokenPage { .. }
+            | CallerOp::IdentityMap { .. } => "toolstack",
             CallerOp::SetMemAccess { .. } => "introspection",
         }
     }
@@ -161,6 +184,7 @@ impl CallerOp {
             | CallerOp::SetMemType { gfn, .. }
             | CallerOp::MemoryMapping { gfn, .. }
             | CallerOp::SetMemAccess { gfn, .. }
+            | CallerOp::IdentityMap { gfn, .. }
             | CallerOp::SetBrokenPage { gfn } => gfn,
             CallerOp::AssignDevice => 0,
         }
@@ -175,7 +199,8 @@ impl CallerOp {
             }
             CallerOp::SetMemType { nr, .. }
             | CallerOp::MemoryMapping { nr, .. }
-            | CallerOp::SetMemAccess { nr, .. } => nr as u64,
+            | CallerOp::SetMemAccess { nr, .. }
+            | CallerOp::IdentityMap { nr, .. } => nr as u64,
             CallerOp::SetBrokenPage { .. } => 1,
             CallerOp::AssignDevice => 0,
         }
@@ -205,6 +230,18 @@ impl fmt::Display for CallerOp {
             }
             CallerOp::AssignDevice => f.write_str(n),
             CallerOp::SetBrokenPage { gfn } => write!(f, "{n} gfn={gfn:#x}"),
+            CallerOp::IdentityMap {
+                gfn,
+                nr,
+                access,
+                add,
+            } => {
+                if add {
+                    write!(f, "{n} gfn={gfn:#x} nr={nr} {access} add")
+                } else {
+                    write!(f, "{n} gfn={gfn:#x} nr={nr} remove")
+                }
+            }
         }
     }
 }

@@ -70,6 +70,9 @@ pub enum PhysmapError {
     NoEnt,
     /// `-E2BIG`: 4.6 `XEN_DOMCTL_memory_mapping` with more than 64 frames.
     TooBig,
+    /// `-EADDRINUSE` (`iommu_identity_mapping`: the range overlaps another, or has
+    /// another access).
+    AddrInUse,
     /// `set_entry` failed underneath.
     P2m(P2mError),
 }
@@ -89,6 +92,7 @@ impl fmt::Display for PhysmapError {
             PhysmapError::Again => f.write_str("-EAGAIN"),
             PhysmapError::NoEnt => f.write_str("-ENOENT"),
             PhysmapError::TooBig => f.write_str("-E2BIG"),
+            PhysmapError::AddrInUse => f.write_str("-EADDRINUSE"),
             PhysmapError::P2m(e) => e.fmt(f),
         }
     }

@@ -337,3 +337,71 @@ fn xen46_hotplug_assignment_maps_ram_ro_writable() {
         1
     );
 }
+
+/// Identity maps of a device's reserved range: master `iommu_identity_mapping` maps each
+/// page 1:1 as `mmio_direct` with the range's access (a read-only AMD IVMD gives the device
+/// read only; the same range again is one more user, with another access `-EADDRINUSE`;
+/// removal at the last user clears the pages); a populated page inside the range is
+/// `-EBUSY`. 4.6 maps VT-d RMRRs `rw` whatever the range says and has no IVMD path here.
+#[test]
+fn identity_maps_per_line() {
+    let id = |gfn: u64, nr: u32, access: P2mAccess, add: bool| CallerOp::IdentityMap {
+        gfn,
+        nr,
+        access,
+        add,
+    };
+    let device_perm = |d: &Domain, gfn: u64| {
+        d.device_view(p2m_core::GfnRange::of_order(gfn, 0))
+            .translations
+            .first()
+            .map(|(t, _)| (t.mfn, t.perm))
+    };
+    let mut m = dom(Mode::Npt, Vendor::Amd, false, "xen-master");
+    assert!(m.call(id(0x800, 2, P2mAccess::R, true)).rc.is_ok());
+    assert_eq!(
+        m.get_entry(0x801).map(|e| (e.mfn, e.p2mt)),
+        Some((Mfn(0x801), P2mType::MmioDirect))
+    );
+    assert_eq!(
+        device_perm(&m, 0x801),
+        Some((0x801, p2m_core::IommuPerm::R))
+    );
+    assert!(
+        m.call(id(0x800, 2, P2mAccess::R, true)).rc.is_ok(),
+        "second user"
+    );
+    assert_eq!(
+        m.call(id(0x800, 2, P2mAccess::Rw, true)).rc,
+        Err(PhysmapError::AddrInUse)
+    );
+    assert_eq!(
+        m.call(id(0x801, 4, P2mAccess::R, true)).rc,
+        Err(PhysmapError::AddrInUse),
+        "overlap"
+    );
+    assert!(m.call(id(0x800, 2, P2mAccess::X, false)).rc.is_ok());
+    assert!(m.get_entry(0x800).is_some(), "one user left");
+    assert!(m.call(id(0x800, 2, P2mAccess::X, false)).rc.is_ok());
+    assert!(m.get_entry(0x800).is_none(), "cleared at the last user");
+    assert_eq!(
+        m.call(id(0x800, 2, P2mAccess::X, false)).rc,
+        Err(PhysmapError::NoEnt)
+    );
+    m.call(populate(0x901, 0x100901, 0));
+    let out = m.call(id(0x900, 4, P2mAccess::Rw, true));
+    assert_eq!((out.done, out.rc), (1, Err(PhysmapError::Busy)));
+
+    let mut old = dom(Mode::Ept, Vendor::Vtd, false, "committed");
+    assert!(old.call(id(0x800, 1, P2mAccess::R, true)).rc.is_ok());
+    assert_eq!(
+        old.get_entry(0x800).map(|e| e.access),
+        Some(P2mAccess::Rw),
+        "RMRRs are rw"
+    );
+    let mut amd46 = dom(Mode::Npt, Vendor::Amd, false, "committed");
+    assert_eq!(
+        amd46.call(id(0x800, 1, P2mAccess::R, true)).rc,
+        Err(PhysmapError::OpNotSupp)
+    );
+}

@@ -15,6 +15,8 @@
 //! | `set_mem_access` | EPT only (`-EOPNOTSUPP`); per page the same frame and type, the new access | EPT only (`-EINVAL`); same |
 //! | `set_broken_page_p2m` | `-EINVAL` unless a RAM frame with a RAM type (`ioreq_server` too); else `ram_broken`, the frame kept | same (`mmio_write_dm` is not RAM) |
 //! | `assign_device` | nothing (tables exist from creation) | nothing (the domain has had the IOMMU since creation) |
+//! | `identity_map` add (`iommu_identity_mapping` / `rmrr_identity_mapping`) | the same range again: one more user (`-EADDRINUSE` with another access); a range overlapping (or adjoining from below) a listed one `-EADDRINUSE`; else listed, then per page: a hole gets `gfn → gfn` `mmio_direct` with the range's access, the same identity entry is kept, anything else `-EBUSY` (stop; unlisted if at the first page) | VT-d only (`-EOPNOTSUPP` on AMD), access always `rw`, no overlap check, listed only once every page is mapped |
+//! | `identity_map` remove | the listed range: one user fewer; at the last, every page that is still `gfn → gfn` `mmio_direct` is emptied; an unknown range `-ENOENT` | same |
 
 use p2m_core::callers::{CallerOp, HvmMemType, InterleavedBatch, InterleavedOutcome};
 use p2m_core::physmap::{BatchOutcome, PhysmapError};
@@ -137,6 +139,12 @@ impl RefModel {
                 self.assign_device();
                 ok(0)
             }
+            CallerOp::IdentityMap {
+                gfn,
+                nr,
+                access,
+                add,
+            } => self.identity_map(master, gfn, nr.into(), access, add),
             CallerOp::SetBrokenPage { gfn } => {
                 let (m, t) = self.batch_read(gfn);
                 if m.0 >= MAX_PAGE || !is_ram(master, t) {
@@ -146,6 +154,94 @@ impl RefModel {
                 ok(1)
             }
         }
+    }
+
+    /// After an `identity_map` add that took an error path in Xen (an allocation failed
+    /// at page `done`): the list as Xen leaves it — master unlists a range that failed at
+    /// its first page and keeps one that failed later; 4.6 lists a range only once every
+    /// page is mapped. (The pages themselves come from [`RefModel::resync`].)
+    pub fn identity_map_failed(&mut self, base: u64, nr: u64, done: u64) {
+        let master = self.policy() == IommuPolicy::Master;
+        let end = base.saturating_add(nr);
+        if let Some(k) = self
+            .identity
+            .iter()
+            .position(|m| m.0 == base && m.1 == end && m.3 == 1)
+        {
+            if !master || done == 0 {
+                self.identity.remove(k);
+            }
+        }
+    }
+
+    /// `identity_map` (see the table above).
+    fn identity_map(
+        &mut self,
+        master: bool,
+        base: u64,
+        nr: u64,
+        access: P2mAccess,
+        add: bool,
+    ) -> BatchOutcome {
+        if !master && self.config().vendor != p2m_core::Vendor::Vtd {
+            return err(0, PhysmapError::OpNotSupp);
+        }
+        let access = if master { access } else { P2mAccess::Rw };
+        let end = base.saturating_add(nr);
+        if let Some(k) = self.identity.iter().position(|m| m.0 == base && m.1 == end) {
+            if add {
+                if master && self.identity[k].2 != access {
+                    return err(0, PhysmapError::AddrInUse);
+                }
+                self.identity[k].3 += 1;
+                return ok(0);
+            }
+            self.identity[k].3 -= 1;
+            if self.identity[k].3 > 0 {
+                return ok(0);
+            }
+            self.identity.remove(k);
+            for g in base..end {
+                let (m, t) = self.batch_read(g);
+                if t == P2mType::MmioDirect && m == Mfn(g) {
+                    self.write_range(GfnRange::of_order(g, 0), INVALID_MFN, P2mType::Invalid, RWX);
+                }
+            }
+            return ok(nr);
+        }
+        if master && self.identity.iter().any(|m| end > m.0 && m.1 >= base) {
+            return err(0, PhysmapError::AddrInUse);
+        }
+        if !add {
+            return err(0, PhysmapError::NoEnt);
+        }
+        if master {
+            self.identity.push((base, end, access, 1));
+        }
+        // `get_entry` of p2m-pt reports every access as `rwx`.
+        let ept = self.config().mode == Mode::Ept;
+        for g in base..end {
+            // As Xen's `get_entry` reads it (see `batch_read`).
+            let (m, t) = self.batch_read(g);
+            let a = if ept { self.get_entry(g).2 } else { RWX };
+            if matches!(t, P2mType::Invalid | P2mType::MmioDm) {
+                self.write_range(
+                    GfnRange::of_order(g, 0),
+                    Mfn(g),
+                    P2mType::MmioDirect,
+                    access,
+                );
+            } else if !(m == Mfn(g) && t == P2mType::MmioDirect && a == access) {
+                if master && g == base {
+                    self.identity.retain(|x| x.0 != base || x.1 != end);
+                }
+                return err(g - base, PhysmapError::Busy);
+            }
+        }
+        if !master {
+            self.identity.push((base, end, access, 1));
+        }
+        ok(nr)
     }
 
     /// The batch with a second vCPU's op run once `after` pages are moved (or when the

@@ -70,6 +70,9 @@ pub struct RefModel {
     extents: BTreeMap<u64, Extent>,
     /// A device is assigned: until then (`pci=hotplug`) no device reaches anything.
     assigned: bool,
+    /// Identity-mapped ranges `[base, end)` with their access and reference count
+    /// (master `hd->arch.identity_maps`, 4.6 `hd->arch.mapped_rmrrs`).
+    pub(crate) identity: Vec<(u64, u64, P2mAccess, u32)>,
 }
 
 impl RefModel {
@@ -81,6 +84,7 @@ impl RefModel {
             column: column_for_policy(&config, policy),
             extents: BTreeMap::new(),
             assigned: !config.pci_hotplug,
+            identity: Vec::new(),
         }
     }
 

@@ -100,7 +100,9 @@
 use arbitrary::{Arbitrary, Unstructured};
 use p2m_core::{Config, HwSemantics, Mode, P2mAccess, P2mType, PageSizes, Vendor};
 
-use p2m_core::callers::{CallerOp, HvmMemType, Interleave, InterleavedBatch, MAX_CALL_PAGES};
+use p2m_core::callers::{
+    CallerOp, HvmMemType, Interleave, InterleavedBatch, IDENTITY_ACCESSES, MAX_CALL_PAGES,
+};
 use p2m_core::physmap::AddToPhysmapRange;
 use p2m_core::MAX_PAGE;
 
@@ -321,9 +323,17 @@ pub(super) fn check_call(c: &CallerOp, mode: Mode) -> Result<(), String> {
         CallerOp::DecreaseReservation { order, .. } if order > MAX_CALL_ORDER => {
             return Err(format!("{c}: the bytes hold orders up to {MAX_CALL_ORDER}"));
         }
+        CallerOp::IdentityMap { access, add, .. }
+            if add != IDENTITY_ACCESSES.contains(&access) || (!add && access != P2mAccess::X) =>
+        {
+            return Err(format!(
+                "{c}: an identity map adds with rw, r or w and removes with x"
+            ));
+        }
         CallerOp::SetMemType { nr, .. }
         | CallerOp::SetMemAccess { nr, .. }
         | CallerOp::MemoryMapping { nr, .. }
+        | CallerOp::IdentityMap { nr, .. }
             if !call_pages(nr) =>
         {
             return Err(format!("{c}: nr not one of 1..=16, 32, 64, 128, 256, 512"));
@@ -486,9 +496,27 @@ fn encode_call(c: &CallerOp, _gfn: u64) -> [u8; OP_SIZE] {
         }
         CallerOp::AssignDevice => o[11] = 5,
         CallerOp::SetBrokenPage { .. } => o[11] = 6,
+        CallerOp::IdentityMap {
+            nr, access, add, ..
+        } => {
+            o[11] = IDENTITY_KIND;
+            nr_bytes(&mut o, nr);
+            o[5] = IDENTITY_ACCESSES
+                .iter()
+                .position(|&a| a == access)
+                .unwrap_or(0) as u8;
+            if !add {
+                o[4] |= B4_REMOVE;
+            }
+        }
     }
     o
 }
+
+/// `b11` of an `identity_map` record: any value from here up (older caller records,
+/// `b11 % 7`, never carry one: the encoder wrote 0..=6 and no committed corpus holds a
+/// caller record).
+const IDENTITY_KIND: u8 = 0xe0;
 
 fn decode_call(b: &[u8; OP_SIZE], mode: Mode) -> CallerOp {
     let gfn = le(&b[1..4]) & (GFN_WINDOW - 1);
@@ -498,6 +526,19 @@ fn decode_call(b: &[u8; OP_SIZE], mode: Mode) -> CallerOp {
         32 << u32::from(b[0] & 7).min(4)
     };
     let v = le(&b[5..10]);
+    if b[11] >= IDENTITY_KIND {
+        let add = b[4] & B4_REMOVE == 0;
+        return CallerOp::IdentityMap {
+            gfn,
+            nr,
+            access: if add {
+                IDENTITY_ACCESSES[usize::from(b[5] % 3)]
+            } else {
+                P2mAccess::X
+            },
+            add,
+        };
+    }
     let kind = b[11] % 7;
     match kind {
         0 | 1 => {

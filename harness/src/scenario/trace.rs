@@ -33,7 +33,8 @@
 //!   `populate_physmap gfn=G mfn=F order=O`, `decrease_reservation gfn=G order=O`,
 //!   `set_mem_type gfn=G nr=N TYPE` (`ram_rw`, `ram_ro`, `mmio_dm`, `ioreq_server`),
 //!   `memory_mapping gfn=G mfn=F nr=N add|remove`, `set_mem_access gfn=G nr=N ACCESS`,
-//!   `set_broken_page_p2m gfn=G`, `assign_device`; N is 1..=16, 32, 64, 128, 256 or 512.
+//!   `set_broken_page_p2m gfn=G`, `assign_device`, `identity_map gfn=G nr=N rw|r|w add`,
+//!   `identity_map gfn=G nr=N remove`; N is 1..=16, 32, 64, 128, 256 or 512.
 //! - `add_to_physmap_range idx=I gpfn=G size=N | after K: CALLER-OP`: the batch with a
 //!   second vCPU running the caller op once K pages are moved (K ≤ 255).
 //! - `fail_alloc nth=K` (1 ≤ K ≤ 256): fault injection, the K-th table allocation of the
@@ -129,6 +130,7 @@ pub fn parse_trace(text: &str) -> Result<Scenario, TraceError> {
             | "set_mem_access"
             | "assign_device"
             | "set_broken_page_p2m"
+            | "identity_map"
             | "fail_alloc" => {
                 if config.is_none() {
                     return Err(err(format!("{head} before the config line")));
@@ -149,7 +151,8 @@ pub fn parse_trace(text: &str) -> Result<Scenario, TraceError> {
                     "unknown statement `{other}` (expected `config`, `set_entry`, \
                      `add_to_physmap_range` or a caller op: `populate_physmap`, \
                      `decrease_reservation`, `set_mem_type`, `memory_mapping`, \
-                     `set_mem_access`, `set_broken_page_p2m`, `assign_device`; or \
+                     `set_mem_access`, `set_broken_page_p2m`, `assign_device`, \
+                     `identity_map`; or \
                      `fail_alloc`)"
                 )))
             }
@@ -539,6 +542,36 @@ fn parse_call<'a>(head: &str, words: impl Iterator<Item = &'a str>) -> Result<Ca
                 return Err("set_broken_page_p2m takes only `gfn=`".into());
             }
             CallerOp::SetBrokenPage { gfn: gfn_of(gfn)? }
+        }
+        "identity_map" => {
+            if mfn.is_some() || order.is_some() {
+                return Err("identity_map takes `gfn=` and `nr=` (the frames are the gfns)".into());
+            }
+            let (gfn, nr) = (gfn_of(gfn)?, need_nr()?);
+            match bare.as_slice() {
+                ["remove"] => CallerOp::IdentityMap {
+                    gfn,
+                    nr,
+                    access: P2mAccess::X,
+                    add: false,
+                },
+                [a, "add"] => {
+                    let access = P2mAccess::from_name(a)
+                        .filter(|a| p2m_core::callers::IDENTITY_ACCESSES.contains(a))
+                        .ok_or_else(|| format!("identity_map: access `{a}` is not rw, r or w"))?;
+                    CallerOp::IdentityMap {
+                        gfn,
+                        nr,
+                        access,
+                        add: true,
+                    }
+                }
+                _ => {
+                    return Err(
+                        "identity_map ends with `ACCESS add` (rw, r or w) or `remove`".into(),
+                    )
+                }
+            }
         }
         "assign_device" => {
             no_words()?;

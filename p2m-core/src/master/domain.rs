@@ -212,6 +212,12 @@ pub fn caller_op(p2m: &mut P2m, cx: &mut Cx, refs: &mut PageRefs, op: CallerOp) 
             }
         }
         CallerOp::SetBrokenPage { gfn } => p2m_typed::set_broken_page_p2m(p2m, cx, gfn),
+        CallerOp::IdentityMap {
+            gfn,
+            nr,
+            access,
+            add,
+        } => crate::master::x86_iommu::iommu_identity_mapping(p2m, cx, gfn, nr.into(), access, add),
     }
 }
 

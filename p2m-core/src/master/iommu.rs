@@ -223,6 +223,23 @@ pub struct Iommu {
     /// Flush flags the legacy wrappers dropped under `dont_flush` (no Xen counterpart;
     /// read only by the proposed fix `batch_flush_keeps_deferred_flags`).
     dropped: FlushFlags,
+    /// `hd->arch.identity_maps` (`x86/iommu.c:215-222`): the ranges mapped 1:1 for
+    /// assigned devices, with their access and reference count.
+    pub identity_maps: Vec<IdentityMapRange>,
+}
+
+/// One `struct identity_map` (`x86/iommu.c:215-222`): a reserved range `[base, end)` in
+/// frames, its access and how many assignments use it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IdentityMapRange {
+    /// First frame.
+    pub base: u64,
+    /// One past the last frame.
+    pub end: u64,
+    /// Access of its entries.
+    pub access: crate::types::P2mAccess,
+    /// Assignments using it.
+    pub count: u32,
 }
 
 impl Iommu {
@@ -263,6 +280,7 @@ impl Iommu {
             counters: IommuCounters::default(),
             range_fast_path: true,
             dropped: FlushFlags::default(),
+            identity_maps: Vec::new(),
         }
     }
 

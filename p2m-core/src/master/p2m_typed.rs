@@ -54,6 +54,53 @@ fn retry_smaller(p2m: &P2m, gfn: u64, order: u32) -> Option<u32> {
     (cur_order < order).then_some(cur_order + 1)
 }
 
+/// `p2m_add_identity_entry(d, gfn, p2ma, flag)` (`p2m.c:1245-1283`, via
+/// `set_identity_p2m_entry`, `physmap.c:67-79`): an empty gfn (`invalid` / `mmio_dm`) gets
+/// `gfn → gfn` as `mmio_direct` at 4 KiB with access `p2ma` (not the default access); the
+/// same identity entry with the same access is left alone; anything else is `-EBUSY`
+/// (no `XEN_DOMCTL_DEV_RDM_RELAXED` in the model).
+pub fn p2m_add_identity_entry(
+    p2m: &mut P2m,
+    cx: &mut Cx,
+    gfn: u64,
+    p2ma: P2mAccess,
+) -> Result<(), PhysmapError> {
+    let e = match p2m {
+        P2m::Ept(e) => e.get_entry(gfn),
+        P2m::Pt(p) => p.get_entry(gfn),
+    };
+    let (mfn, t, a) = e.map_or((INVALID_MFN, P2mType::Invalid, P2mAccess::N), |e| {
+        (e.mfn, e.p2mt, e.access)
+    });
+    if matches!(t, P2mType::Invalid | P2mType::MmioDm) {
+        p2m_set_entry_chunked(p2m, cx, gfn, Mfn(gfn), 0, P2mType::MmioDirect, p2ma)
+    } else if mfn == Mfn(gfn) && t == P2mType::MmioDirect && a == p2ma {
+        Ok(())
+    } else {
+        Err(PhysmapError::Busy)
+    }
+}
+
+/// `p2m_remove_identity_entry(d, gfn)` (`p2m.c:1285-1322`, via
+/// `clear_identity_p2m_entry`): an `mmio_direct` entry mapping `gfn` to itself is
+/// cleared (`p2m_invalid`, default access); anything else is left as it is (0).
+pub fn p2m_remove_identity_entry(p2m: &mut P2m, cx: &mut Cx, gfn: u64) -> Result<(), PhysmapError> {
+    let (mfn, t) = get_gfn_query(p2m, gfn);
+    if t == P2mType::MmioDirect && mfn == Mfn(gfn) {
+        p2m_set_entry_chunked(
+            p2m,
+            cx,
+            gfn,
+            INVALID_MFN,
+            0,
+            P2mType::Invalid,
+            DEFAULT_ACCESS,
+        )
+    } else {
+        Ok(())
+    }
+}
+
 /// `p2m_change_type_one(d, gfn, ot, nt)` (`p2m.c:819-842`): `-EBUSY` unless the entry
 /// still has type `ot`; else the same frame at 4 KiB with type `nt` and the default
 /// access (a superpage is split; any `mem_access` setting is lost).

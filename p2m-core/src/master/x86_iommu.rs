@@ -233,6 +233,76 @@ impl<E: IoPte> IoTables for PgTables<E> {
     }
 }
 
+/// `iommu_identity_mapping(d, p2ma, base, end, flag)` (`x86/iommu.c:224-308`) for the
+/// frames `[base, base + nr)`: `add` is an assignment (`p2ma` the range's access),
+/// otherwise a deassignment (Xen's `p2m_access_x`). The same range again: another
+/// reference (`-EADDRINUSE` with another access), or on removal one reference fewer and,
+/// at the last, `p2m_remove_identity_entry` on every page (any failure: `-ENXIO`). A range
+/// overlapping another one: `-EADDRINUSE`; removing an unknown one: `-ENOENT`. A new range
+/// is listed before its pages are mapped, so a failure after the first page keeps it
+/// listed with the pages mapped so far (a failure at the first page unlists it).
+pub fn iommu_identity_mapping(
+    p2m: &mut crate::master::domain::P2m,
+    cx: &mut crate::master::domain::Cx,
+    base: u64,
+    nr: u64,
+    p2ma: crate::types::P2mAccess,
+    add: bool,
+) -> crate::physmap::BatchOutcome {
+    use crate::master::iommu::IdentityMapRange;
+    use crate::master::p2m_typed::{p2m_add_identity_entry, p2m_remove_identity_entry};
+    use crate::physmap::{BatchOutcome, PhysmapError};
+    let end = base.saturating_add(nr);
+    let out = |done: u64, rc: Result<(), PhysmapError>| BatchOutcome { done, rc };
+    let maps = &mut cx.iommu.identity_maps;
+    if let Some(k) = maps.iter().position(|m| m.base == base && m.end == end) {
+        if add {
+            if maps[k].access != p2ma {
+                return out(0, Err(PhysmapError::AddrInUse));
+            }
+            maps[k].count += 1;
+            return out(0, Ok(()));
+        }
+        maps[k].count -= 1;
+        if maps[k].count > 0 {
+            return out(0, Ok(()));
+        }
+        maps.remove(k);
+        let mut rc = Ok(());
+        for pfn in base..end {
+            if p2m_remove_identity_entry(p2m, cx, pfn).is_err() {
+                rc = Err(PhysmapError::NxIo);
+            }
+        }
+        return out(nr, rc);
+    }
+    // Xen's test `end >= map->base && map->end >= base` on byte addresses, with `end` the
+    // last byte of the new range: frames overlapping (or adjoining from below).
+    if maps.iter().any(|m| end > m.base && m.end >= base) {
+        return out(0, Err(PhysmapError::AddrInUse));
+    }
+    if !add {
+        return out(0, Err(PhysmapError::NoEnt));
+    }
+    maps.push(IdentityMapRange {
+        base,
+        end,
+        access: p2ma,
+        count: 1,
+    });
+    for pfn in base..end {
+        if let Err(e) = p2m_add_identity_entry(p2m, cx, pfn, p2ma) {
+            if pfn == base {
+                cx.iommu
+                    .identity_maps
+                    .retain(|m| m.base != base || m.end != end);
+            }
+            return out(pfn - base, Err(e));
+        }
+    }
+    out(nr, Ok(()))
+}
+
 /// `iommu_alloc_pgtable(hd, contig_mask)` (`x86/iommu.c:621-674`): a new table frame at
 /// `level`, its markers prefilled (`contig`, `:639-657`) or cleared (`:659-660`), entries
 /// all null; `None` when the allocation fails (`:631-633`).

@@ -55,6 +55,9 @@ pub struct Iommu {
     /// it is set. Set from creation unless the device is hot-plugged (`pci=hotplug`), then
     /// by `iommu_construct`.
     pub need_iommu: bool,
+    /// `hd->arch.mapped_rmrrs` (VT-d): the RMRR ranges `[base, end)` (frames) mapped
+    /// 1:1 for assigned devices, with their reference counts.
+    pub mapped_rmrrs: Vec<(u64, u64, u32)>,
 }
 
 impl Iommu {
@@ -68,6 +71,7 @@ impl Iommu {
             touched: Vec::new(),
             dont_flush: false,
             need_iommu: true,
+            mapped_rmrrs: Vec::new(),
         }
     }
 

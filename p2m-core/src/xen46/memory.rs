@@ -358,6 +358,9 @@ pub fn caller_op(
             xp2m::p2m_set_mem_access(p2m, cx, gfn, nr.into(), access)
         }
         CallerOp::AssignDevice => crate::xen46::pci::assign_device(p2m, cx),
+        CallerOp::IdentityMap { gfn, nr, add, .. } => {
+            crate::xen46::pci::rmrr_identity_mapping(p2m, cx, gfn, nr.into(), add)
+        }
         CallerOp::SetBrokenPage { gfn } => xp2m::set_broken_page_p2m(p2m, cx, gfn),
     }
 }

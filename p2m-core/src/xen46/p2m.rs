@@ -168,6 +168,49 @@ pub fn clear_mmio_p2m_entry(p2m: &mut P2m, cx: &mut Cx, gfn: u64) -> Result<(), 
     )
 }
 
+/// `set_identity_p2m_entry(d, gfn, p2ma, flag)` of 4.6 (`p2m.c:958-1006`): an empty gfn
+/// gets `gfn → gfn` as `mmio_direct` at 4 KiB with access `p2ma`; the same identity entry
+/// with the same access is left alone; anything else is `-EBUSY` (no
+/// `XEN_DOMCTL_DEV_RDM_RELAXED` in the model).
+pub fn set_identity_p2m_entry(
+    p2m: &mut P2m,
+    cx: &mut Cx,
+    gfn: u64,
+    p2ma: P2mAccess,
+) -> Result<(), PhysmapError> {
+    let (mfn, t, a) = p2m
+        .get_entry(gfn)
+        .map_or((INVALID_MFN, P2mType::Invalid, P2mAccess::N), |e| {
+            (e.mfn, e.p2mt, e.access)
+        });
+    if matches!(t, P2mType::Invalid | P2mType::MmioDm) {
+        p2m_set_entry(p2m, cx, gfn, Mfn(gfn), 0, P2mType::MmioDirect, p2ma)
+    } else if mfn == Mfn(gfn) && t == P2mType::MmioDirect && a == p2ma {
+        Ok(())
+    } else {
+        Err(PhysmapError::Busy)
+    }
+}
+
+/// `clear_identity_p2m_entry(d, gfn)` of 4.6 (`p2m.c:1043-1077`): an `mmio_direct` entry
+/// mapping `gfn` to itself is cleared; anything else is left alone (0).
+pub fn clear_identity_p2m_entry(p2m: &mut P2m, cx: &mut Cx, gfn: u64) -> Result<(), PhysmapError> {
+    let (mfn, t) = get_gfn_query(p2m, gfn);
+    if t == P2mType::MmioDirect && mfn == Mfn(gfn) {
+        p2m_set_entry(
+            p2m,
+            cx,
+            gfn,
+            INVALID_MFN,
+            0,
+            P2mType::Invalid,
+            DEFAULT_ACCESS,
+        )
+    } else {
+        Ok(())
+    }
+}
+
 /// `XEN_DOMCTL_set_broken_page_p2m` of 4.6 (`x86/domctl.c:993-1006`): `-EINVAL` unless
 /// the entry maps a RAM frame with a RAM type; else `p2m_change_type_one` to
 /// `ram_broken` on the same frame.
