@@ -74,4 +74,5 @@ amd-perm-noflush master-fixed amd_pte_change_checks_perms
 pt-no-sync master-fixed pt_syncs_iommu
 mmio-nobreak master-fixed mmio_direct_mapped
 ept-free-first master-fixed ept_free_entry_last
+xsa378-access master-fixed mmio_direct_honours_access
 EOF
