@@ -145,6 +145,29 @@ fn fuzz_dictionary_entries_decode_as_documented() {
             if let Some(d) = r("xen-master") {
                 panic!("{name}: xen-master diverges:\n{d}");
             }
+        } else if name.starts_with("f10_") {
+            // F10's second-vCPU shape: under the pinned master with every proposed fix but
+            // `batch_holds_failed_page_ref` assumed (as the peeling canary gets there) it
+            // diverges through a caller chain; `master-fixed` is clean.
+            let mut input = vec![0u8];
+            input.extend_from_slice(bytes);
+            let s = decode(&input).unwrap_or_else(|| panic!("{name}: does not decode"));
+            let master = revision_by_name("xen-master").unwrap();
+            let fixes: Vec<String> = revision_by_name("master-fixed")
+                .unwrap()
+                .switches
+                .differing(&master.switches)
+                .into_iter()
+                .filter(|f| *f != "batch_holds_failed_page_ref")
+                .map(String::from)
+                .collect();
+            let rev = assume_fixed(master, &fixes).unwrap();
+            let d = run_with(&s, rev, false)
+                .divergence
+                .unwrap_or_else(|| panic!("{name}: clean:\n{s}"));
+            assert!(d.is_caller_chain(), "{name}: not a caller chain");
+            let fixed = revision_by_name("master-fixed").unwrap();
+            assert!(run_with(&s, fixed, false).divergence.is_none(), "{name}");
         } else if name.starts_with("pair_") {
             // Two records: a batch and its second vCPU's op.
             assert_eq!(bytes.len(), 2 * harness::scenario::OP_SIZE, "{name}");
