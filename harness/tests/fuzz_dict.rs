@@ -145,10 +145,10 @@ fn fuzz_dictionary_entries_decode_as_documented() {
             if let Some(d) = r("xen-master") {
                 panic!("{name}: xen-master diverges:\n{d}");
             }
-        } else if name.starts_with("f10_") {
-            // F10's second-vCPU shape: under the pinned master with every proposed fix but
-            // `batch_holds_failed_page_ref` assumed (as the peeling canary gets there) it
-            // diverges through a caller chain; `master-fixed` is clean.
+        } else if let Some(switch) = name.strip_prefix("hole_") {
+            // The shape of one master finding, named by its proposed fix: under the pinned
+            // master with every other proposed fix assumed (as the peeling canary gets
+            // there) it diverges through a caller chain; `master-fixed` is clean.
             let mut input = vec![0u8];
             input.extend_from_slice(bytes);
             let s = decode(&input).unwrap_or_else(|| panic!("{name}: does not decode"));
@@ -158,9 +158,10 @@ fn fuzz_dictionary_entries_decode_as_documented() {
                 .switches
                 .differing(&master.switches)
                 .into_iter()
-                .filter(|f| *f != "batch_holds_failed_page_ref")
+                .filter(|f| *f != switch)
                 .map(String::from)
                 .collect();
+            assert!(fixes.len() > 1, "{name}: no proposed fix `{switch}`");
             let rev = assume_fixed(master, &fixes).unwrap();
             let d = run_with(&s, rev, false)
                 .divergence
