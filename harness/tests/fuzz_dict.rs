@@ -34,6 +34,28 @@ fn entries() -> Vec<(String, Vec<u8>)> {
     out
 }
 
+/// The scenario a dictionary entry of whole records decodes to (header byte 0: EPT,
+/// VT-d, separate tables).
+fn decode_entry(name: &str, bytes: &[u8]) -> harness::Scenario {
+    let mut input = vec![0u8];
+    input.extend_from_slice(bytes);
+    decode(&input).unwrap_or_else(|| panic!("{name}: does not decode"))
+}
+
+/// The switches `master-fixed` sets differently from the pinned master (the proposed
+/// fixes), `skip` left out.
+fn master_fixes_except(skip: &str) -> Vec<String> {
+    let master = revision_by_name("xen-master").unwrap();
+    revision_by_name("master-fixed")
+        .unwrap()
+        .switches
+        .differing(&master.switches)
+        .into_iter()
+        .filter(|f| *f != skip)
+        .map(String::from)
+        .collect()
+}
+
 fn le40(b: &[u8]) -> u64 {
     b.iter().rev().fold(0, |acc, &x| acc << 8 | u64::from(x))
 }
@@ -124,18 +146,9 @@ fn fuzz_dictionary_entries_decode_as_documented() {
             }
         } else if name.starts_with("seq_") {
             // A whole reproducer: it alone diverges under its revision, not under master.
-            let mut input = vec![0u8];
-            input.extend_from_slice(bytes);
-            let s = decode(&input).unwrap_or_else(|| panic!("{name}: does not decode"));
+            let s = decode_entry(name, bytes);
             // With the master findings assumed fixed, as the peeling canary gets there.
-            let master = revision_by_name("xen-master").unwrap();
-            let fixes: Vec<String> = revision_by_name("master-fixed")
-                .unwrap()
-                .switches
-                .differing(&master.switches)
-                .into_iter()
-                .map(String::from)
-                .collect();
+            let fixes = master_fixes_except("");
             let r = |n| {
                 let rev = assume_fixed(revision_by_name(n).unwrap(), &fixes).unwrap();
                 run_with(&s, rev, false).divergence
@@ -149,20 +162,14 @@ fn fuzz_dictionary_entries_decode_as_documented() {
             // The shape of one master finding, named by its proposed fix: under the pinned
             // master with every other proposed fix assumed (as the peeling canary gets
             // there) it diverges through a caller chain; `master-fixed` is clean.
-            let mut input = vec![0u8];
-            input.extend_from_slice(bytes);
-            let s = decode(&input).unwrap_or_else(|| panic!("{name}: does not decode"));
-            let master = revision_by_name("xen-master").unwrap();
-            let fixes: Vec<String> = revision_by_name("master-fixed")
-                .unwrap()
-                .switches
-                .differing(&master.switches)
-                .into_iter()
-                .filter(|f| *f != switch)
-                .map(String::from)
-                .collect();
-            assert!(fixes.len() > 1, "{name}: no proposed fix `{switch}`");
-            let rev = assume_fixed(master, &fixes).unwrap();
+            let s = decode_entry(name, bytes);
+            let fixes = master_fixes_except(switch);
+            assert_eq!(
+                fixes.len() + 1,
+                master_fixes_except("").len(),
+                "{name}: `{switch}` is no proposed fix"
+            );
+            let rev = assume_fixed(revision_by_name("xen-master").unwrap(), &fixes).unwrap();
             let d = run_with(&s, rev, false)
                 .divergence
                 .unwrap_or_else(|| panic!("{name}: clean:\n{s}"));
