@@ -16,6 +16,7 @@ pub mod events;
 pub mod frames;
 pub mod master;
 pub mod physmap;
+pub mod recalc;
 pub mod revision;
 pub mod stats;
 pub mod tables;

@@ -1,0 +1,151 @@
+//! Shared state of the lazy type change (`p2m_change_type_range` and its recalc), the
+//! same on both lines: `p2m->logdirty_ranges` (a rangeset), `p2m->global_logdirty` and
+//! `p2m->max_mapped_pfn` of `struct p2m_domain`, and `p2m_is_logdirty_range`.
+//!
+//! A range type change does not rewrite leaves: it marks the entries that cover the range
+//! (EPT: `emt = MTRR_NUM_TYPES` plus `recalc`; p2m-pt: the recalc flag in place of
+//! `_PAGE_USER`), and the leaf gets its new type when the mark is resolved — on a CPU
+//! access (an EPT misconfig exit, an NPT fault) or at the start of the next `set_entry`
+//! on a gfn below the mark — from where the gfn sits in these ranges. Each line's p2m
+//! module holds its own `p2m_is_changeable` / `p2m_recalc_type`.
+
+use crate::types::GfnRange;
+
+/// `p2m_is_logdirty_range()`'s answer (`p2m.c:69-82` master, `p2m.c:107-120` 4.6).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum LogdirtyOverlap {
+    /// No gfn of the range is log-dirty (`0`).
+    None,
+    /// Every gfn is (`1`): global log-dirty, or a rangeset range holds the whole range.
+    All,
+    /// Some are (`-1`): a superpage must be split.
+    Partial,
+}
+
+/// `p2m->logdirty_ranges`, `p2m->global_logdirty` and `p2m->max_mapped_pfn`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RecalcState {
+    /// The rangeset: sorted, disjoint, non-adjacent ranges.
+    ranges: Vec<GfnRange>,
+    /// `global_logdirty` (never set in the model: global log-dirty is refused for a
+    /// domain with a device, `paging_log_dirty_enable`; kept for `p2m_is_logdirty_range`).
+    pub global_logdirty: bool,
+    /// `max_mapped_pfn`: the highest gfn any successful `set_entry` has written with a
+    /// type other than `p2m_invalid` (0 before the first).
+    pub max_mapped_pfn: u64,
+}
+
+impl RecalcState {
+    /// The rangeset's ranges, in order.
+    pub fn ranges(&self) -> &[GfnRange] {
+        &self.ranges
+    }
+
+    /// `rangeset_add_range(logdirty_ranges, first, last)` (inclusive bounds).
+    pub fn add_range(&mut self, first: u64, last: u64) {
+        let mut r = GfnRange {
+            start: first,
+            end: last.saturating_add(1),
+        };
+        let mut out = Vec::with_capacity(self.ranges.len() + 1);
+        for &x in &self.ranges {
+            if x.end < r.start || x.start > r.end {
+                out.push(x);
+            } else {
+                r.start = r.start.min(x.start);
+                r.end = r.end.max(x.end);
+            }
+        }
+        out.push(r);
+        out.sort_by_key(|x| x.start);
+        self.ranges = out;
+    }
+
+    /// `rangeset_remove_range(logdirty_ranges, first, last)` (inclusive bounds).
+    pub fn remove_range(&mut self, first: u64, last: u64) {
+        let cut = GfnRange {
+            start: first,
+            end: last.saturating_add(1),
+        };
+        let mut out = Vec::with_capacity(self.ranges.len() + 1);
+        for &x in &self.ranges {
+            if x.intersect(&cut).is_none() {
+                out.push(x);
+                continue;
+            }
+            if x.start < cut.start {
+                out.push(GfnRange {
+                    start: x.start,
+                    end: cut.start,
+                });
+            }
+            if x.end > cut.end {
+                out.push(GfnRange {
+                    start: cut.end,
+                    end: x.end,
+                });
+            }
+        }
+        self.ranges = out;
+    }
+
+    /// `p2m_is_logdirty_range(p2m, start, end)` (inclusive bounds): global log-dirty or a
+    /// range holding all of it → `All`; one overlapping it → `Partial`; else `None`.
+    pub fn is_logdirty_range(&self, start: u64, end: u64) -> LogdirtyOverlap {
+        if self.global_logdirty {
+            return LogdirtyOverlap::All;
+        }
+        let q = GfnRange {
+            start,
+            end: end.saturating_add(1),
+        };
+        let mut any = false;
+        for x in &self.ranges {
+            if x.start <= q.start && q.end <= x.end {
+                return LogdirtyOverlap::All;
+            }
+            any |= x.intersect(&q).is_some();
+        }
+        if any {
+            LogdirtyOverlap::Partial
+        } else {
+            LogdirtyOverlap::None
+        }
+    }
+
+    /// The `max_mapped_pfn` update at the end of a successful `set_entry` of `2^order`
+    /// pages at `gfn` with a type other than `p2m_invalid`.
+    pub fn note_mapped(&mut self, gfn: u64, order: u32) {
+        let last = gfn + (1u64 << order) - 1;
+        self.max_mapped_pfn = self.max_mapped_pfn.max(last);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rangeset_add_remove_and_overlap() {
+        let mut s = RecalcState::default();
+        s.add_range(10, 19);
+        s.add_range(20, 29);
+        assert_eq!(s.ranges(), &[GfnRange { start: 10, end: 30 }]);
+        assert_eq!(s.is_logdirty_range(12, 29), LogdirtyOverlap::All);
+        assert_eq!(s.is_logdirty_range(0, 10), LogdirtyOverlap::Partial);
+        assert_eq!(s.is_logdirty_range(30, 40), LogdirtyOverlap::None);
+        s.remove_range(15, 16);
+        assert_eq!(
+            s.ranges(),
+            &[
+                GfnRange { start: 10, end: 15 },
+                GfnRange { start: 17, end: 30 }
+            ]
+        );
+        assert_eq!(s.is_logdirty_range(14, 17), LogdirtyOverlap::Partial);
+        s.remove_range(0, 100);
+        assert!(s.ranges().is_empty());
+        s.note_mapped(0x200, 9);
+        assert_eq!(s.max_mapped_pfn, 0x3ff);
+    }
+}
