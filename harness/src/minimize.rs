@@ -407,7 +407,19 @@ fn simpler_calls(c: &CallerOp) -> Vec<CallerOp> {
                 }
             }
         }
-        CallerOp::AssignDevice | CallerOp::SetBrokenPage { .. } => {}
+        CallerOp::TrackDirtyVram { gfn, nr } => {
+            for n in [1, nr / 2] {
+                if n > 0 && n < nr {
+                    v.push(CallerOp::TrackDirtyVram { gfn, nr: n });
+                }
+            }
+        }
+        CallerOp::GuestAccess { gfn, write: true } => {
+            v.push(CallerOp::GuestAccess { gfn, write: false });
+        }
+        CallerOp::AssignDevice
+        | CallerOp::SetBrokenPage { .. }
+        | CallerOp::GuestAccess { .. } => {}
     }
     v
 }

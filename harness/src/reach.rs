@@ -138,9 +138,13 @@ pub fn caller_verdict(
             "p2m_set_mem_access is VM introspection, which SUPPORT.md does not support \
              together with PCI passthrough",
         )),
+        // The device model tracks any VRAM range it likes (`XEN_DMOP_track_dirty_vram`
+        // is not refused for a domain with a device); a vCPU touches any gfn.
         CallerOp::DecreaseReservation { .. }
         | CallerOp::SetMemType { .. }
         | CallerOp::SetBrokenPage { .. }
+        | CallerOp::TrackDirtyVram { .. }
+        | CallerOp::GuestAccess { .. }
         | CallerOp::AssignDevice => None,
     }
 }

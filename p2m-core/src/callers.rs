@@ -146,6 +146,25 @@ pub enum CallerOp {
         /// Map (device assigned) or unmap (deassigned).
         add: bool,
     },
+    /// `XEN_DMOP_track_dirty_vram` (master) / `HVMOP_track_dirty_vram` (4.6): the device
+    /// model tracks writes to `nr` VRAM pages from `gfn` (`hap_track_dirty_vram`: a new
+    /// range moves tracking with `p2m_change_type_range`, the same range re-arms it page
+    /// by page); `nr` = 0 stops tracking.
+    TrackDirtyVram {
+        /// First gfn.
+        gfn: u64,
+        /// Pages (0..=[`MAX_CALL_PAGES`]; 0 stops tracking).
+        nr: u32,
+    },
+    /// A vCPU's own read or write of `gfn`: a pending type change on the way is resolved
+    /// (EPT misconfig exit → `resolve_misconfig`; NPT fault → `do_recalc`), and a write to
+    /// a `ram_logdirty` page retypes it `ram_rw` (`hvm_hap_nested_page_fault`).
+    GuestAccess {
+        /// The gfn.
+        gfn: u64,
+        /// A write (else a read).
+        write: bool,
+    },
 }
 
 impl CallerOp {
@@ -160,14 +179,18 @@ impl CallerOp {
             CallerOp::AssignDevice => "assign_device",
             CallerOp::SetBrokenPage { .. } => "set_broken_page_p2m",
             CallerOp::IdentityMap { .. } => "identity_map",
+            CallerOp::TrackDirtyVram { .. } => "track_dirty_vram",
+            CallerOp::GuestAccess { .. } => "guest_access",
         }
     }
 
     /// Who issues it: `guest`, `device model`, `toolstack` or `introspection`.
     pub fn issuer(&self) -> &'static str {
         match self {
-            CallerOp::Populate { .. } | CallerOp::DecreaseReservation { .. } => "guest",
-            CallerOp::SetMemType { .. } => "device model",
+            CallerOp::Populate { .. }
+            | CallerOp::DecreaseReservation { .. }
+            | CallerOp::GuestAccess { .. } => "guest",
+            CallerOp::SetMemType { .. } | CallerOp::TrackDirtyVram { .. } => "device model",
             CallerOp::MemoryMapping { .. }
             | CallerOp::AssignDevice
             | CallerOp::SetBrokenPage { .. }
@@ -185,6 +208,8 @@ impl CallerOp {
             | CallerOp::MemoryMapping { gfn, .. }
             | CallerOp::SetMemAccess { gfn, .. }
             | CallerOp::IdentityMap { gfn, .. }
+            | CallerOp::TrackDirtyVram { gfn, .. }
+            | CallerOp::GuestAccess { gfn, .. }
             | CallerOp::SetBrokenPage { gfn } => gfn,
             CallerOp::AssignDevice => 0,
         }
@@ -200,8 +225,9 @@ impl CallerOp {
             CallerOp::SetMemType { nr, .. }
             | CallerOp::MemoryMapping { nr, .. }
             | CallerOp::SetMemAccess { nr, .. }
-            | CallerOp::IdentityMap { nr, .. } => nr as u64,
-            CallerOp::SetBrokenPage { .. } => 1,
+            | CallerOp::IdentityMap { nr, .. }
+            | CallerOp::TrackDirtyVram { nr, .. } => nr as u64,
+            CallerOp::SetBrokenPage { .. } | CallerOp::GuestAccess { .. } => 1,
             CallerOp::AssignDevice => 0,
         }
     }
@@ -241,6 +267,10 @@ impl fmt::Display for CallerOp {
                 } else {
                     write!(f, "{n} gfn={gfn:#x} nr={nr} remove")
                 }
+            }
+            CallerOp::TrackDirtyVram { gfn, nr } => write!(f, "{n} gfn={gfn:#x} nr={nr}"),
+            CallerOp::GuestAccess { gfn, write } => {
+                write!(f, "{n} gfn={gfn:#x} {}", if write { "write" } else { "read" })
             }
         }
     }

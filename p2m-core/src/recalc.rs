@@ -9,7 +9,8 @@
 //! on a gfn below the mark — from where the gfn sits in these ranges. Each line's p2m
 //! module holds its own `p2m_is_changeable` / `p2m_recalc_type`.
 
-use crate::types::GfnRange;
+use crate::types::{GfnRange, P2mType, INVALID_MFN};
+use crate::view::{push_cpu_extent, CpuExtent};
 
 /// `p2m_is_logdirty_range()`'s answer (`p2m.c:69-82` master, `p2m.c:107-120` 4.6).
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -33,6 +34,12 @@ pub struct RecalcState {
     /// `max_mapped_pfn`: the highest gfn any successful `set_entry` has written with a
     /// type other than `p2m_invalid` (0 before the first).
     pub max_mapped_pfn: u64,
+    /// Some entry has carried a recalc mark (lets the CPU view skip looking for marks
+    /// in a p2m that never had one).
+    pub marks_set: bool,
+    /// The range `hap_track_dirty_vram` tracks (`d->arch.hvm.dirty_vram`, a domain field
+    /// kept here beside the p2m state it drives).
+    pub dirty_vram: Option<GfnRange>,
 }
 
 impl RecalcState {
@@ -41,8 +48,13 @@ impl RecalcState {
         &self.ranges
     }
 
-    /// `rangeset_add_range(logdirty_ranges, first, last)` (inclusive bounds).
+    /// `rangeset_add_range(logdirty_ranges, first, last)` (inclusive bounds). An inverted
+    /// range (`first > last`: 4.6 passes one when the whole range lies past
+    /// `max_mapped_pfn`) adds nothing here; Xen only asserts against it.
     pub fn add_range(&mut self, first: u64, last: u64) {
+        if first > last {
+            return;
+        }
         let mut r = GfnRange {
             start: first,
             end: last.saturating_add(1),
@@ -61,8 +73,12 @@ impl RecalcState {
         self.ranges = out;
     }
 
-    /// `rangeset_remove_range(logdirty_ranges, first, last)` (inclusive bounds).
+    /// `rangeset_remove_range(logdirty_ranges, first, last)` (inclusive bounds; an
+    /// inverted range removes nothing).
     pub fn remove_range(&mut self, first: u64, last: u64) {
+        if first > last {
+            return;
+        }
         let cut = GfnRange {
             start: first,
             end: last.saturating_add(1),
@@ -119,6 +135,79 @@ impl RecalcState {
         let last = gfn + (1u64 << order) - 1;
         self.max_mapped_pfn = self.max_mapped_pfn.max(last);
     }
+}
+
+/// The CPU view of a p2m with recalc marks: what `get_entry` reports, without writing,
+/// for a gfn whose walk meets a mark (`marked`: those gfns, sorted and disjoint) —
+/// `recalc(stored type, gfn is log-dirty)` — merged back into canonical extents. Cost:
+/// the extents times the marked and rangeset ranges, never the pages.
+pub fn overlay_recalc(
+    extents: Vec<CpuExtent>,
+    marked: &[GfnRange],
+    st: &RecalcState,
+    recalc: &dyn Fn(P2mType, bool) -> P2mType,
+) -> Vec<CpuExtent> {
+    if marked.is_empty() {
+        return extents;
+    }
+    let mut out = Vec::with_capacity(extents.len());
+    for e in extents {
+        let mut cuts: Vec<u64> = Vec::new();
+        let edges = marked.iter().chain(st.ranges.iter());
+        for r in edges {
+            for x in [r.start, r.end] {
+                if x > e.range.start && x < e.range.end {
+                    cuts.push(x);
+                }
+            }
+        }
+        cuts.push(e.range.end);
+        cuts.sort_unstable();
+        cuts.dedup();
+        let mut start = e.range.start;
+        for end in cuts {
+            let piece = GfnRange { start, end };
+            let is_marked = marked.iter().any(|m| m.start <= start && start < m.end);
+            let p2mt = if is_marked {
+                let ld = st.global_logdirty
+                    || st.ranges.iter().any(|r| r.start <= start && start < r.end);
+                recalc(e.p2mt, ld)
+            } else {
+                e.p2mt
+            };
+            let mfn = if e.mfn == INVALID_MFN {
+                INVALID_MFN
+            } else {
+                crate::types::Mfn(e.mfn.0 + (start - e.range.start))
+            };
+            push_cpu_extent(
+                &mut out,
+                CpuExtent {
+                    range: piece,
+                    mfn,
+                    p2mt,
+                    access: e.access,
+                },
+            );
+            start = end;
+        }
+    }
+    out
+}
+
+/// Adds `r` to the sorted, disjoint list `out`, merging it with the last range when they
+/// touch (callers add in ascending order).
+pub fn push_marked(out: &mut Vec<GfnRange>, r: GfnRange) {
+    if r.is_empty() {
+        return;
+    }
+    if let Some(last) = out.last_mut() {
+        if last.end == r.start {
+            last.end = r.end;
+            return;
+        }
+    }
+    out.push(r);
 }
 
 #[cfg(test)]

@@ -16,6 +16,8 @@
 //! | `set_broken_page_p2m` | `-EINVAL` unless a RAM frame with a RAM type (`ioreq_server` too); else `ram_broken`, the frame kept | same (`mmio_write_dm` is not RAM) |
 //! | `assign_device` | nothing (tables exist from creation) | nothing (the domain has had the IOMMU since creation) |
 //! | `identity_map` add (`iommu_identity_mapping` / `rmrr_identity_mapping`) | the same range again: one more user (`-EADDRINUSE` with another access); a range overlapping (or adjoining from below) a listed one `-EADDRINUSE`; else listed, then per page: a hole gets `gfn → gfn` `mmio_direct` with the range's access, the same identity entry is kept, anything else `-EBUSY` (stop; unlisted if at the first page) | VT-d only (`-EOPNOTSUPP` on AMD), access always `rw`, no overlap check, listed only once every page is mapped |
+//! | `track_dirty_vram` | HAP: tracking moves (old range back to `ram_rw`, new one to `ram_logdirty`, cut at `max_mapped_pfn`; master marks nothing for one page), the same range re-arms page by page, `nr` 0 stops; shadow: nothing (see [`crate::logdirty`]) | same (a one-page range is marked; from gfn 0 past `max_mapped_pfn` every page is) |
+//! | `guest_access` | HAP: a write to `ram_logdirty` the access allows → `ram_rw`, `rwx`; otherwise nothing | same |
 //! | `identity_map` remove | the listed range: one user fewer; at the last, every page that is still `gfn → gfn` `mmio_direct` is emptied; an unknown range `-ENOENT` | same |
 
 use p2m_core::callers::{CallerOp, HvmMemType, InterleavedBatch, InterleavedOutcome};
@@ -134,6 +136,14 @@ impl RefModel {
                     }
                 }
                 ok(nr.into())
+            }
+            CallerOp::TrackDirtyVram { gfn, nr } => {
+                self.track_dirty_vram(gfn, nr.into());
+                ok(nr.into())
+            }
+            CallerOp::GuestAccess { gfn, write } => {
+                self.guest_access(gfn, write);
+                ok(1)
             }
             CallerOp::AssignDevice => {
                 self.assign_device();

@@ -22,6 +22,7 @@
 
 pub mod callers;
 pub mod entry;
+pub mod logdirty;
 pub mod model;
 pub mod permissions;
 pub mod physmap;

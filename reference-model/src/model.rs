@@ -28,6 +28,14 @@ pub struct Extent {
     /// `p2m_is_valid` types, `p2m-pt.c:860-870`); a 4 KiB change inside splits the 2 MiB
     /// region it falls in down to 4 KiB entries, which report it.
     pub hidden_frame: bool,
+    /// A range type change covered these frames (see [`crate::logdirty`]): Xen may not
+    /// have resolved their mark yet.
+    pub maybe_pending: bool,
+    /// Xen's type here may be either `ram_rw` or `ram_logdirty` (which one depends on
+    /// when Xen resolved a mark, a matter of table layout the flat reference does not
+    /// keep; see [`crate::logdirty`]): the CPU view accepts both, the device may have
+    /// what either grants.
+    pub either: bool,
 }
 
 impl Extent {
@@ -73,6 +81,8 @@ pub struct RefModel {
     /// Identity-mapped ranges `[base, end)` with their access and reference count
     /// (master `hd->arch.identity_maps`, 4.6 `hd->arch.mapped_rmrrs`).
     pub(crate) identity: Vec<(u64, u64, P2mAccess, u32)>,
+    /// Log-dirty state: the rangeset, `max_mapped_pfn`, the tracked VRAM range.
+    pub(crate) logdirty: crate::logdirty::LogDirty,
 }
 
 impl RefModel {
@@ -85,6 +95,7 @@ impl RefModel {
             extents: BTreeMap::new(),
             assigned: !config.pci_hotplug,
             identity: Vec::new(),
+            logdirty: Default::default(),
         }
     }
 
@@ -120,6 +131,7 @@ impl RefModel {
     ) -> Result<(), P2mError> {
         validate_for(self.policy, self.config.mode, gfn, mfn, order, p2mt, access)?;
         let range = GfnRange::of_order(gfn, order);
+        self.logdirty.note_written(range, p2mt);
         self.carve(range);
         if writes_real_entry_for(self.policy, self.config.mode, mfn, order, p2mt) {
             let hidden_frame = self.policy == IommuPolicy::Master
@@ -134,6 +146,8 @@ impl RefModel {
                     p2mt,
                     access,
                     hidden_frame,
+                    maybe_pending: false,
+                    either: false,
                 },
             );
         }
@@ -150,6 +164,7 @@ impl RefModel {
         p2mt: P2mType,
         access: P2mAccess,
     ) {
+        self.logdirty.note_written(range, p2mt);
         self.carve(range);
         if writes_real_entry_for(self.policy, self.config.mode, mfn, 0, p2mt) {
             self.extents.insert(
@@ -160,6 +175,8 @@ impl RefModel {
                     p2mt,
                     access,
                     hidden_frame: false,
+                    maybe_pending: false,
+                    either: false,
                 },
             );
         }
@@ -227,7 +244,7 @@ impl RefModel {
     /// Removes every mapping in `range`, splitting extents that straddle its ends. The
     /// part of a [`Extent::hidden_frame`] extent in a 2 MiB region the range meets stops
     /// being hidden (Xen split that superpage down to 4 KiB entries).
-    fn carve(&mut self, range: GfnRange) {
+    pub(crate) fn carve(&mut self, range: GfnRange) {
         let mut pieces: Vec<(u64, Extent)> = Vec::new();
         // An extent starting before the range and reaching into it.
         if let Some((&start, &ext)) = self.extents.range(..range.start).next_back() {
@@ -279,8 +296,17 @@ impl RefModel {
         }
     }
 
+    /// Stores `ext` at `start` in place of whatever covered its frames.
+    pub(crate) fn put_extent(&mut self, start: u64, ext: Extent) {
+        self.carve(GfnRange {
+            start,
+            end: start + ext.len,
+        });
+        self.extents.insert(start, ext);
+    }
+
     /// The extent holding `gfn`, with the offset of `gfn` in it.
-    fn lookup(&self, gfn: u64) -> Option<(u64, &Extent)> {
+    pub(crate) fn lookup(&self, gfn: u64) -> Option<(u64, &Extent)> {
         let (&start, ext) = self.extents.range(..=gfn).next_back()?;
         (gfn - start < ext.len).then_some((gfn - start, ext))
     }
@@ -321,6 +347,27 @@ impl RefModel {
         )
     }
 
+    /// What a device may do through the extent `ext` at frame `mfn`: [`Self::perm_at`],
+    /// or for an [`Extent::either`] extent what `ram_rw` or `ram_logdirty` grants.
+    fn ext_perm(&self, ext: &Extent, mfn: Mfn) -> IommuPerm {
+        let p = self.perm_at(ext.p2mt, ext.access, mfn);
+        if !ext.either {
+            return p;
+        }
+        let q = self.perm_at(P2mType::RamRw, ext.access, mfn);
+        let r = self.perm_at(P2mType::RamLogdirty, ext.access, mfn);
+        IommuPerm {
+            read: p.read || q.read || r.read,
+            write: p.write || q.write || r.write,
+        }
+    }
+
+    /// Whether Xen's type at `gfn` may be either `ram_rw` or `ram_logdirty` (see
+    /// [`Extent::either`]): the CPU view accepts both there.
+    pub fn type_either(&self, gfn: u64) -> bool {
+        self.lookup(gfn).is_some_and(|(_, e)| e.either)
+    }
+
     /// Splits `clip` (frames from `mfn`) where a page's permission may change: at the
     /// bounds of `mmio_ro_ranges`, when the type's permission depends on the frame.
     fn frame_pieces(&self, p2mt: P2mType, clip: GfnRange, mfn: Mfn) -> Vec<(GfnRange, Mfn)> {
@@ -352,7 +399,7 @@ impl RefModel {
     pub fn device_entry(&self, gfn: u64) -> (Mfn, IommuPerm) {
         match self.lookup(gfn).filter(|_| self.assigned) {
             Some((off, ext)) => {
-                let perm = self.perm_at(ext.p2mt, ext.access, ext.mfn_at(off));
+                let perm = self.ext_perm(ext, ext.mfn_at(off));
                 if perm.is_none() {
                     (INVALID_MFN, IommuPerm::NONE)
                 } else {
@@ -421,7 +468,7 @@ impl RefModel {
             }
             for (piece, first) in self.frame_pieces(ext.p2mt, clip, ext.mfn_at(clip.start - start))
             {
-                let perm = self.perm_at(ext.p2mt, ext.access, first);
+                let perm = self.ext_perm(ext, first);
                 let mfn = if perm.is_none() { INVALID_MFN } else { first };
                 push(RefView {
                     range: piece,

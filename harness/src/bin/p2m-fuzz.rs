@@ -260,6 +260,12 @@ fn repro(revision: Option<String>, dot: Option<PathBuf>, files: Vec<PathBuf>) ->
                 None => println!("verdict: clean ({} ops)", out.stats.ops),
             },
         }
+        for n in &out.notes {
+            println!(
+                "note ({}, non-fatal; --strict makes it fatal):\n{n}",
+                n.finding.class
+            );
+        }
         if let Some((path, file)) = &mut dot_out {
             let name = f
                 .file_name()

@@ -71,6 +71,10 @@
 //!   the memory type `b5 % 4`, the access `b5 % 10`; `memory_mapping`'s frame is
 //!   `MAX_PAGE + (v & 0xffffff)` (device MMIO, `mmio_ro_ranges` included) when `b4 & 1`
 //!   is clear, the literal `v` when set, and `b4 bit 4` set means remove.
+//! - `b11` from 0xd0 up picks the later kinds instead: 0xd0-0xd7 `track_dirty_vram`
+//!   (`nr` as above, or 0 — stop tracking — when `b4` bit 4 is set), 0xd8-0xdf
+//!   `guest_access` (a read when `b4` bit 4 is set, else a write), 0xe0 and up
+//!   `identity_map` (the access `b5 % 3` of `rw`, `r`, `w`; `b4` bit 4: remove).
 //!
 //! An `add_to_physmap_range` with `b4` bit 3 set whose next record is a caller op is an
 //! interleaved batch: that caller op runs as a second vCPU after `b9` pages.
@@ -341,6 +345,11 @@ pub(super) fn check_call(c: &CallerOp, mode: Mode) -> Result<(), String> {
         CallerOp::MemoryMapping { mfn, .. } if mfn >= MFN_LITERAL_LIMIT => {
             return Err(format!("{c}: mfn does not fit 40 bits"));
         }
+        CallerOp::TrackDirtyVram { nr, .. } if nr != 0 && !call_pages(nr) => {
+            return Err(format!(
+                "{c}: nr not one of 0 (stop), 1..=16, 32, 64, 128, 256, 512"
+            ));
+        }
         _ => {}
     }
     Ok(())
@@ -496,6 +505,19 @@ fn encode_call(c: &CallerOp, _gfn: u64) -> [u8; OP_SIZE] {
         }
         CallerOp::AssignDevice => o[11] = 5,
         CallerOp::SetBrokenPage { .. } => o[11] = 6,
+        CallerOp::TrackDirtyVram { nr, .. } => {
+            o[11] = TRACK_KIND;
+            nr_bytes(&mut o, nr);
+            if nr == 0 {
+                o[4] |= B4_REMOVE;
+            }
+        }
+        CallerOp::GuestAccess { write, .. } => {
+            o[11] = ACCESS_KIND;
+            if !write {
+                o[4] |= B4_REMOVE;
+            }
+        }
         CallerOp::IdentityMap {
             nr, access, add, ..
         } => {
@@ -518,6 +540,12 @@ fn encode_call(c: &CallerOp, _gfn: u64) -> [u8; OP_SIZE] {
 /// caller record).
 const IDENTITY_KIND: u8 = 0xe0;
 
+/// `b11` of a `track_dirty_vram` record: `0xd0..=0xd7` (`b4` bit 4: `nr` = 0, stop).
+const TRACK_KIND: u8 = 0xd0;
+
+/// `b11` of a `guest_access` record: `0xd8..=0xdf` (`b4` bit 4: a read).
+const ACCESS_KIND: u8 = 0xd8;
+
 fn decode_call(b: &[u8; OP_SIZE], mode: Mode) -> CallerOp {
     let gfn = le(&b[1..4]) & (GFN_WINDOW - 1);
     let nr = if b[0] & B0_NR_LARGE == 0 {
@@ -537,6 +565,20 @@ fn decode_call(b: &[u8; OP_SIZE], mode: Mode) -> CallerOp {
                 P2mAccess::X
             },
             add,
+        };
+    }
+    if b[11] >= TRACK_KIND {
+        let remove = b[4] & B4_REMOVE != 0;
+        return if b[11] >= ACCESS_KIND {
+            CallerOp::GuestAccess {
+                gfn,
+                write: !remove,
+            }
+        } else {
+            CallerOp::TrackDirtyVram {
+                gfn,
+                nr: if remove { 0 } else { nr },
+            }
         };
     }
     let kind = b[11] % 7;

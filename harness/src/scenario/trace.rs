@@ -34,7 +34,8 @@
 //!   `set_mem_type gfn=G nr=N TYPE` (`ram_rw`, `ram_ro`, `mmio_dm`, `ioreq_server`),
 //!   `memory_mapping gfn=G mfn=F nr=N add|remove`, `set_mem_access gfn=G nr=N ACCESS`,
 //!   `set_broken_page_p2m gfn=G`, `assign_device`, `identity_map gfn=G nr=N rw|r|w add`,
-//!   `identity_map gfn=G nr=N remove`; N is 1..=16, 32, 64, 128, 256 or 512.
+//!   `identity_map gfn=G nr=N remove`, `track_dirty_vram gfn=G nr=N` (N may be 0: stop
+//!   tracking), `guest_access gfn=G read|write`; N is 1..=16, 32, 64, 128, 256 or 512.
 //! - `add_to_physmap_range idx=I gpfn=G size=N | after K: CALLER-OP`: the batch with a
 //!   second vCPU running the caller op once K pages are moved (K ≤ 255).
 //! - `fail_alloc nth=K` (1 ≤ K ≤ 256): fault injection, the K-th table allocation of the
@@ -131,6 +132,8 @@ pub fn parse_trace(text: &str) -> Result<Scenario, TraceError> {
             | "assign_device"
             | "set_broken_page_p2m"
             | "identity_map"
+            | "track_dirty_vram"
+            | "guest_access"
             | "fail_alloc" => {
                 if config.is_none() {
                     return Err(err(format!("{head} before the config line")));
@@ -152,7 +155,7 @@ pub fn parse_trace(text: &str) -> Result<Scenario, TraceError> {
                      `add_to_physmap_range` or a caller op: `populate_physmap`, \
                      `decrease_reservation`, `set_mem_type`, `memory_mapping`, \
                      `set_mem_access`, `set_broken_page_p2m`, `assign_device`, \
-                     `identity_map`; or \
+                     `identity_map`, `track_dirty_vram`, `guest_access`; or \
                      `fail_alloc`)"
                 )))
             }
@@ -455,10 +458,18 @@ fn parse_call<'a>(head: &str, words: impl Iterator<Item = &'a str>) -> Result<Ca
                 set_once(&mut order, k, o as u32)?;
             }
             "nr" => {
+                // `track_dirty_vram nr=0` stops tracking.
+                let stop = head == "track_dirty_vram";
                 let n = parse_u64(v)
-                    .filter(|&n| n <= u64::from(MAX_CALL_PAGES) && call_pages(n as u32))
+                    .filter(|&n| {
+                        (stop && n == 0)
+                            || (n <= u64::from(MAX_CALL_PAGES) && call_pages(n as u32))
+                    })
                     .ok_or_else(|| {
-                        format!("bad nr `{v}` (1..=16, 32, 64, 128, 256 or {MAX_CALL_PAGES})")
+                        format!(
+                            "bad nr `{v}` ({}1..=16, 32, 64, 128, 256 or {MAX_CALL_PAGES})",
+                            if stop { "0, " } else { "" }
+                        )
                     })?;
                 set_once(&mut nr, k, n as u32)?;
             }
@@ -542,6 +553,30 @@ fn parse_call<'a>(head: &str, words: impl Iterator<Item = &'a str>) -> Result<Ca
                 return Err("set_broken_page_p2m takes only `gfn=`".into());
             }
             CallerOp::SetBrokenPage { gfn: gfn_of(gfn)? }
+        }
+        "track_dirty_vram" => {
+            no_words()?;
+            if mfn.is_some() || order.is_some() {
+                return Err("track_dirty_vram takes `gfn=` and `nr=`".into());
+            }
+            CallerOp::TrackDirtyVram {
+                gfn: gfn_of(gfn)?,
+                nr: need_nr()?,
+            }
+        }
+        "guest_access" => {
+            if mfn.is_some() || order.is_some() || nr.is_some() {
+                return Err("guest_access takes `gfn=` and `read` or `write`".into());
+            }
+            let write = match one_word("`read` or `write`")? {
+                "read" => false,
+                "write" => true,
+                w => return Err(format!("guest_access: `{w}` is not `read` or `write`")),
+            };
+            CallerOp::GuestAccess {
+                gfn: gfn_of(gfn)?,
+                write,
+            }
         }
         "identity_map" => {
             if mfn.is_some() || order.is_some() {

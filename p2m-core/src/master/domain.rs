@@ -218,6 +218,10 @@ pub fn caller_op(p2m: &mut P2m, cx: &mut Cx, refs: &mut PageRefs, op: CallerOp) 
             access,
             add,
         } => crate::master::x86_iommu::iommu_identity_mapping(p2m, cx, gfn, nr.into(), access, add),
+        CallerOp::TrackDirtyVram { gfn, nr } => dm::track_dirty_vram(p2m, cx, gfn, nr.into()),
+        CallerOp::GuestAccess { gfn, write } => {
+            crate::master::hvm::guest_access(p2m, cx, gfn, write)
+        }
     }
 }
 

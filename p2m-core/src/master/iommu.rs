@@ -675,7 +675,7 @@ impl Iommu {
     }
 
     /// `domain_crash(d)` (the first reason is kept).
-    fn domain_crash(&mut self, why: &'static str) {
+    pub fn domain_crash(&mut self, why: &'static str) {
         if self.crashed.is_none() {
             self.crashed = Some(why);
         }

@@ -17,7 +17,9 @@
 
 pub mod amd_iommu_map;
 pub mod dm;
+pub mod hap;
 pub mod domain;
+pub mod hvm;
 pub mod iommu;
 pub mod mem_access;
 pub mod memory;

@@ -4,6 +4,7 @@
 //! Line references are at Xen commit `c447b7308b`.
 
 use crate::master::iommu::FlushFlags;
+use crate::recalc::{LogdirtyOverlap, RecalcState};
 use crate::master::revision::Switches;
 use crate::tables::{index_of, pages_per_entry, Pte, TableStore};
 use crate::types::{in_mmio_ro_ranges, Config, IommuPerm, Mfn, Mode, P2mAccess, P2mError, P2mType};
@@ -82,6 +83,42 @@ pub const BUG_PRESENT_INVALID_MFN: &str =
 /// the type (its frame is valid or the type allows an invalid one).
 pub fn p2m_entry_modify_bugs(t: P2mType, level: u8, writes_type: bool) -> bool {
     writes_type && level > 1 && (t == P2mType::MapForeign || t == P2M_IOREQ_SERVER)
+}
+
+/// `p2m_is_changeable()` (`asm/p2m.h:170`, `P2M_CHANGEABLE_TYPES`): the types a range
+/// type change and its recalc may rewrite: `ram_rw`, `ram_logdirty`, `ioreq_server`.
+pub fn p2m_is_changeable(t: P2mType) -> bool {
+    matches!(t, P2mType::RamRw | P2mType::RamLogdirty | P2M_IOREQ_SERVER)
+}
+
+/// `p2m_recalc_type_range()` (`asm/p2m.h:847-860`): a changeable type under a recalc mark
+/// becomes `ram_logdirty` when `p2m_is_logdirty_range` is non-zero for `[start, end]`
+/// (so a partial overlap, -1, also reads as log-dirty), else `ram_rw`; an `ioreq_server`
+/// page keeps its type while a server is mapped (always, in the model: see
+/// [`IOREQ_MEM_ACCESS_WRITE`]). `p2m_recalc_type()` is the one-gfn form.
+pub fn p2m_recalc_type_range(
+    recalc: bool,
+    t: P2mType,
+    st: &RecalcState,
+    start: u64,
+    end: u64,
+) -> P2mType {
+    if !recalc {
+        return t;
+    }
+    recalc_type_of(t, st.is_logdirty_range(start, end) != LogdirtyOverlap::None)
+}
+
+/// The type [`p2m_recalc_type_range`] gives a marked entry of type `t` whose range
+/// `p2m_is_logdirty_range` answers non-zero for (`logdirty`) or zero.
+pub fn recalc_type_of(t: P2mType, logdirty: bool) -> P2mType {
+    if !p2m_is_changeable(t) || t == P2M_IOREQ_SERVER {
+        t
+    } else if logdirty {
+        P2mType::RamLogdirty
+    } else {
+        P2mType::RamRw
+    }
 }
 
 /// `p2m_access_to_iommu_flags()` (`asm/p2m.h:976-1001`): rw, rwx → RW; r, rx, rx2rw

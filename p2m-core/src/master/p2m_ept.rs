@@ -13,9 +13,11 @@ use crate::master::domain::Cx;
 use crate::master::iommu::FlushFlags;
 use crate::master::p2m::{
     access_of_raw, cpu_extents_of, linear_pieces, p2m_allows_invalid_mfn, p2m_entry_modify_bugs,
-    p2m_get_iommu_flags, p2m_is_pod, type_of_raw, EntryKind, BUG_PRESENT_INVALID_MFN,
+    p2m_get_iommu_flags, p2m_is_changeable, p2m_is_pod, p2m_recalc_type_range, recalc_type_of,
+    type_of_raw, EntryKind, BUG_PRESENT_INVALID_MFN,
     BUG_SPECIAL_TYPE_ABOVE_4K, IOREQ_MEM_ACCESS_WRITE, P2M_IOREQ_SERVER,
 };
+use crate::recalc::{overlay_recalc, LogdirtyOverlap, RecalcState};
 use crate::stats::bump;
 use crate::tables::{index_of, pages_per_entry, Pte, TableStore};
 use crate::types::*;
@@ -32,8 +34,9 @@ pub const EXEC_SP: bool = true;
 pub const EPT_SNP: bool = true;
 
 /// An `ept_entry_t` (`asm/hvm/vmx/vmx.h:22-42`) with the fields that matter: r/w/x, sp,
-/// the 40-bit frame, `sa_p2mt`, `access` and `snp` (which keeps a written leaf non-zero,
-/// hence `is_epte_valid`, even when it has no permission). EMT, ipat, A/D, `recalc` and
+/// the 40-bit frame, `sa_p2mt`, `access`, `snp` (which keeps a written leaf non-zero,
+/// hence `is_epte_valid`, even when it has no permission), and the two marks of the lazy
+/// type change (an invalid EMT, `recalc`). The EMT value itself, ipat, A/D and
 /// `suppress_ve` are left out.
 #[derive(Clone, Copy, PartialEq, Eq, Default, Debug)]
 pub struct EptEntry {
@@ -53,6 +56,13 @@ pub struct EptEntry {
     pub access: u8,
     /// `snp`: snoop control.
     pub snp: bool,
+    /// `emt == MTRR_NUM_TYPES`: the deliberate misconfiguration a range type change or
+    /// `ept_invalidate_emt_subtree` leaves for `resolve_misconfig` (the CPU faults on it;
+    /// VT-d, which ignores EMT in the entries it walks, does not).
+    pub emt_misconfig: bool,
+    /// `recalc`: the type must be recalculated (`p2m_recalc_type`) when the mark is
+    /// resolved.
+    pub recalc: bool,
 }
 
 impl EptEntry {
@@ -156,6 +166,8 @@ pub struct Ept {
     /// The proposed fix `ept_get_entry_reads_nonpresent_superpage` (not Xen), copied from
     /// the revision's switches (`get_entry` takes no context).
     pub reads_nonpresent_superpage: bool,
+    /// `p2m->logdirty_ranges`, `global_logdirty`, `max_mapped_pfn`.
+    pub recalc_state: RecalcState,
 }
 
 impl Ept {
@@ -168,6 +180,7 @@ impl Ept {
             tables,
             root,
             reads_nonpresent_superpage: false,
+            recalc_state: RecalcState::default(),
         }
     }
 
@@ -403,6 +416,10 @@ impl Ept {
             };
         let mut need_modify_vtd_table = true;
 
+        // Pending type changes first (`:828-830`; run here, after the checks that only
+        // read the arguments, so that a `BUG_ON` still finds the p2m unchanged).
+        self.resolve_misconfig(cx, gfn)?;
+
         // The walk (`:841-852`): ept_next_level with read_only = 0.
         let mut t = self.root;
         let mut level = 4u8;
@@ -481,6 +498,10 @@ impl Ept {
             }
         }
         self.write(cx, t, target, gfn, new_entry);
+        if p2mt != P2mType::Invalid {
+            // `:962-966`: the highest gfn ever mapped.
+            self.recalc_state.note_mapped(gfn, order);
+        }
         note_intermediate_replaced(cx, old_entry, target);
         let span = entry_range(gfn, target);
         if !sw.ept_free_entry_last {
@@ -539,8 +560,11 @@ impl Ept {
         }
         let mut t = self.root;
         let mut level = 4u8;
+        // `:1042-1043`: a `recalc` mark anywhere on the walk recalculates the type.
+        let mut recalc = false;
         let e = loop {
             let e = self.entry(t, index_of(gfn, level));
+            recalc |= e.recalc;
             if level == 1 || e.sp {
                 break e;
             }
@@ -558,7 +582,7 @@ impl Ept {
         }
         e.is_valid().then(|| P2mEntry {
             mfn: leaf_mfn(e.mfn, gfn & (pages_per_entry(level) - 1)),
-            p2mt: e.p2mt(),
+            p2mt: p2m_recalc_type_range(recalc, e.p2mt(), &self.recalc_state, gfn, gfn),
             access: access_of_raw(e.access),
         })
     }
@@ -569,7 +593,7 @@ impl Ept {
     /// superpage or PoD reads as no frame), it does not hide what a split or a walk
     /// dropped. Cost: the table runs the range meets, never its pages.
     pub fn cpu_extents(&self, range: GfnRange) -> Vec<CpuExtent> {
-        cpu_extents_of(&self.tables, self.root, range, &|e: EptEntry, level| {
+        let stored = cpu_extents_of(&self.tables, self.root, range, &|e: EptEntry, level| {
             if level > 1 && !e.sp && e.is_present() {
                 EntryKind::Table(e.mfn)
             } else if !e.is_valid() {
@@ -582,8 +606,363 @@ impl Ept {
                     access: access_of_raw(e.access),
                 }
             }
-        })
+        });
+        let st = &self.recalc_state;
+        overlay_recalc(stored, &self.recalc_marked(range), st, &recalc_type_of)
     }
+}
+
+/// The lazy type change: `ept_change_entry_type_range` / `_global` mark entries, and
+/// `resolve_misconfig` rewrites what a mark covers when the CPU next walks there or a
+/// `set_entry` starts below it. None of it calls the IOMMU: separate tables keep what
+/// they had, and a VT-d unit sharing the EPT sees the new r/w bits with no IOTLB flush
+/// (`atomic_write_ept_entry`'s comment, `p2m-ept.c:53-62`, accepts that for these types).
+impl Ept {
+    /// Sets the marks on `len` entries from `idx` of table `t` (whose first gfn is
+    /// `base`) in place: a write that changes no translation, so nothing is unlinked and
+    /// no cache record is made; the range is logged as changed.
+    fn mark_run(&mut self, cx: &mut Cx, t: u64, base: u64, idx: u16, len: u16, first: EptEntry) {
+        let Some(tab) = self.tables.get_mut(t) else {
+            return;
+        };
+        let per = pages_per_entry(tab.level);
+        tab.fill(idx, len, first);
+        cx.log.changed(GfnRange {
+            start: base + idx as u64 * per,
+            end: base + (idx + len) as u64 * per,
+        });
+        self.recalc_state.marks_set = true;
+    }
+
+    /// Models `ept_invalidate_emt_subtree(p2m, mfn, recalc, level)` (`p2m-ept.c:371-404`):
+    /// every valid, present entry of the table in frame `t` (first gfn `base`) gets the
+    /// invalid EMT, and `recalc` when asked, unless it already has both (or the EMT mark
+    /// and no recalc is asked). Returns whether an entry changed.
+    fn invalidate_emt_subtree(&mut self, cx: &mut Cx, t: u64, base: u64, recalc: bool) -> bool {
+        let Some(tab) = self.tables.get(t) else {
+            return false;
+        };
+        let runs: Vec<_> = tab.iter_runs(0, 512).collect();
+        let mut changed = false;
+        for (s, l, e) in runs {
+            if !e.is_valid() || !e.is_present() || (e.emt_misconfig && (e.recalc || !recalc)) {
+                continue;
+            }
+            let marked = EptEntry {
+                emt_misconfig: true,
+                recalc: e.recalc || recalc,
+                ..e
+            };
+            self.mark_run(cx, t, base, s, l, marked);
+            changed = true;
+        }
+        changed
+    }
+
+    /// Models `ept_invalidate_emt_range(p2m, target, first_gfn, last_gfn)`
+    /// (`p2m-ept.c:413-480`): walks read-only to `target` (nothing to do past a missing
+    /// table), splitting a superpage met above it (`-ENOMEM`, with the partial subtree
+    /// freed, when that fails), then marks (invalid EMT and `recalc`) the valid, present
+    /// entries `first_gfn..=last_gfn` cover at `target` (within one table).
+    fn invalidate_emt_range(
+        &mut self,
+        cx: &mut Cx,
+        target: u8,
+        first_gfn: u64,
+        last_gfn: u64,
+    ) -> Result<bool, P2mError> {
+        let mut t = self.root;
+        let mut level = 4u8;
+        while level > target {
+            let e = self.entry(t, index_of(first_gfn, level));
+            if !e.is_present() {
+                if p2m_is_pod(e.p2mt()) && e.sp {
+                    break;
+                }
+                return Ok(false);
+            }
+            if e.sp {
+                break;
+            }
+            t = e.mfn;
+            level -= 1;
+        }
+        if level > target {
+            let e = self.entry(t, index_of(first_gfn, level));
+            let span = entry_range(first_gfn, level);
+            let (split, ok) = self.split_super_page(cx, e, level, target);
+            if !ok {
+                self.free_entry(cx, split, level, span);
+                return Err(P2mError::TableNoMem);
+            }
+            cx.log.split(span, "ept_split_super_page");
+            self.write(cx, t, level, first_gfn, split);
+            while level > target {
+                t = self.entry(t, index_of(first_gfn, level)).mfn;
+                level -= 1;
+            }
+        }
+        let per = pages_per_entry(target);
+        let base = first_gfn / (per * 512) * (per * 512);
+        let lo = index_of(first_gfn, target);
+        let hi = index_of(last_gfn, target) + 1;
+        let runs: Vec<_> = match self.tables.get(t) {
+            Some(tab) => tab.iter_runs(lo, hi).collect(),
+            None => return Ok(false),
+        };
+        let mut changed = false;
+        for (s, l, e) in runs {
+            if e.is_valid() && e.is_present() && (!e.emt_misconfig || !e.recalc) {
+                let marked = EptEntry {
+                    emt_misconfig: true,
+                    recalc: true,
+                    ..e
+                };
+                self.mark_run(cx, t, base, s, l, marked);
+                changed = true;
+            }
+        }
+        Ok(changed)
+    }
+
+    /// Models `ept_change_entry_type_global()` (`p2m-ept.c:1170-1180`): marks every
+    /// entry of the root table for recalculation (`ot`/`nt` unused, as in Xen).
+    pub fn change_entry_type_global(&mut self, cx: &mut Cx, _ot: P2mType, _nt: P2mType) {
+        let root = self.root;
+        self.invalidate_emt_subtree(cx, root, 0, true);
+    }
+
+    /// Models `ept_change_entry_type_range()` (`p2m-ept.c:1182-1226`): covers
+    /// `first_gfn..=last_gfn` with marks at the largest levels that fit, peeling
+    /// unaligned edges level by level (each piece within one table); `ot`/`nt` unused.
+    pub fn change_entry_type_range(
+        &mut self,
+        cx: &mut Cx,
+        _ot: P2mType,
+        _nt: P2mType,
+        mut first_gfn: u64,
+        mut last_gfn: u64,
+    ) -> Result<(), P2mError> {
+        let mut i = 0u8;
+        let mut mask: u64 = (1 << 9) - 1;
+        while i <= 3 {
+            if first_gfn & mask != 0 {
+                let end_gfn = (first_gfn | mask).min(last_gfn);
+                self.invalidate_emt_range(cx, i + 1, first_gfn, end_gfn)?;
+                if end_gfn >= last_gfn {
+                    break;
+                }
+                first_gfn = end_gfn + 1;
+            } else if last_gfn & mask != mask {
+                let start_gfn = first_gfn.max(last_gfn & !mask);
+                self.invalidate_emt_range(cx, i + 1, start_gfn, last_gfn)?;
+                if start_gfn <= first_gfn {
+                    break;
+                }
+                last_gfn = start_gfn - 1;
+            } else {
+                i += 1;
+                mask |= mask << 9;
+            }
+        }
+        Ok(())
+    }
+
+    /// Models `resolve_misconfig(p2m, gfn)` (`p2m-ept.c:623-765`), run by an EPT
+    /// misconfig exit on `gfn` and at the start of `ept_set_entry`. Down the walk, a
+    /// marked intermediate entry pushes its marks one level down
+    /// (`ept_invalidate_emt_subtree`) and is cleared. At the leaf: a marked 4 KiB table
+    /// gets every valid, present entry's type recalculated (`p2m_recalc_type`, flags
+    /// rewritten when it changes) and the marks cleared; a marked superpage gets the type
+    /// its whole range has, or, when the log-dirty ranges cover it in part, is split one
+    /// level and the walk goes on (`-ENOMEM` if the split fails). Returns whether
+    /// anything changed. The IOMMU is not told.
+    pub fn resolve_misconfig(&mut self, cx: &mut Cx, gfn: u64) -> Result<bool, P2mError> {
+        if gfn >> GFN_BITS != 0 {
+            return Ok(false);
+        }
+        let mut t = self.root;
+        let mut level = 4u8;
+        let mut rc = false;
+        loop {
+            let e = self.entry(t, index_of(gfn, level));
+            if level == 1 || e.sp {
+                if !e.emt_misconfig {
+                    break;
+                }
+                if level == 1 {
+                    self.recalc_leaf_table(cx, t, gfn & !511);
+                } else {
+                    let span = entry_range(gfn, level);
+                    let mut ne = e;
+                    let recalc = e.recalc;
+                    let mut force_split = false;
+                    if recalc && p2m_is_changeable(e.p2mt()) {
+                        match self.recalc_state.is_logdirty_range(span.start, span.end - 1) {
+                            LogdirtyOverlap::None => ne.sa_p2mt = P2mType::RamRw as u8,
+                            LogdirtyOverlap::All => ne.sa_p2mt = P2mType::RamLogdirty as u8,
+                            LogdirtyOverlap::Partial => force_split = true,
+                        }
+                    }
+                    if force_split {
+                        let (split, ok) = self.split_super_page(cx, e, level, level - 1);
+                        if !ok {
+                            self.free_entry(cx, split, level, span);
+                            return Err(P2mError::TableNoMem);
+                        }
+                        cx.log.split(span, "ept_split_super_page");
+                        self.write(cx, t, level, gfn, split);
+                        t = split.mfn;
+                        level -= 1;
+                        continue;
+                    }
+                    ne.emt_misconfig = false;
+                    ne.recalc = false;
+                    if recalc && p2m_is_changeable(ne.p2mt()) {
+                        ept_p2m_type_to_flags(&mut ne);
+                    }
+                    self.write(cx, t, level, gfn, ne);
+                }
+                rc = true;
+                break;
+            }
+            if e.emt_misconfig {
+                let base = entry_range(gfn, level).start;
+                self.invalidate_emt_subtree(cx, e.mfn, base, e.recalc);
+                let cleared = EptEntry {
+                    emt_misconfig: false,
+                    recalc: false,
+                    ..e
+                };
+                let table_base = gfn & !(pages_per_entry(level) * 512 - 1);
+                self.mark_run(cx, t, table_base, index_of(gfn, level), 1, cleared);
+                rc = true;
+            } else if !e.is_present() {
+                break;
+            }
+            t = e.mfn;
+            level -= 1;
+        }
+        Ok(rc)
+    }
+
+    /// The 4 KiB arm of `resolve_misconfig` (`p2m-ept.c:660-678`) on the leaf table `t`
+    /// whose first gfn is `base`: every valid, present entry loses its marks and, when it
+    /// had `recalc`, gets `p2m_recalc_type` for its gfn (r/w/x rewritten when the type
+    /// changes). Runs are cut where the log-dirty ranges start or end.
+    fn recalc_leaf_table(&mut self, cx: &mut Cx, t: u64, base: u64) {
+        let Some(tab) = self.tables.get(t) else {
+            return;
+        };
+        let runs: Vec<_> = tab.iter_runs(0, 512).collect();
+        for (s, l, e) in runs {
+            if !e.is_valid() || !e.is_present() {
+                continue;
+            }
+            let run = GfnRange {
+                start: base + s as u64,
+                end: base + (s + l) as u64,
+            };
+            for piece in pieces_by_ranges(run, self.recalc_state.ranges()) {
+                let k = piece.start - run.start;
+                let first = e.nth(k, 1);
+                let mut ne = EptEntry {
+                    emt_misconfig: false,
+                    recalc: false,
+                    ..first
+                };
+                let nt = p2m_recalc_type_range(
+                    e.recalc,
+                    e.p2mt(),
+                    &self.recalc_state,
+                    piece.start,
+                    piece.start,
+                );
+                if nt != e.p2mt() {
+                    ne.sa_p2mt = nt as u8;
+                    ept_p2m_type_to_flags(&mut ne);
+                }
+                let idx = (piece.start - base) as u16;
+                let len = piece.len() as u16;
+                if ept_io_entry(ne, 1) != ept_io_entry(first, 1) && cx.iommu.shared {
+                    for j in 0..len {
+                        let g = piece.start + j as u64;
+                        note_overwrite(
+                            &mut cx.iommu.caches,
+                            &*self,
+                            cx.mem,
+                            GfnRange::of_order(g, 0),
+                            1,
+                            ept_io_entry(first.nth(j as u64, 1), 1),
+                            cx.seq,
+                        );
+                    }
+                }
+                if let Some(tab) = self.tables.get_mut(t) {
+                    tab.fill(idx, len, ne);
+                }
+                cx.log.changed(piece);
+            }
+        }
+    }
+
+    /// The gfn ranges in `range` whose walk meets a `recalc` mark (what `ept_get_entry`
+    /// recalculates on the fly), sorted and merged; empty when no mark was ever set.
+    fn recalc_marked(&self, range: GfnRange) -> Vec<GfnRange> {
+        let mut out = Vec::new();
+        if self.recalc_state.marks_set {
+            self.marked_in(self.root, 4, 0, range, &mut out);
+        }
+        out
+    }
+
+    /// [`Self::recalc_marked`] within table `t` at `level` whose first gfn is `base`.
+    fn marked_in(&self, t: u64, level: u8, base: u64, range: GfnRange, out: &mut Vec<GfnRange>) {
+        let Some(tab) = self.tables.get(t) else {
+            return;
+        };
+        let per = pages_per_entry(level);
+        let lo = ((range.start.max(base) - base) / per) as u16;
+        let hi = ((range.end.min(base + per * 512) - base).div_ceil(per)) as u16;
+        for (s, l, e) in tab.iter_runs(lo, hi) {
+            let run = GfnRange {
+                start: base + s as u64 * per,
+                end: base + (s + l) as u64 * per,
+            };
+            let Some(hit) = run.intersect(&range) else {
+                continue;
+            };
+            if e.recalc && e.is_valid() {
+                crate::recalc::push_marked(out, hit);
+            } else if level > 1 && e.is_present() && !e.sp {
+                for k in 0..l as u64 {
+                    let child = GfnRange::of_order(run.start + k * per, 9 * (level as u32 - 1));
+                    if let Some(sub) = child.intersect(&hit) {
+                        self.marked_in(e.nth(k, level).mfn, level - 1, child.start, sub, out);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// `range` cut where one of `ranges` (sorted) starts or ends.
+fn pieces_by_ranges(range: GfnRange, ranges: &[GfnRange]) -> Vec<GfnRange> {
+    let mut cuts: Vec<u64> = ranges
+        .iter()
+        .flat_map(|r| [r.start, r.end])
+        .filter(|&x| x > range.start && x < range.end)
+        .collect();
+    cuts.push(range.end);
+    cuts.sort_unstable();
+    cuts.dedup();
+    let mut out = Vec::with_capacity(cuts.len());
+    let mut start = range.start;
+    for end in cuts {
+        out.push(GfnRange { start, end });
+        start = end;
+    }
+    out
 }
 
 /// What `ept_get_entry` returns for PoD without `P2M_ALLOC` (`p2m-ept.c:1023-1024`,

@@ -198,6 +198,8 @@ pub struct P2mPt {
     pub tables: TableStore<PtEntry>,
     /// The L4 root.
     pub root: u64,
+    /// TEMP
+    pub recalc_state: crate::recalc::RecalcState,
 }
 
 impl P2mPt {
@@ -206,7 +208,7 @@ impl P2mPt {
         let root = mem.alloc(TableOwner::P2m, 4);
         let mut tables = TableStore::new();
         tables.insert(root, 4);
-        P2mPt { tables, root }
+        P2mPt { tables, root, recalc_state: Default::default() }
     }
 
     /// The entry `idx` of the table in frame `t` (zero when there is no such table).
@@ -603,6 +605,15 @@ fn count_unchanged_iommu_step(cx: &mut Cx, differ: bool) {
     if !differ {
         cx.stats.need_modify_cleared += 1;
     }
+}
+
+impl P2mPt {
+    /// TEMP
+    pub fn change_entry_type_range(&mut self, _cx: &mut Cx, _ot: P2mType, _nt: P2mType, _f: u64, _l: u64) -> Result<(), P2mError> { Ok(()) }
+    /// TEMP
+    pub fn change_entry_type_global(&mut self, _cx: &mut Cx, _ot: P2mType, _nt: P2mType) {}
+    /// TEMP
+    pub fn recalc(&mut self, _cx: &mut Cx, _gfn: u64) -> Result<bool, P2mError> { Ok(false) }
 }
 
 #[cfg(test)]

@@ -9,6 +9,7 @@ use crate::master::domain::{Cx, P2m};
 use crate::master::p2m::{p2m_is_ram, p2m_set_entry, P2mCaps};
 use crate::master::p2m_physmap::{get_gfn_query, p2m_is_hole, p2m_is_special};
 use crate::physmap::{BatchOutcome, PhysmapError};
+use crate::recalc::RecalcState;
 use crate::types::{GfnRange, Mfn, P2mAccess, P2mType, INVALID_MFN, MMIO_RO_FRAMES};
 
 /// `p2m->default_access` (`p2m-basic.c:34`): `rwx` (the model never changes it).
@@ -116,6 +117,78 @@ pub fn p2m_change_type_one(
         return Err(PhysmapError::Busy);
     }
     p2m_set_entry_chunked(p2m, cx, gfn, mfn, 0, nt, DEFAULT_ACCESS)
+}
+
+/// The p2m's `logdirty_ranges` / `max_mapped_pfn` (`struct p2m_domain`).
+pub fn recalc_state(p2m: &mut P2m) -> &mut RecalcState {
+    match p2m {
+        P2m::Ept(e) => &mut e.recalc_state,
+        P2m::Pt(p) => &mut p.recalc_state,
+    }
+}
+
+/// `p2m_change_type_range(d, start, end_exclusive, ot, nt)` (`p2m.c:934-972`) with
+/// `change_type_range` (`:845-932`) on the host p2m (no altp2m, no nested p2m in the
+/// model): the end is clipped to `max_mapped_pfn` (nothing at all when the range starts
+/// above it); when it still spans more than one gfn, the p2m's
+/// `change_entry_type_global` (the range is `[0, max_mapped_pfn]`) or
+/// `change_entry_type_range` marks it — a failure crashes the domain; then the
+/// log-dirty rangeset gains (`ram_rw` → `ram_logdirty`) or loses (the reverse) the range.
+/// Note Xen's `invalidate_start < invalidate_end`: a one-gfn range is never marked, only
+/// added to the rangeset.
+pub fn p2m_change_type_range(
+    p2m: &mut P2m,
+    cx: &mut Cx,
+    start: u64,
+    end_exclusive: u64,
+    ot: P2mType,
+    nt: P2mType,
+) {
+    cx.log.changed(GfnRange {
+        start,
+        end: end_exclusive,
+    });
+    let max_pfn = recalc_state(p2m).max_mapped_pfn;
+    let end = end_exclusive.wrapping_sub(1).min(max_pfn);
+    if start > end {
+        return;
+    }
+    if start < end {
+        let rc = if start == 0 && end == max_pfn {
+            match p2m {
+                P2m::Ept(e) => e.change_entry_type_global(cx, ot, nt),
+                P2m::Pt(p) => p.change_entry_type_global(cx, ot, nt),
+            }
+            Ok(())
+        } else {
+            match p2m {
+                P2m::Ept(e) => e.change_entry_type_range(cx, ot, nt, start, end),
+                P2m::Pt(p) => p.change_entry_type_range(cx, ot, nt, start, end),
+            }
+        };
+        if rc.is_err() {
+            cx.iommu
+                .domain_crash("change_type_range: change_entry_type_range failed");
+        }
+    }
+    let st = recalc_state(p2m);
+    match (ot, nt) {
+        (P2mType::RamLogdirty, P2mType::RamRw) => st.remove_range(start, end),
+        (P2mType::RamRw, P2mType::RamLogdirty) => st.add_range(start, end),
+        _ => {}
+    }
+}
+
+/// `p2m->recalc(p2m, gfn)`: EPT `resolve_misconfig`, p2m-pt `do_recalc` — what a CPU
+/// access to a marked `gfn` runs (`ept_handle_misconfig`,
+/// `p2m_pt_handle_deferred_changes`). An error (a split that found no memory) leaves the
+/// access to fault again; the model reports it and changes nothing further.
+pub fn p2m_recalc(p2m: &mut P2m, cx: &mut Cx, gfn: u64) -> Result<bool, PhysmapError> {
+    match p2m {
+        P2m::Ept(e) => e.resolve_misconfig(cx, gfn),
+        P2m::Pt(p) => p.recalc(cx, gfn),
+    }
+    .map_err(PhysmapError::P2m)
 }
 
 /// `set_typed_p2m_entry(d, gfn, mfn, order, gfn_p2mt, access)` (`p2m.c:1059-1172`):

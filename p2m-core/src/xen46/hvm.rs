@@ -72,3 +72,25 @@ pub fn hvmop_set_mem_type(
         rc: Ok(()),
     }
 }
+
+/// A vCPU of a HAP domain reads (`write` false) or writes `gfn`: a recalc mark on the
+/// way makes the access fault into `p2m->recalc` first (`ept_handle_misconfig` /
+/// `p2m_pt_handle_deferred_changes`); a write to RAM then reaches the log-dirty arm of
+/// `hvm_hap_nested_page_fault` (`hvm.c:3074-3094`), which retypes a `ram_logdirty` page
+/// `ram_rw` (`p2m_change_type_one`; for any other type it fails, ignored). PML is
+/// modelled as off. In shadow mode the access goes through shadow entries and changes
+/// nothing in the p2m.
+pub fn guest_access(p2m: &mut P2m, cx: &mut Cx, gfn: u64, write: bool) -> BatchOutcome {
+    if cx.cfg.mode == crate::types::Mode::Shadow {
+        return BatchOutcome { done: 1, rc: Ok(()) };
+    }
+    if let Err(e) = crate::xen46::p2m::p2m_recalc(p2m, cx, gfn) {
+        return BatchOutcome { done: 0, rc: Err(e) };
+    }
+    if write && get_gfn_query(p2m, gfn).1 == P2mType::RamLogdirty {
+        if let Err(e) = p2m_change_type_one(p2m, cx, gfn, P2mType::RamLogdirty, P2mType::RamRw) {
+            return BatchOutcome { done: 0, rc: Err(e) };
+        }
+    }
+    BatchOutcome { done: 1, rc: Ok(()) }
+}

@@ -362,5 +362,9 @@ pub fn caller_op(
             crate::xen46::pci::rmrr_identity_mapping(p2m, cx, gfn, nr.into(), add)
         }
         CallerOp::SetBrokenPage { gfn } => xp2m::set_broken_page_p2m(p2m, cx, gfn),
+        CallerOp::TrackDirtyVram { gfn, nr } => {
+            crate::xen46::hap::track_dirty_vram(p2m, cx, gfn, nr.into())
+        }
+        CallerOp::GuestAccess { gfn, write } => hvm::guest_access(p2m, cx, gfn, write),
     }
 }

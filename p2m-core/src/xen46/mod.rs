@@ -15,6 +15,7 @@
 //! (`drivers/passthrough/x86/iommu.c`).
 
 pub mod domain;
+pub mod hap;
 pub mod hvm;
 pub mod iommu;
 pub mod iommu_tables;

@@ -6,6 +6,7 @@
 //! and `p2m_set_mem_access` (`p2m.c:1779-1840`).
 
 use crate::physmap::{foreign_owned, mfn_valid, BatchOutcome, PhysmapError};
+use crate::recalc::RecalcState;
 use crate::types::{GfnRange, Mfn, Mode, P2mAccess, P2mType, INVALID_MFN};
 use crate::xen46::domain::{Cx, P2m};
 
@@ -78,6 +79,74 @@ pub fn get_gfn_query(p2m: &P2m, gfn: u64) -> (Mfn, P2mType) {
         Some(e) if e.p2mt == P2mType::PopulateOnDemand => (INVALID_MFN, e.p2mt),
         Some(e) => (e.mfn, e.p2mt),
     }
+}
+
+/// The p2m's `logdirty_ranges` / `max_mapped_pfn` (`struct p2m_domain`).
+pub fn recalc_state(p2m: &mut P2m) -> &mut RecalcState {
+    match p2m {
+        P2m::Ept(e) => &mut e.recalc_state,
+        P2m::Pt(p) => &mut p.recalc_state,
+    }
+}
+
+/// `p2m_change_type_range(d, start, end_exclusive, ot, nt)` (`p2m.c:840-896`): a range
+/// reaching past `max_mapped_pfn` is cut there — from gfn 0, the whole p2m is marked with
+/// `change_entry_type_global` instead; what is left is marked with
+/// `change_entry_type_range` (a failure crashes the domain). The log-dirty rangeset then
+/// gains (`ram_rw` → `ram_logdirty`) or loses (the reverse) `[start, end - 1]` with the
+/// cut end (a range starting past `max_mapped_pfn` leaves it as it is: see
+/// `RecalcState::add_range`).
+pub fn p2m_change_type_range(
+    p2m: &mut P2m,
+    cx: &mut Cx,
+    start: u64,
+    end_exclusive: u64,
+    ot: P2mType,
+    nt: P2mType,
+) {
+    cx.log.changed(GfnRange {
+        start,
+        end: end_exclusive,
+    });
+    let max_pfn = recalc_state(p2m).max_mapped_pfn;
+    let mut gfn = start;
+    let mut end = end_exclusive;
+    if end > max_pfn {
+        if gfn == 0 {
+            match p2m {
+                P2m::Ept(e) => e.change_entry_type_global(cx, ot, nt),
+                P2m::Pt(p) => p.change_entry_type_global(cx, ot, nt),
+            }
+            gfn = end;
+        }
+        end = max_pfn + 1;
+    }
+    if gfn < end {
+        let rc = match p2m {
+            P2m::Ept(e) => e.change_entry_type_range(cx, ot, nt, gfn, end - 1),
+            P2m::Pt(p) => p.change_entry_type_range(cx, ot, nt, gfn, end - 1),
+        };
+        if rc.is_err() {
+            cx.crashed
+                .get_or_insert("p2m_change_type_range: change_entry_type_range failed");
+        }
+    }
+    let st = recalc_state(p2m);
+    match (ot, nt) {
+        (P2mType::RamLogdirty, P2mType::RamRw) => st.remove_range(start, end - 1),
+        (P2mType::RamRw, P2mType::RamLogdirty) => st.add_range(start, end - 1),
+        _ => {}
+    }
+}
+
+/// `p2m->recalc`: EPT `resolve_misconfig` / p2m-pt `do_recalc` for `gfn`, what a CPU
+/// access to a marked gfn runs (`ept_handle_misconfig`, `p2m_pt_handle_deferred_changes`).
+pub fn p2m_recalc(p2m: &mut P2m, cx: &mut Cx, gfn: u64) -> Result<bool, PhysmapError> {
+    match p2m {
+        P2m::Ept(e) => e.recalc(cx, gfn),
+        P2m::Pt(p) => p.recalc(cx, gfn),
+    }
+    .map_err(PhysmapError::P2m)
 }
 
 /// `guest_physmap_add_entry(d, gfn, mfn, order, p2m_ram_rw)` for a fresh extent

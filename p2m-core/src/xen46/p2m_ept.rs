@@ -111,6 +111,8 @@ pub struct Ept {
     pub tables: TableStore<EptEntry>,
     /// `pagetable_get_pfn(p2m_get_pagetable(p2m))`.
     pub root: u64,
+    /// TEMP
+    pub recalc_state: crate::recalc::RecalcState,
 }
 
 impl Ept {
@@ -119,7 +121,7 @@ impl Ept {
         let root = mem.alloc(TableOwner::P2m, 4);
         let mut tables = TableStore::new();
         tables.insert(root, 4);
-        Ept { tables, root }
+        Ept { tables, root, recalc_state: Default::default() }
     }
 
     fn entry(&self, t: u64, idx: u16) -> EptEntry {
@@ -683,4 +685,13 @@ impl IoTables for Ept {
 /// A present intermediate entry replaced by a leaf (counted only).
 fn is_replaced_intermediate(old: EptEntry, target: u8) -> bool {
     old.is_present() && !old.sp && target > 1
+}
+
+impl Ept {
+    /// TEMP
+    pub fn change_entry_type_range(&mut self, _cx: &mut Cx, _ot: P2mType, _nt: P2mType, _f: u64, _l: u64) -> Result<(), P2mError> { Ok(()) }
+    /// TEMP
+    pub fn change_entry_type_global(&mut self, _cx: &mut Cx, _ot: P2mType, _nt: P2mType) {}
+    /// TEMP
+    pub fn recalc(&mut self, _cx: &mut Cx, _gfn: u64) -> Result<bool, P2mError> { Ok(false) }
 }

@@ -111,6 +111,8 @@ pub struct P2mPt {
     pub tables: TableStore<PtEntry>,
     /// The L4 root.
     pub root: u64,
+    /// TEMP
+    pub recalc_state: crate::recalc::RecalcState,
 }
 
 /// What `p2m_pt_set_entry` learnt about the entry it replaces.
@@ -129,7 +131,7 @@ impl P2mPt {
         let root = mem.alloc(TableOwner::P2m, 4);
         let mut tables = TableStore::new();
         tables.insert(root, 4);
-        P2mPt { tables, root }
+        P2mPt { tables, root, recalc_state: Default::default() }
     }
 
     fn entry(&self, t: u64, idx: u16) -> PtEntry {
@@ -773,4 +775,13 @@ impl IoTables for P2mPt {
         }
         true
     }
+}
+
+impl P2mPt {
+    /// TEMP
+    pub fn change_entry_type_range(&mut self, _cx: &mut Cx, _ot: P2mType, _nt: P2mType, _f: u64, _l: u64) -> Result<(), P2mError> { Ok(()) }
+    /// TEMP
+    pub fn change_entry_type_global(&mut self, _cx: &mut Cx, _ot: P2mType, _nt: P2mType) {}
+    /// TEMP
+    pub fn recalc(&mut self, _cx: &mut Cx, _gfn: u64) -> Result<bool, P2mError> { Ok(false) }
 }
