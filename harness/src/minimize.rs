@@ -417,9 +417,7 @@ fn simpler_calls(c: &CallerOp) -> Vec<CallerOp> {
         CallerOp::GuestAccess { gfn, write: true } => {
             v.push(CallerOp::GuestAccess { gfn, write: false });
         }
-        CallerOp::AssignDevice
-        | CallerOp::SetBrokenPage { .. }
-        | CallerOp::GuestAccess { .. } => {}
+        CallerOp::AssignDevice | CallerOp::SetBrokenPage { .. } | CallerOp::GuestAccess { .. } => {}
     }
     v
 }

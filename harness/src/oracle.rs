@@ -53,9 +53,7 @@ use p2m_core::events::{FreeEvent, Freed, ReachVia};
 use p2m_core::frames::TableOwner;
 use p2m_core::physmap::{AddToPhysmapRange, BatchOutcome};
 use p2m_core::walk::{Translation, WalkFault};
-use p2m_core::{
-    Domain, GfnRange, HwSemantics, IommuPerm, Mfn, P2mError, ViewSource, INVALID_MFN,
-};
+use p2m_core::{Domain, GfnRange, HwSemantics, IommuPerm, Mfn, P2mError, ViewSource, INVALID_MFN};
 use reference_model::{RefModel, RefView};
 use std::fmt;
 
@@ -603,12 +601,7 @@ fn over_permissive(
             );
             f.stale_seq = seq_of(src);
             f.record = record_of(src);
-            if by_design(
-                o,
-                frame_field(v_mfn) == frame_field(t_mfn),
-                v.perm,
-                t.perm,
-            ) {
+            if by_design(o, frame_field(v_mfn) == frame_field(t_mfn), v.perm, t.perm) {
                 f.class = DivergenceClass::AcceptedByDesign;
                 accepted.get_or_insert(f);
                 continue;

@@ -270,7 +270,11 @@ impl fmt::Display for CallerOp {
             }
             CallerOp::TrackDirtyVram { gfn, nr } => write!(f, "{n} gfn={gfn:#x} nr={nr}"),
             CallerOp::GuestAccess { gfn, write } => {
-                write!(f, "{n} gfn={gfn:#x} {}", if write { "write" } else { "read" })
+                write!(
+                    f,
+                    "{n} gfn={gfn:#x} {}",
+                    if write { "write" } else { "read" }
+                )
             }
         }
     }

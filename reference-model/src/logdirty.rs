@@ -213,10 +213,7 @@ impl RefModel {
                 return None;
             }
             if ept && !ept_present(e.p2mt, e.access) {
-                return Some(Extent {
-                    either: true,
-                    ..*e
-                });
+                return Some(Extent { either: true, ..*e });
             }
             let t = if ld.holds(g) {
                 P2mType::RamLogdirty
@@ -236,10 +233,7 @@ impl RefModel {
     /// that may still hold an earlier mark may read either type now.
     fn unmarked_change(&mut self, range: GfnRange) {
         self.rewrite(range, &|e: &Extent, _| {
-            (changeable(e.p2mt) && e.maybe_pending).then_some(Extent {
-                either: true,
-                ..*e
-            })
+            (changeable(e.p2mt) && e.maybe_pending).then_some(Extent { either: true, ..*e })
         });
     }
 

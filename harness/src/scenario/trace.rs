@@ -462,8 +462,7 @@ fn parse_call<'a>(head: &str, words: impl Iterator<Item = &'a str>) -> Result<Ca
                 let stop = head == "track_dirty_vram";
                 let n = parse_u64(v)
                     .filter(|&n| {
-                        (stop && n == 0)
-                            || (n <= u64::from(MAX_CALL_PAGES) && call_pages(n as u32))
+                        (stop && n == 0) || (n <= u64::from(MAX_CALL_PAGES) && call_pages(n as u32))
                     })
                     .ok_or_else(|| {
                         format!(

@@ -3,9 +3,9 @@
 
 use crate::callers::HvmMemType;
 use crate::master::domain::{Cx, P2m};
+use crate::master::hap::hap_track_dirty_vram;
 use crate::master::p2m::P2M_IOREQ_SERVER;
 use crate::master::p2m_physmap::get_gfn_query;
-use crate::master::hap::hap_track_dirty_vram;
 use crate::master::p2m_typed::{allow_p2m_type_change, p2m_change_type_one};
 use crate::physmap::{BatchOutcome, PhysmapError};
 use crate::types::{Mode, P2mType};
@@ -68,7 +68,12 @@ pub fn set_mem_type(
 /// domain goes to `shadow_track_dirty_vram`, which tracks through shadow entries and
 /// leaves the p2m as it is; a HAP domain to [`hap_track_dirty_vram`]. Not refused for a
 /// domain with a passthrough device (only global log-dirty is, `paging.c:208-215`).
-pub fn track_dirty_vram(p2m: &mut P2m, cx: &mut Cx, first_pfn: u64, nr_frames: u64) -> BatchOutcome {
+pub fn track_dirty_vram(
+    p2m: &mut P2m,
+    cx: &mut Cx,
+    first_pfn: u64,
+    nr_frames: u64,
+) -> BatchOutcome {
     if nr_frames > (1 << 18) {
         return BatchOutcome {
             done: 0,

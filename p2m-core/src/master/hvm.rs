@@ -17,10 +17,16 @@ use crate::types::{Mode, P2mType};
 /// through shadow entries (`sh_page_fault`) and changes nothing in the p2m.
 pub fn guest_access(p2m: &mut P2m, cx: &mut Cx, gfn: u64, write: bool) -> BatchOutcome {
     if cx.cfg.mode == Mode::Shadow {
-        return BatchOutcome { done: 1, rc: Ok(()) };
+        return BatchOutcome {
+            done: 1,
+            rc: Ok(()),
+        };
     }
     if let Err(e) = p2m_recalc(p2m, cx, gfn) {
-        return BatchOutcome { done: 0, rc: Err(e) };
+        return BatchOutcome {
+            done: 0,
+            rc: Err(e),
+        };
     }
     if write && get_gfn_query(p2m, gfn).1 == P2mType::RamLogdirty {
         let rc = p2m_change_type_one(p2m, cx, gfn, P2mType::RamLogdirty, P2mType::RamRw);
@@ -29,5 +35,8 @@ pub fn guest_access(p2m: &mut P2m, cx: &mut Cx, gfn: u64, write: bool) -> BatchO
             rc: rc.map_err(|e: PhysmapError| e),
         };
     }
-    BatchOutcome { done: 1, rc: Ok(()) }
+    BatchOutcome {
+        done: 1,
+        rc: Ok(()),
+    }
 }

@@ -17,8 +17,8 @@
 
 pub mod amd_iommu_map;
 pub mod dm;
-pub mod hap;
 pub mod domain;
+pub mod hap;
 pub mod hvm;
 pub mod iommu;
 pub mod mem_access;

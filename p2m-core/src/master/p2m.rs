@@ -4,8 +4,8 @@
 //! Line references are at Xen commit `c447b7308b`.
 
 use crate::master::iommu::FlushFlags;
-use crate::recalc::{LogdirtyOverlap, RecalcState};
 use crate::master::revision::Switches;
+use crate::recalc::{LogdirtyOverlap, RecalcState};
 use crate::tables::{index_of, pages_per_entry, Pte, TableStore};
 use crate::types::{in_mmio_ro_ranges, Config, IommuPerm, Mfn, Mode, P2mAccess, P2mError, P2mType};
 use crate::types::{GfnRange, GFN_BITS, INVALID_MFN, PTE_MFN_MASK};

@@ -14,8 +14,8 @@ use crate::master::iommu::FlushFlags;
 use crate::master::p2m::{
     access_of_raw, cpu_extents_of, linear_pieces, p2m_allows_invalid_mfn, p2m_entry_modify_bugs,
     p2m_get_iommu_flags, p2m_is_changeable, p2m_is_pod, p2m_recalc_type_range, recalc_type_of,
-    type_of_raw, EntryKind, BUG_PRESENT_INVALID_MFN,
-    BUG_SPECIAL_TYPE_ABOVE_4K, IOREQ_MEM_ACCESS_WRITE, P2M_IOREQ_SERVER,
+    type_of_raw, EntryKind, BUG_PRESENT_INVALID_MFN, BUG_SPECIAL_TYPE_ABOVE_4K,
+    IOREQ_MEM_ACCESS_WRITE, P2M_IOREQ_SERVER,
 };
 use crate::recalc::{overlay_recalc, LogdirtyOverlap, RecalcState};
 use crate::stats::bump;
@@ -798,7 +798,10 @@ impl Ept {
                     let recalc = e.recalc;
                     let mut force_split = false;
                     if recalc && p2m_is_changeable(e.p2mt()) {
-                        match self.recalc_state.is_logdirty_range(span.start, span.end - 1) {
+                        match self
+                            .recalc_state
+                            .is_logdirty_range(span.start, span.end - 1)
+                        {
                             LogdirtyOverlap::None => ne.sa_p2mt = P2mType::RamRw as u8,
                             LogdirtyOverlap::All => ne.sa_p2mt = P2mType::RamLogdirty as u8,
                             LogdirtyOverlap::Partial => force_split = true,

@@ -2,22 +2,34 @@
 //! (HAP on AMD) and shadow mode.
 //!
 //! On master no IOMMU walks these tables (AMD sharing is gone, shadow never shared), so
-//! every change reaches the IOMMU through `iommu_legacy_map` / `iommu_legacy_unmap`.
+//! every change `set_entry` makes reaches the IOMMU through `iommu_legacy_map` /
+//! `iommu_legacy_unmap`; the lazy type change below never reaches it.
 //!
 //! Entries keep Xen's "flags" word: bits 0-11 are PTE bits 0-11, bits 12-23 are PTE bits
-//! 52-63 (`get_pte_flags`); the p2m type sits in flags bits 12-18. Not modelled:
-//! `do_recalc` and the recalc flags (no op here leaves an entry needing recalculation),
-//! `write_p2m_entry`'s CPU and nested-p2m flushes, `max_mapped_pfn`, `check_entry`'s
-//! debug assertions.
+//! 52-63 (`get_pte_flags`); the p2m type sits in flags bits 12-18.
+//!
+//! The lazy type change is modelled: `p2m_pt_change_entry_type_range` /
+//! `p2m_pt_change_entry_type_global` mark entries by clearing `RECALC_FLAGS`
+//! (`_PAGE_USER | _PAGE_ACCESSED`) on them, `p2m_pt_get_entry` reports the recalculated
+//! type under a mark, and `do_recalc` (at the start of `set_entry`, or [`P2mPt::recalc`]
+//! for an NPT fault / `p2m->recalc`) pushes marks down and rewrites the leaf, through
+//! `write_p2m_entry` only (no IOMMU call). `max_mapped_pfn` is kept in
+//! [`P2mPt::recalc_state`]; `p2m_pt_get_entry`'s early return above it is not modelled
+//! (nothing but empty or `invalid` entries lies there, which read the same).
+//! Not modelled: `write_p2m_entry`'s CPU and nested-p2m flushes, the TLB flush of
+//! `p2m_pt_change_entry_type_global`, `check_entry`'s debug assertions, `do_recalc`'s
+//! "bogus recalc" debug messages.
 
 use crate::frames::{MachineMemory, TableOwner};
 use crate::master::domain::Cx;
 use crate::master::p2m::{
     cpu_extents_of, p2m_allows_invalid_mfn, p2m_entry_modify_bugs, p2m_get_iommu_flags,
-    p2m_is_any_ram, p2m_is_paging, p2m_is_pod, p2m_is_valid, type_of_raw, EntryKind,
-    BUG_SPECIAL_TYPE_ABOVE_4K, IOREQ_MEM_ACCESS_WRITE, P2M_IOREQ_SERVER,
+    p2m_is_any_ram, p2m_is_changeable, p2m_is_paging, p2m_is_pod, p2m_is_valid,
+    p2m_recalc_type_range, push_extent, type_of_raw, EntryKind, BUG_SPECIAL_TYPE_ABOVE_4K,
+    IOREQ_MEM_ACCESS_WRITE, P2M_IOREQ_SERVER,
 };
 use crate::master::revision::Switches;
+use crate::recalc::{LogdirtyOverlap, RecalcState};
 use crate::stats::bump_if;
 use crate::tables::{index_of, pages_per_entry, Pte, TableStore};
 use crate::types::*;
@@ -50,6 +62,16 @@ pub const P2M_BASE_FLAGS: u32 = PAGE_PRESENT | PAGE_USER | PAGE_DIRTY | PAGE_ACC
 /// Mask of the frame field of `p2m_l2e_from_pfn` / `p2m_l3e_from_pfn` (`p2m-pt.c:37-40`):
 /// 40 bits without `_PAGE_PSE_PAT`'s frame bit 0.
 pub const PSE_PFN_MASK: u64 = PTE_MFN_MASK & !1;
+
+/// `RECALC_FLAGS` (`p2m-pt.c:48`): the bits `set_recalc` clears and `clear_recalc` sets
+/// again (`:49-50`).
+pub const RECALC_FLAGS: u32 = PAGE_USER | PAGE_ACCESSED;
+
+/// `_needs_recalc(flags)` (`p2m-pt.c:51`): `_PAGE_USER` clear (meaningful on a present
+/// entry only).
+pub fn needs_recalc(flags: u32) -> bool {
+    flags & PAGE_USER == 0
+}
 
 /// An `l1_pgentry_t` of the p2m at any level (`asm/x86_64/page.h:65`): frame and the
 /// flags word of `get_pte_flags` (`:104`).
@@ -198,8 +220,9 @@ pub struct P2mPt {
     pub tables: TableStore<PtEntry>,
     /// The L4 root.
     pub root: u64,
-    /// TEMP
-    pub recalc_state: crate::recalc::RecalcState,
+    /// `p2m->logdirty_ranges`, `global_logdirty` and `max_mapped_pfn`: what `do_recalc`
+    /// and `p2m_pt_get_entry` recalculate marked entries from.
+    pub recalc_state: RecalcState,
 }
 
 impl P2mPt {
@@ -208,7 +231,11 @@ impl P2mPt {
         let root = mem.alloc(TableOwner::P2m, 4);
         let mut tables = TableStore::new();
         tables.insert(root, 4);
-        P2mPt { tables, root, recalc_state: Default::default() }
+        P2mPt {
+            tables,
+            root,
+            recalc_state: RecalcState::default(),
+        }
     }
 
     /// The entry `idx` of the table in frame `t` (zero when there is no such table).
@@ -237,19 +264,55 @@ impl P2mPt {
     /// checked before the op starts): logs the entry's range as changed and a replaced
     /// pointer as unlinked. No IOMMU ever walks these tables on master.
     fn write(&mut self, cx: &mut Cx, t: u64, level: u8, gfn: u64, new: PtEntry) {
-        let idx = index_of(gfn, level);
-        let old = self.entry(t, idx);
-        let range = entry_range(gfn, level);
-        cx.log.changed(range);
-        if level > 1 && old.present() && !old.pse() {
-            cx.log
-                .unlink(cx.mem, old.pfn, TableOwner::P2m, level - 1, range);
-        }
-        if level > 1 && new.present() && !new.pse() {
-            cx.mem.set_span(new.pfn, range);
+        let first = entry_range(gfn, level).start;
+        self.write_run(cx, t, level, first, 1, new);
+    }
+
+    /// [`Self::write`] of the `len` consecutive entries from the one of `first` (all in
+    /// the table `t`), the `k`-th set to `new.nth(k)`: what Xen does as `len`
+    /// `write_p2m_entry` calls, at the cost of the runs. A pointer rewritten to the same
+    /// table (a recalc mark set or cleared) is not an unlink.
+    fn write_run(&mut self, cx: &mut Cx, t: u64, level: u8, first: u64, len: u16, new: PtEntry) {
+        let per = pages_per_entry(level);
+        let idx = index_of(first, level);
+        cx.log.changed(GfnRange {
+            start: first,
+            end: first + len as u64 * per,
+        });
+        let is_ptr = |e: PtEntry| level > 1 && e.present() && (level == 4 || !e.pse());
+        if level > 1 {
+            let old = self
+                .tables
+                .get(t)
+                .into_iter()
+                .flat_map(|tab| tab.iter_runs(idx, idx + len));
+            for (s, l, o) in old {
+                for k in 0..l {
+                    let o = o.nth(k as u64, level);
+                    if !is_ptr(o) {
+                        break;
+                    }
+                    let i = (s + k - idx) as u64;
+                    let n = new.nth(i, level);
+                    if is_ptr(n) && n.pfn == o.pfn {
+                        continue;
+                    }
+                    let range = GfnRange::of_order(first + i * per, 9 * (level as u32 - 1));
+                    cx.log
+                        .unlink(cx.mem, o.pfn, TableOwner::P2m, level - 1, range);
+                }
+            }
+            for k in 0..len as u64 {
+                let n = new.nth(k, level);
+                if !is_ptr(n) {
+                    break;
+                }
+                let range = GfnRange::of_order(first + k * per, 9 * (level as u32 - 1));
+                cx.mem.set_span(n.pfn, range);
+            }
         }
         if let Some(tab) = self.tables.get_mut(t) {
-            tab.set(idx, new);
+            tab.fill(idx, len, new);
         }
     }
 
@@ -403,9 +466,11 @@ impl P2mPt {
     /// turn into garbage: an order other than 0, 9, 18 (`BadOrder`), a `gfn` (or `mfn`,
     /// unless `INVALID_MFN`) not aligned to it (`Misaligned`), and a gfn beyond four
     /// levels (`GfnOutOfRange`; Xen's `p2m_find_entry` gives `-ENOENT` before any change);
-    /// and the `p2m_entry_modify` `BUG_ON` (`XenBug`). Then: walk with
-    /// `p2m_next_level`, record the old values, write the leaf (content only for a valid
-    /// frame or a type allowing an invalid one), the IOMMU step of `:747-752` (switches
+    /// and the `p2m_entry_modify` `BUG_ON` (`XenBug`). Then: `do_recalc(gfn)` (an error,
+    /// `-ENOMEM` from a split, is returned), walk with `p2m_next_level`, record the old
+    /// values, write the leaf (content only for a valid frame or a type allowing an invalid
+    /// one), raise `max_mapped_pfn` for a type other than `invalid`, the IOMMU step of
+    /// `:747-752` (switches
     /// `pt_step_checks_iommu_flags`, `pt_syncs_iommu`), then `p2m_free_entry` of a
     /// replaced intermediate entry.
     pub fn set_entry(
@@ -433,6 +498,8 @@ impl P2mPt {
         if p2m_entry_modify_bugs(p2mt, level, writes_type) {
             return Err(P2mError::XenBug(BUG_SPECIAL_TYPE_ABOVE_4K));
         }
+        // `:616-619`: pending type changes on the way to `gfn` first.
+        self.recalc(cx, gfn)?;
         // Proposed fix `iommu_flags_require_present_entry` (not Xen): an entry written
         // without a frame grants the device nothing, also in the comparison below.
         let iommu_pte_flags =
@@ -493,6 +560,10 @@ impl P2mPt {
             &mut cx.stats.intermediate_replaced,
             old.intermediate.present(),
         );
+        // `:742-745`: `max_mapped_pfn`.
+        if p2mt != P2mType::Invalid {
+            self.recalc_state.note_mapped(gfn, order);
+        }
 
         // `:747-752`: the IOMMU step.
         let differ = if sw.pt_step_checks_iommu_flags {
@@ -518,12 +589,204 @@ impl P2mPt {
         rc
     }
 
+    /// `set_recalc` on every present entry not yet marked among the entries
+    /// `lo..hi` of the table `t` at `level` whose first gfn is `base` (the loops of
+    /// `p2m_pt_set_recalc_range`, `p2m-pt.c:358-374`, `do_recalc`, `:435-452`, and
+    /// `p2m_pt_change_entry_type_global`, `:950-969`): one `write_p2m_entry` per entry in
+    /// Xen, one write per run here. Returns whether any entry was marked.
+    fn mark_entries(
+        &mut self,
+        cx: &mut Cx,
+        t: u64,
+        level: u8,
+        base: u64,
+        lo: u16,
+        hi: u16,
+    ) -> bool {
+        let runs: Vec<(u16, u16, PtEntry)> = match self.tables.get(t) {
+            Some(tab) => tab
+                .iter_runs(lo, hi)
+                .filter(|&(_, _, e)| e.present() && !needs_recalc(e.flags))
+                .collect(),
+            None => return false,
+        };
+        let per = pages_per_entry(level);
+        for &(s, l, e) in &runs {
+            let marked = PtEntry {
+                flags: e.flags & !RECALC_FLAGS,
+                ..e
+            };
+            self.write_run(cx, t, level, base + s as u64 * per, l, marked);
+        }
+        !runs.is_empty()
+    }
+
+    /// Models `p2m_pt_set_recalc_range()` (`p2m-pt.c:320-382`): walks from the root to the
+    /// table of `level` holding `first..=last` (which lie in one such table), stopping
+    /// quietly at a non-present entry and splitting a superpage on the way
+    /// (`p2m_next_level`, `-ENOMEM` when that fails), then marks the present entries of
+    /// the range there. A gfn beyond four levels: `GfnOutOfRange` (Xen's `-EINVAL` /
+    /// `-EIO` from `p2m_find_entry`).
+    fn set_recalc_range(
+        &mut self,
+        cx: &mut Cx,
+        level: u8,
+        first: u64,
+        last: u64,
+    ) -> Result<(), P2mError> {
+        if first >> GFN_BITS != 0 || last >> GFN_BITS != 0 {
+            return Err(P2mError::GfnOutOfRange);
+        }
+        let mut t = self.root;
+        for l in (level + 1..=4).rev() {
+            if !self.entry(t, index_of(first, l)).present() {
+                return Ok(());
+            }
+            t = self.next_level(cx, t, l, first)?;
+        }
+        let span = pages_per_entry(level) * 512;
+        let base = first / span * span;
+        let (lo, hi) = (index_of(first, level), index_of(last, level) + 1);
+        self.mark_entries(cx, t, level, base, lo, hi);
+        Ok(())
+    }
+
+    /// Models `p2m_pt_change_entry_type_range()` (`p2m-pt.c:976-1014`) over
+    /// `first_gfn..=last_gfn` (`ot` and `nt` are unused, as in Xen: the new type comes from
+    /// the rangeset when the mark is resolved). From 4 KiB upwards, the unaligned head and
+    /// tail of the range are marked at the lowest level that fits them
+    /// ([`Self::set_recalc_range`]: a superpage over a partly covered edge is split here,
+    /// not at recalc time), the aligned middle at the level above. A range of the whole
+    /// 2^36-page space marks nothing (the loop runs out of levels). The first error stops
+    /// it, with what was marked before kept.
+    pub fn change_entry_type_range(
+        &mut self,
+        cx: &mut Cx,
+        ot: P2mType,
+        nt: P2mType,
+        first_gfn: u64,
+        last_gfn: u64,
+    ) -> Result<(), P2mError> {
+        let _ = (ot, nt);
+        let (mut first, mut last) = (first_gfn, last_gfn);
+        let mut mask: u64 = 511;
+        let mut level = 1u8;
+        while level <= 4 {
+            if first & mask != 0 {
+                let end = (first | mask).min(last);
+                self.set_recalc_range(cx, level, first, end)?;
+                if end >= last {
+                    break;
+                }
+                first = end + 1;
+            } else if last & mask != mask {
+                let start = first.max(last & !mask);
+                self.set_recalc_range(cx, level, start, last)?;
+                if start <= first {
+                    break;
+                }
+                last = start - 1;
+            } else {
+                level += 1;
+                mask |= mask << 9;
+            }
+        }
+        Ok(())
+    }
+
+    /// Models `p2m_pt_change_entry_type_global()` (`p2m-pt.c:936-974`; `ot`, `nt` unused):
+    /// marks every present, unmarked L4 entry. The TLB flush is not modelled.
+    pub fn change_entry_type_global(&mut self, cx: &mut Cx, ot: P2mType, nt: P2mType) {
+        let _ = (ot, nt);
+        self.mark_entries(cx, self.root, 4, 0, 0, 512);
+    }
+
+    /// Models `do_recalc(p2m, gfn)` (`p2m-pt.c:390-515`; what
+    /// `p2m_pt_handle_deferred_changes`, `:517-536`, runs on an NPT fault, `p2m->recalc`,
+    /// and the start of `p2m_pt_set_entry`). Walking down to `gfn`: a non-present entry
+    /// ends it; a superpage stops the walk unless it is marked, changeable and only partly
+    /// log-dirty (`p2m_is_logdirty_range` < 0), when `p2m_next_level` splits it (children
+    /// inherit the mark); a marked pointer has its mark pushed onto every present entry of
+    /// the table below, then cleared. The leaf reached, if present and marked, gets the
+    /// type `p2m_recalc_type_range` gives over its whole range — rewritten with
+    /// `p2m_type_to_flags` (a superpage keeps `_PAGE_PSE` and loses the `_PAGE_PSE_PAT`
+    /// frame bit) when it differs, else just unmarked. Every write is a plain
+    /// `write_p2m_entry`: no IOMMU call. `Ok(true)` when an entry was written; `Err` (only
+    /// `TableNoMem`, from a split) keeps what was written before it. A gfn beyond four
+    /// levels: `Ok(false)`.
+    pub fn recalc(&mut self, cx: &mut Cx, gfn: u64) -> Result<bool, P2mError> {
+        if gfn >> GFN_BITS != 0 {
+            return Ok(false);
+        }
+        let mut done = false;
+        let mut t = self.root;
+        let mut level = 4u8;
+        while level > 1 {
+            let idx = index_of(gfn, level);
+            let e = self.entry(t, idx);
+            if !e.present() {
+                return Ok(done);
+            }
+            if e.pse() {
+                let r = entry_range(gfn, level);
+                let overlap = self.recalc_state.is_logdirty_range(r.start, r.end - 1);
+                if !needs_recalc(e.flags)
+                    || !p2m_is_changeable(e.p2mt())
+                    || overlap != LogdirtyOverlap::Partial
+                {
+                    break;
+                }
+            }
+            let child = self.next_level(cx, t, level, gfn)?;
+            let e = self.entry(t, idx);
+            if needs_recalc(e.flags) {
+                let span = pages_per_entry(level);
+                self.mark_entries(cx, child, level - 1, gfn / span * span, 0, 512);
+                let cleared = PtEntry {
+                    flags: e.flags | RECALC_FLAGS,
+                    ..e
+                };
+                self.write(cx, t, level, gfn, cleared);
+                done = true;
+            }
+            t = child;
+            level -= 1;
+        }
+        let e = self.entry(t, index_of(gfn, level));
+        if e.present() && needs_recalc(e.flags) {
+            let r = entry_range(gfn, level);
+            let ot = e.p2mt();
+            let nt = p2m_recalc_type_range(true, ot, &self.recalc_state, r.start, r.end - 1);
+            let new = if nt != ot {
+                let flags = p2m_type_to_flags(nt, Mfn(e.pfn));
+                if level > 1 {
+                    // `_PAGE_PAT` (= `_PAGE_PSE`) is never in `p2m_type_to_flags`' result.
+                    PtEntry {
+                        pfn: e.pfn & !1,
+                        flags: flags | PAGE_PSE,
+                    }
+                } else {
+                    PtEntry { pfn: e.pfn, flags }
+                }
+            } else {
+                PtEntry {
+                    flags: e.flags | RECALC_FLAGS,
+                    ..e
+                }
+            };
+            self.write(cx, t, level, gfn, new);
+            done = true;
+        }
+        Ok(done)
+    }
+
     /// Models `p2m_pt_get_entry()` (`p2m-pt.c:767-934`) for a query without `P2M_ALLOC`
     /// (access is always `rwx` on p2m-pt): a non-present entry gives Xen's defaults
     /// (`None`) unless it is PoD (`populate_on_demand`, `INVALID_MFN`) or, at 4 KiB, a
-    /// paging type; a superpage leaf reports its frame only for `p2m_is_valid` types, a
-    /// 4 KiB leaf for `p2m_is_valid` or `p2m_is_any_ram` ones (grants: `INVALID_MFN` at
-    /// 2 MiB / 1 GiB, their frame at 4 KiB).
+    /// paging type; a present leaf under a mark (its own or a pointer's on the way) reports
+    /// `p2m_recalc_type(gfn)`, computed without writing; a superpage leaf reports its frame
+    /// only for `p2m_is_valid` types, a 4 KiB leaf for `p2m_is_valid` or `p2m_is_any_ram`
+    /// ones (grants: `INVALID_MFN` at 2 MiB / 1 GiB, their frame at 4 KiB).
     pub fn get_entry(&self, gfn: u64) -> Option<P2mEntry> {
         if gfn >> GFN_BITS != 0 {
             return None;
@@ -532,14 +795,16 @@ impl P2mPt {
         if !l4e.present() {
             return None;
         }
+        let mut recalc = needs_recalc(l4e.flags);
         let mut t = l4e.pfn;
         for level in [3u8, 2] {
             let e = self.entry(t, index_of(gfn, level));
             if !e.present() {
                 return p2m_is_pod(e.p2mt()).then_some(POD_READING);
             }
+            recalc |= needs_recalc(e.flags);
             if e.pse() {
-                let p2mt = e.p2mt();
+                let p2mt = p2m_recalc_type_range(recalc, e.p2mt(), &self.recalc_state, gfn, gfn);
                 let off = gfn & (pages_per_entry(level) - 1);
                 let mfn = if p2m_is_valid(p2mt) {
                     leaf_mfn(e.pfn, off)
@@ -559,22 +824,26 @@ impl P2mPt {
         if !e.present() && !p2m_is_paging(l1t) {
             return p2m_is_pod(l1t).then_some(POD_READING);
         }
-        let mfn = if p2m_is_valid(l1t) || p2m_is_any_ram(l1t) {
+        let recalc = recalc || needs_recalc(e.flags);
+        let p2mt = p2m_recalc_type_range(recalc, l1t, &self.recalc_state, gfn, gfn);
+        let mfn = if p2m_is_valid(p2mt) || p2m_is_any_ram(p2mt) {
             leaf_mfn(e.pfn, 0)
         } else {
             INVALID_MFN
         };
         Some(P2mEntry {
             mfn,
-            p2mt: l1t,
+            p2mt,
             access: P2mAccess::Rwx,
         })
     }
 
-    /// The CPU view of `range` as runs, consistent with [`Self::get_entry`] at every gfn.
-    /// Cost: the table runs the range meets, never its pages.
+    /// The CPU view of `range` as runs, consistent with [`Self::get_entry`] at every gfn:
+    /// the stored entries, then, where a mark covers a changeable type, that type
+    /// recalculated per piece of the log-dirty rangeset. Cost: the table runs the range
+    /// meets (twice), the marked ranges and the rangeset ranges they meet; never its pages.
     pub fn cpu_extents(&self, range: GfnRange) -> Vec<CpuExtent> {
-        cpu_extents_of(&self.tables, self.root, range, &|e: PtEntry, level| {
+        let raw = cpu_extents_of(&self.tables, self.root, range, &|e: PtEntry, level| {
             let p2mt = e.p2mt();
             if e.present() && (level == 4 || (level > 1 && !e.pse())) {
                 EntryKind::Table(e.pfn)
@@ -588,7 +857,130 @@ impl P2mPt {
                     access: P2mAccess::Rwx,
                 }
             }
-        })
+        });
+        let limit = 1u64 << GFN_BITS;
+        let inside = GfnRange {
+            start: range.start.min(limit),
+            end: range.end.min(limit),
+        };
+        let mut marked = Vec::new();
+        if !inside.is_empty() {
+            self.marked_in(self.root, 4, 0, inside, &mut marked);
+        }
+        if marked.is_empty() {
+            return raw;
+        }
+        let mut out = Vec::with_capacity(raw.len());
+        let mut j = 0;
+        for x in raw {
+            if !p2m_is_changeable(x.p2mt) {
+                push_extent(&mut out, x);
+                continue;
+            }
+            while j < marked.len() && marked[j].end <= x.range.start {
+                j += 1;
+            }
+            let mut cur = x.range.start;
+            let mut k = j;
+            while cur < x.range.end {
+                match marked.get(k) {
+                    Some(m) if m.start < x.range.end => {
+                        if m.start > cur {
+                            push_extent(&mut out, piece(&x, cur, m.start, x.p2mt));
+                        }
+                        let (s, e) = (cur.max(m.start), m.end.min(x.range.end));
+                        self.push_recalculated(&mut out, &x, s, e);
+                        cur = e;
+                        k += 1;
+                    }
+                    _ => {
+                        push_extent(&mut out, piece(&x, cur, x.range.end, x.p2mt));
+                        cur = x.range.end;
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// Appends the gfns `s..e` of the extent `x` (under a mark) with the type
+    /// `p2m_recalc_type` gives each: split at the log-dirty rangeset's bounds.
+    fn push_recalculated(&self, out: &mut Vec<CpuExtent>, x: &CpuExtent, s: u64, e: u64) {
+        let st = &self.recalc_state;
+        let typed = |a: u64, b: u64| p2m_recalc_type_range(true, x.p2mt, st, a, b - 1);
+        if st.global_logdirty {
+            push_extent(out, piece(x, s, e, typed(s, e)));
+            return;
+        }
+        let ranges = st.ranges();
+        let mut cur = s;
+        let first = ranges.partition_point(|r| r.end <= s);
+        for r in ranges[first..].iter().take_while(|r| r.start < e) {
+            if r.start > cur {
+                push_extent(out, piece(x, cur, r.start, typed(cur, r.start)));
+                cur = r.start;
+            }
+            let end = r.end.min(e);
+            push_extent(out, piece(x, cur, end, typed(cur, end)));
+            cur = end;
+        }
+        if cur < e {
+            push_extent(out, piece(x, cur, e, typed(cur, e)));
+        }
+    }
+
+    /// Appends to `out` (sorted, merged) the part of `range` under a present marked entry
+    /// of the table `t` at `level` whose first gfn is `base`, or of a table below it.
+    fn marked_in(&self, t: u64, level: u8, base: u64, range: GfnRange, out: &mut Vec<GfnRange>) {
+        let Some(tab) = self.tables.get(t) else {
+            return;
+        };
+        let per = pages_per_entry(level);
+        let lo = index_of(range.start, level);
+        let hi = index_of(range.end - 1, level) + 1;
+        for (s, l, e) in tab.iter_runs(lo, hi) {
+            if !e.present() {
+                continue;
+            }
+            let run = GfnRange {
+                start: base + s as u64 * per,
+                end: base + (s + l) as u64 * per,
+            };
+            let Some(hit) = run.intersect(&range) else {
+                continue;
+            };
+            if needs_recalc(e.flags) {
+                match out.last_mut() {
+                    Some(last) if last.end == hit.start => last.end = hit.end,
+                    _ => out.push(hit),
+                }
+            } else if level == 4 || (level > 1 && !e.pse()) {
+                for k in 0..l as u64 {
+                    let er = GfnRange {
+                        start: run.start + k * per,
+                        end: run.start + (k + 1) * per,
+                    };
+                    if let Some(sub) = er.intersect(&hit) {
+                        self.marked_in(e.nth(k, level).pfn, level - 1, er.start, sub, out);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The gfns `s..e` of the extent `x` as an extent of type `p2mt` (the frame offset, or
+/// `INVALID_MFN` kept).
+fn piece(x: &CpuExtent, s: u64, e: u64, p2mt: P2mType) -> CpuExtent {
+    CpuExtent {
+        range: GfnRange { start: s, end: e },
+        mfn: if x.mfn == INVALID_MFN {
+            INVALID_MFN
+        } else {
+            Mfn(x.mfn.0.wrapping_add(s - x.range.start))
+        },
+        p2mt,
+        access: x.access,
     }
 }
 
@@ -605,15 +997,6 @@ fn count_unchanged_iommu_step(cx: &mut Cx, differ: bool) {
     if !differ {
         cx.stats.need_modify_cleared += 1;
     }
-}
-
-impl P2mPt {
-    /// TEMP
-    pub fn change_entry_type_range(&mut self, _cx: &mut Cx, _ot: P2mType, _nt: P2mType, _f: u64, _l: u64) -> Result<(), P2mError> { Ok(()) }
-    /// TEMP
-    pub fn change_entry_type_global(&mut self, _cx: &mut Cx, _ot: P2mType, _nt: P2mType) {}
-    /// TEMP
-    pub fn recalc(&mut self, _cx: &mut Cx, _gfn: u64) -> Result<bool, P2mError> { Ok(false) }
 }
 
 #[cfg(test)]
@@ -908,5 +1291,341 @@ mod tests {
             Ok(())
         );
         assert_eq!(d.get_entry(0x10).unwrap().mfn, Mfn(3));
+    }
+
+    /// Runs `f` on the p2m-pt of `d` with a context, as one op would (log and calls
+    /// cleared first).
+    fn with_cx<R>(d: &mut Domain, f: impl FnOnce(&mut P2mPt, &mut Cx) -> R) -> R {
+        d.log.clear();
+        d.calls.clear();
+        d.mem.begin_op();
+        let sw = d.switches;
+        let mut cx = Cx {
+            mem: &mut d.mem,
+            iommu: &mut d.iommu,
+            sw: &sw,
+            cfg: d.cfg,
+            seq: 0,
+            stats: &mut d.stats,
+            log: &mut d.log,
+            calls: &mut d.calls,
+        };
+        let P2m::Pt(p) = &mut d.p2m else {
+            unreachable!()
+        };
+        let r = f(p, &mut cx);
+        d.mem.end_op();
+        r
+    }
+
+    /// The stored entry of `level` on the walk to `gfn`.
+    fn raw(d: &Domain, gfn: u64, level: u8) -> PtEntry {
+        let p = pt(d);
+        p.entry(p.table_at(gfn, level).unwrap(), index_of(gfn, level))
+    }
+
+    fn io_state(d: &Domain) -> String {
+        let mut s = String::new();
+        d.iommu.write_state(&mut s).unwrap();
+        s
+    }
+
+    /// `cpu_extents` agrees with `get_entry` at every gfn of `range`.
+    fn views_agree(d: &Domain, range: GfnRange) {
+        let x = d.cpu_extents(range);
+        assert_eq!(x.first().unwrap().range.start, range.start);
+        assert_eq!(x.last().unwrap().range.end, range.end);
+        for e in &x {
+            for g in e.range.start..e.range.end {
+                let want = d
+                    .get_entry(g)
+                    .map_or((INVALID_MFN, P2mType::Invalid), |p| (p.mfn, p.p2mt));
+                let mfn = if e.mfn == INVALID_MFN {
+                    INVALID_MFN
+                } else {
+                    Mfn(e.mfn.0 + (g - e.range.start))
+                };
+                assert_eq!((mfn, e.p2mt), want, "gfn {g:#x}");
+            }
+        }
+    }
+
+    fn typ(d: &Domain, gfn: u64) -> (Mfn, P2mType) {
+        let e = d.get_entry(gfn).unwrap();
+        (e.mfn, e.p2mt)
+    }
+
+    #[test]
+    fn recalc_types() {
+        use P2mType::*;
+        let mut st = RecalcState::default();
+        st.add_range(0x10, 0x1f);
+        assert!(p2m_is_changeable(RamRw) && p2m_is_changeable(RamLogdirty));
+        assert!(p2m_is_changeable(P2M_IOREQ_SERVER) && !p2m_is_changeable(RamRo));
+        assert_eq!(p2m_recalc_type_range(false, RamRw, &st, 0x10, 0x10), RamRw);
+        assert_eq!(
+            p2m_recalc_type_range(true, RamRw, &st, 0x10, 0x10),
+            RamLogdirty
+        );
+        assert_eq!(p2m_recalc_type_range(true, RamLogdirty, &st, 0, 0), RamRw);
+        // Partly log-dirty reads as log-dirty.
+        assert_eq!(
+            p2m_recalc_type_range(true, RamRw, &st, 0, 0x1ff),
+            RamLogdirty
+        );
+        assert_eq!(p2m_recalc_type_range(true, RamRo, &st, 0x10, 0x10), RamRo);
+        let ioreq = p2m_recalc_type_range(true, P2M_IOREQ_SERVER, &st, 0x10, 0x10);
+        assert_eq!(ioreq, P2M_IOREQ_SERVER);
+    }
+
+    /// (a) A range change marks, `get_entry` / `cpu_extents` report the new types at once,
+    /// `recalc` rewrites the leaves; the superpage over the range's tail is split by the
+    /// marking itself; the IOMMU is never called.
+    #[test]
+    fn range_change_then_recalc() {
+        let mut d = dom(Mode::Npt, "xen-master");
+        for i in 0..512 {
+            d.set_entry(0x200 + i, Mfn(0x10000 + i), 0, P2mType::RamRw, RWX)
+                .unwrap();
+        }
+        d.set_entry(0x400, Mfn(0x20000), 9, P2mType::RamRw, RWX)
+            .unwrap();
+        d.set_entry(0x9000, INVALID_MFN, 0, P2mType::Invalid, RWX)
+            .unwrap();
+        assert_eq!(pt(&d).recalc_state.max_mapped_pfn, 0x5ff);
+        let io_before = io_state(&d);
+        let rw = p2m_type_to_flags(P2mType::RamRw, Mfn(0));
+        with_cx(&mut d, |p, cx| {
+            p.change_entry_type_range(cx, P2mType::RamRw, P2mType::RamLogdirty, 0x300, 0x4ff)
+                .unwrap();
+            p.recalc_state.add_range(0x300, 0x4ff);
+        });
+        assert!(d.calls.is_empty());
+        assert_eq!(p2m_splits(&d), [GfnRange::of_order(0x400, 9)]);
+        assert_eq!(p2m_frees(&d).len() + p2m_unlinked(&d), 0);
+        // Marked, not rewritten: the stored type is still ram_rw.
+        for g in [0x300, 0x3ff, 0x400, 0x4ff] {
+            let e = raw(&d, g, 1);
+            assert!(
+                needs_recalc(e.flags) && e.p2mt() == P2mType::RamRw,
+                "{g:#x}"
+            );
+        }
+        assert!(!needs_recalc(raw(&d, 0x2ff, 1).flags));
+        assert!(!needs_recalc(raw(&d, 0x500, 1).flags));
+        let ld = P2mType::RamLogdirty;
+        assert_eq!(typ(&d, 0x2ff), (Mfn(0x100ff), P2mType::RamRw));
+        assert_eq!(typ(&d, 0x300), (Mfn(0x10100), ld));
+        assert_eq!(typ(&d, 0x4ff), (Mfn(0x200ff), ld));
+        assert_eq!(typ(&d, 0x500), (Mfn(0x20100), P2mType::RamRw));
+        let whole = GfnRange {
+            start: 0x200,
+            end: 0x600,
+        };
+        let x = d.cpu_extents(whole);
+        let kinds: Vec<_> = x.iter().map(|e| (e.range.start, e.mfn, e.p2mt)).collect();
+        assert_eq!(
+            kinds,
+            [
+                (0x200, Mfn(0x10000), P2mType::RamRw),
+                (0x300, Mfn(0x10100), ld),
+                (0x400, Mfn(0x20000), ld),
+                (0x500, Mfn(0x20100), P2mType::RamRw),
+            ]
+        );
+        views_agree(&d, whole);
+        let mut changed = 0;
+        for g in whole.start..whole.end {
+            changed += with_cx(&mut d, |p, cx| p.recalc(cx, g)).unwrap() as u32;
+            assert!(d.calls.is_empty());
+        }
+        assert_eq!(changed, 0x200);
+        let logdirty = p2m_type_to_flags(ld, Mfn(0));
+        assert_eq!(raw(&d, 0x300, 1).flags, logdirty);
+        assert_eq!(
+            raw(&d, 0x4ff, 1),
+            PtEntry {
+                pfn: 0x200ff,
+                flags: logdirty
+            }
+        );
+        assert_eq!(raw(&d, 0x2ff, 1).flags, rw);
+        assert_eq!(raw(&d, 0x500, 1).flags, rw);
+        assert_eq!(d.cpu_extents(whole), x);
+        assert_eq!(with_cx(&mut d, |p, cx| p.recalc(cx, 0x300)), Ok(false));
+        assert_eq!(io_state(&d), io_before);
+    }
+
+    /// (b) `set_entry` resolves the marks on its walk first: the gfn's own leaf, and a
+    /// pointer's mark pushed down onto its siblings.
+    #[test]
+    fn set_entry_recalcs_first() {
+        let mut d = dom(Mode::Npt, "xen-master");
+        d.set_entry(0x10, Mfn(0x500), 0, P2mType::RamRw, RWX)
+            .unwrap();
+        d.set_entry(0x11, Mfn(0x501), 0, P2mType::RamRw, RWX)
+            .unwrap();
+        d.set_entry(0x200, Mfn(0x1000), 9, P2mType::RamRw, RWX)
+            .unwrap();
+        with_cx(&mut d, |p, cx| {
+            p.change_entry_type_range(cx, P2mType::RamRw, P2mType::RamLogdirty, 0x10, 0x11)
+                .unwrap();
+            p.recalc_state.add_range(0x10, 0x11);
+        });
+        // The fault handler's `p2m_change_type_one(logdirty → rw)`: recalc makes it
+        // ram_logdirty (IOMMU flags RW, as ram_rw's), so the IOMMU step sees no change.
+        d.set_entry(0x10, Mfn(0x500), 0, P2mType::RamRw, RWX)
+            .unwrap();
+        assert!(d.calls.is_empty());
+        assert_eq!(
+            raw(&d, 0x10, 1).flags,
+            p2m_type_to_flags(P2mType::RamRw, Mfn(0))
+        );
+        assert!(needs_recalc(raw(&d, 0x11, 1).flags));
+        assert_eq!(typ(&d, 0x11).1, P2mType::RamLogdirty);
+
+        with_cx(&mut d, |p, cx| {
+            p.change_entry_type_global(cx, P2mType::RamRw, P2mType::RamLogdirty)
+        });
+        assert!(needs_recalc(raw(&d, 0, 4).flags));
+        d.set_entry(0x12, Mfn(0x502), 0, P2mType::RamRo, RWX)
+            .unwrap();
+        assert_eq!(d.calls, [map(0x12, 0x502, 1, IommuPerm::R)]);
+        for l in [4, 3, 2] {
+            assert!(!needs_recalc(raw(&d, 0x12, l).flags), "L{l}");
+        }
+        // Pushed down: the 2 MiB sibling and the 4 KiB one.
+        assert!(needs_recalc(raw(&d, 0x200, 2).flags));
+        assert!(needs_recalc(raw(&d, 0x10, 1).flags));
+        assert_eq!(typ(&d, 0x10).1, P2mType::RamLogdirty);
+        assert_eq!(typ(&d, 0x200).1, P2mType::RamRw);
+        assert_eq!(typ(&d, 0x12).1, P2mType::RamRo);
+        views_agree(
+            &d,
+            GfnRange {
+                start: 0,
+                end: 0x400,
+            },
+        );
+    }
+
+    /// (c) A global change marks the L4 entries; with the rangeset covering part of a
+    /// 2 MiB page, `recalc` splits it; a range over whole 2 MiB entries marks them
+    /// without a split.
+    #[test]
+    fn global_change_then_recalc() {
+        let mut d = dom(Mode::Npt, "xen-master");
+        d.set_entry(0x10, Mfn(0x500), 0, P2mType::RamRw, RWX)
+            .unwrap();
+        d.set_entry(0x400, Mfn(0x20000), 9, P2mType::RamRw, RWX)
+            .unwrap();
+        let io_before = io_state(&d);
+        with_cx(&mut d, |p, cx| {
+            p.recalc_state.add_range(0x480, 0x4ff);
+            p.change_entry_type_global(cx, P2mType::RamLogdirty, P2mType::RamRw);
+        });
+        let all = GfnRange {
+            start: 0,
+            end: 0x800,
+        };
+        assert!(p2m_splits(&d).is_empty());
+        assert_eq!(typ(&d, 0x47f).1, P2mType::RamRw);
+        assert_eq!(typ(&d, 0x480), (Mfn(0x20080), P2mType::RamLogdirty));
+        assert_eq!(d.cpu_extents(all).len(), 7);
+        views_agree(&d, all);
+        assert_eq!(with_cx(&mut d, |p, cx| p.recalc(cx, 0x480)), Ok(true));
+        assert_eq!(p2m_splits(&d), [GfnRange::of_order(0x400, 9)]);
+        assert!(d.calls.is_empty());
+        assert_eq!(raw(&d, 0x480, 1).p2mt(), P2mType::RamLogdirty);
+        assert!(!needs_recalc(raw(&d, 0x480, 1).flags));
+        // The split copies inherit the mark; the other path got it pushed down.
+        assert!(needs_recalc(raw(&d, 0x400, 1).flags));
+        assert!(needs_recalc(raw(&d, 0x10, 2).flags));
+        views_agree(&d, all);
+        assert_eq!(with_cx(&mut d, |p, cx| p.recalc(cx, 0x10)), Ok(true));
+        assert_eq!(
+            raw(&d, 0x10, 1).flags,
+            p2m_type_to_flags(P2mType::RamRw, Mfn(0))
+        );
+        assert_eq!(with_cx(&mut d, |p, cx| p.recalc(cx, 0x10)), Ok(false));
+        assert_eq!(io_state(&d), io_before);
+
+        // Whole 2 MiB entries: marked at L2, no split; fully log-dirty, recalc rewrites the
+        // superpage in place.
+        let mut e = dom(Mode::Npt, "xen-master");
+        e.set_entry(0x400, Mfn(0x20000), 9, P2mType::RamRw, RWX)
+            .unwrap();
+        with_cx(&mut e, |p, cx| {
+            p.change_entry_type_range(cx, P2mType::RamRw, P2mType::RamLogdirty, 0, 0x7ff)
+                .unwrap();
+            p.recalc_state.add_range(0, 0x7ff);
+        });
+        assert!(p2m_splits(&e).is_empty());
+        assert!(needs_recalc(raw(&e, 0x400, 2).flags));
+        assert_eq!(with_cx(&mut e, |p, cx| p.recalc(cx, 0x5ff)), Ok(true));
+        assert!(p2m_splits(&e).is_empty());
+        let want = PtEntry {
+            pfn: 0x20000,
+            flags: p2m_type_to_flags(P2mType::RamLogdirty, Mfn(0)) | PAGE_PSE,
+        };
+        assert_eq!(raw(&e, 0x400, 2), want);
+        assert!(e.calls.is_empty());
+
+        // A 2 MiB `set_entry` rewriting a marked, partly log-dirty superpage unchanged:
+        // its `do_recalc` splits it first, so the entry replaced is an intermediate one
+        // (`iommu_old_flags = ~0`) and the IOMMU step runs; unmarked, it would not.
+        let mut f = dom(Mode::Npt, "xen-master");
+        f.set_entry(0x400, Mfn(0x20000), 9, P2mType::RamRw, RWX)
+            .unwrap();
+        with_cx(&mut f, |p, cx| {
+            p.recalc_state.add_range(0x480, 0x4ff);
+            p.change_entry_type_global(cx, P2mType::RamLogdirty, P2mType::RamRw);
+        });
+        f.set_entry(0x400, Mfn(0x20000), 9, P2mType::RamRw, RWX)
+            .unwrap();
+        assert_eq!(p2m_splits(&f), [GfnRange::of_order(0x400, 9)]);
+        assert_eq!(f.calls, [map(0x400, 0x20000, 512, IommuPerm::RW)]);
+        assert_eq!(p2m_frees(&f).len(), 1);
+        assert!(f.log.leaked(&f.mem).next().is_none());
+        f.set_entry(0x400, Mfn(0x20000), 9, P2mType::RamRw, RWX)
+            .unwrap();
+        assert!(f.calls.is_empty());
+    }
+
+    /// (d) `ram_ro` and `p2m_ioreq_server` leaves keep their type: the mark is cleared and
+    /// nothing else changes.
+    #[test]
+    fn unchangeable_types_stay() {
+        let mut d = dom(Mode::Npt, "xen-master");
+        d.set_entry(0x20, Mfn(0x600), 0, P2mType::RamRo, RWX)
+            .unwrap();
+        d.set_entry(0x21, Mfn(0x601), 0, P2M_IOREQ_SERVER, RWX)
+            .unwrap();
+        d.set_entry(0x22, Mfn(0x602), 0, P2mType::RamRw, RWX)
+            .unwrap();
+        let before: Vec<_> = (0x20..0x23).map(|g| raw(&d, g, 1)).collect();
+        with_cx(&mut d, |p, cx| {
+            p.change_entry_type_range(cx, P2mType::RamRw, P2mType::RamLogdirty, 0x20, 0x22)
+                .unwrap();
+            p.recalc_state.add_range(0x20, 0x22);
+        });
+        assert_eq!(typ(&d, 0x20), (Mfn(0x600), P2mType::RamRo));
+        assert_eq!(typ(&d, 0x21), (Mfn(0x601), P2M_IOREQ_SERVER));
+        assert_eq!(typ(&d, 0x22), (Mfn(0x602), P2mType::RamLogdirty));
+        views_agree(
+            &d,
+            GfnRange {
+                start: 0,
+                end: 0x200,
+            },
+        );
+        for g in 0x20..0x23 {
+            assert!(needs_recalc(raw(&d, g, 1).flags));
+            assert_eq!(with_cx(&mut d, |p, cx| p.recalc(cx, g)), Ok(true));
+            assert!(d.calls.is_empty());
+        }
+        assert_eq!(raw(&d, 0x20, 1), before[0]);
+        assert_eq!(raw(&d, 0x21, 1), before[1]);
+        assert_eq!(raw(&d, 0x22, 1).p2mt(), P2mType::RamLogdirty);
     }
 }

@@ -82,15 +82,27 @@ pub fn hvmop_set_mem_type(
 /// nothing in the p2m.
 pub fn guest_access(p2m: &mut P2m, cx: &mut Cx, gfn: u64, write: bool) -> BatchOutcome {
     if cx.cfg.mode == crate::types::Mode::Shadow {
-        return BatchOutcome { done: 1, rc: Ok(()) };
+        return BatchOutcome {
+            done: 1,
+            rc: Ok(()),
+        };
     }
     if let Err(e) = crate::xen46::p2m::p2m_recalc(p2m, cx, gfn) {
-        return BatchOutcome { done: 0, rc: Err(e) };
+        return BatchOutcome {
+            done: 0,
+            rc: Err(e),
+        };
     }
     if write && get_gfn_query(p2m, gfn).1 == P2mType::RamLogdirty {
         if let Err(e) = p2m_change_type_one(p2m, cx, gfn, P2mType::RamLogdirty, P2mType::RamRw) {
-            return BatchOutcome { done: 0, rc: Err(e) };
+            return BatchOutcome {
+                done: 0,
+                rc: Err(e),
+            };
         }
     }
-    BatchOutcome { done: 1, rc: Ok(()) }
+    BatchOutcome {
+        done: 1,
+        rc: Ok(()),
+    }
 }

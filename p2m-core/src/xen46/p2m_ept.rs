@@ -121,7 +121,11 @@ impl Ept {
         let root = mem.alloc(TableOwner::P2m, 4);
         let mut tables = TableStore::new();
         tables.insert(root, 4);
-        Ept { tables, root, recalc_state: Default::default() }
+        Ept {
+            tables,
+            root,
+            recalc_state: Default::default(),
+        }
     }
 
     fn entry(&self, t: u64, idx: u16) -> EptEntry {
@@ -689,9 +693,20 @@ fn is_replaced_intermediate(old: EptEntry, target: u8) -> bool {
 
 impl Ept {
     /// TEMP
-    pub fn change_entry_type_range(&mut self, _cx: &mut Cx, _ot: P2mType, _nt: P2mType, _f: u64, _l: u64) -> Result<(), P2mError> { Ok(()) }
+    pub fn change_entry_type_range(
+        &mut self,
+        _cx: &mut Cx,
+        _ot: P2mType,
+        _nt: P2mType,
+        _f: u64,
+        _l: u64,
+    ) -> Result<(), P2mError> {
+        Ok(())
+    }
     /// TEMP
     pub fn change_entry_type_global(&mut self, _cx: &mut Cx, _ot: P2mType, _nt: P2mType) {}
     /// TEMP
-    pub fn recalc(&mut self, _cx: &mut Cx, _gfn: u64) -> Result<bool, P2mError> { Ok(false) }
+    pub fn recalc(&mut self, _cx: &mut Cx, _gfn: u64) -> Result<bool, P2mError> {
+        Ok(false)
+    }
 }

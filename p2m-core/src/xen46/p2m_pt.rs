@@ -131,7 +131,11 @@ impl P2mPt {
         let root = mem.alloc(TableOwner::P2m, 4);
         let mut tables = TableStore::new();
         tables.insert(root, 4);
-        P2mPt { tables, root, recalc_state: Default::default() }
+        P2mPt {
+            tables,
+            root,
+            recalc_state: Default::default(),
+        }
     }
 
     fn entry(&self, t: u64, idx: u16) -> PtEntry {
@@ -779,9 +783,20 @@ impl IoTables for P2mPt {
 
 impl P2mPt {
     /// TEMP
-    pub fn change_entry_type_range(&mut self, _cx: &mut Cx, _ot: P2mType, _nt: P2mType, _f: u64, _l: u64) -> Result<(), P2mError> { Ok(()) }
+    pub fn change_entry_type_range(
+        &mut self,
+        _cx: &mut Cx,
+        _ot: P2mType,
+        _nt: P2mType,
+        _f: u64,
+        _l: u64,
+    ) -> Result<(), P2mError> {
+        Ok(())
+    }
     /// TEMP
     pub fn change_entry_type_global(&mut self, _cx: &mut Cx, _ot: P2mType, _nt: P2mType) {}
     /// TEMP
-    pub fn recalc(&mut self, _cx: &mut Cx, _gfn: u64) -> Result<bool, P2mError> { Ok(false) }
+    pub fn recalc(&mut self, _cx: &mut Cx, _gfn: u64) -> Result<bool, P2mError> {
+        Ok(false)
+    }
 }
