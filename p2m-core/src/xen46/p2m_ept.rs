@@ -1099,3 +1099,274 @@ impl IoTables for Ept {
 fn is_replaced_intermediate(old: EptEntry, target: u8) -> bool {
     old.is_present() && !old.sp && target > 1
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::revision::Revision;
+    use crate::view::ViewSource;
+    use crate::xen46::domain::{Domain, P2m};
+
+    fn dom(share: bool) -> Domain {
+        let cfg = Config::new(Mode::Ept, Vendor::Vtd, share);
+        Domain::new(cfg, Revision::by_name("committed").expect("committed"))
+    }
+
+    /// Runs `f` on the EPT as one op, the way `Domain` runs its ops.
+    fn with_ept<R>(d: &mut Domain, f: impl FnOnce(&mut Ept, &mut Cx) -> R) -> R {
+        d.log.clear();
+        d.iommu.touched.clear();
+        d.mem.begin_op();
+        let sw = d.switches;
+        let P2m::Ept(ept) = &mut d.p2m else {
+            panic!("not EPT")
+        };
+        let mut cx = Cx {
+            mem: &mut d.mem,
+            iommu: &mut d.iommu,
+            sw: &sw,
+            cfg: d.cfg,
+            seq: 1000,
+            stats: &mut d.stats,
+            log: &mut d.log,
+            crashed: &mut d.crashed,
+        };
+        let r = f(ept, &mut cx);
+        d.mem.end_op();
+        d.iommu.caches.take_issued(&mut d.log.invalidations);
+        r
+    }
+
+    fn ept(d: &Domain) -> &Ept {
+        match &d.p2m {
+            P2m::Ept(e) => e,
+            P2m::Pt(_) => panic!("not EPT"),
+        }
+    }
+
+    /// The stored leaf entry translating `gfn` (4 KiB or superpage).
+    fn raw(d: &Domain, gfn: u64) -> EptEntry {
+        let e = ept(d);
+        for level in 1..=3u8 {
+            if let Some(t) = e.table_at(gfn, level) {
+                let x = e.entry(t, index_of(gfn, level));
+                if level == 1 || x.sp {
+                    return x;
+                }
+            }
+        }
+        panic!("no leaf for {gfn:#x}")
+    }
+
+    fn ty(d: &Domain, gfn: u64) -> P2mType {
+        d.get_entry(gfn).expect("mapped").p2mt
+    }
+
+    /// Every gfn of `range`: `cpu_extents` agrees with `get_entry`.
+    fn assert_extents_match(d: &Domain, range: GfnRange) {
+        for x in d.cpu_extents(range) {
+            for g in [x.range.start, x.range.end - 1] {
+                let want = d.get_entry(g).map(|e| e.p2mt);
+                let got = (x.p2mt != P2mType::Invalid).then_some(x.p2mt);
+                if want.is_some() {
+                    assert_eq!(got, want, "gfn {g:#x}");
+                }
+            }
+        }
+    }
+
+    /// 4 KiB pages 0x1000..=0x1003 (0x1001 `ram_ro`) and a 2 MiB page at 0x200, all
+    /// mapped before any type change.
+    fn populate(d: &mut Domain) {
+        for (g, t) in [
+            (0x1000, P2mType::RamRw),
+            (0x1001, P2mType::RamRo),
+            (0x1002, P2mType::RamRw),
+            (0x1003, P2mType::RamRw),
+        ] {
+            d.set_entry(g, Mfn(0x100000 + g), 0, t, P2mAccess::Rwx)
+                .expect("map 4k");
+        }
+        d.set_entry(0x200, Mfn(0x100200), 9, P2mType::RamRw, P2mAccess::Rwx)
+            .expect("map 2M");
+    }
+
+    #[test]
+    fn range_change_marks_then_recalc_retypes_separate_tables() {
+        let mut d = dom(false);
+        populate(&mut d);
+        assert_eq!(ept(&d).recalc_state.max_mapped_pfn, 0x1003);
+        let before = d.iommu_stats();
+        let rc = with_ept(&mut d, |e, cx| {
+            e.change_entry_type_range(cx, P2mType::RamRw, P2mType::RamLogdirty, 0x300, 0x1002)
+        });
+        assert_eq!(rc, Ok(()));
+        // The 2 MiB page is split at the range's edge when marking.
+        assert_eq!(d.log.splits.len(), 1);
+        assert_eq!(d.log.splits[0].range, GfnRange::of_order(0x200, 9));
+        // `p2m_change_type_range` updates the rangeset after marking.
+        if let P2m::Ept(e) = &mut d.p2m {
+            e.recalc_state.add_range(0x300, 0x1002);
+        }
+        // Before any recalc: stored types unchanged, reported types recalculated.
+        assert!(raw(&d, 0x1000).emt_invalid && raw(&d, 0x1000).recalc);
+        assert_eq!(raw(&d, 0x1000).sa_p2mt, P2mType::RamRw as u8);
+        assert!(raw(&d, 0x300).recalc && !raw(&d, 0x2ff).recalc);
+        assert_eq!(ty(&d, 0x300), P2mType::RamLogdirty);
+        assert_eq!(ty(&d, 0x3ff), P2mType::RamLogdirty);
+        assert_eq!(ty(&d, 0x2ff), P2mType::RamRw);
+        assert_eq!(ty(&d, 0x1000), P2mType::RamLogdirty);
+        assert_eq!(ty(&d, 0x1001), P2mType::RamRo);
+        assert_eq!(ty(&d, 0x1002), P2mType::RamLogdirty);
+        assert_eq!(ty(&d, 0x1003), P2mType::RamRw);
+        assert_extents_match(
+            &d,
+            GfnRange {
+                start: 0,
+                end: 0x2000,
+            },
+        );
+
+        // Resolving 0x1000 rewrites its whole 4 KiB table.
+        let rc = with_ept(&mut d, |e, cx| e.recalc(cx, 0x1000));
+        assert_eq!(rc, Ok(true));
+        for g in [0x1000, 0x1002] {
+            let x = raw(&d, g);
+            assert_eq!(x.sa_p2mt, P2mType::RamLogdirty as u8);
+            assert!(x.r && !x.w && !x.emt_invalid && !x.recalc);
+            assert_eq!(x.emt, MTRR_TYPE_WRBACK);
+        }
+        let ro = raw(&d, 0x1001);
+        assert_eq!(ro.sa_p2mt, P2mType::RamRo as u8);
+        assert!(!ro.emt_invalid && !ro.recalc && !ro.w);
+        assert_eq!(raw(&d, 0x1003).sa_p2mt, P2mType::RamRw as u8);
+        assert!(raw(&d, 0x1003).w);
+        // Separate tables: nothing reaches the IOMMU.
+        assert_eq!(d.iommu_stats().map_pages, before.map_pages);
+        assert_eq!(d.iommu_stats().unmap_pages, before.unmap_pages);
+        assert!(d.log.invalidations.is_empty());
+        // Nothing left to resolve there.
+        assert_eq!(with_ept(&mut d, |e, cx| e.recalc(cx, 0x1000)), Ok(false));
+
+        // set_entry on a marked gfn resolves it first.
+        d.set_entry(0x350, Mfn(0x555000), 0, P2mType::RamRw, P2mAccess::Rwx)
+            .expect("map");
+        assert_eq!(raw(&d, 0x351).sa_p2mt, P2mType::RamLogdirty as u8);
+        assert!(!raw(&d, 0x351).emt_invalid);
+        assert_eq!(raw(&d, 0x350).sa_p2mt, P2mType::RamRw as u8);
+        assert_eq!(raw(&d, 0x2ff).sa_p2mt, P2mType::RamRw as u8);
+        assert_eq!(ty(&d, 0x350), P2mType::RamRw);
+        assert_eq!(ty(&d, 0x351), P2mType::RamLogdirty);
+        assert_extents_match(
+            &d,
+            GfnRange {
+                start: 0,
+                end: 0x2000,
+            },
+        );
+    }
+
+    #[test]
+    fn shared_ept_recalc_drops_write_without_iotlb_flush() {
+        let mut d = dom(true);
+        populate(&mut d);
+        let g = GfnRange::of_order(0x1000, 0);
+        let perm = |d: &Domain| d.current_view(g).translations[0].perm;
+        assert_eq!(perm(&d), IommuPerm::RW);
+        with_ept(&mut d, |e, cx| {
+            e.change_entry_type_range(cx, P2mType::RamRw, P2mType::RamLogdirty, 0x1000, 0x1000)
+        })
+        .expect("mark");
+        if let P2m::Ept(e) = &mut d.p2m {
+            e.recalc_state.add_range(0x1000, 0x1000);
+        }
+        // Marking leaves the device view alone.
+        assert_eq!(perm(&d), IommuPerm::RW);
+        let psi = d.iommu_stats().vtd_psi;
+        assert_eq!(with_ept(&mut d, |e, cx| e.recalc(cx, 0x1000)), Ok(true));
+        assert_eq!(perm(&d), IommuPerm::R);
+        assert!(d.log.invalidations.is_empty(), "{:?}", d.log.invalidations);
+        assert_eq!(d.iommu_stats().vtd_psi, psi);
+        // The old RW translation may still sit in the IOTLB.
+        let dv = d.device_view(g);
+        assert!(dv
+            .translations
+            .iter()
+            .any(|(t, s)| t.perm.write && matches!(s, ViewSource::Cached { .. })));
+        // The neighbours keep RW.
+        assert_eq!(
+            d.current_view(GfnRange::of_order(0x1002, 0)).translations[0].perm,
+            IommuPerm::RW
+        );
+    }
+
+    #[test]
+    fn global_change_then_recalc_splits_partly_logdirty_superpage() {
+        let mut d = dom(false);
+        // A log-dirty range over part of a region mapped later as one 2 MiB page.
+        with_ept(&mut d, |e, cx| {
+            e.change_entry_type_range(cx, P2mType::RamRw, P2mType::RamLogdirty, 0x300, 0x3ff)
+        })
+        .expect("nothing mapped yet");
+        if let P2m::Ept(e) = &mut d.p2m {
+            e.recalc_state.add_range(0x300, 0x3ff);
+        }
+        populate(&mut d);
+        assert!(!raw(&d, 0x300).recalc);
+        with_ept(&mut d, |e, cx| {
+            e.change_entry_type_global(cx, P2mType::RamLogdirty, P2mType::RamRw)
+        });
+        let root = ept(&d).root;
+        assert!(ept(&d).entry(root, 0).emt_invalid);
+        assert_eq!(ty(&d, 0x250), P2mType::RamRw);
+        assert_eq!(ty(&d, 0x350), P2mType::RamLogdirty);
+        assert_eq!(ty(&d, 0x1001), P2mType::RamRo);
+        assert_extents_match(
+            &d,
+            GfnRange {
+                start: 0,
+                end: 0x2000,
+            },
+        );
+        let splits = d.stats.superpage_splits;
+        assert_eq!(with_ept(&mut d, |e, cx| e.recalc(cx, 0x250)), Ok(true));
+        assert_eq!(d.stats.superpage_splits, splits + 1);
+        assert_eq!(d.log.splits[0].range, GfnRange::of_order(0x200, 9));
+        assert_eq!(raw(&d, 0x250).sa_p2mt, P2mType::RamRw as u8);
+        assert!(!raw(&d, 0x250).sp && !raw(&d, 0x250).emt_invalid);
+        assert_eq!(raw(&d, 0x350).sa_p2mt, P2mType::RamLogdirty as u8);
+        assert!(!raw(&d, 0x350).w);
+        // The pointer to the other 4 KiB table got the mark passed down to it.
+        let l2 = ept(&d).table_at(0x1000, 2).expect("L2");
+        assert!(ept(&d).entry(l2, index_of(0x1000, 2)).recalc);
+        assert!(!raw(&d, 0x1001).emt_invalid);
+        assert_eq!(ty(&d, 0x1000), P2mType::RamRw);
+        assert_eq!(with_ept(&mut d, |e, cx| e.recalc(cx, 0x1001)), Ok(true));
+        assert_eq!(raw(&d, 0x1001).sa_p2mt, P2mType::RamRo as u8);
+        assert_eq!(raw(&d, 0x1000).sa_p2mt, P2mType::RamRw as u8);
+        assert!(!raw(&d, 0x1000).emt_invalid);
+        assert_extents_match(
+            &d,
+            GfnRange {
+                start: 0,
+                end: 0x2000,
+            },
+        );
+    }
+
+    #[test]
+    fn range_split_allocation_failure_frees_the_partial_subtree() {
+        let mut d = dom(false);
+        d.set_entry(0, Mfn(0x140000), 18, P2mType::RamRw, P2mAccess::Rwx)
+            .expect("map 1G");
+        let live = d.live_table_frames();
+        // 1 GiB → 512 × 2 MiB succeeds, the 2 MiB → 4 KiB split under it fails.
+        d.mem.arm_alloc_failure(2);
+        let rc = with_ept(&mut d, |e, cx| {
+            e.change_entry_type_range(cx, P2mType::RamRw, P2mType::RamLogdirty, 5, 6)
+        });
+        assert_eq!(rc, Err(P2mError::TableNoMem));
+        assert_eq!(d.live_table_frames(), live);
+        assert!(raw(&d, 5).sp && !raw(&d, 5).emt_invalid);
+    }
+}

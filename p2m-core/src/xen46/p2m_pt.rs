@@ -1164,3 +1164,250 @@ impl IoTables for P2mPt {
         true
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::revision::Revision;
+    use crate::walk::WalkFault;
+    use crate::xen46::domain::{Domain, P2m};
+
+    fn dom(share: bool) -> Domain {
+        let cfg = Config::new(Mode::Npt, Vendor::Amd, share);
+        Domain::new(cfg, Revision::by_name("committed").expect("committed"))
+    }
+
+    /// Runs `f` on the p2m-pt as one op, the way `Domain` runs its ops.
+    fn with_pt<R>(d: &mut Domain, f: impl FnOnce(&mut P2mPt, &mut Cx) -> R) -> R {
+        d.log.clear();
+        d.iommu.touched.clear();
+        d.mem.begin_op();
+        let sw = d.switches;
+        let P2m::Pt(pt) = &mut d.p2m else {
+            panic!("not p2m-pt")
+        };
+        let mut cx = Cx {
+            mem: &mut d.mem,
+            iommu: &mut d.iommu,
+            sw: &sw,
+            cfg: d.cfg,
+            seq: 1000,
+            stats: &mut d.stats,
+            log: &mut d.log,
+            crashed: &mut d.crashed,
+        };
+        let r = f(pt, &mut cx);
+        d.mem.end_op();
+        d.iommu.caches.take_issued(&mut d.log.invalidations);
+        r
+    }
+
+    fn pt(d: &Domain) -> &P2mPt {
+        match &d.p2m {
+            P2m::Pt(p) => p,
+            P2m::Ept(_) => panic!("not p2m-pt"),
+        }
+    }
+
+    /// The stored leaf entry translating `gfn` and its level.
+    fn raw(d: &Domain, gfn: u64) -> (PtEntry, u8) {
+        let p = pt(d);
+        for level in 1..=3u8 {
+            if let Some(t) = p.table_at(gfn, level) {
+                let x = p.entry(t, index_of(gfn, level));
+                if level == 1 || x.pse() {
+                    return (x, level);
+                }
+            }
+        }
+        panic!("no leaf for {gfn:#x}")
+    }
+
+    fn stored(d: &Domain, gfn: u64) -> u32 {
+        p2m_flags_to_type(raw(d, gfn).0.flags)
+    }
+
+    fn ty(d: &Domain, gfn: u64) -> P2mType {
+        d.get_entry(gfn).expect("mapped").p2mt
+    }
+
+    fn assert_extents_match(d: &Domain, range: GfnRange) {
+        for x in d.cpu_extents(range) {
+            for g in [x.range.start, x.range.end - 1] {
+                if let Some(e) = d.get_entry(g) {
+                    assert_eq!(x.p2mt, e.p2mt, "gfn {g:#x}");
+                }
+            }
+        }
+    }
+
+    fn populate(d: &mut Domain) {
+        for (g, t) in [
+            (0x1000, P2mType::RamRw),
+            (0x1001, P2mType::RamRo),
+            (0x1002, P2mType::RamRw),
+            (0x1003, P2mType::RamRw),
+        ] {
+            d.set_entry(g, Mfn(0x100000 + g), 0, t, P2mAccess::Rwx)
+                .expect("map 4k");
+        }
+        d.set_entry(0x200, Mfn(0x100200), 9, P2mType::RamRw, P2mAccess::Rwx)
+            .expect("map 2M");
+    }
+
+    fn add_range(d: &mut Domain, first: u64, last: u64) {
+        if let P2m::Pt(p) = &mut d.p2m {
+            p.recalc_state.add_range(first, last);
+        }
+    }
+
+    #[test]
+    fn range_change_marks_then_recalc_retypes_separate_tables() {
+        let mut d = dom(false);
+        populate(&mut d);
+        assert_eq!(pt(&d).recalc_state.max_mapped_pfn, 0x1003);
+        let before = d.iommu_stats();
+        with_pt(&mut d, |p, cx| {
+            p.change_entry_type_range(cx, P2mType::RamRw, P2mType::RamLogdirty, 0x300, 0x1002)
+        })
+        .expect("mark");
+        // The 2 MiB page is split at the range's edge when marking (`p2m_next_level`).
+        assert_eq!(d.log.splits[0].range, GfnRange::of_order(0x200, 9));
+        add_range(&mut d, 0x300, 0x1002);
+        assert!(pt_needs_recalc(raw(&d, 0x1000).0.flags));
+        assert!(pt_needs_recalc(raw(&d, 0x300).0.flags));
+        assert!(!pt_needs_recalc(raw(&d, 0x2ff).0.flags));
+        assert_eq!(stored(&d, 0x1000), P2mType::RamRw as u32);
+        assert_eq!(ty(&d, 0x300), P2mType::RamLogdirty);
+        assert_eq!(ty(&d, 0x2ff), P2mType::RamRw);
+        assert_eq!(ty(&d, 0x1000), P2mType::RamLogdirty);
+        assert_eq!(ty(&d, 0x1001), P2mType::RamRo);
+        assert_eq!(ty(&d, 0x1003), P2mType::RamRw);
+        assert_extents_match(
+            &d,
+            GfnRange {
+                start: 0,
+                end: 0x2000,
+            },
+        );
+
+        // do_recalc rewrites only the leaf on the walk.
+        assert_eq!(with_pt(&mut d, |p, cx| p.recalc(cx, 0x1000)), Ok(true));
+        let (e, _) = raw(&d, 0x1000);
+        assert_eq!(p2m_flags_to_type(e.flags), P2mType::RamLogdirty as u32);
+        assert!(e.flags & PAGE_RW == 0 && !pt_needs_recalc(e.flags));
+        assert!(pt_needs_recalc(raw(&d, 0x1002).0.flags));
+        // ram_ro only loses its mark.
+        assert_eq!(with_pt(&mut d, |p, cx| p.recalc(cx, 0x1001)), Ok(true));
+        let (ro, _) = raw(&d, 0x1001);
+        assert_eq!(p2m_flags_to_type(ro.flags), P2mType::RamRo as u32);
+        assert!(!pt_needs_recalc(ro.flags));
+        assert_eq!(with_pt(&mut d, |p, cx| p.recalc(cx, 0x1001)), Ok(false));
+        assert_eq!(d.iommu_stats().map_pages, before.map_pages);
+        assert_eq!(d.iommu_stats().unmap_pages, before.unmap_pages);
+        assert!(d.log.invalidations.is_empty());
+
+        // set_entry on a marked gfn resolves it first.
+        d.set_entry(0x1002, Mfn(0x555000), 0, P2mType::RamRw, P2mAccess::Rwx)
+            .expect("map");
+        assert_eq!(stored(&d, 0x1002), P2mType::RamRw as u32);
+        assert!(!pt_needs_recalc(raw(&d, 0x1002).0.flags));
+        d.set_entry(0x351, Mfn(0x556000), 0, P2mType::RamRo, P2mAccess::Rwx)
+            .expect("map");
+        assert_eq!(stored(&d, 0x351), P2mType::RamRo as u32);
+        assert!(pt_needs_recalc(raw(&d, 0x350).0.flags));
+        assert_eq!(ty(&d, 0x350), P2mType::RamLogdirty);
+        assert_extents_match(
+            &d,
+            GfnRange {
+                start: 0,
+                end: 0x2000,
+            },
+        );
+    }
+
+    #[test]
+    fn global_change_then_recalc_splits_partly_logdirty_superpage() {
+        let mut d = dom(false);
+        with_pt(&mut d, |p, cx| {
+            p.change_entry_type_range(cx, P2mType::RamRw, P2mType::RamLogdirty, 0x300, 0x3ff)
+        })
+        .expect("nothing mapped yet");
+        add_range(&mut d, 0x300, 0x3ff);
+        populate(&mut d);
+        with_pt(&mut d, |p, cx| {
+            p.change_entry_type_global(cx, P2mType::RamLogdirty, P2mType::RamRw)
+        });
+        let root = pt(&d).root;
+        assert!(pt_needs_recalc(pt(&d).entry(root, 0).flags));
+        assert_eq!(ty(&d, 0x250), P2mType::RamRw);
+        assert_eq!(ty(&d, 0x350), P2mType::RamLogdirty);
+        assert_eq!(ty(&d, 0x1001), P2mType::RamRo);
+        assert_extents_match(
+            &d,
+            GfnRange {
+                start: 0,
+                end: 0x2000,
+            },
+        );
+        assert_eq!(with_pt(&mut d, |p, cx| p.recalc(cx, 0x350)), Ok(true));
+        assert_eq!(d.log.splits[0].range, GfnRange::of_order(0x200, 9));
+        let (e, level) = raw(&d, 0x350);
+        assert_eq!(level, 1);
+        assert_eq!(p2m_flags_to_type(e.flags), P2mType::RamLogdirty as u32);
+        // The split's other children inherited the mark.
+        assert!(pt_needs_recalc(raw(&d, 0x250).0.flags));
+        assert_eq!(ty(&d, 0x250), P2mType::RamRw);
+        assert!(!pt_needs_recalc(pt(&d).entry(root, 0).flags));
+        assert_extents_match(
+            &d,
+            GfnRange {
+                start: 0,
+                end: 0x2000,
+            },
+        );
+    }
+
+    /// 4.6 `do_recalc` with a shared AMD IOMMU (`p2m-pt.c:452-455`): the rewritten leaf
+    /// gets next-level = its Xen level and IR/IW only for `ram_rw`, with no flush.
+    #[test]
+    fn shared_amd_recalc_writes_level_as_next_level_and_no_ir_iw() {
+        let mut d = dom(true);
+        populate(&mut d);
+        with_pt(&mut d, |p, cx| {
+            p.change_entry_type_range(cx, P2mType::RamRw, P2mType::RamLogdirty, 0x200, 0x3ff)
+        })
+        .expect("mark 2M");
+        with_pt(&mut d, |p, cx| {
+            p.change_entry_type_range(cx, P2mType::RamRw, P2mType::RamLogdirty, 0x1000, 0x1000)
+        })
+        .expect("mark 4k");
+        add_range(&mut d, 0x200, 0x3ff);
+        add_range(&mut d, 0x1000, 0x1000);
+        assert!(d
+            .current_view(GfnRange::of_order(0x200, 9))
+            .faults
+            .is_empty());
+        let io = d.iommu_stats();
+        assert_eq!(with_pt(&mut d, |p, cx| p.recalc(cx, 0x280)), Ok(true));
+        assert_eq!(with_pt(&mut d, |p, cx| p.recalc(cx, 0x1000)), Ok(true));
+        assert!(d.log.invalidations.is_empty());
+        assert_eq!(d.iommu_stats(), io);
+        // 2 MiB leaf: next-level 1, so the IOMMU walks the data frame as a table.
+        let (e, level) = raw(&d, 0x280);
+        assert_eq!(level, 2);
+        assert_eq!((e.flags >> 9) & 7, 1);
+        assert_eq!((e.flags >> 21) & 3, 0);
+        let w = d.current_view(GfnRange::of_order(0x200, 9));
+        assert!(w
+            .faults
+            .iter()
+            .any(|f| matches!(f, WalkFault::NonTableFrame { frame, .. } if *frame == 0x100200)));
+        // 4 KiB log-dirty leaf: no IR/IW (set_entry would give it RW).
+        let t = d.current_view(GfnRange::of_order(0x1000, 0));
+        assert!(t.translations.iter().all(|x| x.perm.is_none()));
+        // ram_rw leaves keep RW.
+        let t = d.current_view(GfnRange::of_order(0x1002, 0));
+        assert_eq!(t.translations[0].perm, IommuPerm::RW);
+    }
+}
