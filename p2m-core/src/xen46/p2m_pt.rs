@@ -3,9 +3,16 @@
 //! Entries keep Xen's "flags" word: bits 0-11 are PTE bits 0-11, bits 12-23 are
 //! PTE bits 52-63. The p2m type sits in flags bits 12-18, the AMD IOMMU next-level
 //! field in bits 9-11 and the AMD IR/IW bits in flags bits 21-22 (PTE bits 61-62).
+//!
+//! The lazy type change is modelled: `p2m_pt_change_entry_type_global` /
+//! `p2m_pt_change_entry_type_range` mark entries by clearing [`RECALC_FLAGS`],
+//! [`P2mPt::recalc`] (`do_recalc`) resolves the marks on a gfn's path (also at the start
+//! of every `set_entry`), `get_entry` reports the recalculated type of a marked entry,
+//! and `set_entry` keeps `max_mapped_pfn` in [`P2mPt::recalc_state`].
 
 use crate::cache::note_overwrite;
 use crate::frames::{MachineMemory, TableOwner};
+use crate::recalc::{LogdirtyOverlap, RecalcState};
 use crate::stats::{bump, bump_if};
 use crate::tables::{index_of, pages_per_entry, Pte, TableStore};
 use crate::types::*;
@@ -33,6 +40,77 @@ pub const PAGE_PSE: u32 = 0x080;
 pub const PAGE_NX_BIT: u32 = 1 << 23;
 /// `P2M_BASE_FLAGS`.
 pub const P2M_BASE_FLAGS: u32 = PAGE_PRESENT | PAGE_USER | PAGE_DIRTY | PAGE_ACCESSED;
+/// `RECALC_FLAGS` (`p2m-pt.c:62-67`): both clear marks a present entry as needing its
+/// type recalculated (`set_recalc`), both set again clears the mark (`clear_recalc`).
+pub const RECALC_FLAGS: u32 = PAGE_USER | PAGE_ACCESSED;
+
+/// `_needs_recalc(flags)` (`p2m-pt.c:65`): `_PAGE_USER` clear (meaningful for a present
+/// entry only).
+pub fn pt_needs_recalc(flags: u32) -> bool {
+    flags & PAGE_USER == 0
+}
+
+/// `p2m_is_changeable()` (`asm-x86/p2m.h:122-123,154` at 4.6): `ram_rw` or `ram_logdirty`.
+pub fn p2m_is_changeable(t: P2mType) -> bool {
+    matches!(t, P2mType::RamRw | P2mType::RamLogdirty)
+}
+
+/// `recalc_type()` (`p2m-pt.c:698-705`; `ept_get_entry` inlines the same at
+/// `p2m-ept.c:945-948`): a marked changeable type becomes `ram_logdirty` when `gfn` is in
+/// a log-dirty range, else `ram_rw`; anything else is reported as stored.
+pub fn p2m_recalc_type(recalc: bool, t: P2mType, st: &RecalcState, gfn: u64) -> P2mType {
+    if !recalc || !p2m_is_changeable(t) {
+        return t;
+    }
+    if st.is_logdirty_range(gfn, gfn) == LogdirtyOverlap::None {
+        P2mType::RamRw
+    } else {
+        P2mType::RamLogdirty
+    }
+}
+
+/// `r` cut into maximal pieces whose gfns all are (`true`) or all are not log-dirty
+/// (`p2m_is_logdirty_range(p2m, gfn, gfn)` of each gfn), in order; cost proportional to
+/// the rangeset ranges overlapping `r`.
+pub(crate) fn logdirty_pieces(st: &RecalcState, r: GfnRange) -> Vec<(GfnRange, bool)> {
+    if r.is_empty() {
+        return Vec::new();
+    }
+    if st.global_logdirty {
+        return vec![(r, true)];
+    }
+    let ranges = st.ranges();
+    let mut out = Vec::new();
+    let mut cur = r.start;
+    for x in &ranges[ranges.partition_point(|x| x.end <= r.start)..] {
+        if x.start >= r.end {
+            break;
+        }
+        if x.start > cur {
+            out.push((
+                GfnRange {
+                    start: cur,
+                    end: x.start,
+                },
+                false,
+            ));
+            cur = x.start;
+        }
+        let end = x.end.min(r.end);
+        out.push((GfnRange { start: cur, end }, true));
+        cur = end;
+    }
+    if cur < r.end {
+        out.push((
+            GfnRange {
+                start: cur,
+                end: r.end,
+            },
+            false,
+        ));
+    }
+    out
+}
 
 /// An `l1_pgentry_t` of the p2m (any level): frame and flags.
 #[derive(Clone, Copy, PartialEq, Eq, Default, Debug)]
@@ -111,8 +189,8 @@ pub struct P2mPt {
     pub tables: TableStore<PtEntry>,
     /// The L4 root.
     pub root: u64,
-    /// TEMP
-    pub recalc_state: crate::recalc::RecalcState,
+    /// `logdirty_ranges`, `global_logdirty` and `max_mapped_pfn` of the p2m.
+    pub recalc_state: RecalcState,
 }
 
 /// What `p2m_pt_set_entry` learnt about the entry it replaces.
@@ -134,7 +212,7 @@ impl P2mPt {
         P2mPt {
             tables,
             root,
-            recalc_state: Default::default(),
+            recalc_state: RecalcState::default(),
         }
     }
 
@@ -153,28 +231,75 @@ impl P2mPt {
     /// content becomes a cache record. The entry's range is logged as changed, and a
     /// replaced intermediate entry's table as unlinked.
     fn write(&mut self, cx: &mut Cx, t: u64, level: u8, gfn: u64, new: PtEntry) {
+        self.write_run(cx, t, level, gfn, 1, new);
+    }
+
+    /// [`Self::write`] of `len` entries from the one covering `gfn` (same table), set to
+    /// the run starting with `new`: one `write_p2m_entry` per entry, logged per stored
+    /// run. A pointer rewritten to the same table (a recalc mark set or cleared) unlinks
+    /// nothing, and leaves no paging-structure record when the IOMMU reads it unchanged.
+    fn write_run(&mut self, cx: &mut Cx, t: u64, level: u8, gfn: u64, len: u16, new: PtEntry) {
         let idx = index_of(gfn, level);
-        let old = self.entry(t, idx);
         let per = pages_per_entry(level);
-        let range = GfnRange::of_order(gfn / per * per, 9 * (level as u32 - 1));
-        cx.log.changed(range);
-        if level > 1 && old.present() && !old.pse() {
-            cx.log
-                .unlink(cx.mem, old.pfn, TableOwner::P2m, level - 1, range);
-        }
-        if cx.cfg.iommu_use_hap_pt() {
-            note_overwrite(
-                &mut cx.iommu.caches,
-                &*self,
-                cx.mem,
-                range,
-                level,
-                amd_io_entry(old, level),
-                cx.seq,
-            );
+        let start = gfn / per * per;
+        let order = 9 * (level as u32 - 1);
+        cx.log.changed(GfnRange {
+            start,
+            end: start + len as u64 * per,
+        });
+        let olds = self
+            .tables
+            .get(t)
+            .map(|x| x.runs_in(idx, idx + len))
+            .unwrap_or_default();
+        let shared = cx.cfg.iommu_use_hap_pt();
+        for (s, l, old) in olds {
+            let off = (s - idx) as u64;
+            let pointer = level > 1 && old.present() && !old.pse();
+            let io = amd_io_entry(old, level);
+            if pointer || matches!(io, IoEntry::Next { .. }) {
+                for k in 0..l as u64 {
+                    let o = old.nth(k, level);
+                    let n = new.nth(off + k, level);
+                    let range = GfnRange::of_order(start + (off + k) * per, order);
+                    let same_table = n.present() && !n.pse() && n.pfn == o.pfn;
+                    if pointer && !same_table {
+                        cx.log
+                            .unlink(cx.mem, o.pfn, TableOwner::P2m, level - 1, range);
+                    }
+                    let io_o = amd_io_entry(o, level);
+                    let unchanged_next =
+                        matches!(io_o, IoEntry::Next { .. }) && io_o == amd_io_entry(n, level);
+                    if shared && !unchanged_next {
+                        note_overwrite(
+                            &mut cx.iommu.caches,
+                            &*self,
+                            cx.mem,
+                            range,
+                            level,
+                            io_o,
+                            cx.seq,
+                        );
+                    }
+                }
+            } else if shared {
+                let range = GfnRange {
+                    start: start + off * per,
+                    end: start + (off + l as u64) * per,
+                };
+                note_overwrite(
+                    &mut cx.iommu.caches,
+                    &*self,
+                    cx.mem,
+                    range,
+                    level,
+                    io,
+                    cx.seq,
+                );
+            }
         }
         if let Some(tab) = self.tables.get_mut(t) {
-            tab.set(idx, new);
+            tab.fill(idx, len, new);
         }
     }
 
@@ -448,6 +573,8 @@ impl P2mPt {
         if gfn >> GFN_BITS != 0 {
             return Err(P2mError::GfnOutOfRange);
         }
+        // Pending type changes on the walk to `gfn` first (`p2m-pt.c:536-539`).
+        self.recalc(cx, gfn)?;
         let cond = sw.pt_iommu_conditions;
         let iommu_pte_flags = p2m_get_iommu_flags(p2mt);
         let type_flags = p2m_type_to_flags(p2mt);
@@ -534,6 +661,11 @@ impl P2mPt {
             old.intermediate.present(),
         );
 
+        // `max_mapped_pfn` (`p2m-pt.c:663-666`), before the IOMMU step.
+        if p2mt != P2mType::Invalid {
+            self.recalc_state.note_mapped(gfn, order);
+        }
+
         // The IOMMU step.
         let shared = Self::shares_tables(cx);
         let new_flags = iommu_pte_flags.bits();
@@ -580,6 +712,212 @@ impl P2mPt {
         }
     }
 
+    /// Marks (`set_recalc`) every present unmarked entry of the run `(s, l, e)` of table
+    /// `t` at `level` whose first gfn is `base`; whether it wrote.
+    fn set_recalc_run(
+        &mut self,
+        cx: &mut Cx,
+        t: u64,
+        level: u8,
+        base: u64,
+        (s, l, e): (u16, u16, PtEntry),
+    ) -> bool {
+        if !e.present() || pt_needs_recalc(e.flags) {
+            return false;
+        }
+        let marked = PtEntry {
+            flags: e.flags & !RECALC_FLAGS,
+            ..e
+        };
+        let gfn = base + s as u64 * pages_per_entry(level);
+        self.write_run(cx, t, level, gfn, l, marked);
+        true
+    }
+
+    /// Models `do_recalc()` (`p2m-pt.c:360-467`): on the walk to `gfn`, a marked
+    /// intermediate entry passes its mark to every present entry of the table below and
+    /// loses it; a marked superpage that is partly log-dirty is split (`p2m_next_level`,
+    /// the children inheriting the mark); the marked leaf reached gets
+    /// `p2m_type_to_flags(ram_logdirty or ram_rw)` — with, when the tables are shared,
+    /// `p2m_add_iommu_flags(level, ram_rw ? RW : 0)`, i.e. next-level = the leaf's Xen
+    /// level (1 for 2 MiB, 2 for 1 GiB) and no IR/IW for log-dirty — or, when not
+    /// changeable, just loses the mark. No IOMMU call, no flush. `Ok(true)` when it wrote.
+    pub fn recalc(&mut self, cx: &mut Cx, gfn: u64) -> Result<bool, P2mError> {
+        let mut t = self.root;
+        let mut level = 4u8;
+        let mut changed = false;
+        while level > 1 {
+            let e = self.entry(t, index_of(gfn, level));
+            if !e.present() {
+                return Ok(changed);
+            }
+            if e.pse() {
+                let per = pages_per_entry(level);
+                let base = gfn / per * per;
+                let ty = P2mType::from_raw(p2m_flags_to_type(e.flags) as u8);
+                if !pt_needs_recalc(e.flags)
+                    || !ty.is_some_and(p2m_is_changeable)
+                    || self.recalc_state.is_logdirty_range(base, base + per - 1)
+                        != LogdirtyOverlap::Partial
+                {
+                    break;
+                }
+            }
+            let nt = self.next_level(cx, t, level, gfn)?;
+            changed |= self.entry(t, index_of(gfn, level)) != e;
+            let e = self.entry(t, index_of(gfn, level));
+            if pt_needs_recalc(e.flags) {
+                let child = level - 1;
+                let base = gfn / pages_per_entry(level) * pages_per_entry(level);
+                let runs = self
+                    .tables
+                    .get(nt)
+                    .map(|x| x.runs_in(0, 512))
+                    .unwrap_or_default();
+                for run in runs {
+                    self.set_recalc_run(cx, nt, child, base, run);
+                }
+                let cleared = PtEntry {
+                    flags: e.flags | RECALC_FLAGS,
+                    ..e
+                };
+                self.write(cx, t, level, gfn, cleared);
+                changed = true;
+            }
+            t = nt;
+            level -= 1;
+        }
+        let e = self.entry(t, index_of(gfn, level));
+        if !e.present() || !pt_needs_recalc(e.flags) {
+            return Ok(changed);
+        }
+        let ty = P2mType::from_raw(p2m_flags_to_type(e.flags) as u8);
+        let new = if ty.is_some_and(p2m_is_changeable) {
+            let per = pages_per_entry(level);
+            let base = gfn / per * per;
+            let p2mt = match self.recalc_state.is_logdirty_range(base, base + per - 1) {
+                LogdirtyOverlap::None => P2mType::RamRw,
+                _ => P2mType::RamLogdirty,
+            };
+            let mut pfn = e.pfn;
+            let mut flags = p2m_type_to_flags(p2mt);
+            if level > 1 {
+                // `_PAGE_PAT` (= `_PAGE_PSE`) is never in the type's flags: the frame's
+                // `_PAGE_PSE_PAT` bit is cleared.
+                pfn &= !1;
+                flags |= PAGE_PSE;
+            }
+            let mut ne = PtEntry::from_pfn(pfn, flags);
+            let perm = if p2mt == P2mType::RamRw {
+                IommuPerm::RW
+            } else {
+                IommuPerm::NONE
+            };
+            Self::add_iommu_flags(cx, &mut ne, (level - 1) as u32, perm);
+            ne
+        } else {
+            PtEntry {
+                flags: e.flags | RECALC_FLAGS,
+                ..e
+            }
+        };
+        self.write(cx, t, level, gfn, new);
+        Ok(true)
+    }
+
+    /// Models `p2m_pt_set_recalc_range()` (`p2m-pt.c:295-352`): walks to `level` (1..=4)
+    /// through present entries, splitting superpages on the way (`p2m_next_level`), and
+    /// marks the present unmarked entries of `first..=last` there (one table's worth).
+    fn set_recalc_range(
+        &mut self,
+        cx: &mut Cx,
+        level: u8,
+        first: u64,
+        last: u64,
+    ) -> Result<bool, P2mError> {
+        let mut t = self.root;
+        for l in (level + 1..=4).rev() {
+            if !self.entry(t, index_of(first, l)).present() {
+                return Ok(false);
+            }
+            t = self.next_level(cx, t, l, first)?;
+        }
+        let per = pages_per_entry(level);
+        let base = first / (per * 512) * (per * 512);
+        let runs = self
+            .tables
+            .get(t)
+            .map(|x| x.runs_in(index_of(first, level), index_of(last, level) + 1))
+            .unwrap_or_default();
+        let mut marked = false;
+        for run in runs {
+            marked |= self.set_recalc_run(cx, t, level, base, run);
+        }
+        Ok(marked)
+    }
+
+    /// Models `p2m_pt_change_entry_type_range()` (`p2m-pt.c:907-946`): marks
+    /// `first_gfn..=last_gfn` with as few entries as the alignment allows, working in
+    /// from both ends one level at a time (`ot`/`nt` are unused, as in Xen). The caller
+    /// updates the log-dirty rangeset afterwards (`p2m_change_type_range`). Errors:
+    /// `-ENOMEM` from a split on the way (the marks set so far stay). A range reaching
+    /// beyond the guest address width is refused (`GfnOutOfRange`; Xen's callers clamp
+    /// it to `max_mapped_pfn`), an empty one does nothing.
+    pub fn change_entry_type_range(
+        &mut self,
+        cx: &mut Cx,
+        _ot: P2mType,
+        _nt: P2mType,
+        first_gfn: u64,
+        last_gfn: u64,
+    ) -> Result<(), P2mError> {
+        if last_gfn >> GFN_BITS != 0 {
+            return Err(P2mError::GfnOutOfRange);
+        }
+        if first_gfn > last_gfn {
+            return Ok(());
+        }
+        let (mut first, mut last) = (first_gfn, last_gfn);
+        let mut mask: u64 = 511;
+        let mut level = 1u8;
+        while level <= 4 {
+            if first & mask != 0 {
+                let end = (first | mask).min(last);
+                self.set_recalc_range(cx, level, first, end)?;
+                if end >= last {
+                    break;
+                }
+                first = end + 1;
+            } else if last & mask != mask {
+                let start = first.max(last & !mask);
+                self.set_recalc_range(cx, level, start, last)?;
+                if start <= first {
+                    break;
+                }
+                last = start - 1;
+            } else {
+                level += 1;
+                mask |= mask << 9;
+            }
+        }
+        Ok(())
+    }
+
+    /// Models `p2m_pt_change_entry_type_global()` (`p2m-pt.c:875-905`): marks every
+    /// present unmarked L4 entry (`ot`/`nt` unused, as in Xen; the CPU TLB flush is not
+    /// modelled, no IOMMU call). The caller sets `global_logdirty` afterwards.
+    pub fn change_entry_type_global(&mut self, cx: &mut Cx, _ot: P2mType, _nt: P2mType) {
+        let root = self.root;
+        let runs = self
+            .tables
+            .get(root)
+            .map(|x| x.runs_in(0, 512))
+            .unwrap_or_default();
+        for run in runs {
+            self.set_recalc_run(cx, root, 4, 0, run);
+        }
+    }
+
     /// The frame of the level-`level` table (1..=4) on the walk to `gfn`, if every
     /// entry above it is a present non-superpage entry (query only).
     pub fn table_at(&self, gfn: u64, level: u8) -> Option<u64> {
@@ -597,10 +935,13 @@ impl P2mPt {
         Some(t)
     }
 
-    /// Models `p2m_pt_get_entry()` (query only): the entry covering `gfn`, if any.
+    /// Models `p2m_pt_get_entry()` (query only): the entry covering `gfn`, if any; the
+    /// type of a leaf marked for recalculation (its own mark or one above it on the walk)
+    /// is reported recalculated (`recalc_type`, `p2m-pt.c:760,792,801-802,831,840-841,868`).
     pub fn get_entry(&self, gfn: u64) -> Option<P2mEntry> {
         let mut t = self.root;
         let mut level = 4u8;
+        let mut recalc = false;
         loop {
             let e = self.entry(t, index_of(gfn, level));
             if level == 1 || e.pse() || !e.present() {
@@ -609,6 +950,12 @@ impl P2mPt {
                 }
                 let raw = p2m_flags_to_type(e.flags);
                 let p2mt = P2mType::from_raw(raw as u8).unwrap_or(P2mType::Invalid);
+                let p2mt = p2m_recalc_type(
+                    recalc || pt_needs_recalc(e.flags),
+                    p2mt,
+                    &self.recalc_state,
+                    gfn,
+                );
                 if p2mt == P2mType::Invalid {
                     return None;
                 }
@@ -624,6 +971,7 @@ impl P2mPt {
                     access: P2mAccess::Rwx,
                 });
             }
+            recalc |= pt_needs_recalc(e.flags);
             t = e.pfn;
             level -= 1;
         }
@@ -635,11 +983,20 @@ impl P2mPt {
     /// gfn; cost proportional to the runs it visits.
     pub fn cpu_extents(&self, range: GfnRange) -> Vec<CpuExtent> {
         let mut out = Vec::new();
-        self.extents_in(self.root, 4, 0, range, &mut out);
+        self.extents_in(self.root, 4, 0, range, false, &mut out);
         fill_cpu_gaps(range, out)
     }
 
-    fn extents_in(&self, t: u64, level: u8, base: u64, range: GfnRange, out: &mut Vec<CpuExtent>) {
+    /// `recalc`: a present entry above this table is marked.
+    fn extents_in(
+        &self,
+        t: u64,
+        level: u8,
+        base: u64,
+        range: GfnRange,
+        recalc: bool,
+        out: &mut Vec<CpuExtent>,
+    ) {
         let Some(tab) = self.tables.get(t) else {
             return;
         };
@@ -672,6 +1029,8 @@ impl P2mPt {
                 if p2mt == P2mType::Invalid {
                     continue;
                 }
+                // A marked changeable leaf reports its recalculated type, gfn by gfn.
+                let retyped = (recalc || pt_needs_recalc(e.flags)) && p2m_is_changeable(p2mt);
                 let first = (clip.start - run.start) / per;
                 let last = (clip.end - 1 - run.start) / per;
                 let bad = |m: u64| m == PTE_MFN_MASK || m == PTE_MFN_MASK - 1;
@@ -698,15 +1057,39 @@ impl P2mPt {
                     } else {
                         Mfn(ek.pfn + (piece.start - (run.start + k * per)))
                     };
-                    push_cpu_extent(
-                        out,
-                        CpuExtent {
-                            range: piece,
-                            mfn,
-                            p2mt,
-                            access: P2mAccess::Rwx,
-                        },
-                    );
+                    if !retyped {
+                        push_cpu_extent(
+                            out,
+                            CpuExtent {
+                                range: piece,
+                                mfn,
+                                p2mt,
+                                access: P2mAccess::Rwx,
+                            },
+                        );
+                        continue;
+                    }
+                    for (sub, ld) in logdirty_pieces(&self.recalc_state, piece) {
+                        let m = if mfn == INVALID_MFN {
+                            INVALID_MFN
+                        } else {
+                            Mfn(mfn.0 + (sub.start - piece.start))
+                        };
+                        let p2mt = if ld {
+                            P2mType::RamLogdirty
+                        } else {
+                            P2mType::RamRw
+                        };
+                        push_cpu_extent(
+                            out,
+                            CpuExtent {
+                                range: sub,
+                                mfn: m,
+                                p2mt,
+                                access: P2mAccess::Rwx,
+                            },
+                        );
+                    }
                 }
             } else {
                 for k in 0..l as u64 {
@@ -716,7 +1099,8 @@ impl P2mPt {
                         end: eb + per,
                     };
                     if let Some(c) = er.intersect(&clip) {
-                        self.extents_in(e.nth(k, level).pfn, level - 1, eb, c, out);
+                        let below = recalc || pt_needs_recalc(e.flags);
+                        self.extents_in(e.nth(k, level).pfn, level - 1, eb, c, below, out);
                     }
                 }
             }
@@ -781,22 +1165,249 @@ impl IoTables for P2mPt {
     }
 }
 
-impl P2mPt {
-    /// TEMP
-    pub fn change_entry_type_range(
-        &mut self,
-        _cx: &mut Cx,
-        _ot: P2mType,
-        _nt: P2mType,
-        _f: u64,
-        _l: u64,
-    ) -> Result<(), P2mError> {
-        Ok(())
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::revision::Revision;
+    use crate::walk::WalkFault;
+    use crate::xen46::domain::{Domain, P2m};
+
+    fn dom(share: bool) -> Domain {
+        let cfg = Config::new(Mode::Npt, Vendor::Amd, share);
+        Domain::new(cfg, Revision::by_name("committed").expect("committed"))
     }
-    /// TEMP
-    pub fn change_entry_type_global(&mut self, _cx: &mut Cx, _ot: P2mType, _nt: P2mType) {}
-    /// TEMP
-    pub fn recalc(&mut self, _cx: &mut Cx, _gfn: u64) -> Result<bool, P2mError> {
-        Ok(false)
+
+    /// Runs `f` on the p2m-pt as one op, the way `Domain` runs its ops.
+    fn with_pt<R>(d: &mut Domain, f: impl FnOnce(&mut P2mPt, &mut Cx) -> R) -> R {
+        d.log.clear();
+        d.iommu.touched.clear();
+        d.mem.begin_op();
+        let sw = d.switches;
+        let P2m::Pt(pt) = &mut d.p2m else {
+            panic!("not p2m-pt")
+        };
+        let mut cx = Cx {
+            mem: &mut d.mem,
+            iommu: &mut d.iommu,
+            sw: &sw,
+            cfg: d.cfg,
+            seq: 1000,
+            stats: &mut d.stats,
+            log: &mut d.log,
+            crashed: &mut d.crashed,
+        };
+        let r = f(pt, &mut cx);
+        d.mem.end_op();
+        d.iommu.caches.take_issued(&mut d.log.invalidations);
+        r
+    }
+
+    fn pt(d: &Domain) -> &P2mPt {
+        match &d.p2m {
+            P2m::Pt(p) => p,
+            P2m::Ept(_) => panic!("not p2m-pt"),
+        }
+    }
+
+    /// The stored leaf entry translating `gfn` and its level.
+    fn raw(d: &Domain, gfn: u64) -> (PtEntry, u8) {
+        let p = pt(d);
+        for level in 1..=3u8 {
+            if let Some(t) = p.table_at(gfn, level) {
+                let x = p.entry(t, index_of(gfn, level));
+                if level == 1 || x.pse() {
+                    return (x, level);
+                }
+            }
+        }
+        panic!("no leaf for {gfn:#x}")
+    }
+
+    fn stored(d: &Domain, gfn: u64) -> u32 {
+        p2m_flags_to_type(raw(d, gfn).0.flags)
+    }
+
+    fn ty(d: &Domain, gfn: u64) -> P2mType {
+        d.get_entry(gfn).expect("mapped").p2mt
+    }
+
+    fn assert_extents_match(d: &Domain, range: GfnRange) {
+        for x in d.cpu_extents(range) {
+            for g in [x.range.start, x.range.end - 1] {
+                if let Some(e) = d.get_entry(g) {
+                    assert_eq!(x.p2mt, e.p2mt, "gfn {g:#x}");
+                }
+            }
+        }
+    }
+
+    fn populate(d: &mut Domain) {
+        for (g, t) in [
+            (0x1000, P2mType::RamRw),
+            (0x1001, P2mType::RamRo),
+            (0x1002, P2mType::RamRw),
+            (0x1003, P2mType::RamRw),
+        ] {
+            d.set_entry(g, Mfn(0x100000 + g), 0, t, P2mAccess::Rwx)
+                .expect("map 4k");
+        }
+        d.set_entry(0x200, Mfn(0x100200), 9, P2mType::RamRw, P2mAccess::Rwx)
+            .expect("map 2M");
+    }
+
+    fn add_range(d: &mut Domain, first: u64, last: u64) {
+        if let P2m::Pt(p) = &mut d.p2m {
+            p.recalc_state.add_range(first, last);
+        }
+    }
+
+    #[test]
+    fn range_change_marks_then_recalc_retypes_separate_tables() {
+        let mut d = dom(false);
+        populate(&mut d);
+        assert_eq!(pt(&d).recalc_state.max_mapped_pfn, 0x1003);
+        let before = d.iommu_stats();
+        with_pt(&mut d, |p, cx| {
+            p.change_entry_type_range(cx, P2mType::RamRw, P2mType::RamLogdirty, 0x300, 0x1002)
+        })
+        .expect("mark");
+        // The 2 MiB page is split at the range's edge when marking (`p2m_next_level`).
+        assert_eq!(d.log.splits[0].range, GfnRange::of_order(0x200, 9));
+        add_range(&mut d, 0x300, 0x1002);
+        assert!(pt_needs_recalc(raw(&d, 0x1000).0.flags));
+        assert!(pt_needs_recalc(raw(&d, 0x300).0.flags));
+        assert!(!pt_needs_recalc(raw(&d, 0x2ff).0.flags));
+        assert_eq!(stored(&d, 0x1000), P2mType::RamRw as u32);
+        assert_eq!(ty(&d, 0x300), P2mType::RamLogdirty);
+        assert_eq!(ty(&d, 0x2ff), P2mType::RamRw);
+        assert_eq!(ty(&d, 0x1000), P2mType::RamLogdirty);
+        assert_eq!(ty(&d, 0x1001), P2mType::RamRo);
+        assert_eq!(ty(&d, 0x1003), P2mType::RamRw);
+        assert_extents_match(
+            &d,
+            GfnRange {
+                start: 0,
+                end: 0x2000,
+            },
+        );
+
+        // do_recalc rewrites only the leaf on the walk.
+        assert_eq!(with_pt(&mut d, |p, cx| p.recalc(cx, 0x1000)), Ok(true));
+        let (e, _) = raw(&d, 0x1000);
+        assert_eq!(p2m_flags_to_type(e.flags), P2mType::RamLogdirty as u32);
+        assert!(e.flags & PAGE_RW == 0 && !pt_needs_recalc(e.flags));
+        assert!(pt_needs_recalc(raw(&d, 0x1002).0.flags));
+        // ram_ro only loses its mark.
+        assert_eq!(with_pt(&mut d, |p, cx| p.recalc(cx, 0x1001)), Ok(true));
+        let (ro, _) = raw(&d, 0x1001);
+        assert_eq!(p2m_flags_to_type(ro.flags), P2mType::RamRo as u32);
+        assert!(!pt_needs_recalc(ro.flags));
+        assert_eq!(with_pt(&mut d, |p, cx| p.recalc(cx, 0x1001)), Ok(false));
+        assert_eq!(d.iommu_stats().map_pages, before.map_pages);
+        assert_eq!(d.iommu_stats().unmap_pages, before.unmap_pages);
+        assert!(d.log.invalidations.is_empty());
+
+        // set_entry on a marked gfn resolves it first.
+        d.set_entry(0x1002, Mfn(0x555000), 0, P2mType::RamRw, P2mAccess::Rwx)
+            .expect("map");
+        assert_eq!(stored(&d, 0x1002), P2mType::RamRw as u32);
+        assert!(!pt_needs_recalc(raw(&d, 0x1002).0.flags));
+        d.set_entry(0x351, Mfn(0x556000), 0, P2mType::RamRo, P2mAccess::Rwx)
+            .expect("map");
+        assert_eq!(stored(&d, 0x351), P2mType::RamRo as u32);
+        assert!(pt_needs_recalc(raw(&d, 0x350).0.flags));
+        assert_eq!(ty(&d, 0x350), P2mType::RamLogdirty);
+        assert_extents_match(
+            &d,
+            GfnRange {
+                start: 0,
+                end: 0x2000,
+            },
+        );
+    }
+
+    #[test]
+    fn global_change_then_recalc_splits_partly_logdirty_superpage() {
+        let mut d = dom(false);
+        with_pt(&mut d, |p, cx| {
+            p.change_entry_type_range(cx, P2mType::RamRw, P2mType::RamLogdirty, 0x300, 0x3ff)
+        })
+        .expect("nothing mapped yet");
+        add_range(&mut d, 0x300, 0x3ff);
+        populate(&mut d);
+        with_pt(&mut d, |p, cx| {
+            p.change_entry_type_global(cx, P2mType::RamLogdirty, P2mType::RamRw)
+        });
+        let root = pt(&d).root;
+        assert!(pt_needs_recalc(pt(&d).entry(root, 0).flags));
+        assert_eq!(ty(&d, 0x250), P2mType::RamRw);
+        assert_eq!(ty(&d, 0x350), P2mType::RamLogdirty);
+        assert_eq!(ty(&d, 0x1001), P2mType::RamRo);
+        assert_extents_match(
+            &d,
+            GfnRange {
+                start: 0,
+                end: 0x2000,
+            },
+        );
+        assert_eq!(with_pt(&mut d, |p, cx| p.recalc(cx, 0x350)), Ok(true));
+        assert_eq!(d.log.splits[0].range, GfnRange::of_order(0x200, 9));
+        let (e, level) = raw(&d, 0x350);
+        assert_eq!(level, 1);
+        assert_eq!(p2m_flags_to_type(e.flags), P2mType::RamLogdirty as u32);
+        // The split's other children inherited the mark.
+        assert!(pt_needs_recalc(raw(&d, 0x250).0.flags));
+        assert_eq!(ty(&d, 0x250), P2mType::RamRw);
+        assert!(!pt_needs_recalc(pt(&d).entry(root, 0).flags));
+        assert_extents_match(
+            &d,
+            GfnRange {
+                start: 0,
+                end: 0x2000,
+            },
+        );
+    }
+
+    /// 4.6 `do_recalc` with a shared AMD IOMMU (`p2m-pt.c:452-455`): the rewritten leaf
+    /// gets next-level = its Xen level and IR/IW only for `ram_rw`, with no flush.
+    #[test]
+    fn shared_amd_recalc_writes_level_as_next_level_and_no_ir_iw() {
+        let mut d = dom(true);
+        populate(&mut d);
+        with_pt(&mut d, |p, cx| {
+            p.change_entry_type_range(cx, P2mType::RamRw, P2mType::RamLogdirty, 0x200, 0x3ff)
+        })
+        .expect("mark 2M");
+        with_pt(&mut d, |p, cx| {
+            p.change_entry_type_range(cx, P2mType::RamRw, P2mType::RamLogdirty, 0x1000, 0x1000)
+        })
+        .expect("mark 4k");
+        add_range(&mut d, 0x200, 0x3ff);
+        add_range(&mut d, 0x1000, 0x1000);
+        assert!(d
+            .current_view(GfnRange::of_order(0x200, 9))
+            .faults
+            .is_empty());
+        let io = d.iommu_stats();
+        assert_eq!(with_pt(&mut d, |p, cx| p.recalc(cx, 0x280)), Ok(true));
+        assert_eq!(with_pt(&mut d, |p, cx| p.recalc(cx, 0x1000)), Ok(true));
+        assert!(d.log.invalidations.is_empty());
+        assert_eq!(d.iommu_stats(), io);
+        // 2 MiB leaf: next-level 1, so the IOMMU walks the data frame as a table.
+        let (e, level) = raw(&d, 0x280);
+        assert_eq!(level, 2);
+        assert_eq!((e.flags >> 9) & 7, 1);
+        assert_eq!((e.flags >> 21) & 3, 0);
+        let w = d.current_view(GfnRange::of_order(0x200, 9));
+        assert!(w
+            .faults
+            .iter()
+            .any(|f| matches!(f, WalkFault::NonTableFrame { frame, .. } if *frame == 0x100200)));
+        // 4 KiB log-dirty leaf: no IR/IW (set_entry would give it RW).
+        let t = d.current_view(GfnRange::of_order(0x1000, 0));
+        assert!(t.translations.iter().all(|x| x.perm.is_none()));
+        // ram_rw leaves keep RW.
+        let t = d.current_view(GfnRange::of_order(0x1002, 0));
+        assert_eq!(t.translations[0].perm, IommuPerm::RW);
     }
 }
