@@ -317,8 +317,9 @@ impl AbstractDomain {
     /// (inside `mmio_ro_ranges` too) and its removal, `set_broken_page_p2m`,
     /// `add_to_physmap_range` of one page both ways between the 4 KiB and the 2 MiB gfn, the
     /// same batch with a second vCPU giving the moved page back (XSA-346's shape), an
-    /// identity map of one reserved page (RMRR `rw`, read-only IVMD, removal), and fault
-    /// injection (`fail_alloc`, allocations 1 to 3 of the next op). Left out:
+    /// identity map of one reserved page (RMRR `rw`, read-only IVMD, removal), VRAM
+    /// tracking (two pages, the whole 2 MiB region, stop) and a vCPU reading or writing
+    /// the 4 KiB gfn, and fault injection (`fail_alloc`, allocations 1 to 3 of the next op). Left out:
     /// `set_mem_access` (outside security support with passthrough), `assign_device`
     /// (hot-plug is a configuration the search does not enumerate) and 1 GiB extents (their
     /// 512 tables make every sequence slow; the random search has them).
@@ -399,6 +400,20 @@ impl AbstractDomain {
                 add,
             };
             push(Op::Call(op), FrameKind::Invalid);
+        }
+        // VRAM tracking over two pages inside the 2 MiB region (split edges) or over the
+        // whole region, its end, and a vCPU reading or writing the 4 KiB gfn.
+        for (gfn, nr) in [(GFN_4K, 2), (GFN_2M, 512), (GFN_4K, 0)] {
+            push(
+                Op::Call(CallerOp::TrackDirtyVram { gfn, nr }),
+                FrameKind::Invalid,
+            );
+        }
+        for write in [false, true] {
+            push(
+                Op::Call(CallerOp::GuestAccess { gfn: GFN_4K, write }),
+                FrameKind::Invalid,
+            );
         }
         for nth in 1..=3 {
             push(Op::FailAlloc { nth }, FrameKind::Invalid);

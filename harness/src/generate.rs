@@ -241,14 +241,15 @@ impl Swarm {
     /// A caller op at `gfn` (aligned to `order`): mostly populating with fresh frames from
     /// `heap` and returning pages, else retyping (the device model's set-mem-type, the
     /// toolstack's broken-page marking), MMIO mapping (around and inside
-    /// `mmio_ro_ranges`), device assignment, rarely an introspection access change.
+    /// `mmio_ro_ranges`), device assignment, identity maps, VRAM tracking and a vCPU's
+    /// own accesses, rarely an introspection access change.
     fn caller(&self, rng: &mut SmallRng, gfn: u64, order: u32, heap: &mut u64) -> CallerOp {
         let nr = if rng.gen_bool(0.9) {
             *[1u32, 2, 3, 16].choose(rng).expect("nr")
         } else {
             512
         };
-        match rng.gen_range(0..24u8) {
+        match rng.gen_range(0..28u8) {
             0..=6 => {
                 // 4.6 shadow mode writes a 1 GiB extent as 2^18 4 KiB entries: kept to
                 // 2 MiB here so a search costs time per op, not per page.
@@ -298,6 +299,17 @@ impl Swarm {
                     add,
                 }
             }
+            // The device model tracks VRAM (a new range, the same one again, or stop), a
+            // vCPU touches a page (resolving a pending type change, retyping a log-dirty
+            // page it writes).
+            23 | 24 => CallerOp::TrackDirtyVram {
+                gfn,
+                nr: if rng.gen_bool(0.15) { 0 } else { nr },
+            },
+            25 | 26 => CallerOp::GuestAccess {
+                gfn,
+                write: rng.gen_bool(0.7),
+            },
             _ => CallerOp::SetMemAccess {
                 gfn,
                 nr,

@@ -135,9 +135,20 @@ fn fuzz_dictionary_entries_decode_as_documented() {
                 "memory_mapping_add_mmio_ro" => "memory_mapping",
                 "assign_device" => "assign_device",
                 "identity_map_r_add" => "identity_map",
+                "track_dirty_vram_2m" => "track_dirty_vram",
+                "guest_access_write" => "guest_access",
                 _ => panic!("{name}: undocumented caller entry"),
             };
             assert_eq!(c.name(), want, "{name}: {c}");
+            match *c {
+                CallerOp::TrackDirtyVram { gfn, nr } => {
+                    assert_eq!((gfn, nr), (0x200, 512), "{name}: {c}")
+                }
+                CallerOp::GuestAccess { gfn, write } => {
+                    assert!(write && (0x200..0x400).contains(&gfn), "{name}: {c}")
+                }
+                _ => {}
+            }
             if what.contains("mmio_ro") {
                 let CallerOp::MemoryMapping { mfn, add, .. } = *c else {
                     unreachable!()

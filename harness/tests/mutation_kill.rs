@@ -61,11 +61,13 @@ fn corpus_replay() {
                 .split_whitespace()
                 .map(String::from)
                 .collect();
-            let got = run_with(&s, rev, true).divergence.map(|d| d.class());
+            // Strict only for a non-fatal class (as `replay_and_properties` does).
+            let strict = want.is_some_and(|w| !w.is_fatal(false));
+            let got = run_with(&s, rev, strict).divergence.map(|d| d.class());
             assert_eq!(got, want, "{} under {}", f.display(), rev.name);
             let healed = rev.assume_fixed(&causes).unwrap();
             assert!(
-                run_with(&s, healed, true).divergence.is_none(),
+                run_with(&s, healed, strict).divergence.is_none(),
                 "{}",
                 f.display()
             );
@@ -212,7 +214,9 @@ fn master_fixed_seed_hunt_is_clean() {
     }
 }
 
-/// A fixed-seed swarm hunt per mode is clean under `fixed` with every class fatal.
+/// A fixed-seed swarm hunt per mode is clean under `fixed`: no divergence and no note
+/// but `accepted-by-design` (Xen's own acceptance of a stale W on log-dirty pages with
+/// shared EPT, in every revision).
 #[test]
 fn fixed_seed_hunt_is_clean() {
     for (i, &mode) in Mode::ALL.iter().enumerate() {
@@ -222,7 +226,17 @@ fn fixed_seed_hunt_is_clean() {
             let swarm = Swarm::new(&mut rng, Some(mode));
             for _ in 0..64 {
                 let s = swarm.scenario(&mut rng);
-                if let Some(d) = run_with(&s, Revision::fixed(), true).divergence {
+                let out = run_with(&s, Revision::fixed(), false);
+                if let Some(d) = out.divergence {
+                    panic!("{d}");
+                }
+                // Notes of the non-fatal classes (a fatal class only becomes a note
+                // when the op crashed the domain, Xen's own verdict).
+                let other = out.notes.iter().find(|d| {
+                    let c = d.finding.class;
+                    !c.is_fatal(false) && c != DivergenceClass::AcceptedByDesign
+                });
+                if let Some(d) = other {
                     panic!("{d}");
                 }
                 n += 1;

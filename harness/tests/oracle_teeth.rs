@@ -6,9 +6,10 @@
 use harness::exhaustive::{search_config, Options};
 use harness::generate::Swarm;
 use harness::oracle::check_range;
-use harness::scenario::parse_trace;
+use harness::scenario::{parse_trace, Op};
 use harness::{revision_by_name, run, run_with, DivergenceClass, Session};
 use p2m_core::cache::{CacheRecord, RecordKind};
+use p2m_core::callers::CallerOp;
 use p2m_core::{Config, GfnRange, IommuPerm, Mfn, Mode, P2mAccess, P2mType, Revision, Vendor};
 use rand::rngs::SmallRng;
 use rand::SeedableRng;
@@ -184,20 +185,44 @@ fn stale_walk_hiding_a_new_mapping_is_a_note() {
     let dom = p2m_core::Domain::Xen46(Box::new(d));
     let (fatal, note) = check_range(&dom, &refm, GfnRange::of_order(0x200, 9), false, true);
     assert!(fatal.is_none(), "{fatal:?}");
-    let note = note.expect("the walk from the record misses 0x201..0x400");
+    let note = note
+        .into_iter()
+        .next()
+        .expect("the walk from the record misses 0x201..0x400");
     assert_eq!(note.class, DivergenceClass::CachedUnderPermissive);
     assert_eq!(note.gfn, 0x201);
 }
 
-/// `fixed` under the strict oracle: every class fatal, 3,000 swarm scenarios clean.
+/// `fixed` under the strict oracle: every class fatal, 3,000 swarm scenarios clean, but
+/// for `accepted-by-design` (the stale W on log-dirty pages with shared EPT that Xen
+/// accepts in every revision), which the strict oracle does stop at: that run is
+/// repeated without the VRAM tracking ops and must then be clean.
 #[test]
 fn fixed_is_clean_under_the_strict_oracle() {
     let mut rng = SmallRng::seed_from_u64(12);
+    let mut accepted = 0;
     for i in 0..3000 {
-        let s = Swarm::new(&mut rng, Some(Mode::ALL[i % 3])).scenario(&mut rng);
-        let o = run_with(&s, Revision::fixed(), true);
+        let mut s = Swarm::new(&mut rng, Some(Mode::ALL[i % 3])).scenario(&mut rng);
+        let mut o = run_with(&s, Revision::fixed(), true);
+        if o.divergence
+            .as_ref()
+            .is_some_and(|d| d.class() == DivergenceClass::AcceptedByDesign)
+        {
+            accepted += 1;
+            s.ops.retain(|op| {
+                !matches!(
+                    op,
+                    Op::Call(CallerOp::TrackDirtyVram { .. } | CallerOp::GuestAccess { .. })
+                )
+            });
+            o = run_with(&s, Revision::fixed(), true);
+        }
         assert!(o.divergence.is_none(), "{}", o.divergence.unwrap());
     }
+    assert!(
+        accepted < 300,
+        "{accepted} of 3000 stopped at accepted-by-design"
+    );
 }
 
 /// Sessions report the invalidations each op issued, and why the one closest to a stale

@@ -57,13 +57,13 @@ fn regressions_replay_with_expected_verdicts() {
             assert_eq!(got, Some(want), "{} under {}", f.display(), rev.name);
             let healed = assume_fixed(rev, &causes).unwrap();
             assert!(
-                run_with(&s, healed, true).divergence.is_none(),
+                run_with(&s, healed, strict).divergence.is_none(),
                 "{}: still diverges with {causes:?} fixed",
                 f.display()
             );
             let fixed = Revision::fixed_for(rev.line());
             assert!(
-                run_with(&s, fixed, true).divergence.is_none(),
+                run_with(&s, fixed, strict).divergence.is_none(),
                 "{} should be clean under {}",
                 f.display(),
                 fixed.name
@@ -178,10 +178,12 @@ fn swarm_exercises_every_counter() {
         let o = run(&s, Revision::fixed());
         assert!(o.divergence.is_none());
         // `fixed` leaks nothing and has no cached under-permission; the only notes are
-        // findings of an op that crashed the domain (an injected allocation failure).
+        // findings of an op that crashed the domain (an injected allocation failure) and
+        // the stale W on log-dirty pages Xen accepts by design.
         for n in &o.notes {
             assert!(
-                o.crashed.is_some() && n.to_string().contains("the op crashed the domain"),
+                (o.crashed.is_some() && n.to_string().contains("the op crashed the domain"))
+                    || n.finding.class == DivergenceClass::AcceptedByDesign,
                 "fixed reported a non-fatal finding:\n{n}"
             );
         }

@@ -483,11 +483,12 @@ impl Ept {
                 // Proposed fix (not Xen): only a present leaf with the same frame and the
                 // same device-visible permission leaves the IOMMU alone.
                 let leaf = target == 1 || ept_entry.sp;
-                let same_view = if cx.iommu.shared {
-                    (ept_entry.r, ept_entry.w) == (new_entry.r, new_entry.w)
-                } else {
-                    old_flags == iommu_flags
-                };
+                // With shared tables the IOTLB may also hold a W a recalc took away
+                // unflushed (`ram_logdirty` keeps RW in `p2m_get_iommu_flags`): the
+                // flags must agree as well as the bits.
+                let same_view = old_flags == iommu_flags
+                    && (!cx.iommu.shared
+                        || (ept_entry.r, ept_entry.w) == (new_entry.r, new_entry.w));
                 ept_entry.is_present() && leaf && ept_entry.mfn == new_entry.mfn && same_view
             } else {
                 ept_entry.mfn == new_entry.mfn && same_flags

@@ -153,6 +153,7 @@ pub fn p2m_change_type_range(
     if start > end {
         return;
     }
+    let splits_before = cx.log.splits.len();
     if start < end {
         let rc = if start == 0 && end == max_pfn {
             match p2m {
@@ -171,6 +172,7 @@ pub fn p2m_change_type_range(
                 .domain_crash("change_type_range: change_entry_type_range failed");
         }
     }
+    flush_split_superpages(cx, splits_before);
     let st = recalc_state(p2m);
     match (ot, nt) {
         (P2mType::RamLogdirty, P2mType::RamRw) => st.remove_range(start, end),
@@ -184,11 +186,32 @@ pub fn p2m_change_type_range(
 /// `p2m_pt_handle_deferred_changes`). An error (a split that found no memory) leaves the
 /// access to fault again; the model reports it and changes nothing further.
 pub fn p2m_recalc(p2m: &mut P2m, cx: &mut Cx, gfn: u64) -> Result<bool, PhysmapError> {
-    match p2m {
+    let splits_before = cx.log.splits.len();
+    let rc = match p2m {
         P2m::Ept(e) => e.resolve_misconfig(cx, gfn),
         P2m::Pt(p) => p.recalc(cx, gfn),
+    };
+    flush_split_superpages(cx, splits_before);
+    rc.map_err(PhysmapError::P2m)
+}
+
+/// Proposed fix `flush_covers_split_superpage` (not Xen) on the paths outside
+/// `set_entry` that split a shared-EPT superpage (`ept_invalidate_emt_range`,
+/// `resolve_misconfig`): each superpage split since the op log held `from` splits leaves
+/// the IOTLB at its own size. Xen flushes nothing there.
+fn flush_split_superpages(cx: &mut Cx, from: usize) {
+    if !cx.sw.flush_covers_split_superpage || !cx.iommu.shared {
+        return;
     }
-    .map_err(PhysmapError::P2m)
+    let ranges: Vec<GfnRange> = cx.log.splits[from..].iter().map(|s| s.range).collect();
+    for r in ranges {
+        let flags = crate::master::iommu::FlushFlags {
+            added: false,
+            modified: true,
+            all: false,
+        };
+        let _ = cx.iommu_iotlb_flush(r.start, r.len(), flags);
+    }
 }
 
 /// `set_typed_p2m_entry(d, gfn, mfn, order, gfn_p2mt, access)` (`p2m.c:1059-1172`):

@@ -93,6 +93,10 @@ pub struct Switches {
     /// while the IOMMU flags agree (e.g. `ioreq_server` → `invalid`, both 0) — so no flush
     /// or update happens. Fix: only a present leaf with the same frame and the same
     /// device-visible permission keeps the IOMMU as it is.
+    /// With shared tables the fix asks for the same EPT r/w bits *and* the same
+    /// `p2m_get_iommu_flags`: a recalc (`resolve_misconfig`) takes W from a `ram_logdirty`
+    /// leaf without a flush, so a later retype of that leaf to `ram_ro` has the same bits
+    /// but must still flush the W the IOTLB may hold.
     pub ept_need_modify_requires_present_leaf: bool,
     /// Not Xen — a proposed fix (`master-fixed`) of the hole this harness found in master
     /// and in 4.6 under the conservative hardware reading (`superpage_survives_partial_inval`):
@@ -101,10 +105,12 @@ pub struct Switches {
     /// `iommu_pde_from_dfn`) — the flush covers only the op's range, so an IOTLB entry for
     /// the whole superpage may survive and keep translating the changed page. Fix: flush
     /// the split superpage's range (also when the op changed nothing the device sees).
-    /// Scope: only splits made by the op being flushed; `resolve_misconfig` and
-    /// `ept_invalidate_emt_range` also split shared-EPT superpages without an IOMMU flush,
-    /// so a fix for Xen should flush at superpage size wherever a present shared
-    /// superpage becomes a table (not modelled: no op reaches those paths).
+    /// Scope: splits made by the op being flushed, and the splits of the lazy type
+    /// change — `ept_invalidate_emt_range` (`p2m_change_type_range`) and
+    /// `resolve_misconfig` (a vCPU's access, or the start of `ept_set_entry`) split
+    /// shared-EPT superpages with no IOMMU flush at all; the fix flushes each at its own
+    /// size there too (a fix for Xen should do so wherever a present shared superpage
+    /// becomes a table).
     pub flush_covers_split_superpage: bool,
     /// Not Xen — a proposed fix (`master-fixed`) of the hole this harness found in master
     /// (`memory.c:1060-1081` with `iommu.c:384-397,456-465`): under

@@ -77,7 +77,8 @@ pub fn hvmop_set_mem_type(
 /// way makes the access fault into `p2m->recalc` first (`ept_handle_misconfig` /
 /// `p2m_pt_handle_deferred_changes`); a write to RAM then reaches the log-dirty arm of
 /// `hvm_hap_nested_page_fault` (`hvm.c:3074-3094`), which retypes a `ram_logdirty` page
-/// `ram_rw` (`p2m_change_type_one`; for any other type it fails, ignored). PML is
+/// `ram_rw` (`p2m_change_type_one`; for any other type it fails, ignored) — when the
+/// page's access allows the write (else `p2m_mem_access_check`, not modelled, takes it). PML is
 /// modelled as off. In shadow mode the access goes through shadow entries and changes
 /// nothing in the p2m.
 pub fn guest_access(p2m: &mut P2m, cx: &mut Cx, gfn: u64, write: bool) -> BatchOutcome {
@@ -93,7 +94,12 @@ pub fn guest_access(p2m: &mut P2m, cx: &mut Cx, gfn: u64, write: bool) -> BatchO
             rc: Err(e),
         };
     }
-    if write && get_gfn_query(p2m, gfn).1 == P2mType::RamLogdirty {
+    // A write the access forbids goes to `p2m_mem_access_check` (introspection) first,
+    // which the model does not run: nothing changes.
+    let writable = p2m
+        .get_entry(gfn)
+        .is_some_and(|e| crate::master::hvm::access_allows_write(e.access));
+    if write && writable && get_gfn_query(p2m, gfn).1 == P2mType::RamLogdirty {
         if let Err(e) = p2m_change_type_one(p2m, cx, gfn, P2mType::RamLogdirty, P2mType::RamRw) {
             return BatchOutcome {
                 done: 0,

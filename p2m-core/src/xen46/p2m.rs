@@ -121,6 +121,7 @@ pub fn p2m_change_type_range(
         }
         end = max_pfn + 1;
     }
+    let splits_before = cx.log.splits.len();
     if gfn < end {
         let rc = match p2m {
             P2m::Ept(e) => e.change_entry_type_range(cx, ot, nt, gfn, end - 1),
@@ -131,6 +132,7 @@ pub fn p2m_change_type_range(
                 .get_or_insert("p2m_change_type_range: change_entry_type_range failed");
         }
     }
+    flush_split_superpages(p2m, cx, splits_before);
     let st = recalc_state(p2m);
     match (ot, nt) {
         (P2mType::RamLogdirty, P2mType::RamRw) => st.remove_range(start, end - 1),
@@ -142,11 +144,32 @@ pub fn p2m_change_type_range(
 /// `p2m->recalc`: EPT `resolve_misconfig` / p2m-pt `do_recalc` for `gfn`, what a CPU
 /// access to a marked gfn runs (`ept_handle_misconfig`, `p2m_pt_handle_deferred_changes`).
 pub fn p2m_recalc(p2m: &mut P2m, cx: &mut Cx, gfn: u64) -> Result<bool, PhysmapError> {
-    match p2m {
+    let splits_before = cx.log.splits.len();
+    let rc = match p2m {
         P2m::Ept(e) => e.recalc(cx, gfn),
         P2m::Pt(p) => p.recalc(cx, gfn),
+    };
+    flush_split_superpages(p2m, cx, splits_before);
+    rc.map_err(PhysmapError::P2m)
+}
+
+/// Proposed fix `flush_covers_split_superpage` (not Xen) on the lazy type change's own
+/// splits (`ept_invalidate_emt_range`, `resolve_misconfig`, `p2m_next_level` from
+/// `p2m_pt_set_recalc_range` / `do_recalc`): with tables shared with the IOMMU, each
+/// superpage split since the op log held `from` splits is flushed at its own size
+/// (`iommu_pte_flush` / `amd_iommu_flush_pages`). Xen flushes nothing there.
+fn flush_split_superpages(p2m: &P2m, cx: &mut Cx, from: usize) {
+    if !cx.sw.flush_covers_split_superpage || !cx.cfg.iommu_use_hap_pt() || !cx.iommu.need_iommu {
+        return;
     }
-    .map_err(PhysmapError::P2m)
+    let ranges: Vec<GfnRange> = cx.log.splits[from..].iter().map(|s| s.range).collect();
+    for r in ranges {
+        let order = r.len().trailing_zeros();
+        match p2m {
+            P2m::Ept(_) => cx.iommu.iommu_pte_flush(r.start, order, true),
+            P2m::Pt(_) => cx.iommu.amd_iommu_flush_pages(r.start, order),
+        }
+    }
 }
 
 /// `guest_physmap_add_entry(d, gfn, mfn, order, p2m_ram_rw)` for a fresh extent

@@ -511,11 +511,11 @@ impl Ept {
             let same_flags = !sw.ept_need_modify_checks_iommu_flags || old_flags == iommu_flags;
             let unchanged = if sw.ept_need_modify_requires_present_leaf {
                 let leaf = level == 1 || cur.sp;
-                let same_device_view = if cx.cfg.iommu_hap_pt_share {
-                    (cur.r, cur.w) == (new_entry.r, new_entry.w)
-                } else {
-                    old_flags == iommu_flags
-                };
+                // With shared tables the IOTLB may also hold a W a recalc took away
+                // unflushed (`ram_logdirty` keeps RW in `p2m_get_iommu_flags`): the
+                // flags must agree as well as the bits.
+                let same_device_view = old_flags == iommu_flags
+                    && (!cx.cfg.iommu_hap_pt_share || (cur.r, cur.w) == (new_entry.r, new_entry.w));
                 cur.is_present() && leaf && same_mfn && same_device_view
             } else {
                 same_mfn && same_flags

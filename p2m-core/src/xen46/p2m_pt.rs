@@ -808,12 +808,18 @@ impl P2mPt {
                 flags |= PAGE_PSE;
             }
             let mut ne = PtEntry::from_pfn(pfn, flags);
-            let perm = if p2mt == P2mType::RamRw {
-                IommuPerm::RW
+            if cx.sw.pt_recalc_keeps_iommu_flags {
+                // Proposed fix (not Xen): the leaf's IOMMU bits as `set_entry` writes
+                // them — the type's permission, next-level 0.
+                Self::add_iommu_flags(cx, &mut ne, 0, p2m_get_iommu_flags(p2mt));
             } else {
-                IommuPerm::NONE
-            };
-            Self::add_iommu_flags(cx, &mut ne, (level - 1) as u32, perm);
+                let perm = if p2mt == P2mType::RamRw {
+                    IommuPerm::RW
+                } else {
+                    IommuPerm::NONE
+                };
+                Self::add_iommu_flags(cx, &mut ne, (level - 1) as u32, perm);
+            }
             ne
         } else {
             PtEntry {

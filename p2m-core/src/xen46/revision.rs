@@ -77,6 +77,10 @@ pub struct Switches {
     /// (whose mfn is its table frame and whose `sa_p2mt` is 0, `ram_rw`) or a
     /// zeroed non-present entry (mfn 0, `ram_rw`) then looks "unchanged", and with
     /// shared tables an access-only change is never flushed.
+    /// With shared tables the fix asks for the same EPT r/w bits *and* the same
+    /// `p2m_get_iommu_flags`: a recalc (`resolve_misconfig`) takes W from a `ram_logdirty`
+    /// leaf without a flush, so a later retype of that leaf to `ram_ro` has the same bits
+    /// but must still flush the W the IOTLB may hold.
     pub ept_need_modify_requires_present_leaf: bool,
     /// Not in Xen 4.6 (closes a hole the harness found in every revision):
     /// `p2m_next_level` splitting a 1 GiB page ORs next-level 1 into the inherited
@@ -160,6 +164,14 @@ pub struct Switches {
     /// and it misses grant and foreign mappings (not on `d->page_list`). Upstream never
     /// fixed the population: f89f555827 (2019) removed late construction.
     pub iommu_populate_uses_p2m_type: bool,
+    /// Not Xen (a proposed fix for 4.6, whose AMD sharing is dead code: `amd_iommu_init`
+    /// turns it off): `do_recalc` writes a recalculated leaf's IOMMU bits as `set_entry`
+    /// does — `p2m_get_iommu_flags` of the new type, next-level 0. 4.6 writes
+    /// `p2m_add_iommu_flags(&e, level, ram_rw ? RW : 0)` (`p2m-pt.c:452-455`): a 2 MiB
+    /// or 1 GiB leaf gets next-level 1 or 2, so the IOMMU walks the guest's frame as a
+    /// table, and a `ram_logdirty` leaf loses IR/IW, which `p2m_get_iommu_flags` grants.
+    /// The line stayed until AMD sharing was removed.
+    pub pt_recalc_keeps_iommu_flags: bool,
     /// Planted, not Xen (measures the oracle's free-event check): `ept_set_entry`
     /// frees the replaced subtree (`ept_free_entry`) *before* the IOMMU step, so with
     /// shared tables a paging-structure record of the old entry still points at it.
@@ -202,6 +214,7 @@ const PRE: Switches = Switches {
     iommu_map_failure_crashes_domu: false,
     guest_remove_page_checks_remove_rc: false,
     iommu_populate_uses_p2m_type: false,
+    pt_recalc_keeps_iommu_flags: false,
     planted_free_before_flush: false,
     planted_split_wrong_frame: false,
     planted_leak_replaced_subtree: false,
@@ -234,6 +247,7 @@ const FIXED: Switches = Switches {
     iommu_map_failure_crashes_domu: true,
     guest_remove_page_checks_remove_rc: true,
     iommu_populate_uses_p2m_type: true,
+    pt_recalc_keeps_iommu_flags: true,
     ..COMMITTED
 };
 
