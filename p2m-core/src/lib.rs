@@ -4,7 +4,8 @@
 //! allocation and freeing), [`tables`] (sparse 512-entry tables stored as runs),
 //! [`cache`] (conservative IOTLB / paging-structure cache records and invalidations),
 //! [`walk`] (the IOMMU's page walk), [`view`] (CPU and device views), [`events`] (what
-//! an op did, for the oracle) and [`stats`]. Each Xen line is a folder over it:
+//! an op did, for the oracle), [`recalc`] (the log-dirty rangeset of the lazy type
+//! change) and [`stats`]. Each Xen line is a folder over it:
 //! [`xen46`] (Xen 4.6, 2015) and [`master`] (Xen master, 2026). [`Domain`] and [`Revision`] are the one interface the
 //! harness sees; the revision chooses the line. See `README.md` in this crate for the
 //! fidelity tables.

@@ -30,7 +30,8 @@
 //!   gfn 0 past `max_mapped_pfn` every page is marked; otherwise the cut range is; the
 //!   rangeset gains/loses the cut range (nothing when it is empty).
 //! - `guest_access gfn write` (HAP only): a write to a `ram_logdirty` page whose access
-//!   allows writing makes it `ram_rw` with access `rwx` (`hvm_hap_nested_page_fault`'s
+//!   allows writing (always on NPT, whose p2m keeps no access) makes it `ram_rw` with
+//!   access `rwx` (`hvm_hap_nested_page_fault`'s
 //!   log-dirty arm, `p2m_change_type_one`); a write the access forbids goes to the access
 //!   checks and changes nothing; a read changes nothing.
 
@@ -135,6 +136,15 @@ fn ept_present(t: P2mType, a: P2mAccess) -> bool {
 }
 
 impl RefModel {
+    /// After an op took one of Xen's error paths (see [`RefModel::resync`]): Xen raised
+    /// `max_mapped_pfn` only for what it wrote, so it is `before`'s, raised to
+    /// `p2m_highest` (the highest gfn of the op's ranges the p2m now holds with a type
+    /// other than `invalid`).
+    pub fn resync_max_mapped(&mut self, before: &RefModel, p2m_highest: Option<u64>) {
+        let was = before.logdirty.max_mapped;
+        self.logdirty.max_mapped = p2m_highest.map_or(was, |h| was.max(h));
+    }
+
     /// `track_dirty_vram gfn nr` (see the module docs).
     pub(crate) fn track_dirty_vram(&mut self, gfn: u64, nr: u64) {
         if self.config().mode == Mode::Shadow {
@@ -259,10 +269,12 @@ impl RefModel {
         let Some((_, e)) = self.lookup(gfn) else {
             return;
         };
-        let writes = matches!(
-            e.access,
-            P2mAccess::W | P2mAccess::Wx | P2mAccess::Rw | P2mAccess::Rwx
-        );
+        // p2m-pt keeps no access (its `get_entry` reports `rwx`).
+        let writes = self.config().mode != Mode::Ept
+            || matches!(
+                e.access,
+                P2mAccess::W | P2mAccess::Wx | P2mAccess::Rw | P2mAccess::Rwx
+            );
         if !writes {
             return;
         }

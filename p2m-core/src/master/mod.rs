@@ -13,7 +13,9 @@
 //! [`p2m_physmap`] the physmap half of `p2m.c` the batch calls; the other callers are
 //! [`p2m_typed`] (the typed-entry half of `p2m.c`: `p2m_change_type_one`, the MMIO
 //! entries and `XEN_DOMCTL_memory_mapping`'s loops), [`dm`] (`hvm/dm.c`,
-//! `XEN_DMOP_set_mem_type`) and [`mem_access`] (`mm/mem_access.c`).
+//! `XEN_DMOP_set_mem_type`, `XEN_DMOP_track_dirty_vram`), [`hap`] (`mm/hap/hap.c`:
+//! `hap_track_dirty_vram`), [`hvm`] (a vCPU's own access: `hvm_hap_nested_page_fault`)
+//! and [`mem_access`] (`mm/mem_access.c`).
 
 pub mod amd_iommu_map;
 pub mod dm;

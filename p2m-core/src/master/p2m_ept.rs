@@ -1,11 +1,13 @@
 //! EPT of the master line: `xen/arch/x86/mm/p2m-ept.c` at `c447b7308b`.
 //!
 //! Levels are numbered 1..=4 here (1 holds 4 KiB entries); Xen's EPT level `i` (0..=3) is
-//! our level `i + 1`. Not modelled (no IOMMU effect in scope, or a state the model never
-//! reaches): `resolve_misconfig` and the EMT/`recalc` machinery (no op here leaves an entry
-//! misconfigured), `ept_sync_domain` (CPU only), PML (modelled as off), A/D bits,
-//! `suppress_ve`, altp2m propagation and `max_mapped_pfn` (it never changes a
-//! `get_entry` result the model can produce).
+//! our level `i + 1`. The lazy type change is modelled (`ept_change_entry_type_range` /
+//! `_global` marking entries, `resolve_misconfig` resolving them, `ept_get_entry` reading
+//! through marks; see [`crate::recalc`]). Not modelled (no IOMMU effect in scope, or a
+//! state the model never reaches): the EMT value itself (only "invalid or not"),
+//! `ept_sync_domain` (CPU only), PML (modelled as off), A/D bits, `suppress_ve`, altp2m
+//! propagation, and `ept_get_entry`'s early return above `max_mapped_pfn` (nothing is
+//! mapped there; `max_mapped_pfn` itself is kept, for `p2m_change_type_range`).
 
 use crate::cache::note_overwrite;
 use crate::frames::{MachineMemory, TableOwner};

@@ -9,8 +9,9 @@
 //! `XENMAPSPACE_gmfn_range` batch (`common/memory.c`, `arch/x86/mm.c`) with
 //! `populate_physmap` and `decrease_reservation`; [`p2m`] is the generic layer of
 //! `arch/x86/mm/p2m.c` the callers reach (`p2m_set_entry`, typed and MMIO entries,
-//! `XEN_DOMCTL_memory_mapping`, `p2m_set_mem_access`), [`hvm`] is `HVMOP_set_mem_type`
-//! (`arch/x86/hvm/hvm.c`), [`pci`] is `assign_device` (`drivers/passthrough/pci.c`, with
+//! `XEN_DOMCTL_memory_mapping`, `p2m_set_mem_access`, `p2m_change_type_range`), [`hvm`]
+//! is `HVMOP_set_mem_type` and a vCPU's own access (`arch/x86/hvm/hvm.c`), [`hap`] is
+//! `HVMOP_track_dirty_vram` / `hap_track_dirty_vram` (`arch/x86/mm/hap/hap.c`), [`pci`] is `assign_device` (`drivers/passthrough/pci.c`, with
 //! `iommu_construct`) and [`x86_iommu`] `arch_iommu_populate_page_table`
 //! (`drivers/passthrough/x86/iommu.c`).
 
