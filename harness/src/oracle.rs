@@ -449,8 +449,8 @@ pub fn check_range(
         return (Some(fd), Vec::new());
     }
     let views = refm.device_extents(range);
-    let by_design = |o: GfnRange, frame_ok: bool, a: IommuPerm, b: IommuPerm| {
-        frame_ok && w_only_difference(a, b) && accepted_logdirty_page(refm, o)
+    let by_design = |o: GfnRange, frame: u64, a: IommuPerm, b: IommuPerm| {
+        w_only_difference(a, b) && accepted_logdirty_page(refm, o, frame)
     };
     let mut accepted: Option<Finding> = None;
     for (t, src) in &dv.translations {
@@ -485,16 +485,19 @@ fn w_only_difference(a: IommuPerm, b: IommuPerm) -> bool {
     a.read == b.read && a.write != b.write
 }
 
-/// The pages of `o` are all `ram_rw` / `ram_logdirty` in the reference and VT-d walks the
-/// EPT: where Xen accepts a W that is stale or not given yet (see
-/// [`DivergenceClass::AcceptedByDesign`]).
-fn accepted_logdirty_page(refm: &RefModel, o: GfnRange) -> bool {
+/// The pages of `o` are all `ram_rw` / `ram_logdirty` in the reference, mapping the
+/// frames from `frame` (the device's), and VT-d walks the EPT: where Xen accepts a W that
+/// is stale or not given yet (see [`DivergenceClass::AcceptedByDesign`]). The frames are
+/// the reference's p2m entries', so a page whose type and access leave the EPT entry
+/// nothing (e.g. `ram_logdirty` with access `w`) counts too.
+fn accepted_logdirty_page(refm: &RefModel, o: GfnRange, frame: u64) -> bool {
     use p2m_core::P2mType::{RamLogdirty, RamRw};
     refm.column() == reference_model::Column::EptShared
-        && refm
-            .cpu_extents(o)
-            .iter()
-            .all(|&(_, _, t, _)| matches!(t, RamRw | RamLogdirty))
+        && refm.cpu_extents(o).iter().all(|&(r, m, t, _)| {
+            matches!(t, RamRw | RamLogdirty)
+                && m != INVALID_MFN
+                && frame_field(m.0) == frame_field(frame.wrapping_add(r.start - o.start))
+        })
 }
 
 /// A walk from a paging-structure record that lacks a mapping the reference grants.
@@ -539,7 +542,7 @@ fn cached_under_permissive(
                 },
                 perm: v.perm,
             };
-            let none = |_: GfnRange, _: bool, _: IommuPerm, _: IommuPerm| false;
+            let none = |_: GfnRange, _: u64, _: IommuPerm, _: IommuPerm| false;
             let under = under_permissive(
                 &clipped,
                 &walk,
@@ -558,14 +561,14 @@ fn cached_under_permissive(
     None
 }
 
-/// The first piece of `t` the reference does not grant; a piece `by_design(gfns, same
+/// The first piece of `t` the reference does not grant; a piece `by_design(gfns, device
 /// frame, reference right, device right)` accepts is kept in `accepted` (the first one)
 /// and the search goes on.
 fn over_permissive(
     t: &Translation,
     src: ViewSource,
     views: &[RefView],
-    by_design: &dyn Fn(GfnRange, bool, IommuPerm, IommuPerm) -> bool,
+    by_design: &dyn Fn(GfnRange, u64, IommuPerm, IommuPerm) -> bool,
     accepted: &mut Option<Finding>,
 ) -> Option<Finding> {
     for v in views {
@@ -601,7 +604,7 @@ fn over_permissive(
             );
             f.stale_seq = seq_of(src);
             f.record = record_of(src);
-            if by_design(o, frame_field(v_mfn) == frame_field(t_mfn), v.perm, t.perm) {
+            if by_design(o, t_mfn, v.perm, t.perm) {
                 f.class = DivergenceClass::AcceptedByDesign;
                 accepted.get_or_insert(f);
                 continue;
@@ -618,7 +621,7 @@ fn under_permissive(
     v: &RefView,
     current: &[&Translation],
     what: &str,
-    by_design: &dyn Fn(GfnRange, bool, IommuPerm, IommuPerm) -> bool,
+    by_design: &dyn Fn(GfnRange, u64, IommuPerm, IommuPerm) -> bool,
     accepted: &mut Option<Finding>,
 ) -> Option<Finding> {
     if v.perm.is_none() {
@@ -647,7 +650,7 @@ fn under_permissive(
         let want = v.mfn.0.wrapping_add(o.start - v.range.start);
         let got = t.mfn.wrapping_add(o.start - t.range.start);
         if frame_field(got) != frame_field(want) || !v.perm.is_subset_of(t.perm) {
-            if by_design(o, frame_field(got) == frame_field(want), v.perm, t.perm) {
+            if by_design(o, got, v.perm, t.perm) {
                 if let Some(mut f) = fail(
                     o.start,
                     format!("{what} map gfn {} → mfn {} {}", o, Mfn(got), t.perm),

@@ -440,8 +440,18 @@ impl Session {
         }
         self.steps.push(Step { op: *op, mfn });
         self.stats.ops += 1;
+        // A retype over a page whose type the reference cannot tell (`ram_rw` or
+        // `ram_logdirty`, `reference_model::logdirty`) has an outcome only the model knows:
+        // the reference then takes the model's result over the op's ranges.
+        let ambiguous = caller.is_some_and(|c| {
+            matches!(c, CallerOp::SetMemType { .. })
+                && caller_ranges(c)
+                    .iter()
+                    .any(|&r| self.refm.type_either_in(r))
+        });
         // The reference before an op that may take an error path (see `RefModel::resync`).
-        let before = std::mem::take(&mut self.armed).then(|| self.refm.clone());
+        let armed = std::mem::take(&mut self.armed) || ambiguous;
+        let before = armed.then(|| self.refm.clone());
         let Applied {
             mut real,
             mut reference,
@@ -471,7 +481,7 @@ impl Session {
         let hit_bug = early
             .as_ref()
             .is_some_and(|f| f.class == DivergenceClass::XenBug);
-        let resynced = self.dom.alloc_failed() || hit_bug;
+        let resynced = self.dom.alloc_failed() || hit_bug || ambiguous;
         if resynced {
             // The op took Xen's error path: what the p2m holds now is Xen's result, not
             // the reference's. The reference takes it over the op's ranges, so the oracle
@@ -504,7 +514,9 @@ impl Session {
                     }
                 }
             } else {
-                self.stats.alloc_failures += 1;
+                if self.dom.alloc_failed() {
+                    self.stats.alloc_failures += 1;
+                }
                 early = None;
             }
             real = Ok(());

@@ -368,6 +368,19 @@ impl RefModel {
         self.lookup(gfn).is_some_and(|(_, e)| e.either)
     }
 
+    /// Whether some page of `range` is [`Extent::either`].
+    pub fn type_either_in(&self, range: GfnRange) -> bool {
+        let first = self
+            .extents
+            .range(..range.start)
+            .next_back()
+            .filter(|(&s, e)| s + e.len > range.start);
+        first
+            .into_iter()
+            .chain(self.extents.range(range.start..range.end))
+            .any(|(_, e)| e.either)
+    }
+
     /// Splits `clip` (frames from `mfn`) where a page's permission may change: at the
     /// bounds of `mmio_ro_ranges`, when the type's permission depends on the frame.
     fn frame_pieces(&self, p2mt: P2mType, clip: GfnRange, mfn: Mfn) -> Vec<(GfnRange, Mfn)> {
