@@ -187,6 +187,28 @@ fn fuzz_dictionary_entries_decode_as_documented() {
             assert!(d.is_caller_chain(), "{name}: not a caller chain");
             let fixed = revision_by_name("master-fixed").unwrap();
             assert!(run_with(&s, fixed, false).divergence.is_none(), "{name}");
+        } else if let Some(switch) = name.strip_prefix("hole46_") {
+            // The shape of one 4.6 hole, named by its proposed fix: under `committed`
+            // with every other fix of `fixed` assumed it diverges; `fixed` is clean. The
+            // entry is a whole input, header byte first (its configuration is not the
+            // default one).
+            let s = decode(bytes).unwrap_or_else(|| panic!("{name}: does not decode"));
+            let committed = revision_by_name("committed").unwrap();
+            let fixes: Vec<String> = revision_by_name("fixed")
+                .unwrap()
+                .switches
+                .differing(&committed.switches)
+                .into_iter()
+                .filter(|f| *f != switch)
+                .map(String::from)
+                .collect();
+            let rev = assume_fixed(committed, &fixes).unwrap();
+            assert!(
+                run_with(&s, rev, false).divergence.is_some(),
+                "{name}: clean:\n{s}"
+            );
+            let fixed = revision_by_name("fixed").unwrap();
+            assert!(run_with(&s, fixed, false).divergence.is_none(), "{name}");
         } else if name.starts_with("pair_") {
             // Two records: a batch and its second vCPU's op.
             assert_eq!(bytes.len(), 2 * harness::scenario::OP_SIZE, "{name}");
