@@ -43,6 +43,54 @@ pub fn target_options() -> (Option<HwSemantics>, bool, bool, bool) {
     })
 }
 
+/// Whether the targets use the op-level mutator ([`crate::mutate`]): `P2M_MUTATOR=on`
+/// (the default) or `off` (libFuzzer's own mutations only, to measure the mutator); a bad
+/// value stops the fuzzer at once.
+pub fn mutator_enabled() -> bool {
+    static ON: OnceLock<bool> = OnceLock::new();
+    *ON.get_or_init(|| match std::env::var("P2M_MUTATOR").as_deref() {
+        Err(_) | Ok("on") | Ok("1") => true,
+        Ok("off") | Ok("0") => false,
+        Ok(v) => {
+            eprintln!("p2m-fuzz target: P2M_MUTATOR: `{v}` is not on or off");
+            std::process::exit(2)
+        }
+    })
+}
+
+/// The targets' `LLVMFuzzerCustomMutator`: [`crate::mutate::mutate`], or only
+/// `libfuzzer` (libFuzzer's `fuzzer_mutate`) with `P2M_MUTATOR=off`.
+pub fn custom_mutate(
+    data: &mut [u8],
+    size: usize,
+    max_size: usize,
+    seed: u32,
+    libfuzzer: &mut dyn FnMut(&mut [u8], usize, usize) -> usize,
+) -> usize {
+    if mutator_enabled() {
+        crate::mutate::mutate(data, size, max_size, seed, libfuzzer)
+    } else {
+        libfuzzer(data, size, max_size)
+    }
+}
+
+/// The targets' `LLVMFuzzerCustomCrossOver`: [`crate::mutate::crossover`] (whole
+/// records), or with `P2M_MUTATOR=off` a byte-level splice like libFuzzer's own (a prefix
+/// of `a` and a suffix of `b` cut anywhere), which a custom crossover replaces.
+pub fn custom_crossover(a: &[u8], b: &[u8], out: &mut [u8], seed: u32) -> usize {
+    if mutator_enabled() {
+        return crate::mutate::crossover(a, b, out, seed);
+    }
+    let x = u64::from(seed).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    let ka = (x % (a.len() as u64 + 1)) as usize;
+    let kb = ((x >> 32) % (b.len() as u64 + 1)) as usize;
+    let n = (ka + b.len() - kb).min(out.len());
+    let na = ka.min(n);
+    out[..na].copy_from_slice(&a[..na]);
+    out[na..n].copy_from_slice(&b[kb..kb + (n - na)]);
+    n
+}
+
 /// Runs `s` under the target revision and options; a divergence panics with the full
 /// report (with `P2M_REACHABLE=1`, only one a Xen caller can produce).
 pub fn check(s: &Scenario) {

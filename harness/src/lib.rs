@@ -10,6 +10,7 @@ pub mod fuzzing;
 pub mod generate;
 pub mod log_check;
 pub mod minimize;
+pub mod mutate;
 pub mod oracle;
 pub mod reach;
 pub mod runner;
