@@ -453,7 +453,7 @@ mod tests {
         let mut buf = vec![0u8; 64];
         for seed in 0..50 {
             let n = mutate(&mut buf, 0, 64, seed, &mut no_fallback);
-            assert!(n <= 64 && (n == 0 || (n - HEADER_SIZE) % OP_SIZE == 0));
+            assert!(n <= 64 && (n == 0 || (n - HEADER_SIZE).is_multiple_of(OP_SIZE)));
         }
     }
 }
