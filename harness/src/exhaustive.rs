@@ -13,7 +13,7 @@
 //!
 //! # The caller alphabet (the default of `p2m-fuzz exhaustive`)
 //!
-//! [`AbstractDomain::callers`]: the Xen callers over the gfns below (38 letters; see its
+//! [`AbstractDomain::callers`]: the Xen callers over the gfns below (45 letters; see its
 //! doc). Depth 3 takes well under a second per configuration; `fixed` and `master-fixed`
 //! are clean there (test `caller_alphabet_is_clean_on_the_fixed_revisions_and_finds_batch_holes`).
 //! Reduction 2 is off for it (a refused caller op may still change state); the others
@@ -318,8 +318,9 @@ impl AbstractDomain {
     /// `add_to_physmap_range` of one page both ways between the 4 KiB and the 2 MiB gfn, the
     /// same batch with a second vCPU giving the moved page back (XSA-346's shape), an
     /// identity map of one reserved page (RMRR `rw`, read-only IVMD, removal), VRAM
-    /// tracking (two pages, the whole 2 MiB region, stop) and a vCPU reading or writing
-    /// the 4 KiB gfn, and fault injection (`fail_alloc`, allocations 1 to 3 of the next op). Left out:
+    /// tracking (two pages, the whole 2 MiB region, stop), a vCPU reading or writing
+    /// the 4 KiB gfn, the 2 MiB region populated and emptied page by page (512 one-page
+    /// extents each), and fault injection (`fail_alloc`, allocations 1 to 3 of the next op). Left out:
     /// `set_mem_access` (outside security support with passthrough), `assign_device`
     /// (hot-plug is a configuration the search does not enumerate) and 1 GiB extents (their
     /// 512 tables make every sequence slow; the random search has them).
@@ -415,6 +416,21 @@ impl AbstractDomain {
                 FrameKind::Invalid,
             );
         }
+        // The 2 MiB region ballooned in page by page (frames congruent to the gfns: the
+        // IOMMU may coalesce it) and given back page by page.
+        let run = CallerOp::PopulateRun {
+            gfn: GFN_2M,
+            mfn: SAME_BASE + GFN_2M,
+            nr: 512,
+        };
+        push(Op::Call(run), FrameKind::Same);
+        push(
+            Op::Call(CallerOp::DecreaseRun {
+                gfn: GFN_2M,
+                nr: 512,
+            }),
+            FrameKind::Invalid,
+        );
         for nth in 1..=3 {
             push(Op::FailAlloc { nth }, FrameKind::Invalid);
         }

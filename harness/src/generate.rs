@@ -241,15 +241,16 @@ impl Swarm {
     /// A caller op at `gfn` (aligned to `order`): mostly populating with fresh frames from
     /// `heap` and returning pages, else retyping (the device model's set-mem-type, the
     /// toolstack's broken-page marking), MMIO mapping (around and inside
-    /// `mmio_ro_ranges`), device assignment, identity maps, VRAM tracking and a vCPU's
-    /// own accesses, rarely an introspection access change.
+    /// `mmio_ro_ranges`), device assignment, identity maps, VRAM tracking, a vCPU's own
+    /// accesses, a region ballooned in or out page by page, rarely an introspection
+    /// access change.
     fn caller(&self, rng: &mut SmallRng, gfn: u64, order: u32, heap: &mut u64) -> CallerOp {
         let nr = if rng.gen_bool(0.9) {
             *[1u32, 2, 3, 16].choose(rng).expect("nr")
         } else {
             512
         };
-        match rng.gen_range(0..28u8) {
+        match rng.gen_range(0..30u8) {
             0..=6 => {
                 // 4.6 shadow mode writes a 1 GiB extent as 2^18 4 KiB entries: kept to
                 // 2 MiB here so a search costs time per op, not per page.
@@ -309,6 +310,19 @@ impl Swarm {
             25 | 26 => CallerOp::GuestAccess {
                 gfn,
                 write: rng.gen_bool(0.7),
+            },
+            // A region ballooned in or out page by page (one hypercall, many extents):
+            // fresh frames congruent to the gfns, so the IOMMU may coalesce the region.
+            28 => {
+                let g = gfn & !511;
+                let nr = *[16u32, 256, 512].choose(rng).expect("nr");
+                let mfn = heap.next_multiple_of(512) + (g & 511);
+                *heap = mfn + u64::from(nr);
+                CallerOp::PopulateRun { gfn: g, mfn, nr }
+            }
+            29 => CallerOp::DecreaseRun {
+                gfn: gfn & !511,
+                nr: *[1u32, 16, 256, 512].choose(rng).expect("nr"),
             },
             _ => CallerOp::SetMemAccess {
                 gfn,

@@ -407,6 +407,23 @@ fn simpler_calls(c: &CallerOp) -> Vec<CallerOp> {
                 }
             }
         }
+        // A run of extents shrinks to fewer, down to the one-extent op it repeats.
+        CallerOp::PopulateRun { gfn, mfn, nr } => {
+            v.push(CallerOp::Populate { gfn, mfn, order: 0 });
+            if nr / 2 > 1 {
+                v.push(CallerOp::PopulateRun {
+                    gfn,
+                    mfn,
+                    nr: nr / 2,
+                });
+            }
+        }
+        CallerOp::DecreaseRun { gfn, nr } => {
+            v.push(CallerOp::DecreaseReservation { gfn, order: 0 });
+            if nr / 2 > 1 {
+                v.push(CallerOp::DecreaseRun { gfn, nr: nr / 2 });
+            }
+        }
         CallerOp::TrackDirtyVram { gfn, nr } => {
             for n in [1, nr / 2] {
                 if n > 0 && n < nr {

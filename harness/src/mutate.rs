@@ -10,7 +10,7 @@
 //!
 //! | kind | weight | what it does |
 //! |---|---|---|
-//! | insert | 24 | a new caller op at a gfn drawn from the input (see below), biased to the ops that build state: populate (4 KiB, 2 MiB), decrease, VRAM tracking, a vCPU's access, retype, a batch, fault injection |
+//! | insert | 24 | a new caller op at a gfn drawn from the input (see below), biased to the ops that build state: populate (4 KiB, 2 MiB, a run of one-page extents over a region), decrease (a page, a run), VRAM tracking, a vCPU's access, retype, a batch, fault injection |
 //! | retarget | 16 | one record's gfn replaced by one drawn from the input |
 //! | duplicate | 10 | a record copied next to itself (with a fresh gfn drawn from the input half the time) |
 //! | delete | 8 | a record removed |
@@ -129,7 +129,7 @@ fn draw_gfn(rng: &mut Rng, known: &[u64]) -> u64 {
 /// A caller op at `gfn` that builds or changes state, from the pool's frames.
 fn fresh_call(rng: &mut Rng, gfn: u64) -> Op {
     let call = |c: CallerOp| Op::Call(c);
-    match rng.below(16) {
+    match rng.below(17) {
         0..=2 => call(CallerOp::Populate {
             gfn,
             mfn: MFN_POOL_BASE + (gfn & 0xfffff),
@@ -166,6 +166,21 @@ fn fresh_call(rng: &mut Rng, gfn: u64) -> Op {
             nth: 1 + rng.below(3) as u32,
         },
         13 => call(CallerOp::SetBrokenPage { gfn }),
+        14 => {
+            // A region ballooned in page by page, frames congruent to the gfns (the IOMMU
+            // may coalesce it), or given back page by page.
+            let g = gfn & !511;
+            let nr = [16, 256, 512][rng.below(3) as usize];
+            if rng.below(3) == 0 {
+                call(CallerOp::DecreaseRun { gfn: g, nr })
+            } else {
+                call(CallerOp::PopulateRun {
+                    gfn: g,
+                    mfn: MFN_POOL_BASE + (g & 0xfffff),
+                    nr,
+                })
+            }
+        }
         _ => call(CallerOp::MemoryMapping {
             gfn,
             mfn: p2m_core::MAX_PAGE + (gfn & 0xffff),
@@ -225,6 +240,8 @@ fn with_gfn(op: Op, gfn: u64) -> Op {
                 add,
             },
             CallerOp::TrackDirtyVram { nr, .. } => CallerOp::TrackDirtyVram { gfn, nr },
+            CallerOp::PopulateRun { mfn, nr, .. } => CallerOp::PopulateRun { gfn, mfn, nr },
+            CallerOp::DecreaseRun { nr, .. } => CallerOp::DecreaseRun { gfn, nr },
             CallerOp::GuestAccess { write, .. } => CallerOp::GuestAccess { gfn, write },
             CallerOp::AssignDevice => CallerOp::AssignDevice,
         }),

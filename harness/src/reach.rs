@@ -76,34 +76,22 @@ pub fn caller_verdict(
             if order > 18 {
                 return None; // the op does nothing
             }
-            let frames = GfnRange::of_order(mfn, order);
             if mfn & ((1 << order) - 1) != 0 {
                 return Some(Unreachable::InternalApi(
                     "the buddy allocator hands out 2^order-aligned extents",
                 ));
             }
-            if frames.end > p2m_core::MAX_PAGE || mfn == 0 {
-                return Some(Unreachable::InternalApi(
-                    "the allocator hands out RAM frames only (below max_page, never frame 0)",
-                ));
-            }
-            let table = dom.mem().ever_allocated().iter().any(|&f| {
-                frames.contains(f)
-                    && dom
-                        .mem()
-                        .info(f)
-                        .is_some_and(|i| i.state != p2m_core::frames::FrameState::Free)
-            });
-            let mapped = refm.extents().any(|(_, e)| {
-                e.mfn != INVALID_MFN
-                    && e.mfn.0 < frames.end
-                    && e.mfn.0.saturating_add(e.len) > frames.start
-            });
-            (table || mapped).then_some(Unreachable::InternalApi(
-                "the allocator never hands out a page in use (a live table or a page the \
-                 domain maps)",
-            ))
+            allocator_verdict(GfnRange::of_order(mfn, order), refm, dom)
         }
+        // Each extent is a populate of one page: the run's frames are judged together.
+        CallerOp::PopulateRun { mfn, nr, .. } => allocator_verdict(
+            GfnRange {
+                start: mfn,
+                end: mfn.saturating_add(nr.into()),
+            },
+            refm,
+            dom,
+        ),
         CallerOp::MemoryMapping { mfn, nr, .. } => (mfn < p2m_core::MAX_PAGE
             || mfn.saturating_add(nr.into()) > crate::scenario::MFN_LITERAL_LIMIT)
             .then_some(Unreachable::InternalApi(
@@ -141,12 +129,40 @@ pub fn caller_verdict(
         // The device model tracks any VRAM range it likes (`XEN_DMOP_track_dirty_vram`
         // is not refused for a domain with a device); a vCPU touches any gfn.
         CallerOp::DecreaseReservation { .. }
+        | CallerOp::DecreaseRun { .. }
         | CallerOp::SetMemType { .. }
         | CallerOp::SetBrokenPage { .. }
         | CallerOp::TrackDirtyVram { .. }
         | CallerOp::GuestAccess { .. }
         | CallerOp::AssignDevice => None,
     }
+}
+
+/// Why the page allocator never hands out `frames` to a populate, given the domain's
+/// state: beyond the RAM or frame 0, a live table, or a page the domain maps.
+fn allocator_verdict(
+    frames: GfnRange,
+    refm: &RefModel,
+    dom: &p2m_core::Domain,
+) -> Option<Unreachable> {
+    if frames.end > p2m_core::MAX_PAGE || frames.start == 0 {
+        return Some(Unreachable::InternalApi(
+            "the allocator hands out RAM frames only (below max_page, never frame 0)",
+        ));
+    }
+    let table = dom.mem().ever_allocated().iter().any(|&f| {
+        frames.contains(f)
+            && dom
+                .mem()
+                .info(f)
+                .is_some_and(|i| i.state != p2m_core::frames::FrameState::Free)
+    });
+    let mapped = refm.extents().any(|(_, e)| {
+        e.mfn != INVALID_MFN && e.mfn.0 < frames.end && e.mfn.0.saturating_add(e.len) > frames.start
+    });
+    (table || mapped).then_some(Unreachable::InternalApi(
+        "the allocator never hands out a page in use (a live table or a page the domain maps)",
+    ))
 }
 
 /// Like [`unreachable_reason`], with the access rule: an access other than the default

@@ -136,6 +136,8 @@ fn fuzz_dictionary_entries_decode_as_documented() {
                 "assign_device" => "assign_device",
                 "identity_map_r_add" => "identity_map",
                 "track_dirty_vram_2m" => "track_dirty_vram",
+                "populate_run_2m" => "populate_physmap",
+                "decrease_run_2m" => "decrease_reservation",
                 "guest_access_write" => "guest_access",
                 _ => panic!("{name}: undocumented caller entry"),
             };
@@ -146,6 +148,12 @@ fn fuzz_dictionary_entries_decode_as_documented() {
                 }
                 CallerOp::GuestAccess { gfn, write } => {
                     assert!(write && (0x200..0x400).contains(&gfn), "{name}: {c}")
+                }
+                CallerOp::PopulateRun { gfn, mfn, nr } => {
+                    assert_eq!((gfn, mfn, nr), (0x200, 0x100200, 512), "{name}: {c}")
+                }
+                CallerOp::DecreaseRun { gfn, nr } => {
+                    assert_eq!((gfn, nr), (0x200, 512), "{name}: {c}")
                 }
                 _ => {}
             }

@@ -80,6 +80,26 @@ pub enum CallerOp {
         /// Extent order.
         order: u32,
     },
+    /// `XENMEM_populate_physmap` with `nr` extents of order 0 at consecutive gfns: how a
+    /// guest balloons a region in page by page (`memory.c`'s extent loop, one
+    /// `guest_physmap_add_page` each), the allocator handing out consecutive frames from
+    /// `mfn` — with `mfn ≡ gfn (mod 512)` the IOMMU may coalesce the region.
+    PopulateRun {
+        /// First gfn.
+        gfn: u64,
+        /// Frame of the first extent.
+        mfn: u64,
+        /// Extents (1..=[`MAX_CALL_PAGES`]).
+        nr: u32,
+    },
+    /// `XENMEM_decrease_reservation` with `nr` extents of order 0 at consecutive gfns: a
+    /// region given back page by page (the last page may free its tables).
+    DecreaseRun {
+        /// First gfn.
+        gfn: u64,
+        /// Extents (1..=[`MAX_CALL_PAGES`]).
+        nr: u32,
+    },
     /// `XENMEM_decrease_reservation`, one extent: `guest_remove_page` on each of its
     /// `2^order` gfns.
     DecreaseReservation {
@@ -171,8 +191,10 @@ impl CallerOp {
     /// The name of the Xen entry point, as the trace writes it.
     pub fn name(&self) -> &'static str {
         match self {
-            CallerOp::Populate { .. } => "populate_physmap",
-            CallerOp::DecreaseReservation { .. } => "decrease_reservation",
+            CallerOp::Populate { .. } | CallerOp::PopulateRun { .. } => "populate_physmap",
+            CallerOp::DecreaseReservation { .. } | CallerOp::DecreaseRun { .. } => {
+                "decrease_reservation"
+            }
             CallerOp::SetMemType { .. } => "set_mem_type",
             CallerOp::MemoryMapping { .. } => "memory_mapping",
             CallerOp::SetMemAccess { .. } => "set_mem_access",
@@ -189,6 +211,8 @@ impl CallerOp {
         match self {
             CallerOp::Populate { .. }
             | CallerOp::DecreaseReservation { .. }
+            | CallerOp::PopulateRun { .. }
+            | CallerOp::DecreaseRun { .. }
             | CallerOp::GuestAccess { .. } => "guest",
             CallerOp::SetMemType { .. } | CallerOp::TrackDirtyVram { .. } => "device model",
             CallerOp::MemoryMapping { .. }
@@ -210,6 +234,8 @@ impl CallerOp {
             | CallerOp::IdentityMap { gfn, .. }
             | CallerOp::TrackDirtyVram { gfn, .. }
             | CallerOp::GuestAccess { gfn, .. }
+            | CallerOp::PopulateRun { gfn, .. }
+            | CallerOp::DecreaseRun { gfn, .. }
             | CallerOp::SetBrokenPage { gfn } => gfn,
             CallerOp::AssignDevice => 0,
         }
@@ -226,6 +252,8 @@ impl CallerOp {
             | CallerOp::MemoryMapping { nr, .. }
             | CallerOp::SetMemAccess { nr, .. }
             | CallerOp::IdentityMap { nr, .. }
+            | CallerOp::PopulateRun { nr, .. }
+            | CallerOp::DecreaseRun { nr, .. }
             | CallerOp::TrackDirtyVram { nr, .. } => nr as u64,
             CallerOp::SetBrokenPage { .. } | CallerOp::GuestAccess { .. } => 1,
             CallerOp::AssignDevice => 0,
@@ -243,6 +271,10 @@ impl fmt::Display for CallerOp {
             CallerOp::DecreaseReservation { gfn, order } => {
                 write!(f, "{n} gfn={gfn:#x} order={order}")
             }
+            CallerOp::PopulateRun { gfn, mfn, nr } => {
+                write!(f, "{n} gfn={gfn:#x} mfn={mfn:#x} order=0 nr={nr}")
+            }
+            CallerOp::DecreaseRun { gfn, nr } => write!(f, "{n} gfn={gfn:#x} order=0 nr={nr}"),
             CallerOp::SetMemType { gfn, nr, mem_type } => {
                 write!(f, "{n} gfn={gfn:#x} nr={nr} {mem_type}")
             }
@@ -278,6 +310,21 @@ impl fmt::Display for CallerOp {
             }
         }
     }
+}
+
+/// The extent loop of `XENMEM_populate_physmap` / `XENMEM_decrease_reservation` over
+/// `nr` extents, `one(i)` doing extent `i`: pages done add up; the first error stops the
+/// hypercall (4.6's populate never reports one).
+pub fn run_extents(nr: u32, mut one: impl FnMut(u64) -> BatchOutcome) -> BatchOutcome {
+    let mut done = 0;
+    for i in 0..u64::from(nr) {
+        let o = one(i);
+        done += o.done;
+        if o.rc.is_err() {
+            return BatchOutcome { done, rc: o.rc };
+        }
+    }
+    BatchOutcome { done, rc: Ok(()) }
 }
 
 /// A second vCPU's caller op inside an `add_to_physmap_range` batch: it runs once the

@@ -8,6 +8,7 @@
 //! | op | Xen master | Xen 4.6 |
 //! |----|-----------|---------|
 //! | `populate_physmap` (`memory.c`, `p2m_add_page` / `guest_physmap_add_entry`) | order > 18: nothing; frame not RAM: `-EINVAL`; any old shared page: `-ENOMEM`, any old grant, foreign or `mmio_direct` entry: crash, `-EPERM` (nothing written); else the range maps the extent `ram_rw` | order > 18: nothing; shared: nothing; grant or foreign: crash; else mapped; the extent always counts as done (the result is ignored) |
+//! | `populate_physmap … nr=N`, `decrease_reservation … nr=N` (N extents of order 0 at consecutive gfns, consecutive frames) | each extent as above, in order; pages done add up; the first error ends the hypercall | same |
 //! | `decrease_reservation` (`guest_remove_page` per page) | order > 12: nothing; a hole `-EINVAL`; `mmio_direct` `-EPERM`; no RAM frame `-EINVAL`; shared `-ENOMEM`; not the domain's page `-ENXIO`; else emptied | order > 18: nothing; paging types emptied; `mmio_direct` cleared; no RAM frame, shared, not the domain's page: stop; else emptied |
 //! | `set_mem_type` (`p2m_change_type_one` per page) | `ioreq_server` without HAP `-EOPNOTSUPP`; shared `-EAGAIN`; to `ioreq_server` only from `ram_rw`, from it only to `ram_rw`, any RAM type to the others, a hole only to `mmio_dm` (else `-EINVAL`); the frame kept, access `rwx` | paging or shared `-EAGAIN`; RAM to anything, a hole to `mmio_dm`, `mmio_write_dm` to `ram_rw`; a refusal after a change returns 0 |
 //! | `memory_mapping` add | per page `mmio_direct` `rwx`; an old grant, foreign or `mmio_direct` entry of another frame (or type) crashes the domain, `-EPERM`; the same one is kept | more than 64 frames `-E2BIG`; a grant or foreign entry crashes the domain, `-ENOENT`, and the pages mapped so far are cleared |
@@ -54,6 +55,20 @@ fn memtype(t: HvmMemType) -> P2mType {
         HvmMemType::MmioDm => P2mType::MmioDm,
         HvmMemType::IoreqServer => P2mType::MmioWriteDm,
     }
+}
+
+/// `nr` extents one after the other (`one(i)` the `i`-th): pages done add up, the first
+/// error ends the hypercall.
+fn extents(nr: u32, mut one: impl FnMut(u64) -> BatchOutcome) -> BatchOutcome {
+    let mut done = 0;
+    for i in 0..u64::from(nr) {
+        let o = one(i);
+        done += o.done;
+        if let Err(e) = o.rc {
+            return err(done, e);
+        }
+    }
+    ok(done)
 }
 
 /// `n` pages done, no error.
@@ -112,6 +127,12 @@ impl RefModel {
             CallerOp::Populate { gfn, mfn, order } => self.populate(master, gfn, mfn, order),
             CallerOp::DecreaseReservation { gfn, order } => {
                 self.decrease(master, gfn, order, table)
+            }
+            CallerOp::PopulateRun { gfn, mfn, nr } => {
+                extents(nr, |i| self.populate(master, gfn + i, mfn + i, 0))
+            }
+            CallerOp::DecreaseRun { gfn, nr } => {
+                extents(nr, |i| self.decrease(master, gfn + i, 0, table))
             }
             CallerOp::SetMemType { gfn, nr, mem_type } => {
                 self.set_mem_type(master, gfn, nr.into(), memtype(mem_type))

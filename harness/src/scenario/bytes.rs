@@ -71,7 +71,9 @@
 //!   the memory type `b5 % 4`, the access `b5 % 10`; `memory_mapping`'s frame is
 //!   `MAX_PAGE + (v & 0xffffff)` (device MMIO, `mmio_ro_ranges` included) when `b4 & 1`
 //!   is clear, the literal `v` when set, and `b4 bit 4` set means remove.
-//! - `b11` from 0xd0 up picks the later kinds instead: 0xd0-0xd7 `track_dirty_vram`
+//! - `b11` from 0xc0 up picks the later kinds instead: 0xc0-0xcf a run of `nr` one-page
+//!   extents, `populate_physmap` (frame as a populate's) or, with `b4` bit 4,
+//!   `decrease_reservation`; 0xd0-0xd7 `track_dirty_vram`
 //!   (`nr` as above, or 0 — stop tracking — when `b4` bit 4 is set), 0xd8-0xdf
 //!   `guest_access` (a read when `b4` bit 4 is set, else a write), 0xe0 and up
 //!   `identity_map` (the access `b5 % 3` of `rw`, `r`, `w`; `b4` bit 4: remove).
@@ -338,11 +340,15 @@ pub(super) fn check_call(c: &CallerOp, mode: Mode) -> Result<(), String> {
         | CallerOp::SetMemAccess { nr, .. }
         | CallerOp::MemoryMapping { nr, .. }
         | CallerOp::IdentityMap { nr, .. }
+        | CallerOp::PopulateRun { nr, .. }
+        | CallerOp::DecreaseRun { nr, .. }
             if !call_pages(nr) =>
         {
             return Err(format!("{c}: nr not one of 1..=16, 32, 64, 128, 256, 512"));
         }
-        CallerOp::MemoryMapping { mfn, .. } if mfn >= MFN_LITERAL_LIMIT => {
+        CallerOp::MemoryMapping { mfn, .. } | CallerOp::PopulateRun { mfn, .. }
+            if mfn >= MFN_LITERAL_LIMIT =>
+        {
             return Err(format!("{c}: mfn does not fit 40 bits"));
         }
         CallerOp::TrackDirtyVram { nr, .. } if nr != 0 && !call_pages(nr) => {
@@ -505,6 +511,23 @@ fn encode_call(c: &CallerOp, _gfn: u64) -> [u8; OP_SIZE] {
         }
         CallerOp::AssignDevice => o[11] = 5,
         CallerOp::SetBrokenPage { .. } => o[11] = 6,
+        CallerOp::PopulateRun { mfn, nr, .. } => {
+            o[11] = RUN_KIND;
+            nr_bytes(&mut o, nr);
+            let mfn = mfn & (MFN_LITERAL_LIMIT - 1);
+            let (kind, v) = if (MFN_POOL_BASE..MFN_POOL_BASE + MFN_POOL_SIZE).contains(&mfn) {
+                (0u8, mfn - MFN_POOL_BASE)
+            } else {
+                (1, mfn)
+            };
+            o[4] |= kind;
+            o[5..10].copy_from_slice(&v.to_le_bytes()[..5]);
+        }
+        CallerOp::DecreaseRun { nr, .. } => {
+            o[11] = RUN_KIND;
+            nr_bytes(&mut o, nr);
+            o[4] |= B4_REMOVE;
+        }
         CallerOp::TrackDirtyVram { nr, .. } => {
             o[11] = TRACK_KIND;
             nr_bytes(&mut o, nr);
@@ -540,6 +563,10 @@ fn encode_call(c: &CallerOp, _gfn: u64) -> [u8; OP_SIZE] {
 /// caller record).
 const IDENTITY_KIND: u8 = 0xe0;
 
+/// `b11` of a run of one-page extents: `0xc0..=0xcf`, a `populate_physmap` (frame as a
+/// populate's) or, with `b4` bit 4, a `decrease_reservation`.
+const RUN_KIND: u8 = 0xc0;
+
 /// `b11` of a `track_dirty_vram` record: `0xd0..=0xd7` (`b4` bit 4: `nr` = 0, stop).
 const TRACK_KIND: u8 = 0xd0;
 
@@ -565,6 +592,17 @@ fn decode_call(b: &[u8; OP_SIZE], mode: Mode) -> CallerOp {
                 P2mAccess::X
             },
             add,
+        };
+    }
+    if (RUN_KIND..TRACK_KIND).contains(&b[11]) {
+        return if b[4] & B4_REMOVE != 0 {
+            CallerOp::DecreaseRun { gfn, nr }
+        } else {
+            let mfn = match b[4] & 3 {
+                1 => v,
+                _ => MFN_POOL_BASE + (v & (MFN_POOL_SIZE - 1)),
+            };
+            CallerOp::PopulateRun { gfn, mfn, nr }
         };
     }
     if b[11] >= TRACK_KIND {

@@ -30,7 +30,8 @@
 //!   gfn I to gfn G; both gfns below [`GFN_WINDOW`].
 //! - Caller ops (each the Xen entry point it names, see `p2m_core::callers`), keys in any
 //!   order, gfns and frames below the byte format's limits:
-//!   `populate_physmap gfn=G mfn=F order=O`, `decrease_reservation gfn=G order=O`,
+//!   `populate_physmap gfn=G mfn=F order=O`, `decrease_reservation gfn=G order=O` (with
+//!   `order=0 nr=N`: N extents, one page each, at consecutive gfns and frames),
 //!   `set_mem_type gfn=G nr=N TYPE` (`ram_rw`, `ram_ro`, `mmio_dm`, `ioreq_server`),
 //!   `memory_mapping gfn=G mfn=F nr=N add|remove`, `set_mem_access gfn=G nr=N ACCESS`,
 //!   `set_broken_page_p2m gfn=G`, `assign_device`, `identity_map gfn=G nr=N rw|r|w add`,
@@ -494,19 +495,23 @@ fn parse_call<'a>(head: &str, words: impl Iterator<Item = &'a str>) -> Result<Ca
     let need_order = || order.ok_or_else(|| format!("{head} without `order=`"));
     let need_nr = || nr.ok_or_else(|| format!("{head} without `nr=`"));
     Ok(match head {
+        // With `nr=N`: N extents of order 0 at consecutive gfns in one hypercall.
         "populate_physmap" => {
             no_words()?;
-            CallerOp::Populate {
-                gfn: gfn_of(gfn)?,
-                mfn: need(mfn, "mfn")?,
-                order: need_order()?,
+            let (gfn, mfn, order) = (gfn_of(gfn)?, need(mfn, "mfn")?, need_order()?);
+            match nr {
+                None => CallerOp::Populate { gfn, mfn, order },
+                Some(nr) if order == 0 => CallerOp::PopulateRun { gfn, mfn, nr },
+                Some(_) => return Err("populate_physmap with nr= takes order=0 extents".into()),
             }
         }
         "decrease_reservation" => {
             no_words()?;
-            CallerOp::DecreaseReservation {
-                gfn: gfn_of(gfn)?,
-                order: need_order()?,
+            let (gfn, order) = (gfn_of(gfn)?, need_order()?);
+            match nr {
+                None => CallerOp::DecreaseReservation { gfn, order },
+                Some(nr) if order == 0 => CallerOp::DecreaseRun { gfn, nr },
+                Some(_) => return Err("decrease_reservation with nr= takes order=0 extents".into()),
             }
         }
         "set_mem_type" => {

@@ -191,6 +191,12 @@ pub fn caller_op(p2m: &mut P2m, cx: &mut Cx, refs: &mut PageRefs, op: CallerOp) 
         CallerOp::DecreaseReservation { gfn, order } => {
             memory::decrease_reservation(p2m, cx, refs, gfn, order)
         }
+        CallerOp::PopulateRun { gfn, mfn, nr } => crate::callers::run_extents(nr, |i| {
+            memory::populate_physmap(p2m, cx, gfn + i, mfn + i, 0)
+        }),
+        CallerOp::DecreaseRun { gfn, nr } => crate::callers::run_extents(nr, |i| {
+            memory::decrease_reservation(p2m, cx, refs, gfn + i, 0)
+        }),
         CallerOp::SetMemType { gfn, nr, mem_type } => {
             dm::set_mem_type(p2m, cx, gfn, nr.into(), mem_type)
         }

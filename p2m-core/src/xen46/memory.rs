@@ -348,6 +348,12 @@ pub fn caller_op(
         CallerOp::DecreaseReservation { gfn, order } => {
             decrease_reservation(p2m, cx, refs, gfn, order)
         }
+        CallerOp::PopulateRun { gfn, mfn, nr } => {
+            crate::callers::run_extents(nr, |i| populate_physmap(p2m, cx, gfn + i, mfn + i, 0))
+        }
+        CallerOp::DecreaseRun { gfn, nr } => {
+            crate::callers::run_extents(nr, |i| decrease_reservation(p2m, cx, refs, gfn + i, 0))
+        }
         CallerOp::SetMemType { gfn, nr, mem_type } => {
             hvm::hvmop_set_mem_type(p2m, cx, gfn, nr.into(), mem_type)
         }
