@@ -104,13 +104,7 @@ pub fn caller_verdict(
                 start: gfn,
                 end: gfn.saturating_add(nr.into()),
             };
-            let table = dom.mem().ever_allocated().iter().any(|&f| {
-                frames.contains(f)
-                    && dom
-                        .mem()
-                        .info(f)
-                        .is_some_and(|i| i.state != p2m_core::frames::FrameState::Free)
-            });
+            let table = live_table_in(dom, frames);
             let mapped = add
                 && refm.extents().any(|(g, e)| {
                     e.mfn != INVALID_MFN
@@ -138,6 +132,17 @@ pub fn caller_verdict(
     }
 }
 
+/// Whether a live Xen table sits in one of `frames`.
+fn live_table_in(dom: &p2m_core::Domain, frames: GfnRange) -> bool {
+    dom.mem().ever_allocated().iter().any(|&f| {
+        frames.contains(f)
+            && dom
+                .mem()
+                .info(f)
+                .is_some_and(|i| i.state != p2m_core::frames::FrameState::Free)
+    })
+}
+
 /// Why the page allocator never hands out `frames` to a populate, given the domain's
 /// state: beyond the RAM or frame 0, a live table, or a page the domain maps.
 fn allocator_verdict(
@@ -150,13 +155,7 @@ fn allocator_verdict(
             "the allocator hands out RAM frames only (below max_page, never frame 0)",
         ));
     }
-    let table = dom.mem().ever_allocated().iter().any(|&f| {
-        frames.contains(f)
-            && dom
-                .mem()
-                .info(f)
-                .is_some_and(|i| i.state != p2m_core::frames::FrameState::Free)
-    });
+    let table = live_table_in(dom, frames);
     let mapped = refm.extents().any(|(_, e)| {
         e.mfn != INVALID_MFN && e.mfn.0 < frames.end && e.mfn.0.saturating_add(e.len) > frames.start
     });

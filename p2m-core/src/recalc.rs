@@ -137,6 +137,84 @@ impl RecalcState {
     }
 }
 
+/// What `hap_track_dirty_vram` does to the p2m for one call (`hap.c`, the same decision on
+/// both lines; each line carries it out with its own `p2m_change_type_range` and
+/// `p2m_change_type_one`).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum VramStep {
+    /// A new range: the old one (if any) `ram_logdirty` → `ram_rw`, then the new one
+    /// `ram_rw` → `ram_logdirty`, by range type changes.
+    Move {
+        /// The range tracked until now.
+        old: Option<GfnRange>,
+        /// The range tracked from now on.
+        new: GfnRange,
+    },
+    /// The same range again: each gfn `ram_rw` → `ram_logdirty` by `p2m_change_type_one`
+    /// (`p2m_log_dirty_range`), failures ignored.
+    Rearm(GfnRange),
+    /// `nr` = 0: the tracked range back to `ram_rw`, tracking ends.
+    Stop(GfnRange),
+    /// `nr` = 0 with nothing tracked.
+    Nothing,
+}
+
+/// The decision of `hap_track_dirty_vram(d, begin_pfn, nr)` given the tracked range
+/// (`d->arch.hvm.dirty_vram`, updated here).
+pub fn hap_track_dirty_vram_step(st: &mut RecalcState, begin_pfn: u64, nr: u64) -> VramStep {
+    let tracked = st.dirty_vram.filter(|r| !r.is_empty());
+    if nr == 0 {
+        st.dirty_vram = None;
+        return tracked.map_or(VramStep::Nothing, VramStep::Stop);
+    }
+    let new = GfnRange {
+        start: begin_pfn,
+        end: begin_pfn.saturating_add(nr),
+    };
+    if tracked == Some(new) {
+        return VramStep::Rearm(new);
+    }
+    st.dirty_vram = Some(new);
+    VramStep::Move { old: tracked, new }
+}
+
+/// The loop of `ept_change_entry_type_range` / `p2m_pt_change_entry_type_range` (the
+/// same in both files and on both lines): covers `first..=last` (inclusive) with pieces
+/// that each lie in one table, the unaligned head and tail at the lowest level (1 = 4 KiB
+/// entries) that fits them, working in from both ends one level at a time up to 4;
+/// `mark(level, first, last)` marks one piece, and its first error stops the loop. A
+/// range of the whole 2^36-page space marks nothing (the levels run out first), as in Xen.
+pub fn for_each_range_piece<E>(
+    first_gfn: u64,
+    last_gfn: u64,
+    mut mark: impl FnMut(u8, u64, u64) -> Result<(), E>,
+) -> Result<(), E> {
+    let (mut first, mut last) = (first_gfn, last_gfn);
+    let mut mask: u64 = 511;
+    let mut level = 1u8;
+    while level <= 4 {
+        if first & mask != 0 {
+            let end = (first | mask).min(last);
+            mark(level, first, end)?;
+            if end >= last {
+                break;
+            }
+            first = end + 1;
+        } else if last & mask != mask {
+            let start = first.max(last & !mask);
+            mark(level, start, last)?;
+            if start <= first {
+                break;
+            }
+            last = start - 1;
+        } else {
+            level += 1;
+            mask |= mask << 9;
+        }
+    }
+    Ok(())
+}
+
 /// The CPU view of a p2m with recalc marks: what `get_entry` reports, without writing,
 /// for a gfn whose walk meets a mark (`marked`: those gfns, sorted and disjoint) —
 /// `recalc(stored type, gfn is log-dirty)` — merged back into canonical extents. Cost:

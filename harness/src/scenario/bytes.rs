@@ -467,14 +467,7 @@ fn encode_call(c: &CallerOp, _gfn: u64) -> [u8; OP_SIZE] {
             o[11] = 0;
             let mask = (1u64 << order.min(63)) - 1;
             o[0] = call_order_byte(order, (gfn | mfn) & mask != 0);
-            let mfn = mfn & (MFN_LITERAL_LIMIT - 1);
-            let (kind, v) = if (MFN_POOL_BASE..MFN_POOL_BASE + MFN_POOL_SIZE).contains(&mfn) {
-                (0u8, mfn - MFN_POOL_BASE)
-            } else {
-                (1, mfn)
-            };
-            o[4] |= kind;
-            o[5..10].copy_from_slice(&v.to_le_bytes()[..5]);
+            call_frame_bytes(&mut o, mfn);
         }
         CallerOp::DecreaseReservation { gfn, order } => {
             o[11] = 1;
@@ -514,14 +507,7 @@ fn encode_call(c: &CallerOp, _gfn: u64) -> [u8; OP_SIZE] {
         CallerOp::PopulateRun { mfn, nr, .. } => {
             o[11] = RUN_KIND;
             nr_bytes(&mut o, nr);
-            let mfn = mfn & (MFN_LITERAL_LIMIT - 1);
-            let (kind, v) = if (MFN_POOL_BASE..MFN_POOL_BASE + MFN_POOL_SIZE).contains(&mfn) {
-                (0u8, mfn - MFN_POOL_BASE)
-            } else {
-                (1, mfn)
-            };
-            o[4] |= kind;
-            o[5..10].copy_from_slice(&v.to_le_bytes()[..5]);
+            call_frame_bytes(&mut o, mfn);
         }
         CallerOp::DecreaseRun { nr, .. } => {
             o[11] = RUN_KIND;
@@ -563,6 +549,27 @@ fn encode_call(c: &CallerOp, _gfn: u64) -> [u8; OP_SIZE] {
 /// caller record).
 const IDENTITY_KIND: u8 = 0xe0;
 
+/// A populate's frame in `b4 & 3` and `b5..=b9`: 0 and the offset in the pool, or 1 and
+/// the literal frame (see [`call_frame_of`]).
+fn call_frame_bytes(o: &mut [u8; OP_SIZE], mfn: u64) {
+    let mfn = mfn & (MFN_LITERAL_LIMIT - 1);
+    let (kind, v) = if (MFN_POOL_BASE..MFN_POOL_BASE + MFN_POOL_SIZE).contains(&mfn) {
+        (0u8, mfn - MFN_POOL_BASE)
+    } else {
+        (1, mfn)
+    };
+    o[4] |= kind;
+    o[5..10].copy_from_slice(&v.to_le_bytes()[..5]);
+}
+
+/// The frame [`call_frame_bytes`] wrote, `v` being `b5..=b9`.
+fn call_frame_of(b: &[u8; OP_SIZE], v: u64) -> u64 {
+    match b[4] & 3 {
+        1 => v,
+        _ => MFN_POOL_BASE + (v & (MFN_POOL_SIZE - 1)),
+    }
+}
+
 /// `b11` of a run of one-page extents: `0xc0..=0xcf`, a `populate_physmap` (frame as a
 /// populate's) or, with `b4` bit 4, a `decrease_reservation`.
 const RUN_KIND: u8 = 0xc0;
@@ -598,11 +605,11 @@ fn decode_call(b: &[u8; OP_SIZE], mode: Mode) -> CallerOp {
         return if b[4] & B4_REMOVE != 0 {
             CallerOp::DecreaseRun { gfn, nr }
         } else {
-            let mfn = match b[4] & 3 {
-                1 => v,
-                _ => MFN_POOL_BASE + (v & (MFN_POOL_SIZE - 1)),
-            };
-            CallerOp::PopulateRun { gfn, mfn, nr }
+            CallerOp::PopulateRun {
+                gfn,
+                mfn: call_frame_of(b, v),
+                nr,
+            }
         };
     }
     if b[11] >= TRACK_KIND {
@@ -632,10 +639,7 @@ fn decode_call(b: &[u8; OP_SIZE], mode: Mode) -> CallerOp {
             if kind == 1 {
                 return CallerOp::DecreaseReservation { gfn, order };
             }
-            let mfn = match b[4] & 3 {
-                1 => v,
-                _ => MFN_POOL_BASE + (v & (MFN_POOL_SIZE - 1)),
-            };
+            let mfn = call_frame_of(b, v);
             CallerOp::Populate {
                 gfn,
                 mfn: mfn & !mask,

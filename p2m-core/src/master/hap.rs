@@ -6,7 +6,7 @@
 
 use crate::master::domain::{Cx, P2m};
 use crate::master::p2m_typed::{p2m_change_type_one, p2m_change_type_range, recalc_state};
-use crate::types::{GfnRange, P2mType};
+use crate::types::P2mType;
 
 /// `hap_track_dirty_vram(d, begin_pfn, nr_frames, bitmap)` (`hap.c:54-163`), with
 /// `nr_frames` > 0: a new range (or the first) moves tracking — the old range goes
@@ -18,49 +18,21 @@ use crate::types::{GfnRange, P2mType};
 /// `p2m_enable_hardware_log_dirty` and `p2m_flush_hardware_cached_dirty` change nothing;
 /// the bitmap copy and the TLB flushes have no IOMMU effect.
 pub fn hap_track_dirty_vram(p2m: &mut P2m, cx: &mut Cx, begin_pfn: u64, nr_frames: u64) {
-    let tracked = recalc_state(p2m).dirty_vram;
-    if nr_frames > 0 {
-        let new = GfnRange {
-            start: begin_pfn,
-            end: begin_pfn + nr_frames,
-        };
-        let old = tracked.unwrap_or(GfnRange { start: 0, end: 0 });
-        if old != new {
-            recalc_state(p2m).dirty_vram = Some(new);
-            if old.end > old.start {
-                p2m_change_type_range(
-                    p2m,
-                    cx,
-                    old.start,
-                    old.end,
-                    P2mType::RamLogdirty,
-                    P2mType::RamRw,
-                );
+    use crate::recalc::{hap_track_dirty_vram_step, VramStep};
+    let (rw, logdirty) = (P2mType::RamRw, P2mType::RamLogdirty);
+    match hap_track_dirty_vram_step(recalc_state(p2m), begin_pfn, nr_frames) {
+        VramStep::Move { old, new } => {
+            if let Some(old) = old {
+                p2m_change_type_range(p2m, cx, old.start, old.end, logdirty, rw);
             }
-            p2m_change_type_range(
-                p2m,
-                cx,
-                new.start,
-                new.end,
-                P2mType::RamRw,
-                P2mType::RamLogdirty,
-            );
-        } else {
-            for pfn in new.start..new.end {
-                let _ = p2m_change_type_one(p2m, cx, pfn, P2mType::RamRw, P2mType::RamLogdirty);
+            p2m_change_type_range(p2m, cx, new.start, new.end, rw, logdirty);
+        }
+        VramStep::Rearm(r) => {
+            for pfn in r.start..r.end {
+                let _ = p2m_change_type_one(p2m, cx, pfn, rw, logdirty);
             }
         }
-    } else if let Some(old) = tracked {
-        recalc_state(p2m).dirty_vram = None;
-        if old.end > old.start {
-            p2m_change_type_range(
-                p2m,
-                cx,
-                old.start,
-                old.end,
-                P2mType::RamLogdirty,
-                P2mType::RamRw,
-            );
-        }
+        VramStep::Stop(old) => p2m_change_type_range(p2m, cx, old.start, old.end, logdirty, rw),
+        VramStep::Nothing => {}
     }
 }

@@ -743,32 +743,13 @@ impl Ept {
         cx: &mut Cx,
         _ot: P2mType,
         _nt: P2mType,
-        mut first_gfn: u64,
-        mut last_gfn: u64,
+        first_gfn: u64,
+        last_gfn: u64,
     ) -> Result<(), P2mError> {
-        let mut i = 0u8;
-        let mut mask: u64 = (1 << 9) - 1;
-        while i <= 3 {
-            if first_gfn & mask != 0 {
-                let end_gfn = (first_gfn | mask).min(last_gfn);
-                self.invalidate_emt_range(cx, i + 1, first_gfn, end_gfn)?;
-                if end_gfn >= last_gfn {
-                    break;
-                }
-                first_gfn = end_gfn + 1;
-            } else if last_gfn & mask != mask {
-                let start_gfn = first_gfn.max(last_gfn & !mask);
-                self.invalidate_emt_range(cx, i + 1, start_gfn, last_gfn)?;
-                if start_gfn <= first_gfn {
-                    break;
-                }
-                last_gfn = start_gfn - 1;
-            } else {
-                i += 1;
-                mask |= mask << 9;
-            }
-        }
-        Ok(())
+        crate::recalc::for_each_range_piece(first_gfn, last_gfn, |level, first, last| {
+            self.invalidate_emt_range(cx, level, first, last)
+                .map(|_| ())
+        })
     }
 
     /// Models `resolve_misconfig(p2m, gfn)` (`p2m-ept.c:623-765`), run by an EPT

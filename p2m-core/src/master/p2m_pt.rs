@@ -668,30 +668,9 @@ impl P2mPt {
         last_gfn: u64,
     ) -> Result<(), P2mError> {
         let _ = (ot, nt);
-        let (mut first, mut last) = (first_gfn, last_gfn);
-        let mut mask: u64 = 511;
-        let mut level = 1u8;
-        while level <= 4 {
-            if first & mask != 0 {
-                let end = (first | mask).min(last);
-                self.set_recalc_range(cx, level, first, end)?;
-                if end >= last {
-                    break;
-                }
-                first = end + 1;
-            } else if last & mask != mask {
-                let start = first.max(last & !mask);
-                self.set_recalc_range(cx, level, start, last)?;
-                if start <= first {
-                    break;
-                }
-                last = start - 1;
-            } else {
-                level += 1;
-                mask |= mask << 9;
-            }
-        }
-        Ok(())
+        crate::recalc::for_each_range_piece(first_gfn, last_gfn, |level, first, last| {
+            self.set_recalc_range(cx, level, first, last).map(|_| ())
+        })
     }
 
     /// Models `p2m_pt_change_entry_type_global()` (`p2m-pt.c:936-974`; `ot`, `nt` unused):

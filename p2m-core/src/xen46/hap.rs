@@ -4,7 +4,7 @@
 //! (only global log-dirty is refused, `paging.c:225-232`).
 
 use crate::physmap::{BatchOutcome, PhysmapError};
-use crate::types::{GfnRange, Mode, P2mType};
+use crate::types::{Mode, P2mType};
 use crate::xen46::domain::{Cx, P2m};
 use crate::xen46::p2m::{p2m_change_type_one, p2m_change_type_range, recalc_state};
 
@@ -36,49 +36,21 @@ pub fn track_dirty_vram(p2m: &mut P2m, cx: &mut Cx, first_pfn: u64, nr: u64) -> 
 /// ram_logdirty)` per gfn, failures ignored). `nr` = 0 stops tracking (the tracked range
 /// back to `ram_rw`).
 pub fn hap_track_dirty_vram(p2m: &mut P2m, cx: &mut Cx, begin_pfn: u64, nr: u64) {
-    let tracked = recalc_state(p2m).dirty_vram;
-    if nr > 0 {
-        let new = GfnRange {
-            start: begin_pfn,
-            end: begin_pfn + nr,
-        };
-        let old = tracked.unwrap_or(GfnRange { start: 0, end: 0 });
-        if old != new {
-            recalc_state(p2m).dirty_vram = Some(new);
-            if old.end > old.start {
-                p2m_change_type_range(
-                    p2m,
-                    cx,
-                    old.start,
-                    old.end,
-                    P2mType::RamLogdirty,
-                    P2mType::RamRw,
-                );
+    use crate::recalc::{hap_track_dirty_vram_step, VramStep};
+    let (rw, logdirty) = (P2mType::RamRw, P2mType::RamLogdirty);
+    match hap_track_dirty_vram_step(recalc_state(p2m), begin_pfn, nr) {
+        VramStep::Move { old, new } => {
+            if let Some(old) = old {
+                p2m_change_type_range(p2m, cx, old.start, old.end, logdirty, rw);
             }
-            p2m_change_type_range(
-                p2m,
-                cx,
-                new.start,
-                new.end,
-                P2mType::RamRw,
-                P2mType::RamLogdirty,
-            );
-        } else {
-            for pfn in new.start..new.end {
-                let _ = p2m_change_type_one(p2m, cx, pfn, P2mType::RamRw, P2mType::RamLogdirty);
+            p2m_change_type_range(p2m, cx, new.start, new.end, rw, logdirty);
+        }
+        VramStep::Rearm(r) => {
+            for pfn in r.start..r.end {
+                let _ = p2m_change_type_one(p2m, cx, pfn, rw, logdirty);
             }
         }
-    } else if let Some(old) = tracked {
-        recalc_state(p2m).dirty_vram = None;
-        if old.end > old.start {
-            p2m_change_type_range(
-                p2m,
-                cx,
-                old.start,
-                old.end,
-                P2mType::RamLogdirty,
-                P2mType::RamRw,
-            );
-        }
+        VramStep::Stop(old) => p2m_change_type_range(p2m, cx, old.start, old.end, logdirty, rw),
+        VramStep::Nothing => {}
     }
 }

@@ -682,30 +682,10 @@ impl Ept {
         if first_gfn > last_gfn {
             return Ok(());
         }
-        let (mut first, mut last) = (first_gfn, last_gfn);
-        let mut mask: u64 = 511;
-        let mut target = 1u8;
-        while target <= 4 {
-            if first & mask != 0 {
-                let end = (first | mask).min(last);
-                self.invalidate_emt_range(cx, target, first, end)?;
-                if end >= last {
-                    break;
-                }
-                first = end + 1;
-            } else if last & mask != mask {
-                let start = first.max(last & !mask);
-                self.invalidate_emt_range(cx, target, start, last)?;
-                if start <= first {
-                    break;
-                }
-                last = start - 1;
-            } else {
-                target += 1;
-                mask |= mask << 9;
-            }
-        }
-        Ok(())
+        crate::recalc::for_each_range_piece(first_gfn, last_gfn, |level, first, last| {
+            self.invalidate_emt_range(cx, level, first, last)
+                .map(|_| ())
+        })
     }
 
     /// Models `ept_change_entry_type_global()` (`p2m-ept.c:1027-1037`): marks every valid
