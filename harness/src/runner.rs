@@ -488,7 +488,6 @@ impl Session {
             // judges the IOMMU against what the p2m grants after the failure.
             let hint = op.as_set_entry().map(|e| e.access);
             let before = before.as_ref().unwrap_or(&self.refm).clone();
-            let mut highest = None;
             for r in merge_ranges(op_ranges.clone()) {
                 let ext = self.dom.cpu_extents(r);
                 self.refm.resync(
@@ -497,14 +496,8 @@ impl Session {
                     &before,
                     hint,
                 );
-                let top = ext
-                    .iter()
-                    .filter(|e| e.p2mt != p2m_core::P2mType::Invalid)
-                    .map(|e| e.range.end - 1)
-                    .max();
-                highest = highest.max(top);
             }
-            self.refm.resync_max_mapped(&before, highest);
+            self.refm.resync_max_mapped(self.dom.max_mapped_pfn());
             if hit_bug {
                 if let Some(b) = early.take() {
                     if b.class.is_fatal(self.strict) {

@@ -140,6 +140,11 @@ impl Domain {
         each_line!(self, d => d.get_entry(gfn))
     }
 
+    /// `p2m->max_mapped_pfn` (see `recalc::RecalcState`).
+    pub fn max_mapped_pfn(&self) -> u64 {
+        each_line!(self, d => d.max_mapped_pfn())
+    }
+
     /// The CPU view of `range` as extents: the p2m's stored content.
     pub fn cpu_extents(&self, range: GfnRange) -> Vec<CpuExtent> {
         each_line!(self, d => d.cpu_extents(range))

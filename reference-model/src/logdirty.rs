@@ -136,13 +136,13 @@ fn ept_present(t: P2mType, a: P2mAccess) -> bool {
 }
 
 impl RefModel {
-    /// After an op took one of Xen's error paths (see [`RefModel::resync`]): Xen raised
-    /// `max_mapped_pfn` only for what it wrote, so it is `before`'s, raised to
-    /// `p2m_highest` (the highest gfn of the op's ranges the p2m now holds with a type
-    /// other than `invalid`).
-    pub fn resync_max_mapped(&mut self, before: &RefModel, p2m_highest: Option<u64>) {
-        let was = before.logdirty.max_mapped;
-        self.logdirty.max_mapped = p2m_highest.map_or(was, |h| was.max(h));
+    /// After an op took one of Xen's error paths (see [`RefModel::resync`]): like the
+    /// p2m's content, `max_mapped_pfn` is what Xen's error path left — it counts every
+    /// entry written before the failure, also one a rollback removed again (master's
+    /// `XEN_DOMCTL_memory_mapping` unmaps what it mapped), which the content no longer
+    /// shows. The harness hands over the model's value.
+    pub fn resync_max_mapped(&mut self, max_mapped_pfn: u64) {
+        self.logdirty.max_mapped = max_mapped_pfn;
     }
 
     /// `track_dirty_vram gfn nr` (see the module docs).

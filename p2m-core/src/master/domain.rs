@@ -405,6 +405,16 @@ impl Domain {
         })
     }
 
+    /// `p2m->max_mapped_pfn`: the highest gfn any `set_entry` has written with a type
+    /// other than `p2m_invalid` (never lowered, also when the op later failed or rolled
+    /// back).
+    pub fn max_mapped_pfn(&self) -> u64 {
+        match &self.p2m {
+            P2m::Ept(e) => e.recalc_state.max_mapped_pfn,
+            P2m::Pt(p) => p.recalc_state.max_mapped_pfn,
+        }
+    }
+
     /// Models `p2m->get_entry()` (a query without `P2M_ALLOC`); `None` where Xen returns
     /// its defaults for "nothing here" (`INVALID_MFN`, `p2m_mmio_dm`).
     pub fn get_entry(&self, gfn: u64) -> Option<P2mEntry> {

@@ -302,6 +302,16 @@ impl Domain {
         self.p2m.cpu_extents(range)
     }
 
+    /// `p2m->max_mapped_pfn`: the highest gfn any `set_entry` has written with a type
+    /// other than `p2m_invalid` (never lowered, also when the op later failed or rolled
+    /// back).
+    pub fn max_mapped_pfn(&self) -> u64 {
+        match &self.p2m {
+            P2m::Ept(e) => e.recalc_state.max_mapped_pfn,
+            P2m::Pt(p) => p.recalc_state.max_mapped_pfn,
+        }
+    }
+
     /// Models `p2m->get_entry()` (query only).
     pub fn get_entry(&self, gfn: u64) -> Option<P2mEntry> {
         match &self.p2m {
