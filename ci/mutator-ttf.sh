@@ -31,7 +31,7 @@ others() {
       if (kv[1] != hole) printf "%s ", kv[1] } }'
 }
 
-median() { sort -g | awk '{v[NR] = $1} END { if (NR == 0) print "-"; else if (NR % 2) print v[(NR + 1) / 2]; else printf "%.1f\n", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
+median() { sort -g | awk '{v[NR] = $1} END { if (NR == 0) print "-"; else if (NR % 2) printf "%.1f\n", v[(NR + 1) / 2]; else printf "%.1f\n", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
 
 # run REV ASSUMED MUTATOR SEED: prints "SECONDS EXECS" (SECONDS empty when not found).
 run() {
