@@ -440,14 +440,19 @@ impl Session {
         }
         self.steps.push(Step { op: *op, mfn });
         self.stats.ops += 1;
-        // A retype over a page whose type the reference cannot tell (`ram_rw` or
-        // `ram_logdirty`, `reference_model::logdirty`) has an outcome only the model knows:
-        // the reference then takes the model's result over the op's ranges.
+        // An op whose effect depends on a page's type where the reference cannot tell
+        // `ram_rw` from `ram_logdirty` (`reference_model::logdirty`) — a retype, VRAM
+        // tracking re-armed page by page, a vCPU's write — has an outcome only the model
+        // knows: the reference then takes the model's result over the op's ranges.
         let ambiguous = caller.is_some_and(|c| {
-            matches!(c, CallerOp::SetMemType { .. })
-                && caller_ranges(c)
-                    .iter()
-                    .any(|&r| self.refm.type_either_in(r))
+            matches!(
+                c,
+                CallerOp::SetMemType { .. }
+                    | CallerOp::TrackDirtyVram { .. }
+                    | CallerOp::GuestAccess { .. }
+            ) && caller_ranges(c)
+                .iter()
+                .any(|&r| self.refm.type_either_in(r))
         });
         // The reference before an op that may take an error path (see `RefModel::resync`).
         let armed = std::mem::take(&mut self.armed) || ambiguous;
