@@ -129,6 +129,45 @@ impl RecalcState {
         }
     }
 
+    /// `r` cut where the log-dirty rangeset starts or ends, each piece with whether the
+    /// rangeset (or global log-dirty) holds it. Cost: the ranges that meet `r`.
+    pub fn logdirty_pieces(&self, r: GfnRange) -> Vec<(GfnRange, bool)> {
+        if r.is_empty() {
+            return Vec::new();
+        }
+        if self.global_logdirty {
+            return vec![(r, true)];
+        }
+        let mut out = Vec::new();
+        let mut cur = r.start;
+        let first = self.ranges.partition_point(|x| x.end <= r.start);
+        for x in self.ranges[first..].iter().take_while(|x| x.start < r.end) {
+            if x.start > cur {
+                out.push((
+                    GfnRange {
+                        start: cur,
+                        end: x.start,
+                    },
+                    false,
+                ));
+                cur = x.start;
+            }
+            let end = x.end.min(r.end);
+            out.push((GfnRange { start: cur, end }, true));
+            cur = end;
+        }
+        if cur < r.end {
+            out.push((
+                GfnRange {
+                    start: cur,
+                    end: r.end,
+                },
+                false,
+            ));
+        }
+        out
+    }
+
     /// The `max_mapped_pfn` update at the end of a successful `set_entry` of `2^order`
     /// pages at `gfn` with a type other than `p2m_invalid`.
     pub fn note_mapped(&mut self, gfn: u64, order: u32) {
@@ -218,7 +257,7 @@ pub fn for_each_range_piece<E>(
 /// The CPU view of a p2m with recalc marks: what `get_entry` reports, without writing,
 /// for a gfn whose walk meets a mark (`marked`: those gfns, sorted and disjoint) —
 /// `recalc(stored type, gfn is log-dirty)` — merged back into canonical extents. Cost:
-/// the extents times the marked and rangeset ranges, never the pages.
+/// the extents, marked ranges and rangeset ranges that meet, never the pages.
 pub fn overlay_recalc(
     extents: Vec<CpuExtent>,
     marked: &[GfnRange],
@@ -228,46 +267,45 @@ pub fn overlay_recalc(
     if marked.is_empty() {
         return extents;
     }
+    let piece = |e: &CpuExtent, r: GfnRange, p2mt: P2mType| CpuExtent {
+        range: r,
+        mfn: if e.mfn == INVALID_MFN {
+            INVALID_MFN
+        } else {
+            crate::types::Mfn(e.mfn.0 + (r.start - e.range.start))
+        },
+        p2mt,
+        access: e.access,
+    };
     let mut out = Vec::with_capacity(extents.len());
+    let mut j = 0;
     for e in extents {
-        let mut cuts: Vec<u64> = Vec::new();
-        let edges = marked.iter().chain(st.ranges.iter());
-        for r in edges {
-            for x in [r.start, r.end] {
-                if x > e.range.start && x < e.range.end {
-                    cuts.push(x);
-                }
-            }
+        while j < marked.len() && marked[j].end <= e.range.start {
+            j += 1;
         }
-        cuts.push(e.range.end);
-        cuts.sort_unstable();
-        cuts.dedup();
-        let mut start = e.range.start;
-        for end in cuts {
-            let piece = GfnRange { start, end };
-            let is_marked = marked.iter().any(|m| m.start <= start && start < m.end);
-            let p2mt = if is_marked {
-                let ld = st.global_logdirty
-                    || st.ranges.iter().any(|r| r.start <= start && start < r.end);
-                recalc(e.p2mt, ld)
-            } else {
-                e.p2mt
+        let mut cur = e.range.start;
+        for m in marked[j..].iter().take_while(|m| m.start < e.range.end) {
+            let Some(hit) = m.intersect(&e.range) else {
+                continue;
             };
-            let mfn = if e.mfn == INVALID_MFN {
-                INVALID_MFN
-            } else {
-                crate::types::Mfn(e.mfn.0 + (start - e.range.start))
+            let before = GfnRange {
+                start: cur,
+                end: hit.start,
             };
-            push_cpu_extent(
-                &mut out,
-                CpuExtent {
-                    range: piece,
-                    mfn,
-                    p2mt,
-                    access: e.access,
-                },
-            );
-            start = end;
+            if !before.is_empty() {
+                push_cpu_extent(&mut out, piece(&e, before, e.p2mt));
+            }
+            for (r, ld) in st.logdirty_pieces(hit) {
+                push_cpu_extent(&mut out, piece(&e, r, recalc(e.p2mt, ld)));
+            }
+            cur = hit.end;
+        }
+        let rest = GfnRange {
+            start: cur,
+            end: e.range.end,
+        };
+        if !rest.is_empty() {
+            push_cpu_extent(&mut out, piece(&e, rest, e.p2mt));
         }
     }
     out

@@ -305,7 +305,7 @@ impl Domain {
     /// Runs one op: clears the log, runs `body` on the p2m, then — the hypercall has
     /// returned — drains the IOMMU's deferred-free queue (`free_queued_pgtables`) and
     /// moves the invalidations issued into the log.
-    fn op<R>(&mut self, body: impl FnOnce(&mut P2m, &mut Cx) -> R) -> R {
+    pub(crate) fn op<R>(&mut self, body: impl FnOnce(&mut P2m, &mut Cx) -> R) -> R {
         self.seq += 1;
         self.log.clear();
         self.calls.clear();

@@ -850,7 +850,7 @@ impl Ept {
                 start: base + s as u64,
                 end: base + (s + l) as u64,
             };
-            for piece in pieces_by_ranges(run, self.recalc_state.ranges()) {
+            for (piece, _) in self.recalc_state.logdirty_pieces(run) {
                 let k = piece.start - run.start;
                 let first = e.nth(k, 1);
                 let mut ne = EptEntry {
@@ -931,25 +931,6 @@ impl Ept {
             }
         }
     }
-}
-
-/// `range` cut where one of `ranges` (sorted) starts or ends.
-fn pieces_by_ranges(range: GfnRange, ranges: &[GfnRange]) -> Vec<GfnRange> {
-    let mut cuts: Vec<u64> = ranges
-        .iter()
-        .flat_map(|r| [r.start, r.end])
-        .filter(|&x| x > range.start && x < range.end)
-        .collect();
-    cuts.push(range.end);
-    cuts.sort_unstable();
-    cuts.dedup();
-    let mut out = Vec::with_capacity(cuts.len());
-    let mut start = range.start;
-    for end in cuts {
-        out.push(GfnRange { start, end });
-        start = end;
-    }
-    out
 }
 
 /// What `ept_get_entry` returns for PoD without `P2M_ALLOC` (`p2m-ept.c:1023-1024`,

@@ -25,11 +25,11 @@ use crate::master::domain::Cx;
 use crate::master::p2m::{
     cpu_extents_of, p2m_allows_invalid_mfn, p2m_entry_modify_bugs, p2m_get_iommu_flags,
     p2m_is_any_ram, p2m_is_changeable, p2m_is_paging, p2m_is_pod, p2m_is_valid,
-    p2m_recalc_type_range, push_extent, type_of_raw, EntryKind, BUG_SPECIAL_TYPE_ABOVE_4K,
+    p2m_recalc_type_range, recalc_type_of, type_of_raw, EntryKind, BUG_SPECIAL_TYPE_ABOVE_4K,
     IOREQ_MEM_ACCESS_WRITE, P2M_IOREQ_SERVER,
 };
 use crate::master::revision::Switches;
-use crate::recalc::{LogdirtyOverlap, RecalcState};
+use crate::recalc::{overlay_recalc, LogdirtyOverlap, RecalcState};
 use crate::stats::bump_if;
 use crate::tables::{index_of, pages_per_entry, Pte, TableStore};
 use crate::types::*;
@@ -849,63 +849,7 @@ impl P2mPt {
         if marked.is_empty() {
             return raw;
         }
-        let mut out = Vec::with_capacity(raw.len());
-        let mut j = 0;
-        for x in raw {
-            if !p2m_is_changeable(x.p2mt) {
-                push_extent(&mut out, x);
-                continue;
-            }
-            while j < marked.len() && marked[j].end <= x.range.start {
-                j += 1;
-            }
-            let mut cur = x.range.start;
-            let mut k = j;
-            while cur < x.range.end {
-                match marked.get(k) {
-                    Some(m) if m.start < x.range.end => {
-                        if m.start > cur {
-                            push_extent(&mut out, piece(&x, cur, m.start, x.p2mt));
-                        }
-                        let (s, e) = (cur.max(m.start), m.end.min(x.range.end));
-                        self.push_recalculated(&mut out, &x, s, e);
-                        cur = e;
-                        k += 1;
-                    }
-                    _ => {
-                        push_extent(&mut out, piece(&x, cur, x.range.end, x.p2mt));
-                        cur = x.range.end;
-                    }
-                }
-            }
-        }
-        out
-    }
-
-    /// Appends the gfns `s..e` of the extent `x` (under a mark) with the type
-    /// `p2m_recalc_type` gives each: split at the log-dirty rangeset's bounds.
-    fn push_recalculated(&self, out: &mut Vec<CpuExtent>, x: &CpuExtent, s: u64, e: u64) {
-        let st = &self.recalc_state;
-        let typed = |a: u64, b: u64| p2m_recalc_type_range(true, x.p2mt, st, a, b - 1);
-        if st.global_logdirty {
-            push_extent(out, piece(x, s, e, typed(s, e)));
-            return;
-        }
-        let ranges = st.ranges();
-        let mut cur = s;
-        let first = ranges.partition_point(|r| r.end <= s);
-        for r in ranges[first..].iter().take_while(|r| r.start < e) {
-            if r.start > cur {
-                push_extent(out, piece(x, cur, r.start, typed(cur, r.start)));
-                cur = r.start;
-            }
-            let end = r.end.min(e);
-            push_extent(out, piece(x, cur, end, typed(cur, end)));
-            cur = end;
-        }
-        if cur < e {
-            push_extent(out, piece(x, cur, e, typed(cur, e)));
-        }
+        overlay_recalc(raw, &marked, &self.recalc_state, &recalc_type_of)
     }
 
     /// Appends to `out` (sorted, merged) the part of `range` under a present marked entry
@@ -945,21 +889,6 @@ impl P2mPt {
                 }
             }
         }
-    }
-}
-
-/// The gfns `s..e` of the extent `x` as an extent of type `p2mt` (the frame offset, or
-/// `INVALID_MFN` kept).
-fn piece(x: &CpuExtent, s: u64, e: u64, p2mt: P2mType) -> CpuExtent {
-    CpuExtent {
-        range: GfnRange { start: s, end: e },
-        mfn: if x.mfn == INVALID_MFN {
-            INVALID_MFN
-        } else {
-            Mfn(x.mfn.0.wrapping_add(s - x.range.start))
-        },
-        p2mt,
-        access: x.access,
     }
 }
 
@@ -1275,26 +1204,10 @@ mod tests {
     /// Runs `f` on the p2m-pt of `d` with a context, as one op would (log and calls
     /// cleared first).
     fn with_cx<R>(d: &mut Domain, f: impl FnOnce(&mut P2mPt, &mut Cx) -> R) -> R {
-        d.log.clear();
-        d.calls.clear();
-        d.mem.begin_op();
-        let sw = d.switches;
-        let mut cx = Cx {
-            mem: &mut d.mem,
-            iommu: &mut d.iommu,
-            sw: &sw,
-            cfg: d.cfg,
-            seq: 0,
-            stats: &mut d.stats,
-            log: &mut d.log,
-            calls: &mut d.calls,
-        };
-        let P2m::Pt(p) = &mut d.p2m else {
-            unreachable!()
-        };
-        let r = f(p, &mut cx);
-        d.mem.end_op();
-        r
+        d.op(|p2m, cx| match p2m {
+            P2m::Pt(x) => f(x, cx),
+            P2m::Ept(_) => panic!("not P2mPt"),
+        })
     }
 
     /// The stored entry of `level` on the walk to `gfn`.

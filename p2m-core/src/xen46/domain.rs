@@ -202,7 +202,7 @@ impl Domain {
 
     /// Runs one op: clears the log, runs `body` on the p2m, then moves the invalidations
     /// issued and the IOMMU ranges touched into the log.
-    fn op<R>(&mut self, body: impl FnOnce(&mut P2m, &mut Cx) -> R) -> R {
+    pub(crate) fn op<R>(&mut self, body: impl FnOnce(&mut P2m, &mut Cx) -> R) -> R {
         self.seq += 1;
         self.iommu.touched.clear();
         self.log.clear();

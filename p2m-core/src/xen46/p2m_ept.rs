@@ -18,7 +18,7 @@ use crate::types::*;
 use crate::view::{fill_cpu_gaps, leaf_run_is_plain, push_cpu_extent, CpuExtent, P2mEntry};
 use crate::walk::{IoEntry, IoTables};
 use crate::xen46::domain::Cx;
-use crate::xen46::p2m_pt::{logdirty_pieces, p2m_is_changeable, p2m_recalc_type};
+use crate::xen46::p2m_pt::{p2m_is_changeable, p2m_recalc_type};
 use crate::xen46::policy::p2m_get_iommu_flags;
 
 /// An `ept_entry_t` with the fields that matter (ipat, snp, suppress_ve and A/D are
@@ -817,7 +817,7 @@ impl Ept {
                 }
             }
             let pieces = if retype {
-                logdirty_pieces(&self.recalc_state, run)
+                self.recalc_state.logdirty_pieces(run)
             } else {
                 vec![(run, false)]
             };
@@ -991,7 +991,7 @@ impl Ept {
                         );
                         continue;
                     }
-                    for (sub, ld) in logdirty_pieces(&self.recalc_state, piece) {
+                    for (sub, ld) in self.recalc_state.logdirty_pieces(piece) {
                         let m = if mfn == INVALID_MFN {
                             INVALID_MFN
                         } else {
@@ -1094,27 +1094,10 @@ mod tests {
 
     /// Runs `f` on the EPT as one op, the way `Domain` runs its ops.
     fn with_ept<R>(d: &mut Domain, f: impl FnOnce(&mut Ept, &mut Cx) -> R) -> R {
-        d.log.clear();
-        d.iommu.touched.clear();
-        d.mem.begin_op();
-        let sw = d.switches;
-        let P2m::Ept(ept) = &mut d.p2m else {
-            panic!("not EPT")
-        };
-        let mut cx = Cx {
-            mem: &mut d.mem,
-            iommu: &mut d.iommu,
-            sw: &sw,
-            cfg: d.cfg,
-            seq: 1000,
-            stats: &mut d.stats,
-            log: &mut d.log,
-            crashed: &mut d.crashed,
-        };
-        let r = f(ept, &mut cx);
-        d.mem.end_op();
-        d.iommu.caches.take_issued(&mut d.log.invalidations);
-        r
+        d.op(|p2m, cx| match p2m {
+            P2m::Ept(x) => f(x, cx),
+            P2m::Pt(_) => panic!("not Ept"),
+        })
     }
 
     fn ept(d: &Domain) -> &Ept {

@@ -69,49 +69,6 @@ pub fn p2m_recalc_type(recalc: bool, t: P2mType, st: &RecalcState, gfn: u64) -> 
     }
 }
 
-/// `r` cut into maximal pieces whose gfns all are (`true`) or all are not log-dirty
-/// (`p2m_is_logdirty_range(p2m, gfn, gfn)` of each gfn), in order; cost proportional to
-/// the rangeset ranges overlapping `r`.
-pub(crate) fn logdirty_pieces(st: &RecalcState, r: GfnRange) -> Vec<(GfnRange, bool)> {
-    if r.is_empty() {
-        return Vec::new();
-    }
-    if st.global_logdirty {
-        return vec![(r, true)];
-    }
-    let ranges = st.ranges();
-    let mut out = Vec::new();
-    let mut cur = r.start;
-    for x in &ranges[ranges.partition_point(|x| x.end <= r.start)..] {
-        if x.start >= r.end {
-            break;
-        }
-        if x.start > cur {
-            out.push((
-                GfnRange {
-                    start: cur,
-                    end: x.start,
-                },
-                false,
-            ));
-            cur = x.start;
-        }
-        let end = x.end.min(r.end);
-        out.push((GfnRange { start: cur, end }, true));
-        cur = end;
-    }
-    if cur < r.end {
-        out.push((
-            GfnRange {
-                start: cur,
-                end: r.end,
-            },
-            false,
-        ));
-    }
-    out
-}
-
 /// An `l1_pgentry_t` of the p2m (any level): frame and flags.
 #[derive(Clone, Copy, PartialEq, Eq, Default, Debug)]
 pub struct PtEntry {
@@ -1054,7 +1011,7 @@ impl P2mPt {
                         );
                         continue;
                     }
-                    for (sub, ld) in logdirty_pieces(&self.recalc_state, piece) {
+                    for (sub, ld) in self.recalc_state.logdirty_pieces(piece) {
                         let m = if mfn == INVALID_MFN {
                             INVALID_MFN
                         } else {
@@ -1164,27 +1121,10 @@ mod tests {
 
     /// Runs `f` on the p2m-pt as one op, the way `Domain` runs its ops.
     fn with_pt<R>(d: &mut Domain, f: impl FnOnce(&mut P2mPt, &mut Cx) -> R) -> R {
-        d.log.clear();
-        d.iommu.touched.clear();
-        d.mem.begin_op();
-        let sw = d.switches;
-        let P2m::Pt(pt) = &mut d.p2m else {
-            panic!("not p2m-pt")
-        };
-        let mut cx = Cx {
-            mem: &mut d.mem,
-            iommu: &mut d.iommu,
-            sw: &sw,
-            cfg: d.cfg,
-            seq: 1000,
-            stats: &mut d.stats,
-            log: &mut d.log,
-            crashed: &mut d.crashed,
-        };
-        let r = f(pt, &mut cx);
-        d.mem.end_op();
-        d.iommu.caches.take_issued(&mut d.log.invalidations);
-        r
+        d.op(|p2m, cx| match p2m {
+            P2m::Pt(x) => f(x, cx),
+            P2m::Ept(_) => panic!("not P2mPt"),
+        })
     }
 
     fn pt(d: &Domain) -> &P2mPt {
