@@ -3,6 +3,7 @@
 //! `p2m-core` (the model of Xen) and `reference-model` (the flat reference) know
 //! nothing of each other; this crate joins them.
 
+pub mod bench;
 pub mod blame;
 pub mod dot;
 pub mod exhaustive;

@@ -536,10 +536,15 @@ impl Session {
                 });
             }
         }
+        // The CPU view changes only where the p2m was written (or where the reference
+        // wrote: the op's ranges).
+        let mut cpu_changed: Vec<GfnRange> = log.p2m_changed.clone();
         if real.is_ok() {
             changed.extend_from_slice(&op_ranges);
+            cpu_changed.extend_from_slice(&op_ranges);
         }
         let changed = merge_ranges(changed);
+        let cpu_changed = merge_ranges(cpu_changed);
         let mut notes: Vec<Finding> = Vec::new();
         // Inside-the-op findings first: they are the earliest and the root of later ones.
         let named = matches!(op, Op::SetEntry(_)).then_some(op_ranges.as_slice());
@@ -551,7 +556,7 @@ impl Session {
             // ranges (as far as it can represent it): no CPU-view check for that op.
             .or_else(|| {
                 (!resynced)
-                    .then(|| check_cpu(&self.dom, &self.refm, real, reference, &changed))
+                    .then(|| check_cpu(&self.dom, &self.refm, real, reference, &cpu_changed))
                     .flatten()
             });
         if finding.is_none() {

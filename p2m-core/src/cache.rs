@@ -207,9 +207,41 @@ impl IommuCaches {
         out.append(&mut self.issued);
     }
 
+    /// Records `pages` issues of `cmd` (see [`Issued`]); an order-0 command for the page
+    /// right after a per-page run of the same command extends that run, so a loop of
+    /// per-page flushes costs one entry however it was issued.
+    fn note_issued(&mut self, cmd: Invalidation, pages: u64) {
+        if let Some(last) = self.issued.last_mut() {
+            let next = match (last.cmd, cmd) {
+                (
+                    Invalidation::VtdPsi {
+                        gfn: a,
+                        order: 0,
+                        ih: x,
+                    },
+                    Invalidation::VtdPsi {
+                        gfn: b,
+                        order: 0,
+                        ih: y,
+                    },
+                ) => x == y && a.checked_add(last.pages) == Some(b),
+                (
+                    Invalidation::AmdPages { gfn: a, order: 0 },
+                    Invalidation::AmdPages { gfn: b, order: 0 },
+                ) => a.checked_add(last.pages) == Some(b),
+                _ => false,
+            };
+            if next {
+                last.pages += pages;
+                return;
+            }
+        }
+        self.issued.push(Issued { cmd, pages });
+    }
+
     /// Applies an invalidation command.
     pub fn invalidate(&mut self, cmd: Invalidation) {
-        self.issued.push(Issued { cmd, pages: 1 });
+        self.note_issued(cmd, 1);
         let (range, nonleaf_too) = self.scope(cmd);
         match range {
             None => self.records.clear(),
@@ -233,10 +265,7 @@ impl IommuCaches {
             },
             other => return self.invalidate(other),
         };
-        self.issued.push(Issued {
-            cmd,
-            pages: range.len(),
-        });
+        self.note_issued(cmd, range.len());
         let (_, nonleaf_too) = self.scope(cmd);
         self.invalidate_pages(range, 1, nonleaf_too);
     }

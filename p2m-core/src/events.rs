@@ -116,6 +116,11 @@ pub struct OpLog {
     /// every written entry's range (so a split or a replaced subtree counts whole), every
     /// chunk the IOMMU wrote, every bounded invalidation, every freed span.
     pub changed: Vec<GfnRange>,
+    /// The part of `changed` the p2m itself wrote (its entries, splits of its
+    /// superpages): the only ranges where the CPU view can have changed. An IOMMU-only
+    /// change (a shattered IOMMU superpage, a flush) leaves the CPU view alone, so the
+    /// oracle's CPU check need not walk it.
+    pub p2m_changed: Vec<GfnRange>,
     /// Invalidation commands issued, in order.
     pub invalidations: Vec<Issued>,
     /// Frames freed, in order.
@@ -124,6 +129,9 @@ pub struct OpLog {
     pub bad_frees: Vec<BadFree>,
     /// Tables unlinked from their structure.
     pub unlinked: Vec<Unlinked>,
+    /// `(frame, generation)` of each entry of `unlinked`: the once-per-allocation check
+    /// of [`OpLog::unlink`] in `O(log n)` (an op that replaces 512 tables unlinks 512).
+    unlinked_keys: std::collections::BTreeSet<(u64, u32)>,
     /// Superpages split (their ranges are in `changed` too).
     pub splits: Vec<Split>,
     /// `(gfn, frame)` a batch refused as a guest page because a Xen table lived in the
@@ -142,10 +150,12 @@ impl OpLog {
     /// Forgets the previous op.
     pub fn clear(&mut self) {
         self.changed.clear();
+        self.p2m_changed.clear();
         self.invalidations.clear();
         self.frees.clear();
         self.bad_frees.clear();
         self.unlinked.clear();
+        self.unlinked_keys.clear();
         self.splits.clear();
         self.xen_frames.clear();
         self.xen_frames_second.clear();
@@ -156,6 +166,20 @@ impl OpLog {
     pub fn split(&mut self, range: GfnRange, by: &'static str) {
         self.changed(range);
         self.splits.push(Split { range, by });
+    }
+
+    /// Notes a superpage of the p2m split by the Xen function `by`.
+    pub fn p2m_split(&mut self, range: GfnRange, by: &'static str) {
+        self.p2m_changed(range);
+        self.splits.push(Split { range, by });
+    }
+
+    /// Notes a guest range whose p2m entries the op wrote (the field `p2m_changed`).
+    pub fn p2m_changed(&mut self, r: GfnRange) {
+        if !r.is_empty() {
+            self.p2m_changed.push(r);
+        }
+        self.changed(r);
     }
 
     /// Notes a guest range the op changed.
@@ -185,11 +209,7 @@ impl OpLog {
         };
         // Several paths may see the same unlink (the overwritten pointer, the freeing of
         // its parent, the vendor's own queueing): one record each.
-        if self
-            .unlinked
-            .iter()
-            .any(|u| u.frame == frame && u.generation == generation)
-        {
+        if !self.unlinked_keys.insert((frame, generation)) {
             return;
         }
         self.unlinked.push(Unlinked {

@@ -208,8 +208,33 @@ impl<E: Pte> Table<E> {
             } else {
                 self.runs.insert(a, run);
             }
+            self.join_neighbours(a);
         } else {
             self.runs.remove_range(a, b);
+        }
+    }
+
+    /// Joins the run at position `p` with the run right before and the run right after
+    /// it where one continues the other (the next run's first entry is the `len`-th of
+    /// the previous one): a table written entry by entry with uniform content stays one
+    /// run, so walks and comparisons cost its runs, not its entries. Reading back is
+    /// unchanged: `nth` composes (`e.nth(a).nth(b) == e.nth(a + b)`).
+    fn join_neighbours(&mut self, p: usize) {
+        let level = self.level;
+        let continues = |a: &Run<E>, b: &Run<E>| {
+            a.end() == b.start && a.first.nth(a.len as u64, level) == b.first
+        };
+        let runs = self.runs.as_mut_slice();
+        let mut p = p;
+        if p > 0 && continues(&runs[p - 1], &runs[p]) {
+            runs[p - 1].len += runs[p].len;
+            self.runs.remove_range(p, p + 1);
+            p -= 1;
+        }
+        let runs = self.runs.as_mut_slice();
+        if p + 1 < runs.len() && continues(&runs[p], &runs[p + 1]) {
+            runs[p].len += runs[p + 1].len;
+            self.runs.remove_range(p + 1, p + 2);
         }
     }
 
@@ -383,55 +408,33 @@ mod tests {
         assert_eq!(r[2], (9, 3, T(0x1009)));
     }
 
-    /// The run semantics of the original ordered-map representation: same run
-    /// boundaries (runs are cut, never merged), same entries.
-    #[derive(Default)]
-    struct MapTable(std::collections::BTreeMap<u16, (u16, T)>);
+    /// The per-entry form: what a table is, 512 entries.
+    struct Flat([T; 512]);
 
-    impl MapTable {
-        fn cut(&mut self, idx: u16, level: u8) {
-            if let Some((&s, &(len, e))) = self.0.range(..idx).next_back() {
-                if idx < s + len {
-                    self.0.insert(s, (idx - s, e));
-                    self.0
-                        .insert(idx, (s + len - idx, e.nth((idx - s) as u64, level)));
-                }
-            }
-        }
+    impl Flat {
         fn fill(&mut self, start: u16, len: u16, base: T, level: u8) {
-            if len == 0 {
-                return;
+            for k in 0..len {
+                self.0[(start + k) as usize] = base.nth(k as u64, level);
             }
-            let end = start + len;
-            self.cut(start, level);
-            if end < ENTRIES {
-                self.cut(end, level);
-            }
-            let keys: Vec<u16> = self.0.range(start..end).map(|(&k, _)| k).collect();
-            for k in keys {
-                self.0.remove(&k);
-            }
-            if base != T::default() {
-                self.0.insert(start, (len, base));
-            }
-        }
-        fn runs_in(&self, lo: u16, hi: u16, level: u8) -> Vec<(u16, u16, T)> {
-            let mut out = Vec::new();
-            if let Some((&s, &(len, e))) = self.0.range(..lo).next_back() {
-                if lo < s + len {
-                    let end = (s + len).min(hi);
-                    out.push((lo, end - lo, e.nth((lo - s) as u64, level)));
-                }
-            }
-            for (&s, &(len, e)) in self.0.range(lo..hi) {
-                out.push((s, (s + len).min(hi) - s, e));
-            }
-            out
         }
     }
 
+    /// Expands runs to entries.
+    fn expand(runs: &[(u16, u16, T)], lo: u16, hi: u16, level: u8) -> Vec<T> {
+        let mut out = vec![T(0); (hi - lo) as usize];
+        for &(s, l, e) in runs {
+            for k in 0..l {
+                out[(s + k - lo) as usize] = e.nth(k as u64, level);
+            }
+        }
+        out
+    }
+
+    /// The run form against the per-entry form over 100,000 random fills per level, with
+    /// fills that continue their neighbours (so runs join) as often as fills that do not:
+    /// same entries everywhere, and joined as far as possible (no run continues the next).
     #[test]
-    fn same_runs_as_ordered_map() {
+    fn runs_equal_entries_and_stay_joined() {
         let mut seed = 0x2545_f491_4f6c_dd1du64;
         let mut next = |n: u64| {
             seed ^= seed << 13;
@@ -441,8 +444,8 @@ mod tests {
         };
         for level in [1u8, 2] {
             let mut t: Table<T> = Table::new(level);
-            let mut m = MapTable::default();
-            for step in 0..20_000 {
+            let mut f = Flat([T(0); 512]);
+            for step in 0..100_000 {
                 // Mostly short fills, so that tables grow past the inline runs.
                 let start = next(512) as u16;
                 let max = if next(8) == 0 {
@@ -451,31 +454,42 @@ mod tests {
                     (512 - start).min(4)
                 };
                 let len = next(max as u64 + 1) as u16;
-                let base = if next(4) == 0 {
-                    T(0)
-                } else {
-                    T(next(1 << 20) + 1)
+                let base = match next(4) {
+                    0 => T(0),
+                    // The entry a linear mapping from frame 0x1000 has there: joins.
+                    1 | 2 => T(0x1000 + start as u64 * pages_per_entry(level)),
+                    _ => T(next(1 << 20) + 1),
                 };
                 t.fill(start, len, base);
-                m.fill(start, len, base, level);
-                let (lo, hi) = (next(512) as u16, 512);
-                let lo2 = next(512) as u16;
-                let hi2 = lo2 + next((512 - lo2) as u64 + 1) as u16;
-                assert_eq!(t.runs_in(lo, hi), m.runs_in(lo, hi, level), "step {step}");
+                f.fill(start, len, base, level);
+                let lo = next(512) as u16;
+                let hi = lo + next((512 - lo) as u64 + 1) as u16;
                 assert_eq!(
-                    t.runs_in(lo2, hi2),
-                    m.runs_in(lo2, hi2, level),
+                    expand(&t.runs_in(lo, hi), lo, hi, level),
+                    f.0[lo as usize..hi as usize].to_vec(),
                     "step {step}"
                 );
-                assert_eq!(t.run_count(), m.0.len(), "step {step}");
                 let idx = next(512) as u16;
-                let want = m.runs_in(idx, idx + 1, level).first().map_or(T(0), |r| r.2);
-                assert_eq!(t.get(idx), want, "step {step}");
+                assert_eq!(t.get(idx), f.0[idx as usize], "step {step}");
+                let runs = t.runs_in(0, 512);
+                for w in runs.windows(2) {
+                    let (a, b) = (w[0], w[1]);
+                    assert!(
+                        a.0 + a.1 != b.0 || a.2.nth(a.1 as u64, level) != b.2,
+                        "step {step}: runs {a:?} and {b:?} not joined"
+                    );
+                }
                 if next(500) == 0 {
                     t.fill(0, 512, T(0));
-                    m.fill(0, 512, T(0), level);
+                    f.fill(0, 512, T(0), level);
                 }
             }
+            // A table written entry by entry with a linear mapping is one run.
+            let mut t: Table<T> = Table::new(level);
+            for i in (0..512u16).rev() {
+                t.set(i, T(0x1000 + i as u64 * pages_per_entry(level)));
+            }
+            assert_eq!(t.run_count(), 1);
         }
     }
 

@@ -555,6 +555,44 @@ fn bench(seconds: u64) -> ExitCode {
         );
     }
     bench_master_1g(seconds);
+    bench_cost_ratio(seconds)
+}
+
+/// Issue 13's measure: a 1 GiB remap against a 4 KiB remap over a gigabyte populated page
+/// by page, IOMMU superpages off, per configuration, on each line's fixed revision
+/// ([`harness::bench`]).
+fn bench_cost_ratio(seconds: u64) -> ExitCode {
+    println!();
+    println!("1 GiB op vs 4 KiB op over a populated 4 KiB gigabyte (median µs per op, model + reference + oracle):");
+    println!();
+    println!("| revision | configuration | 4 KiB op (µs) | 1 GiB op (µs) | ratio | runs |");
+    println!("|---|---|---|---|---|---|");
+    let budget = Duration::from_millis(seconds.max(1) * 100);
+    for name in ["fixed", "master-fixed"] {
+        let Some(rev) = Revision::by_name(name) else {
+            eprintln!("error: no revision {name}");
+            return ExitCode::from(2);
+        };
+        match harness::bench::cost_ratio(rev, budget) {
+            Ok(rows) => {
+                for r in rows {
+                    println!(
+                        "| {} | {} | {:.2} | {:.1} | {:.1} | {} |",
+                        r.revision,
+                        r.config,
+                        r.op_4k_us,
+                        r.op_1g_us,
+                        r.ratio(),
+                        r.runs
+                    );
+                }
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::from(1);
+            }
+        }
+    }
     ExitCode::SUCCESS
 }
 

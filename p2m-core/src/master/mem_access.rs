@@ -32,7 +32,7 @@ pub fn p2m_set_mem_access(
             .map_or((INVALID_MFN, crate::types::P2mType::MmioDm), |x| {
                 (x.mfn, x.p2mt)
             });
-        cx.log.changed(GfnRange::of_order(g, 0));
+        cx.log.p2m_changed(GfnRange::of_order(g, 0));
         if let Err(err) = e.set_entry(cx, g, mfn, 0, t, access) {
             return BatchOutcome {
                 done: i,

@@ -216,7 +216,7 @@ impl Ept {
         let idx = index_of(gfn, level);
         let old = self.entry(t, idx);
         let range = entry_range(gfn, level);
-        cx.log.changed(range);
+        cx.log.p2m_changed(range);
         if level > 1 && old.is_present() && !old.sp {
             cx.log
                 .unlink(cx.mem, old.mfn, TableOwner::P2m, level - 1, range);
@@ -461,7 +461,7 @@ impl Ept {
                 return Err(P2mError::TableNoMem);
             }
             cx.log
-                .split(entry_range(gfn, level), "ept_split_super_page");
+                .p2m_split(entry_range(gfn, level), "ept_split_super_page");
             self.write(cx, t, level, gfn, split);
             while level > target {
                 t = self.entry(t, index_of(gfn, level)).mfn;
@@ -630,7 +630,7 @@ impl Ept {
         };
         let per = pages_per_entry(tab.level);
         tab.fill(idx, len, first);
-        cx.log.changed(GfnRange {
+        cx.log.p2m_changed(GfnRange {
             start: base + idx as u64 * per,
             end: base + (idx + len) as u64 * per,
         });
@@ -698,7 +698,7 @@ impl Ept {
                 self.free_entry(cx, split, level, span);
                 return Err(P2mError::TableNoMem);
             }
-            cx.log.split(span, "ept_split_super_page");
+            cx.log.p2m_split(span, "ept_split_super_page");
             self.write(cx, t, level, first_gfn, split);
             while level > target {
                 t = self.entry(t, index_of(first_gfn, level)).mfn;
@@ -797,7 +797,7 @@ impl Ept {
                             self.free_entry(cx, split, level, span);
                             return Err(P2mError::TableNoMem);
                         }
-                        cx.log.split(span, "ept_split_super_page");
+                        cx.log.p2m_split(span, "ept_split_super_page");
                         self.write(cx, t, level, gfn, split);
                         t = split.mfn;
                         level -= 1;
@@ -888,7 +888,7 @@ impl Ept {
                 if let Some(tab) = self.tables.get_mut(t) {
                     tab.fill(idx, len, ne);
                 }
-                cx.log.changed(piece);
+                cx.log.p2m_changed(piece);
             }
         }
     }

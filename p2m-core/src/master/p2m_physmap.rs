@@ -30,7 +30,7 @@ pub fn set_4k(
     mfn: Mfn,
     t: P2mType,
 ) -> Result<(), PhysmapError> {
-    cx.log.changed(crate::types::GfnRange::of_order(gfn, 0));
+    cx.log.p2m_changed(crate::types::GfnRange::of_order(gfn, 0));
     match p2m {
         P2m::Ept(e) => e.set_entry(cx, gfn, mfn, 0, t, P2mAccess::Rwx),
         P2m::Pt(p) => p.set_entry(cx, gfn, mfn, 0, t, P2mAccess::Rwx),

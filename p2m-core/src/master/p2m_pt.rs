@@ -275,10 +275,15 @@ impl P2mPt {
     fn write_run(&mut self, cx: &mut Cx, t: u64, level: u8, first: u64, len: u16, new: PtEntry) {
         let per = pages_per_entry(level);
         let idx = index_of(first, level);
-        cx.log.changed(GfnRange {
-            start: first,
-            end: first + len as u64 * per,
-        });
+        // Rewriting an entry with its own value (a pointer whose recalc flag was already
+        // clear) changes nothing anyone sees: the oracle need not look there.
+        let same = len == 1 && self.tables.get(t).is_some_and(|tab| tab.get(idx) == new);
+        if !same {
+            cx.log.p2m_changed(GfnRange {
+                start: first,
+                end: first + len as u64 * per,
+            });
+        }
         let is_ptr = |e: PtEntry| level > 1 && e.present() && (level == 4 || !e.pse());
         if level > 1 {
             let old = self
@@ -349,7 +354,7 @@ impl P2mPt {
                 .try_alloc(TableOwner::P2m, child)
                 .ok_or(P2mError::TableNoMem)?;
             cx.stats.superpage_splits += 1;
-            cx.log.split(entry_range(gfn, level), "p2m_next_level");
+            cx.log.p2m_split(entry_range(gfn, level), "p2m_next_level");
             let (mut pfn, mut flags) = (e.pfn, e.flags);
             if level == 2 {
                 // `_PAGE_PSE` becomes `_PAGE_PAT` when the frame's `_PAGE_PSE_PAT` bit was set.

@@ -26,7 +26,7 @@ pub fn p2m_set_entry_chunked(
     t: P2mType,
     a: P2mAccess,
 ) -> Result<(), PhysmapError> {
-    cx.log.changed(GfnRange::of_order(gfn, order.min(18)));
+    cx.log.p2m_changed(GfnRange::of_order(gfn, order.min(18)));
     let caps = P2mCaps::of(&cx.cfg);
     p2m_set_entry(caps, gfn, mfn, order, |g, m, o| match p2m {
         P2m::Ept(e) => e.set_entry(cx, g, m, o, t, a),
@@ -144,7 +144,7 @@ pub fn p2m_change_type_range(
     ot: P2mType,
     nt: P2mType,
 ) {
-    cx.log.changed(GfnRange {
+    cx.log.p2m_changed(GfnRange {
         start,
         end: end_exclusive,
     });

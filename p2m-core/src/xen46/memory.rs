@@ -34,7 +34,7 @@ fn get_gfn_query(p2m: &P2m, gfn: u64) -> (Mfn, P2mType) {
 
 /// `p2m_set_entry(p2m, gfn, mfn, PAGE_ORDER_4K, t, p2m->default_access)`.
 fn set_4k(p2m: &mut P2m, cx: &mut Cx, gfn: u64, mfn: Mfn, t: P2mType) -> Result<(), PhysmapError> {
-    cx.log.changed(GfnRange::of_order(gfn, 0));
+    cx.log.p2m_changed(GfnRange::of_order(gfn, 0));
     p2m.set_entry(cx, gfn, mfn, 0, t, P2mAccess::Rwx)
         .map_err(PhysmapError::P2m)
 }

@@ -53,7 +53,7 @@ pub fn p2m_set_entry(
     a: P2mAccess,
 ) -> Result<(), PhysmapError> {
     let order = order.min(18);
-    cx.log.changed(GfnRange::of_order(gfn, order));
+    cx.log.p2m_changed(GfnRange::of_order(gfn, order));
     let mut todo = 1u64 << order;
     let (mut g, mut m) = (gfn, mfn);
     let mut rc = Ok(());
@@ -104,7 +104,7 @@ pub fn p2m_change_type_range(
     ot: P2mType,
     nt: P2mType,
 ) {
-    cx.log.changed(GfnRange {
+    cx.log.p2m_changed(GfnRange {
         start,
         end: end_exclusive,
     });
@@ -388,7 +388,7 @@ pub fn p2m_set_mem_access(
     for i in 0..nr {
         let g = gfn + i;
         let (mfn, t) = get_gfn_query(p2m, g);
-        cx.log.changed(GfnRange::of_order(g, 0));
+        cx.log.p2m_changed(GfnRange::of_order(g, 0));
         if let Err(e) = p2m.set_entry(cx, g, mfn, 0, t, access) {
             return BatchOutcome {
                 done: i,

@@ -164,7 +164,7 @@ impl Ept {
         let per = pages_per_entry(level);
         let start = gfn / per * per;
         let order = 9 * (level as u32 - 1);
-        cx.log.changed(GfnRange {
+        cx.log.p2m_changed(GfnRange {
             start,
             end: start + len as u64 * per,
         });
@@ -481,7 +481,7 @@ impl Ept {
                 self.free_entry(cx, split, level, span);
                 return Err(P2mError::TableNoMem);
             }
-            cx.log.split(
+            cx.log.p2m_split(
                 GfnRange::of_order(gfn / per * per, 9 * (level as u32 - 1)),
                 "ept_split_super_page",
             );
@@ -631,7 +631,7 @@ impl Ept {
                 self.free_entry(cx, split, level, span);
                 return Err(P2mError::TableNoMem);
             }
-            cx.log.split(span, "ept_split_super_page");
+            cx.log.p2m_split(span, "ept_split_super_page");
             self.write(cx, t, level, first, split);
             while level > target {
                 t = self.entry(t, index_of(first, level)).mfn;
@@ -744,7 +744,7 @@ impl Ept {
                         self.free_entry(cx, sub, level, span);
                         return Err(P2mError::TableNoMem);
                     }
-                    cx.log.split(span, "ept_split_super_page");
+                    cx.log.p2m_split(span, "ept_split_super_page");
                     self.write(cx, t, level, gfn, sub);
                     changed = true;
                     t = sub.mfn;

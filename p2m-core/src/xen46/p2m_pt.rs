@@ -200,7 +200,7 @@ impl P2mPt {
         let per = pages_per_entry(level);
         let start = gfn / per * per;
         let order = 9 * (level as u32 - 1);
-        cx.log.changed(GfnRange {
+        cx.log.p2m_changed(GfnRange {
             start,
             end: start + len as u64 * per,
         });
@@ -285,7 +285,7 @@ impl P2mPt {
                 .ok_or(P2mError::TableNoMem)?;
             cx.stats.superpage_splits += 1;
             let per = pages_per_entry(level);
-            cx.log.split(
+            cx.log.p2m_split(
                 GfnRange::of_order(gfn / per * per, 9 * (level as u32 - 1)),
                 "p2m_next_level",
             );
