@@ -334,6 +334,12 @@ impl Session {
         sess
     }
 
+    /// Turns the model's run steps on or off (see `p2m_core::Domain::set_run_fast_path`):
+    /// for the equivalence tests.
+    pub fn set_run_fast_path(&mut self, on: bool) {
+        self.dom.set_run_fast_path(on);
+    }
+
     /// The first op no Xen caller issues (index, why), if any.
     pub fn unreachable(&self) -> Option<(usize, Unreachable)> {
         self.unreachable

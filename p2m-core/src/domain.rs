@@ -117,6 +117,18 @@ impl Domain {
         each_line!(self, d => d.mem.arm_alloc_failure(nth))
     }
 
+    /// Turns the run steps of the p2m's 4 KiB chunk loops on (the default) or off (one
+    /// literal call per chunk; see `xen46::p2m_pt::run`): a knob for the equivalence
+    /// tests, not a Xen behaviour. The master line has no such step yet.
+    pub fn set_run_fast_path(&mut self, on: bool) {
+        if let Domain::Xen46(d) = self {
+            match &mut d.p2m {
+                xen46::domain::P2m::Pt(p) => p.run_fast_path = on,
+                xen46::domain::P2m::Ept(e) => e.run_fast_path = on,
+            }
+        }
+    }
+
     /// Whether the allocation failure injected into the last op fired.
     pub fn alloc_failed(&self) -> bool {
         each_line!(self, d => d.mem.alloc_failed())

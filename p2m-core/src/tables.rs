@@ -50,12 +50,24 @@ impl<E> Run<E> {
 const INLINE_RUNS: usize = 3;
 
 /// A sorted list of runs: inline while short, then on the heap.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 enum RunList<E> {
     /// The first `.0` elements of the array are the runs.
     Inline(u8, [Run<E>; INLINE_RUNS]),
     /// Too many runs to keep inline.
     Heap(Vec<Run<E>>),
+}
+
+/// The live runs only (the unused inline slots hold leftovers that mean nothing), so two
+/// tables with the same runs print the same whatever their history.
+impl<E: std::fmt::Debug> std::fmt::Debug for RunList<E> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let live = match self {
+            RunList::Inline(n, a) => &a[..*n as usize],
+            RunList::Heap(v) => &v[..],
+        };
+        f.debug_list().entries(live).finish()
+    }
 }
 
 impl<E: Pte> RunList<E> {

@@ -59,6 +59,23 @@ pub fn p2m_set_entry(
     let mut rc = Ok(());
     while todo != 0 {
         let o = p2m_set_entry_order(cx.cfg.mode, g, m, todo);
+        // The 4 KiB chunks left in this level-1 table, as one step when the p2m can
+        // (`p2m_pt::run`, `p2m_ept::run`); else one literal call.
+        let in_table = todo.min(512 - (g & 511));
+        if o == 0 && in_table > 1 {
+            let done = match p2m {
+                P2m::Pt(pt) => pt.set_entry_run_4k(cx, g, m, in_table, t),
+                P2m::Ept(ept) => ept.set_entry_run_4k(cx, g, m, in_table, t, a),
+            };
+            if done.is_some() {
+                g += in_table;
+                if m != INVALID_MFN {
+                    m = m.plus(in_table);
+                }
+                todo -= in_table;
+                continue;
+            }
+        }
         if let Err(e) = p2m.set_entry(cx, g, m, o, t, a) {
             rc = Err(PhysmapError::P2m(e));
         }

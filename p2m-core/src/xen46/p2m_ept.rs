@@ -21,6 +21,8 @@ use crate::xen46::domain::Cx;
 use crate::xen46::p2m_pt::{p2m_is_changeable, p2m_recalc_type};
 use crate::xen46::policy::p2m_get_iommu_flags;
 
+mod run;
+
 /// An `ept_entry_t` with the fields that matter (ipat, snp, suppress_ve and A/D are
 /// summarized away; `emt` is kept because it makes a leaf non-zero). VT-d reading a
 /// shared EPT sees only r, w, sp and the frame ([`ept_io_entry`]).
@@ -128,6 +130,12 @@ pub struct Ept {
     pub root: u64,
     /// `logdirty_ranges`, `global_logdirty` and `max_mapped_pfn` of the p2m.
     pub recalc_state: RecalcState,
+    /// `p2m_set_entry`'s 4 KiB chunks within one table go as one step
+    /// ([`Ept::set_entry_run_4k`], the default) or one call each (off): a knob for the
+    /// equivalence tests, not a Xen behaviour.
+    pub run_fast_path: bool,
+    /// Run steps taken (a measure for the tests; not part of the p2m).
+    pub run_steps: u64,
 }
 
 impl Ept {
@@ -140,6 +148,8 @@ impl Ept {
             tables,
             root,
             recalc_state: RecalcState::default(),
+            run_fast_path: true,
+            run_steps: 0,
         }
     }
 

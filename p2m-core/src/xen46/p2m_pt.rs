@@ -22,6 +22,8 @@ use crate::xen46::domain::Cx;
 use crate::xen46::policy::{iommu_flags_of_raw_type, p2m_get_iommu_flags};
 use crate::xen46::revision::PtIommuConditions;
 
+mod run;
+
 /// `_PAGE_PRESENT`.
 pub const PAGE_PRESENT: u32 = 0x001;
 /// `_PAGE_RW`.
@@ -148,6 +150,12 @@ pub struct P2mPt {
     pub root: u64,
     /// `logdirty_ranges`, `global_logdirty` and `max_mapped_pfn` of the p2m.
     pub recalc_state: RecalcState,
+    /// `p2m_set_entry`'s 4 KiB chunks within one table go as one step
+    /// ([`P2mPt::set_entry_run_4k`], the default) or one call each (off): a knob for the
+    /// equivalence tests, not a Xen behaviour.
+    pub run_fast_path: bool,
+    /// Run steps taken (a measure for the tests; not part of the p2m).
+    pub run_steps: u64,
 }
 
 /// What `p2m_pt_set_entry` learnt about the entry it replaces.
@@ -170,6 +178,8 @@ impl P2mPt {
             tables,
             root,
             recalc_state: RecalcState::default(),
+            run_fast_path: true,
+            run_steps: 0,
         }
     }
 
