@@ -303,6 +303,64 @@ pub fn populate_physmap(
     }
 }
 
+/// `XENMEM_populate_physmap` with `nr` one-page extents from `(gfn, mfn)`: the extent
+/// loop, with the extents that fall in one level-1 table taken as one run step where
+/// `guest_physmap_add_entry` would pass every one of them straight to a 4 KiB
+/// `p2m_set_entry` (no `ram_shared`, grant or foreign entry there, every frame valid) and
+/// the p2m can take the chunks as one step (`p2m_pt::run`, `p2m_ept::run`); else one
+/// extent at a time. 4.6's populate reports no error: all `nr` extents are done.
+fn populate_run(p2m: &mut P2m, cx: &mut Cx, gfn: u64, mfn: u64, nr: u32) -> BatchOutcome {
+    let nr = u64::from(nr);
+    let mut i = 0;
+    while i < nr {
+        let (g, m) = (gfn + i, mfn + i);
+        let k = (nr - i).min(512 - (g & 511));
+        if k > 1 && populate_run_step(p2m, cx, g, m, k) {
+            i += k;
+            continue;
+        }
+        populate_physmap(p2m, cx, g, m, 0);
+        i += 1;
+    }
+    BatchOutcome {
+        done: nr,
+        rc: Ok(()),
+    }
+}
+
+/// `k` one-page extents of `populate_physmap` in one level-1 table as one run step, when
+/// each would reach `p2m_set_entry` unchanged (see [`populate_run`]); whether it did.
+fn populate_run_step(p2m: &mut P2m, cx: &mut Cx, gfn: u64, mfn: u64, k: u64) -> bool {
+    if !mfn_valid(Mfn(mfn)) || !mfn_valid(Mfn(mfn + k - 1)) {
+        return false;
+    }
+    let range = GfnRange {
+        start: gfn,
+        end: gfn + k,
+    };
+    let old = match p2m {
+        P2m::Ept(e) => e.cpu_extents(range),
+        P2m::Pt(p) => p.cpu_extents(range),
+    };
+    if old
+        .iter()
+        .any(|e| e.p2mt == P2mType::RamShared || crate::physmap::foreign_owned(e.p2mt))
+    {
+        return false;
+    }
+    let rw = P2mType::RamRw;
+    let done = match p2m {
+        P2m::Pt(pt) => pt.set_entry_run_4k(cx, gfn, Mfn(mfn), k, rw),
+        P2m::Ept(ept) => {
+            ept.set_entry_run_4k(cx, gfn, Mfn(mfn), k, rw, crate::xen46::p2m::DEFAULT_ACCESS)
+        }
+    };
+    if done.is_some() {
+        cx.log.p2m_changed(range);
+    }
+    done.is_some()
+}
+
 /// `XENMEM_decrease_reservation` of 4.6, one extent (`memory.c:277-321`): an order above
 /// 18 does nothing; `p2m_pod_decrease_reservation` does nothing (no PoD entries); then
 /// `guest_remove_page` on each 4 KiB gfn, a 0 result stopping the op (`-EINVAL` here:
@@ -348,9 +406,7 @@ pub fn caller_op(
         CallerOp::DecreaseReservation { gfn, order } => {
             decrease_reservation(p2m, cx, refs, gfn, order)
         }
-        CallerOp::PopulateRun { gfn, mfn, nr } => {
-            crate::callers::run_extents(nr, |i| populate_physmap(p2m, cx, gfn + i, mfn + i, 0))
-        }
+        CallerOp::PopulateRun { gfn, mfn, nr } => populate_run(p2m, cx, gfn, mfn, nr),
         CallerOp::DecreaseRun { gfn, nr } => {
             crate::callers::run_extents(nr, |i| decrease_reservation(p2m, cx, refs, gfn + i, 0))
         }
