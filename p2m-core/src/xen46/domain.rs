@@ -69,6 +69,28 @@ impl Cx<'_> {
         }
     }
 
+    /// The IOMMU steps of a run step (`p2m_pt::run`, `p2m_ept::run`): for each stretch of
+    /// chunks whose step runs (`step[k]`, chunk `k` at `gfn + k`), the map or unmap the
+    /// literal loop issues page by page, as one call over the stretch.
+    pub fn iommu_map_stretches(&mut self, gfn: u64, mfn: Mfn, step: &[bool], flags: IommuPerm) {
+        let mut k = 0usize;
+        while k < step.len() {
+            if !step[k] {
+                k += 1;
+                continue;
+            }
+            let end = step[k..]
+                .iter()
+                .position(|s| !s)
+                .map_or(step.len(), |p| k + p);
+            let n = (end - k) as u64;
+            crate::stats::bump(&mut self.stats.iommu_steps, n);
+            let m = crate::xen46::p2m::chunk_mfn(mfn, k as u64);
+            self.iommu_map_or_unmap(gfn + k as u64, n, m, flags);
+            k = end;
+        }
+    }
+
     /// The `(gfn, order)` the shared-table flush of an op on `(gfn, order)` covers:
     /// the op's own range in Xen; with `flush_covers_split_superpage`, the largest
     /// superpage the op split around it, if any.

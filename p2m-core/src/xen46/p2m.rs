@@ -7,6 +7,7 @@
 
 use crate::physmap::{foreign_owned, mfn_valid, BatchOutcome, PhysmapError};
 use crate::recalc::RecalcState;
+use crate::tables::Pte;
 use crate::types::{GfnRange, Mfn, Mode, P2mAccess, P2mType, INVALID_MFN};
 use crate::xen46::domain::{Cx, P2m};
 
@@ -86,6 +87,41 @@ pub fn p2m_set_entry(
         todo -= 1 << o;
     }
     rc
+}
+
+/// The frame `p2m_set_entry` passes to the chunk `k` pages in: `mfn + k`, except that
+/// `INVALID_MFN` stays itself (`p2m.c:462-463`).
+pub fn chunk_mfn(mfn: Mfn, k: u64) -> u64 {
+    if mfn == INVALID_MFN {
+        mfn.0
+    } else {
+        mfn.0.wrapping_add(k)
+    }
+}
+
+/// Calls `f(k, entry)` for each of the `pages` entries from `idx` of a table, given its
+/// runs there (`old`, as `Table::runs_in` gives them): gaps read as empty entries. The
+/// run steps judge each chunk of the literal loop this way.
+pub(crate) fn for_each_chunk<E: Pte>(
+    old: &[(u16, u16, E)],
+    idx: u16,
+    pages: u64,
+    mut f: impl FnMut(usize, E),
+) {
+    let mut at = 0usize;
+    for &(s, l, e) in old {
+        let first = (s - idx) as usize;
+        for k in at..first {
+            f(k, E::default());
+        }
+        for k in 0..l as usize {
+            f(first + k, e.nth(k as u64, 1));
+        }
+        at = first + l as usize;
+    }
+    for k in at..pages as usize {
+        f(k, E::default());
+    }
 }
 
 /// `get_gfn_query()`: `(mfn, type)`, `(INVALID_MFN, p2m_mmio_dm)` where nothing is mapped;

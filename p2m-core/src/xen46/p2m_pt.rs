@@ -582,22 +582,9 @@ impl P2mPt {
                     o.iommu_flags = iommu_flags_of_raw_type(p2m_flags_to_type(cur.flags)).bits();
                     o.mfn = cur.pfn;
                 }
-                let keeps = mfn.is_valid()
-                    || p2mt == P2mType::MmioDirect
-                    || matches!(
-                        p2mt,
-                        P2mType::RamPagingOut | P2mType::RamPaged | P2mType::RamPagingIn
-                    );
-                let mut content = if keeps {
-                    PtEntry::from_pfn(mfn.0, type_flags)
-                } else {
-                    PtEntry::default()
-                };
-                if content != PtEntry::default() {
-                    Self::add_iommu_flags(cx, &mut content, 0, iommu_pte_flags);
-                    if cond == PtIommuConditions::Pre {
-                        o.mfn = cur.pfn;
-                    }
+                let content = Self::leaf_4k_content(cx, mfn, p2mt);
+                if content != PtEntry::default() && cond == PtIommuConditions::Pre {
+                    o.mfn = cur.pfn;
                 }
                 self.write(cx, l1, 1, gfn, content);
                 (o, content == PtEntry::default())
@@ -670,6 +657,26 @@ impl P2mPt {
             self.free_entry(cx, old.intermediate, order, GfnRange::of_order(gfn, order));
         }
         Ok(())
+    }
+
+    /// The 4 KiB leaf `p2m_pt_set_entry` writes for `(mfn, p2mt)` (`p2m-pt.c:626-640`): the
+    /// frame with the type's flags and, with shared tables, the IOMMU bits — or an empty
+    /// entry, unless the frame is valid or the type keeps one (`mmio_direct`, paging).
+    fn leaf_4k_content(cx: &Cx, mfn: Mfn, p2mt: P2mType) -> PtEntry {
+        let keeps = mfn.is_valid()
+            || p2mt == P2mType::MmioDirect
+            || matches!(
+                p2mt,
+                P2mType::RamPagingOut | P2mType::RamPaged | P2mType::RamPagingIn
+            );
+        if !keeps {
+            return PtEntry::default();
+        }
+        let mut content = PtEntry::from_pfn(mfn.0, p2m_type_to_flags(p2mt));
+        if content != PtEntry::default() {
+            Self::add_iommu_flags(cx, &mut content, 0, p2m_get_iommu_flags(p2mt));
+        }
+        content
     }
 
     /// Before 960265fbd8 the replaced subtree was freed right after the write.

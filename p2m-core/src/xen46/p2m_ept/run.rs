@@ -19,6 +19,7 @@
 //! `harness/tests/run_steps.rs` compares it with the literal loop ([`Ept::run_fast_path`]).
 
 use super::*;
+use crate::xen46::p2m::for_each_chunk;
 
 impl Ept {
     /// `pages` consecutive 4 KiB `ept_set_entry` calls from `(gfn, mfn)`, all in one
@@ -93,20 +94,7 @@ impl Ept {
                 modify[k] = false;
                 cleared += 1;
             };
-            let mut at = 0usize;
-            for (s, l, e) in &old {
-                let first = (s - idx) as usize;
-                for k in at..first {
-                    page(k, EptEntry::default(), cx);
-                }
-                for k in 0..*l as usize {
-                    page(first + k, e.nth(k as u64, 1), cx);
-                }
-                at = first + *l as usize;
-            }
-            for k in at..pages as usize {
-                page(k, EptEntry::default(), cx);
-            }
+            for_each_chunk(&old, idx, pages, |k, cur| page(k, cur, cx));
             bump(&mut cx.stats.need_modify_cleared, cleared);
         }
         self.run_steps += 1;
@@ -115,26 +103,7 @@ impl Ept {
             self.recalc_state.note_mapped(last, 0);
         }
         if cx.iommu.need_iommu {
-            let mut k = 0usize;
-            while k < modify.len() {
-                if !modify[k] {
-                    k += 1;
-                    continue;
-                }
-                let end = modify[k..]
-                    .iter()
-                    .position(|m| !m)
-                    .map_or(modify.len(), |p| k + p);
-                let n = (end - k) as u64;
-                bump(&mut cx.stats.iommu_steps, n);
-                let m = if mfn == INVALID_MFN {
-                    mfn.0
-                } else {
-                    mfn.0.wrapping_add(k as u64)
-                };
-                cx.iommu_map_or_unmap(gfn + k as u64, n, m, flags);
-                k = end;
-            }
+            cx.iommu_map_stretches(gfn, mfn, &modify, flags);
         }
         Some(())
     }

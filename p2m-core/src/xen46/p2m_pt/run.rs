@@ -24,6 +24,7 @@
 //! ([`P2mPt::run_fast_path`] off) and compares the whole domain after every op.
 
 use super::*;
+use crate::xen46::p2m::{chunk_mfn, for_each_chunk};
 
 impl P2mPt {
     /// `pages` consecutive 4 KiB `p2m_pt_set_entry` calls from `(gfn, mfn)`, all in one
@@ -67,20 +68,7 @@ impl P2mPt {
         }
         let cond = cx.sw.pt_iommu_conditions;
         let iommu_pte_flags = p2m_get_iommu_flags(p2mt);
-        let keeps = mfn.is_valid()
-            || p2mt == P2mType::MmioDirect
-            || matches!(
-                p2mt,
-                P2mType::RamPagingOut | P2mType::RamPaged | P2mType::RamPagingIn
-            );
-        let mut content = if keeps {
-            PtEntry::from_pfn(mfn.0, p2m_type_to_flags(p2mt))
-        } else {
-            PtEntry::default()
-        };
-        if content != PtEntry::default() {
-            Self::add_iommu_flags(cx, &mut content, 0, iommu_pte_flags);
-        }
+        let content = Self::leaf_4k_content(cx, mfn, p2mt);
         let wrote_empty = content == PtEntry::default();
         let flags = if cx.sw.iommu_flags_require_present_entry && wrote_empty {
             IommuPerm::NONE
@@ -95,44 +83,16 @@ impl P2mPt {
         // Which pages' IOMMU step runs (`p2m-pt.c:668-672`), from the entries they replace.
         let new_flags = iommu_pte_flags.bits();
         let mut step = vec![false; pages as usize];
-        let mut at = 0usize;
-        for (s, l, e) in &old {
-            // Pages before this run read an empty entry.
-            let first = (s - idx) as usize;
-            for (k, st) in step.iter_mut().enumerate().take(first).skip(at) {
-                *st = Self::chunk_step(cond, PtEntry::default(), new_flags, mfn, k as u64);
-            }
-            for k in 0..*l as usize {
-                let cur = e.nth(k as u64, 1);
-                step[first + k] = Self::chunk_step(cond, cur, new_flags, mfn, (first + k) as u64);
-            }
-            at = first + *l as usize;
-        }
-        for (k, st) in step.iter_mut().enumerate().skip(at) {
-            *st = Self::chunk_step(cond, PtEntry::default(), new_flags, mfn, k as u64);
-        }
+        for_each_chunk(&old, idx, pages, |k, cur| {
+            step[k] = Self::chunk_step(cond, cur, new_flags, mfn, k as u64);
+        });
         self.run_steps += 1;
         self.write_run(cx, l1, 1, gfn, len, content);
         if p2mt != P2mType::Invalid {
             self.recalc_state.note_mapped(gfn + pages - 1, 0);
         }
         if cx.iommu.need_iommu {
-            let mut k = 0usize;
-            while k < step.len() {
-                if !step[k] {
-                    k += 1;
-                    continue;
-                }
-                let end = step[k..]
-                    .iter()
-                    .position(|s| !s)
-                    .map_or(step.len(), |p| k + p);
-                let n = (end - k) as u64;
-                bump(&mut cx.stats.iommu_steps, n);
-                let m = chunk_mfn(mfn, k as u64);
-                cx.iommu_map_or_unmap(gfn + k as u64, n, m, flags);
-                k = end;
-            }
+            cx.iommu_map_stretches(gfn, mfn, &step, flags);
         }
         Some(())
     }
@@ -148,15 +108,5 @@ impl P2mPt {
                 old_flags != new_flags || cur.pfn != chunk_mfn(mfn, k)
             }
         }
-    }
-}
-
-/// The frame `p2m_set_entry` passes to the chunk `k` pages in: `mfn + k`, except that
-/// `INVALID_MFN` stays itself (`p2m.c:462-463`).
-fn chunk_mfn(mfn: Mfn, k: u64) -> u64 {
-    if mfn == INVALID_MFN {
-        mfn.0
-    } else {
-        mfn.0.wrapping_add(k)
     }
 }
