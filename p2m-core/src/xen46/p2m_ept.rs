@@ -515,22 +515,7 @@ impl Ept {
             new_entry.mfn = mfn.0 & PTE_MFN_MASK;
             new_entry.emt = epte_get_entry_emt(mfn, p2mt);
             ept_p2m_type_to_flags(&mut new_entry, p2mt, p2ma);
-            let same_mfn = cur.mfn == new_entry.mfn;
-            let old_flags =
-                p2m_get_iommu_flags(P2mType::from_raw(cur.sa_p2mt).unwrap_or(P2mType::Invalid));
-            let same_flags = !sw.ept_need_modify_checks_iommu_flags || old_flags == iommu_flags;
-            let unchanged = if sw.ept_need_modify_requires_present_leaf {
-                let leaf = level == 1 || cur.sp;
-                // With shared tables the IOTLB may also hold a W a recalc took away
-                // unflushed (`ram_logdirty` keeps RW in `p2m_get_iommu_flags`): the
-                // flags must agree as well as the bits.
-                let same_device_view = old_flags == iommu_flags
-                    && (!cx.cfg.iommu_hap_pt_share || (cur.r, cur.w) == (new_entry.r, new_entry.w));
-                cur.is_present() && leaf && same_mfn && same_device_view
-            } else {
-                same_mfn && same_flags
-            };
-            if unchanged {
+            if Self::vtd_table_unchanged(cx, cur, level, new_entry, iommu_flags) {
                 need_modify_vtd_table = false;
                 bump(&mut cx.stats.need_modify_cleared, 1);
             }
@@ -575,6 +560,35 @@ impl Ept {
         // Release the old intermediate tables last, after the IOMMU step.
         self.free_entry(cx, old_entry, target, span);
         Ok(())
+    }
+
+    /// Whether `ept_set_entry` clears `need_modify_vtd_table` (`p2m-ept.c:785-798`) when the
+    /// frame-keeping entry `new` (its type's IOMMU flags `iommu_flags`) replaces `cur` at
+    /// `level`: the same frame (and, since 6c0e4ad608, the same IOMMU flags); with
+    /// `ept_need_modify_requires_present_leaf`, also a present leaf and, with shared
+    /// tables, the same r/w bits. The literal call and the run steps both decide here.
+    fn vtd_table_unchanged(
+        cx: &Cx,
+        cur: EptEntry,
+        level: u8,
+        new: EptEntry,
+        iommu_flags: IommuPerm,
+    ) -> bool {
+        let sw = cx.sw;
+        let same_mfn = cur.mfn == new.mfn;
+        let old_flags =
+            p2m_get_iommu_flags(P2mType::from_raw(cur.sa_p2mt).unwrap_or(P2mType::Invalid));
+        if sw.ept_need_modify_requires_present_leaf {
+            let leaf = level == 1 || cur.sp;
+            // With shared tables the IOTLB may also hold a W a recalc took away unflushed
+            // (`ram_logdirty` keeps RW in `p2m_get_iommu_flags`): the flags must agree as
+            // well as the bits.
+            let same_device_view = old_flags == iommu_flags
+                && (!cx.cfg.iommu_hap_pt_share || (cur.r, cur.w) == (new.r, new.w));
+            cur.is_present() && leaf && same_mfn && same_device_view
+        } else {
+            same_mfn && (!sw.ept_need_modify_checks_iommu_flags || old_flags == iommu_flags)
+        }
     }
 
     /// Models `ept_invalidate_emt()` (`p2m-ept.c:385-411`) on table `t` of `level` whose

@@ -623,10 +623,7 @@ impl P2mPt {
         // The IOMMU step.
         let shared = Self::shares_tables(cx);
         let new_flags = iommu_pte_flags.bits();
-        let run_step = match cond {
-            PtIommuConditions::Pre => true,
-            _ => old.iommu_flags != new_flags || old.mfn != mfn.0,
-        };
+        let run_step = Self::iommu_step_runs(cond, old.iommu_flags, old.mfn, new_flags, mfn.0);
         let split_flush = shared && cx.split_to_flush(gfn).is_some();
         // `iommu_enabled && need_iommu(d)` (`p2m-pt.c:668`).
         if cx.iommu.need_iommu && (run_step || split_flush) {
@@ -677,6 +674,22 @@ impl P2mPt {
             Self::add_iommu_flags(cx, &mut content, 0, p2m_get_iommu_flags(p2mt));
         }
         content
+    }
+
+    /// Whether `p2m_pt_set_entry` takes its IOMMU step (`p2m-pt.c:668-672`): always before
+    /// 660fd65d55's analogue (`Pre`), else when the old entry's IOMMU flags or frame differ
+    /// from the new ones. The literal call and the run steps both decide here.
+    fn iommu_step_runs(
+        cond: PtIommuConditions,
+        old_flags: u32,
+        old_mfn: u64,
+        new_flags: u32,
+        new_mfn: u64,
+    ) -> bool {
+        match cond {
+            PtIommuConditions::Pre => true,
+            _ => old_flags != new_flags || old_mfn != new_mfn,
+        }
     }
 
     /// Before 960265fbd8 the replaced subtree was freed right after the write.

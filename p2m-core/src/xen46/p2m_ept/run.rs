@@ -88,7 +88,7 @@ impl Ept {
             let mut cleared = 0;
             let mut page = |k: usize, cur: EptEntry, cx: &Cx| {
                 let new = new_entry.nth(k as u64, 1);
-                if !Self::chunk_unchanged(cx, cur, new, iommu_flags) {
+                if !Self::vtd_table_unchanged(cx, cur, 1, new, iommu_flags) {
                     return;
                 }
                 modify[k] = false;
@@ -106,20 +106,5 @@ impl Ept {
             cx.iommu_map_stretches(gfn, mfn, &modify, flags);
         }
         Some(())
-    }
-
-    /// Whether `ept_set_entry` clears `need_modify_vtd_table` for a 4 KiB leaf `cur`
-    /// replaced by `new` (a frame-keeping entry whose type has the IOMMU flags `flags`),
-    /// separate tables (`p2m-ept.c:785-798` and the proposed fixes' conditions).
-    fn chunk_unchanged(cx: &Cx, cur: EptEntry, new: EptEntry, flags: IommuPerm) -> bool {
-        let sw = cx.sw;
-        let same_mfn = cur.mfn == new.mfn;
-        let old_flags =
-            p2m_get_iommu_flags(P2mType::from_raw(cur.sa_p2mt).unwrap_or(P2mType::Invalid));
-        if sw.ept_need_modify_requires_present_leaf {
-            cur.is_present() && same_mfn && old_flags == flags
-        } else {
-            same_mfn && (!sw.ept_need_modify_checks_iommu_flags || old_flags == flags)
-        }
     }
 }

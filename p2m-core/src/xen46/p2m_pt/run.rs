@@ -97,16 +97,10 @@ impl P2mPt {
         Some(())
     }
 
-    /// Whether the IOMMU step of the chunk `k` pages into the run runs
-    /// (`p2m-pt.c:668-672`): always before 660fd65d55's analogue, else when the old
-    /// entry's IOMMU flags or frame differ from the new ones.
+    /// Whether the IOMMU step of the chunk `k` pages into the run runs: the literal call's
+    /// decision ([`P2mPt::iommu_step_runs`]) on the entry it would read.
     fn chunk_step(cond: PtIommuConditions, cur: PtEntry, new_flags: u32, mfn: Mfn, k: u64) -> bool {
-        match cond {
-            PtIommuConditions::Pre => true,
-            _ => {
-                let old_flags = iommu_flags_of_raw_type(p2m_flags_to_type(cur.flags)).bits();
-                old_flags != new_flags || cur.pfn != chunk_mfn(mfn, k)
-            }
-        }
+        let old_flags = iommu_flags_of_raw_type(p2m_flags_to_type(cur.flags)).bits();
+        Self::iommu_step_runs(cond, old_flags, cur.pfn, new_flags, chunk_mfn(mfn, k))
     }
 }
