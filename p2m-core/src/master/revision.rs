@@ -87,9 +87,9 @@ pub struct Switches {
     /// which AMD's flush ignores without `MODIFIED` (`amd/iommu_map.c:618-620`), so the
     /// page and the freed table stay in the IOTLB and paging-structure caches. On VT-d the
     /// slip is harmless: `ALL` alone is a domain-selective flush, issued whatever
-    /// `MODIFIED` says (`vtd/iommu.c:764-767`). Not deep despite its name: the state before
-    /// the last unmap of a table emptied page by page (one present entry, its markers as a
-    /// fresh table's) is also one map into an empty 2 MiB region away.
+    /// `MODIFIED` says (`vtd/iommu.c:736-740,764-766`). Not deep despite its name: the
+    /// state before the last unmap of a table emptied page by page (one present entry, its
+    /// markers as a fresh table's) is also one map into an empty 2 MiB region away.
     pub emptying_unmap_sets_modified: bool,
     /// `vtd/iommu.c:2130` and `amd/iommu_map.c:92-108`: a map that leaves the PTE unchanged
     /// returns without flush flags. Negative control (`no-identical-pte-check`): the PTE is
