@@ -18,7 +18,9 @@
 #                             each into $P2M_FUZZ_OUT/<line>/ with its own defaults: xen-4.6
 #                             checks `fixed` (canary: xen-4.6-pre patch-v1 committed edb9531263), xen-master
 #                             checks `master-fixed` (canary: every master revision with a
-#                             corpus/regressions/ directory, baseline master-fixed); the summary
+#                             corpus/regressions/ directory — the deep-hole revisions
+#                             deep-coalesce-short, deep-free-empty-short and
+#                             deep-last-unmap-noflush included — baseline master-fixed); the summary
 #                             of each line is concatenated into $P2M_FUZZ_OUT/summary.md.
 #                             Setting P2M_REVISION runs that one revision the old way.
 #   P2M_REVISION              revision the main run checks (default fixed)
@@ -90,6 +92,9 @@ if [ -z "${P2M_REVISION:-}" ] && [ -z "${P2M_FUZZ_LINE:-}" ]; then
       xen-4.6) rev=fixed; canary="xen-4.6-pre patch-v1 committed edb9531263" ;;
       xen-master)
         rev=master-fixed
+        # Every master revision with regressions, the deep-hole ones (deep-*) included:
+        # their traces need half a 2 MiB region of agreeing 4 KiB ops, and the canary must
+        # still rediscover them.
         canary=""
         for d in corpus/regressions/*/; do
           r=$(basename "$d")

@@ -3,7 +3,9 @@
 //! Each [`Swarm`] picks a random subset of orders, types, accesses and frame kinds
 //! to favour; scenarios drawn from it are short sequences over a handful of gfns
 //! placed at 4 KiB / 2 MiB / 1 GiB boundaries, so that ops overlap and replace
-//! each other's tables.
+//! each other's tables. Caller ops include macro ops — a 2 MiB region ballooned in or out
+//! page by page in one op, frames congruent to the gfns — unless `P2M_MACRO=off`
+//! ([`crate::mutate::macro_ops_enabled`]), which draws one-page ops in their place.
 
 use crate::scenario::{MfnSel, Op, Scenario, SetEntryOp, GFN_WINDOW, MFN_POOL_BASE};
 use p2m_core::callers::{CallerOp, HvmMemType, Interleave, InterleavedBatch};
@@ -39,6 +41,8 @@ pub struct Swarm {
     /// Chance that an op is preceded by a fault injection (`fail_alloc`; 0 in half the
     /// swarms): one of its first table allocations fails.
     fail_chance: f64,
+    /// Whether caller ops include runs of one-page extents (`P2M_MACRO`).
+    macros: bool,
 }
 
 fn subset<T: Copy>(rng: &mut SmallRng, all: &[T]) -> Vec<T> {
@@ -103,7 +107,15 @@ impl Swarm {
             } else {
                 rng.gen_range(0.05..0.3)
             },
+            macros: crate::mutate::macro_ops_enabled(),
         }
+    }
+
+    /// The swarm with macro ops (runs of one-page extents) drawn or not, whatever
+    /// `P2M_MACRO` says.
+    pub fn with_macros(mut self, on: bool) -> Swarm {
+        self.macros = on;
+        self
     }
 
     /// A swarm that draws no caller ops besides the batch (the raw API as before caller
@@ -313,6 +325,16 @@ impl Swarm {
             },
             // A region ballooned in or out page by page (one hypercall, many extents):
             // fresh frames congruent to the gfns, so the IOMMU may coalesce the region.
+            // Without macro ops, one page at the same gfn instead.
+            28 | 29 if !self.macros => {
+                if rng.gen_bool(0.5) {
+                    let mfn = *heap;
+                    *heap += 1;
+                    CallerOp::Populate { gfn, mfn, order: 0 }
+                } else {
+                    CallerOp::DecreaseReservation { gfn, order: 0 }
+                }
+            }
             28 => {
                 let g = gfn & !511;
                 let nr = *[16u32, 256, 512].choose(rng).expect("nr");
@@ -351,5 +373,44 @@ impl Swarm {
             gpfn: gpfn & (GFN_WINDOW - 1),
             size,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::SeedableRng;
+
+    /// Runs of one-page extents in `n` caller scenarios of swarms with macro ops `on`.
+    fn runs(on: bool, n: usize) -> (usize, usize) {
+        let mut rng = SmallRng::seed_from_u64(7);
+        let (mut runs, mut congruent) = (0, 0);
+        for _ in 0..n {
+            let swarm = Swarm::new(&mut rng, None).callers_only().with_macros(on);
+            for op in swarm.scenario(&mut rng).ops {
+                match op {
+                    Op::Call(CallerOp::PopulateRun { gfn, mfn, .. }) => {
+                        runs += 1;
+                        congruent += (gfn % 512 == 0 && mfn % 512 == gfn % 512) as usize;
+                    }
+                    Op::Call(CallerOp::DecreaseRun { gfn, .. }) => {
+                        runs += 1;
+                        congruent += (gfn % 512 == 0) as usize;
+                    }
+                    _ => {}
+                }
+            }
+        }
+        (runs, congruent)
+    }
+
+    /// With macro ops the swarms draw runs over whole 2 MiB regions, frames congruent to
+    /// the gfns; without them (`P2M_MACRO=off`) none.
+    #[test]
+    fn macro_ops_switch() {
+        let (on, congruent) = runs(true, 3000);
+        assert!(on > 100, "{on} runs");
+        assert_eq!(congruent, on);
+        assert_eq!(runs(false, 3000).0, 0);
     }
 }

@@ -23,6 +23,16 @@
 //! records up to a cut, then the second input's records from another cut. Both are
 //! deterministic in their seed. `P2M_MUTATOR=off` gives every mutation to libFuzzer
 //! (the fuzz targets read it once), to measure the mutator against the default.
+//!
+//! **Macro ops.** A run of one-page extents (`populate_physmap gfn=G mfn=M order=0 nr=N`,
+//! `decrease_reservation gfn=G order=0 nr=N`) builds or empties much of a 2 MiB region in
+//! one op: with a 2 MiB-aligned gfn and a frame congruent to it (`M ≡ G mod 512`) its pages
+//! are the agreeing 4 KiB IOMMU entries that coalesce — the deep states no single 2 MiB op
+//! makes (half a table of them, for the `deep-*` revisions). This mutator and `hunt`'s
+//! generator (`crate::generate`) draw them; `P2M_MACRO=off` ([`macro_ops_enabled`], read
+//! once) makes both draw one-page ops in their place, so a benchmark can compare the
+//! search with and without them (`ci/deep-ttf.sh`). libFuzzer's own byte mutations and
+//! the dictionary may still write runs.
 
 use p2m_core::callers::{CallerOp, HvmMemType};
 use p2m_core::physmap::AddToPhysmapRange;
@@ -126,8 +136,28 @@ fn draw_gfn(rng: &mut Rng, known: &[u64]) -> u64 {
     g & (GFN_WINDOW - 1)
 }
 
+/// Whether the generators draw macro ops (runs of one-page extents): `P2M_MACRO=on` (the
+/// default) or `off`, read once by the fuzz targets' mutator and by `hunt`'s generator; a
+/// bad value stops the process at once (exit 2).
+pub fn macro_ops_enabled() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| match std::env::var("P2M_MACRO").as_deref() {
+        Err(_) | Ok("on") | Ok("1") => true,
+        Ok("off") | Ok("0") => false,
+        Ok(v) => {
+            eprintln!("p2m-fuzz: P2M_MACRO: `{v}` is not on or off");
+            std::process::exit(2)
+        }
+    })
+}
+
 /// A caller op at `gfn` that builds or changes state, from the pool's frames.
 fn fresh_call(rng: &mut Rng, gfn: u64) -> Op {
+    fresh_call_with(rng, gfn, macro_ops_enabled())
+}
+
+/// [`fresh_call`], with macro ops (runs of one-page extents) drawn or not.
+fn fresh_call_with(rng: &mut Rng, gfn: u64, macros: bool) -> Op {
     let call = |c: CallerOp| Op::Call(c);
     match rng.below(17) {
         0..=2 => call(CallerOp::Populate {
@@ -166,7 +196,7 @@ fn fresh_call(rng: &mut Rng, gfn: u64) -> Op {
             nth: 1 + rng.below(3) as u32,
         },
         13 => call(CallerOp::SetBrokenPage { gfn }),
-        14 => {
+        14 if macros => {
             // A region ballooned in page by page, frames congruent to the gfns (the IOMMU
             // may coalesce it), or given back page by page.
             let g = gfn & !511;
@@ -178,6 +208,18 @@ fn fresh_call(rng: &mut Rng, gfn: u64) -> Op {
                     gfn: g,
                     mfn: MFN_POOL_BASE + (g & 0xfffff),
                     nr,
+                })
+            }
+        }
+        14 => {
+            // Without macro ops: one page at the same gfn, populated or given back.
+            if rng.below(3) == 0 {
+                call(CallerOp::DecreaseReservation { gfn, order: 0 })
+            } else {
+                call(CallerOp::Populate {
+                    gfn,
+                    mfn: MFN_POOL_BASE + (gfn & 0xfffff),
+                    order: 0,
                 })
             }
         }
@@ -420,6 +462,32 @@ mod tests {
         }
         assert!(total > 200, "{total} growing mutations");
         assert_eq!(near, total, "every new op lands near the input's gfns");
+    }
+
+    /// Inserted caller ops include runs of one-page extents over a 2 MiB region, frames
+    /// congruent to the gfns, unless macro ops are off (`P2M_MACRO=off`).
+    #[test]
+    fn macro_ops_switch() {
+        let is_run = |op: &Op| {
+            matches!(
+                op,
+                Op::Call(CallerOp::PopulateRun { .. } | CallerOp::DecreaseRun { .. })
+            )
+        };
+        let (mut on, mut off) = (0, 0);
+        for seed in 0..3000u32 {
+            let gfn = 0x4321 + u64::from(seed % 7);
+            let op = fresh_call_with(&mut Rng::new(seed), gfn, true);
+            if is_run(&op) {
+                on += 1;
+                if let Op::Call(CallerOp::PopulateRun { gfn, mfn, .. }) = op {
+                    assert_eq!((gfn % 512, mfn % 512), (0, 0), "{op:?}");
+                }
+            }
+            off += is_run(&fresh_call_with(&mut Rng::new(seed), gfn, false)) as u32;
+        }
+        assert!(on > 100, "{on} runs");
+        assert_eq!(off, 0);
     }
 
     /// Crossover keeps whole records from both sides and the first input's header.

@@ -8,7 +8,7 @@
 
 use crate::cache::Invalidation;
 use crate::master::iommu::{FlushFlags, Hd, IoCx, IommuErr, DFN_MASK};
-use crate::master::pt_contig_markers::PteKind;
+use crate::master::pt_contig_markers::{PteKind, Slips};
 use crate::master::x86_iommu::{
     entry_span, iommu_alloc_pgtable, iommu_queue_free_pgtable, iommu_queue_free_root, note_old,
     IoPte, PgTables,
@@ -242,7 +242,7 @@ fn set_iommu_pte_present(
     note_old(hd, pt, cx, span, level, old);
     pt.write(table, idx, new);
     cx.log.changed(span);
-    let contig = pt.update_contig(table, idx, level, PteKind::Leaf);
+    let contig = pt.update_contig_with(table, idx, level, PteKind::Leaf, Slips::of(cx.sw));
     (if reported { old } else { old.unchanged() }, contig)
 }
 
@@ -263,7 +263,7 @@ fn clear_iommu_pte_present(
     note_old(hd, pt, cx, span, level, old);
     pt.write(table, idx, AmdPte(0));
     cx.log.changed(span);
-    let free = pt.update_contig(table, idx, level, PteKind::Null);
+    let free = pt.update_contig_with(table, idx, level, PteKind::Null, Slips::of(cx.sw));
     (old, free)
 }
 
@@ -367,15 +367,20 @@ pub(crate) fn amd_iommu_unmap_page(
         return Err(IommuErr::Fault);
     };
     let mut old = AmdPte(0);
+    let mut freed = false;
     if pt_mfn != 0 {
         let (o, free) = clear_iommu_pte_present(hd, pt, cx, pt_mfn, dfn, level);
         old = o;
         if free {
             free_empty(hd, pt, cx, dfn, pt_mfn, level, ff);
+            freed = true;
         }
     }
     if old.pr() {
-        ff.modified = true;
+        // Planted `deep-last-unmap-noflush`: not when the free loop ran.
+        if !freed || cx.sw.emptying_unmap_sets_modified {
+            ff.modified = true;
+        }
         if order > 0 && old.next_level() != 0 {
             let base = entry_span(dfn, level).start;
             queue_free_pt(hd, pt, cx, old.mfn(), old.next_level(), base);
@@ -499,7 +504,7 @@ pub(crate) fn amd_iommu_map_run(
             j += 1;
         }
         let (a, e) = (pieces[i].0, pieces[j - 1].0 + pieces[j - 1].1);
-        let w = pt.first_complete(l1, a, e, 1, PteKind::Leaf, &expect);
+        let w = pt.first_complete_with(l1, a, e, 1, PteKind::Leaf, &expect, Slips::of(sw));
         let end = w.map_or(e, |w| w + 1);
         for p in &pieces[i..j] {
             let (s, l, old) = *p;
@@ -521,7 +526,7 @@ pub(crate) fn amd_iommu_map_run(
             start: page(a),
             end: page(end),
         });
-        let contig = pt.update_contig_run(l1, a, end, 1, PteKind::Leaf);
+        let contig = pt.update_contig_run_with(l1, a, end, 1, PteKind::Leaf, Slips::of(sw));
         if let Some(w) = w {
             if contig {
                 let (wd, wm) = (page(w), mfn.wrapping_add((w - lo) as u64));
@@ -558,8 +563,11 @@ pub(crate) fn amd_iommu_unmap_run(
     let lo = index_of(dfn, 1);
     let hi = lo + n as u16;
     let page = |i: u16| dfn + (i - lo) as u64;
-    let w = pt.first_complete(l1, lo, hi, 1, PteKind::Null, &|_| 0);
+    let slips = Slips::of(cx.sw);
+    let w = pt.first_complete_with(l1, lo, hi, 1, PteKind::Null, &|_| 0, slips);
     let end = w.map_or(hi, |w| w + 1);
+    // Whether an entry before the last one was present, and the last one.
+    let (mut earlier_pr, mut last_pr) = (false, false);
     for (s, l, old) in pt.pieces(l1, lo, end) {
         let span = GfnRange {
             start: page(s),
@@ -567,7 +575,8 @@ pub(crate) fn amd_iommu_unmap_run(
         };
         note_old(hd, pt, cx, span, 1, old);
         if old.pr() {
-            ff.modified = true;
+            earlier_pr |= s + l < end || l > 1;
+            last_pr |= s + l == end;
         }
     }
     pt.fill_entries(l1, lo, end - lo, AmdPte(0));
@@ -575,7 +584,12 @@ pub(crate) fn amd_iommu_unmap_run(
         start: page(lo),
         end: page(end),
     });
-    let free = pt.update_contig_run(l1, lo, end, 1, PteKind::Null);
+    let free = pt.update_contig_run_with(l1, lo, end, 1, PteKind::Null, slips);
+    // Planted `deep-last-unmap-noflush`: the call that emptied the table adds no MODIFIED.
+    let emptied = w.is_some() && free;
+    if earlier_pr || last_pr && (!emptied || cx.sw.emptying_unmap_sets_modified) {
+        ff.modified = true;
+    }
     if let Some(w) = w {
         if free {
             free_empty(hd, pt, cx, page(w), l1, 1, ff);

@@ -56,6 +56,41 @@ pub struct Switches {
     /// Xen history): the loop runs on while the table it emptied is empty, up to queueing
     /// the root itself.
     pub free_loop_level_bound: bool,
+    /// `pt-contig-markers.h:40-43,84-98` (8c6a4963f0): a `PTE_kind_leaf` update of the
+    /// contiguity markers compares (`IS_CONTIG`) the first entries of the two blocks it
+    /// merges at every level — the last one, where the table's two 256-entry halves merge,
+    /// included. Undone (`deep-coalesce-short`, synthetic, not Xen history: the comparison's
+    /// level bound one short, so at the last level only the other half's marker is read):
+    /// a table whose halves are each contiguous but not with each other (other frames,
+    /// other permissions, or one half empty) is reported complete, and
+    /// `amd_iommu_map_page` (`amd/iommu_map.c:452-469`) / `intel_iommu_map_page`
+    /// (`vtd/iommu.c:2147-2173`) coalesce it into a superpage that maps the other half to
+    /// frames the p2m does not map there. It needs half a table of agreeing 4 KiB maps
+    /// (256 writes no 2 MiB op or shatter makes): see
+    /// [`Slips`](crate::master::pt_contig_markers::Slips).
+    pub coalesce_compares_halves: bool,
+    /// `pt-contig-markers.h:40-43,84-98` (8c6a4963f0), the free-empty test of the unmap
+    /// paths (`amd/iommu_map.c:51,523`, `vtd/iommu.c:2237-2240`): a `PTE_kind_null` update
+    /// checks that the first entry of each block it merges is null at every level, the last
+    /// one included. Undone (`deep-free-empty-short`, synthetic, not Xen history: the same
+    /// level bound one short in the null test): a table whose other half is a claimed run
+    /// of leaves reads as empty once the unmap empties its own half, and the free loop
+    /// (`amd/iommu_map.c:523-536`, `vtd/iommu.c:2237-2257`) unlinks and frees it with 256
+    /// live entries: the device loses them. It needs half a table emptied page by page
+    /// (or built page by page next to an empty half).
+    pub free_empty_checks_halves: bool,
+    /// `vtd/iommu.c:2263` and `amd/iommu_map.c:541-543`: an unmap reports
+    /// `IOMMU_FLUSHF_modified` for the entry it cleared also when the free loop ran (the
+    /// loop adds `IOMMU_FLUSHF_all`). Undone (`deep-last-unmap-noflush`, synthetic, not Xen
+    /// history: that line placed in the "table not emptied" branch, as if the loop's
+    /// `IOMMU_FLUSHF_all` covered it): the unmap that empties a table reports `ALL` only,
+    /// which AMD's flush ignores without `MODIFIED` (`amd/iommu_map.c:618-620`), so the
+    /// page and the freed table stay in the IOTLB and paging-structure caches. On VT-d the
+    /// slip is harmless: `ALL` alone is a domain-selective flush, issued whatever
+    /// `MODIFIED` says (`vtd/iommu.c:736-740,764-766`). Not deep despite its name: the
+    /// state before the last unmap of a table emptied page by page (one present entry, its
+    /// markers as a fresh table's) is also one map into an empty 2 MiB region away.
+    pub emptying_unmap_sets_modified: bool,
     /// `vtd/iommu.c:2130` and `amd/iommu_map.c:92-108`: a map that leaves the PTE unchanged
     /// returns without flush flags. Negative control (`no-identical-pte-check`): the PTE is
     /// rewritten and reported as changed (only extra flushes).
@@ -177,6 +212,9 @@ const MASTER: Switches = Switches {
     batch_holds_page_refs: true,
     free_queue_deferred: true,
     free_loop_level_bound: true,
+    coalesce_compares_halves: true,
+    free_empty_checks_halves: true,
+    emptying_unmap_sets_modified: true,
     identical_pte_short_circuit: true,
     pt_flags_to_access_fixed: true,
     amd_shatter_no_flush_all: true,
@@ -301,6 +339,24 @@ pub const REVISIONS: &[Revision] = &[
         Planted,
         "synthetic, not Xen history: the free-empty loop runs up to the root",
         free_loop_level_bound
+    ),
+    undo!(
+        "deep-coalesce-short",
+        Planted,
+        "synthetic, not Xen history: leaf marker updates skip comparing the two halves, which coalesce",
+        coalesce_compares_halves
+    ),
+    undo!(
+        "deep-free-empty-short",
+        Planted,
+        "synthetic, not Xen history: the free-empty test skips checking the other half: half-full tables freed",
+        free_empty_checks_halves
+    ),
+    undo!(
+        "deep-last-unmap-noflush",
+        Planted,
+        "synthetic, not Xen history: the unmap emptying a table reports ALL only, no MODIFIED (AMD: no flush)",
+        emptying_unmap_sets_modified
     ),
     undo!(
         "no-identical-pte-check",

@@ -9,7 +9,7 @@
 
 use crate::cache::Invalidation;
 use crate::master::iommu::{FlushFlags, Hd, IoCx, IommuErr, DFN_MASK, INVALID_DFN};
-use crate::master::pt_contig_markers::PteKind;
+use crate::master::pt_contig_markers::{PteKind, Slips};
 use crate::master::x86_iommu::{
     entry_span, iommu_alloc_pgtable, iommu_queue_free_pgtable, iommu_queue_free_root, note_old,
     IoPte, PgTables,
@@ -229,7 +229,8 @@ pub(crate) fn intel_iommu_map_page(
     note_old(hd, pt, cx, span, level, old);
     pt.write(pg, idx, new);
     cx.log.changed(span);
-    if pt.update_contig(pg, idx, level, leaf_kind(hd.page_sizes, level)) {
+    let slips = Slips::of(cx.sw);
+    if pt.update_contig_with(pg, idx, level, leaf_kind(hd.page_sizes, level), slips) {
         coalesce(hd, pt, cx, dfn, pg, level, new, ff);
     }
     ff.added = true;
@@ -277,7 +278,8 @@ fn coalesce(
             _ => hd.ctr.iommu_coalesce_1g += 1,
         }
         iommu_queue_free_pgtable(hd, pt, cx, pg, level - 1, span);
-        if !pt.update_contig(parent, idx, level, leaf_kind(hd.page_sizes, level)) {
+        let kind = leaf_kind(hd.page_sizes, level);
+        if !pt.update_contig_with(parent, idx, level, kind, Slips::of(cx.sw)) {
             return;
         }
         pg = parent;
@@ -311,10 +313,16 @@ pub(crate) fn intel_iommu_unmap_page(
     note_old(hd, pt, cx, span, level, old);
     pt.write(pg, idx, DmaPte(0));
     cx.log.changed(span);
-    if pt.update_contig(pg, idx, level, PteKind::Null) {
+    if pt.update_contig_with(pg, idx, level, PteKind::Null, Slips::of(cx.sw)) {
         free_empty(hd, pt, cx, dfn, pg, level, ff);
+        // Planted `deep-last-unmap-noflush`: no MODIFIED when the free loop ran (harmless
+        // here: the loop's ALL is a domain-selective flush on VT-d).
+        if cx.sw.emptying_unmap_sets_modified {
+            ff.modified = true;
+        }
+    } else {
+        ff.modified = true;
     }
-    ff.modified = true;
     if order > 0 && !old.superpage() {
         queue_free_pt(hd, pt, cx, old.addr(), level - 1, span.start);
     }
@@ -360,7 +368,7 @@ fn free_empty(
         ff.all = true;
         hd.ctr.iommu_tables_freed_empty += 1;
         iommu_queue_free_pgtable(hd, pt, cx, pg, level - 1, span);
-        if !pt.update_contig(parent, idx, level, PteKind::Null) {
+        if !pt.update_contig_with(parent, idx, level, PteKind::Null, Slips::of(cx.sw)) {
             return;
         }
         pg = parent;
@@ -437,7 +445,7 @@ pub(crate) fn intel_iommu_map_run(
             j += 1;
         }
         let (a, e) = (pieces[i].0, pieces[j - 1].0 + pieces[j - 1].1);
-        let w = pt.first_complete(l1, a, e, 1, kind, &expect);
+        let w = pt.first_complete_with(l1, a, e, 1, kind, &expect, Slips::of(cx.sw));
         let end = w.map_or(e, |w| w + 1);
         for &(s, l, old) in &pieces[i..j] {
             if s >= end {
@@ -458,7 +466,7 @@ pub(crate) fn intel_iommu_map_run(
             start: page(a),
             end: page(end),
         });
-        let contig = pt.update_contig_run(l1, a, end, 1, kind);
+        let contig = pt.update_contig_run_with(l1, a, end, 1, kind, Slips::of(cx.sw));
         ff.added = true;
         if let Some(w) = w {
             if contig {
@@ -502,7 +510,8 @@ pub(crate) fn intel_iommu_unmap_run(
             j += 1;
         }
         let (a, e) = (pieces[i].0, pieces[j - 1].0 + pieces[j - 1].1);
-        let w = pt.first_complete(l1, a, e, 1, PteKind::Null, &|_| 0);
+        let slips = Slips::of(cx.sw);
+        let w = pt.first_complete_with(l1, a, e, 1, PteKind::Null, &|_| 0, slips);
         let end = w.map_or(e, |w| w + 1);
         for &(s, l, old) in &pieces[i..j] {
             if s >= end {
@@ -520,8 +529,13 @@ pub(crate) fn intel_iommu_unmap_run(
             start: page(a),
             end: page(end),
         });
-        let free = pt.update_contig_run(l1, a, end, 1, PteKind::Null);
-        ff.modified = true;
+        let free = pt.update_contig_run_with(l1, a, end, 1, PteKind::Null, slips);
+        // Planted `deep-last-unmap-noflush`: the call that emptied the table adds no
+        // MODIFIED (the ones before it in this run did).
+        let emptied = w.is_some() && free;
+        if end - a > 1 || !emptied || cx.sw.emptying_unmap_sets_modified {
+            ff.modified = true;
+        }
         if let Some(w) = w {
             if free {
                 free_empty(hd, pt, cx, page(w), l1, 1, ff);
