@@ -133,6 +133,16 @@ pub struct Switches {
     /// leaf without a flush, so a later retype of that leaf to `ram_ro` has the same bits
     /// but must still flush the W the IOTLB may hold.
     pub ept_need_modify_requires_present_leaf: bool,
+    /// Not in Xen (closes a hole the harness found on both lines, outside security
+    /// support: it needs a non-default p2m access): with shared tables `ept_set_entry`
+    /// flushes without `IOMMU_FLUSHF_modified` (4.6: skips `iommu_pte_flush`) when the entry
+    /// it replaces is not present (`vtd_pte_present = is_epte_present(ept_entry)`). A
+    /// write-only (`p2m_access_w`/`wx`) `ram_rw` page the device walked is present with W
+    /// only; a log-dirty recalc then clears W without a flush (accepted by design,
+    /// `p2m-ept.c:53-62`), leaving the entry non-present, so its removal flushes nothing
+    /// and the IOTLB keeps W to the freed page. Fixed: any valid old entry (a frame and a
+    /// type) counts as one the IOMMU may have cached.
+    pub shared_flush_on_valid_old_entry: bool,
     /// Not Xen — a proposed fix (`master-fixed`) of the hole this harness found in master
     /// and in 4.6 under the conservative hardware reading (`superpage_survives_partial_inval`):
     /// when a 4 KiB (or 2 MiB) change splits a superpage — the p2m's with shared EPT
@@ -222,6 +232,7 @@ const MASTER: Switches = Switches {
     ept_split_nonpresent_superpage: false,
     iommu_flags_require_present_entry: false,
     ept_need_modify_requires_present_leaf: false,
+    shared_flush_on_valid_old_entry: false,
     flush_covers_split_superpage: false,
     batch_flush_keeps_deferred_flags: false,
     batch_holds_failed_page_ref: false,
@@ -236,6 +247,7 @@ const MASTER_FIXED: Switches = Switches {
     ept_split_nonpresent_superpage: true,
     iommu_flags_require_present_entry: true,
     ept_need_modify_requires_present_leaf: true,
+    shared_flush_on_valid_old_entry: true,
     flush_covers_split_superpage: true,
     batch_flush_keeps_deferred_flags: true,
     batch_holds_failed_page_ref: true,

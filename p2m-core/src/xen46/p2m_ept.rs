@@ -477,7 +477,10 @@ impl Ept {
             level -= 1;
         }
         let mut cur = self.entry(t, index_of(gfn, level));
-        let vtd_pte_present = cur.is_present();
+        // Proposed fix `shared_flush_on_valid_old_entry` (not Xen): with shared tables a
+        // valid entry a recalc made non-present may still be in the IOTLB.
+        let vtd_pte_present = cur.is_present()
+            || (sw.shared_flush_on_valid_old_entry && cx.cfg.iommu_hap_pt_share && cur.is_valid());
         let mut old_entry = EptEntry::default();
         if level == target {
             old_entry = cur;

@@ -82,6 +82,16 @@ pub struct Switches {
     /// leaf without a flush, so a later retype of that leaf to `ram_ro` has the same bits
     /// but must still flush the W the IOTLB may hold.
     pub ept_need_modify_requires_present_leaf: bool,
+    /// Not in Xen (closes a hole the harness found on both lines, outside security
+    /// support: it needs a non-default p2m access): with shared tables `ept_set_entry`
+    /// flushes without `IOMMU_FLUSHF_modified` (4.6: skips `iommu_pte_flush`) when the entry
+    /// it replaces is not present (`vtd_pte_present = is_epte_present(ept_entry)`). A
+    /// write-only (`p2m_access_w`/`wx`) `ram_rw` page the device walked is present with W
+    /// only; a log-dirty recalc then clears W without a flush (accepted by design,
+    /// `p2m-ept.c:53-62`), leaving the entry non-present, so its removal flushes nothing
+    /// and the IOTLB keeps W to the freed page. Fixed: any valid old entry (a frame and a
+    /// type) counts as one the IOMMU may have cached.
+    pub shared_flush_on_valid_old_entry: bool,
     /// Not in Xen 4.6 (closes a hole the harness found in every revision):
     /// `p2m_next_level` splitting a 1 GiB page ORs next-level 1 into the inherited
     /// flags of each 2 MiB leaf, so a shared AMD IOMMU walks guest data as an L1
@@ -201,6 +211,7 @@ const PRE: Switches = Switches {
     pt_shadow_ignores_share: false,
     pt_iommu_conditions: PtIommuConditions::Pre,
     ept_need_modify_requires_present_leaf: false,
+    shared_flush_on_valid_old_entry: false,
     pt_split_1g_keeps_leaf_nlevel: false,
     amd_map_flush_on_perm_change: false,
     iommu_flags_require_present_entry: false,
@@ -234,6 +245,7 @@ const COMMITTED: Switches = Switches {
 /// `committed` plus every hole known to the harness closed.
 const FIXED: Switches = Switches {
     ept_need_modify_requires_present_leaf: true,
+    shared_flush_on_valid_old_entry: true,
     pt_split_1g_keeps_leaf_nlevel: true,
     amd_map_flush_on_perm_change: true,
     iommu_flags_require_present_entry: true,
