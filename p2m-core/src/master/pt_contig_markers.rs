@@ -507,16 +507,15 @@ impl<E: IoPte> PgTables<E> {
         kind: PteKind,
         slips: Slips,
     ) -> bool {
-        if slips == Slips::XEN {
-            return self.update_contig(t, idx, level, kind);
-        }
         let (Some(tab), Some(mk)) = (self.entries.get(t), self.markers.get_mut(t)) else {
             return false;
         };
         pt_update_contig_markers_with(&|i| tab.get(i).raw(), mk, idx, level, kind, slips)
     }
 
-    /// [`PgTables::update_contig_run`] with `slips`.
+    /// The markers `pt_update_contig_markers` leaves after each entry of `[a, end)` of the
+    /// table in `t` (already written) was updated in turn, under `slips`; what the last
+    /// call returns.
     pub(crate) fn update_contig_run_with(
         &mut self,
         t: u64,
@@ -526,16 +525,14 @@ impl<E: IoPte> PgTables<E> {
         kind: PteKind,
         slips: Slips,
     ) -> bool {
-        if slips == Slips::XEN {
-            return self.update_contig_run(t, a, end, level, kind);
-        }
         let (Some(tab), Some(mk)) = (self.entries.get(t), self.markers.get_mut(t)) else {
             return false;
         };
         pt_update_contig_markers_run_with(&|i| tab.get(i).raw(), mk, a, end, level, kind, slips)
     }
 
-    /// [`PgTables::first_complete`] with `slips`.
+    /// The first entry of `[a, e)` whose per-entry update under `slips` would report the
+    /// table complete (see [`pt_contig_first_complete`]).
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn first_complete_with(
         &self,
@@ -547,9 +544,6 @@ impl<E: IoPte> PgTables<E> {
         expect: &dyn Fn(u16) -> u64,
         slips: Slips,
     ) -> Option<u16> {
-        if slips == Slips::XEN {
-            return self.first_complete(t, a, e, level, kind, expect);
-        }
         let (Some(tab), Some(mk)) = (self.entries.get(t), self.markers.get(t)) else {
             return None;
         };

@@ -14,8 +14,7 @@ use crate::cache::note_overwrite;
 use crate::frames::{MachineMemory, TableOwner};
 use crate::master::iommu::{Hd, IoCx};
 use crate::master::pt_contig_markers::{
-    all_markers, markers_cleared, pt_contig_first_complete, pt_update_contig_markers,
-    pt_update_contig_markers_run, set_marker, Marker, PteKind,
+    all_markers, markers_cleared, set_marker, Marker, PteKind, Slips,
 };
 use crate::tables::{pages_per_entry, Pte, Table, TableStore, ENTRIES};
 use crate::types::GfnRange;
@@ -120,7 +119,7 @@ impl<E: IoPte> PgTables<E> {
 
     /// Writes the entries `[start, start + len)` as the run starting with `first`, leaving
     /// the markers alone (a fill of a prefilled page, or a run whose markers the caller
-    /// sets with [`Self::update_contig_run`]).
+    /// sets with [`Self::update_contig_run_with`]).
     pub(crate) fn fill_entries(&mut self, t: u64, start: u16, len: u16, first: E) {
         if let Some(tab) = self.entries.get_mut(t) {
             tab.fill(start, len, first);
@@ -129,43 +128,7 @@ impl<E: IoPte> PgTables<E> {
 
     /// `pt_update_contig_markers(table t, idx, level, kind)`.
     pub(crate) fn update_contig(&mut self, t: u64, idx: u16, level: u8, kind: PteKind) -> bool {
-        let (Some(tab), Some(mk)) = (self.entries.get(t), self.markers.get_mut(t)) else {
-            return false;
-        };
-        pt_update_contig_markers(&|i| tab.get(i).raw(), mk, idx, level, kind)
-    }
-
-    /// The markers `pt_update_contig_markers` leaves after each entry of `[a, end)` of the
-    /// table in `t` (already written) was updated in turn; what the last call returns.
-    pub(crate) fn update_contig_run(
-        &mut self,
-        t: u64,
-        a: u16,
-        end: u16,
-        level: u8,
-        kind: PteKind,
-    ) -> bool {
-        let (Some(tab), Some(mk)) = (self.entries.get(t), self.markers.get_mut(t)) else {
-            return false;
-        };
-        pt_update_contig_markers_run(&|i| tab.get(i).raw(), mk, a, end, level, kind)
-    }
-
-    /// The first entry of `[a, e)` whose per-entry update would report the table complete
-    /// (see [`pt_contig_first_complete`]).
-    pub(crate) fn first_complete(
-        &self,
-        t: u64,
-        a: u16,
-        e: u16,
-        level: u8,
-        kind: PteKind,
-        expect: &dyn Fn(u16) -> u64,
-    ) -> Option<u16> {
-        let (Some(tab), Some(mk)) = (self.entries.get(t), self.markers.get(t)) else {
-            return None;
-        };
-        pt_contig_first_complete(&|i| tab.get(i).raw(), mk, a, e, level, kind, expect)
+        self.update_contig_with(t, idx, level, kind, Slips::XEN)
     }
 
     /// The stored runs of `[lo, hi)` of the table in `t` with the gaps between them as
