@@ -456,6 +456,7 @@ impl Session {
                 CallerOp::SetMemType { .. }
                     | CallerOp::TrackDirtyVram { .. }
                     | CallerOp::GuestAccess { .. }
+                    | CallerOp::SetMemAccess { .. }
             ) && caller_ranges(c)
                 .iter()
                 .any(|&r| self.refm.type_either_in(r))
