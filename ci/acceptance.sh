@@ -15,7 +15,7 @@ out=${ACC_OUT:-target/acceptance}
 export PATH="$HOME/.cargo/bin:$PATH"
 command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
 cargo build --release -q -p harness
-(cd fuzz && cargo fuzz build -s none >/dev/null 2>&1)
+(cd fuzz && cargo fuzz build -s none --no-trace-compares >/dev/null 2>&1)
 cli=target/release/p2m-fuzz
 bin=fuzz/target/x86_64-unknown-linux-gnu/release
 [ "${ACC_SUMMARY_ONLY:-0}" = 1 ] || { rm -rf "$out"; mkdir -p "$out"; }

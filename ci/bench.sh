@@ -8,7 +8,8 @@
 #
 # Usage: ci/bench.sh [SECONDS_PER_TARGET]   (default 60; writes BENCHMARKS.md)
 # Env:   BENCH_SEEDS (default "1 2 3 4 5"), BENCH_OUT (default BENCHMARKS.md),
-#        BENCH_TTF_BUDGET seconds per time-to-first-divergence run (default 60).
+#        BENCH_TTF_BUDGET seconds per time-to-first-divergence run (default 60),
+#        BENCH_ONLY=throughput: only section 1, its table on stdout (BENCHMARKS.md untouched).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 secs=${1:-60}
@@ -23,7 +24,7 @@ trap 'rm -rf "$work"' EXIT
 
 cargo build --release -q -p harness
 cli=target/release/p2m-fuzz
-(cd fuzz && cargo fuzz build -s none >/dev/null 2>&1)
+(cd fuzz && cargo fuzz build -s none --no-trace-compares >/dev/null 2>&1)
 bin=fuzz/target/x86_64-unknown-linux-gnu/release
 
 now() { date +%s.%N; }
@@ -42,6 +43,23 @@ for t in ceiling mixed ept npt shadow; do
   echo "throughput $t: $rate execs/s" >&2
 done
 ceil=$(printf '%s\n' "${thr[@]}" | awk '$1 == "ceiling" {print $2}')
+
+# The throughput table (section 1 of BENCHMARKS.md).
+throughput_table() {
+  echo "| target | execs/s | executions | vs \`ceiling\` |"
+  echo "|---|---|---|---|"
+  for r in "${thr[@]}"; do
+    read -r t rate execs <<<"$r"
+    pct=$(awk -v a="$rate" -v c="$ceil" 'BEGIN {if (c > 0) printf "%.2f%%", 100 * a / c; else print "n/a"}')
+    echo "| $t | $rate | $execs | $pct |"
+  done
+}
+if [ "${BENCH_ONLY:-}" = throughput ]; then
+  echo "Fuzz-target throughput: \`BENCH_ONLY=throughput ci/bench.sh $secs\` on $(date -u +%Y-%m-%d), $(git rev-parse --short HEAD) (libFuzzer, \`-s none --no-trace-compares\`, 1 job, ${secs} s each, from the committed seed corpus)"
+  echo
+  throughput_table
+  exit 0
+fi
 
 # --- 2. time to first divergence per historical root cause: the regression files name
 # the revision (directory) and root-cause switch; every other known culprit of that
@@ -110,15 +128,9 @@ bash ci/planted.sh 30 >"$work/planted.md" 2>"$work/planted.err" || true
   echo "Produced by \`ci/bench.sh $secs\` on $(date -u +%Y-%m-%d) ($(nproc) cores, $(uname -m), $(rustc --version))."
   echo "Re-run it to refresh this file; nothing here is typed by hand."
   echo
-  echo "## Fuzz-target throughput (libFuzzer, \`-s none\`, 1 job, ${secs} s each, from the committed seed corpus)"
+  echo "## Fuzz-target throughput (libFuzzer, \`-s none --no-trace-compares\`, 1 job, ${secs} s each, from the committed seed corpus)"
   echo
-  echo "| target | execs/s | executions | vs \`ceiling\` |"
-  echo "|---|---|---|---|"
-  for r in "${thr[@]}"; do
-    read -r t rate execs <<<"$r"
-    pct=$(awk -v a="$rate" -v c="$ceil" 'BEGIN {if (c > 0) printf "%.1f%%", 100 * a / c; else print "n/a"}')
-    echo "| $t | $rate | $execs | $pct |"
-  done
+  throughput_table
   echo
   echo "## Time to first divergence, per historical hole (median of seeds: $seeds; budget ${budget} s)"
   echo

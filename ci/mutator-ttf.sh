@@ -14,7 +14,7 @@ budget=${2:-60}
 command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
 cargo build --release -q -p harness --bin p2m-fuzz
 cli=target/release/p2m-fuzz
-(cd fuzz && cargo fuzz build -s none -O mixed >/dev/null 2>&1)
+(cd fuzz && cargo fuzz build -s none -O --no-trace-compares mixed >/dev/null 2>&1)
 bin=fuzz/target/x86_64-unknown-linux-gnu/release/mixed
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT

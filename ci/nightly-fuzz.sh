@@ -28,6 +28,9 @@
 #   P2M_FUZZ_TOOLCHAIN        rustup toolchain for cargo fuzz (default: stable for `none`,
 #                             nightly otherwise; "default" = whatever `cargo` is)
 #   P2M_FUZZ_BUILD_FLAGS      extra `cargo fuzz build` flags (word-split, e.g. "-O")
+#   P2M_FUZZ_TRACE_CMP        0 (default): build with `--no-trace-compares` (the targets run
+#                             about 2x the executions and find no hole later: BENCHMARKS.md,
+#                             "Cost independent of size"); 1: libFuzzer's comparison tracing
 #   P2M_FUZZ_JOBS             libFuzzer -fork=N (default nproc)
 #   P2M_FUZZ_ARGS             extra libFuzzer flags (word-split)
 #   P2M_FUZZ_TIMEOUT          libFuzzer -timeout per input, seconds (default 30)
@@ -139,7 +142,9 @@ CANARY_MAX_PEEL=${P2M_CANARY_MAX_PEEL:-20}
 CANARY_SECONDS=${P2M_CANARY_SECONDS:-30}
 CANARY_BASELINE=${P2M_CANARY_BASELINE:-fixed}
 CANARY_ATTEMPTS=${P2M_CANARY_ATTEMPTS:-3}
-read -r -a BUILD_FLAGS <<<"-s $SANITIZER ${P2M_FUZZ_BUILD_FLAGS:-}"
+TRACE_CMP_FLAG=--no-trace-compares
+[ "${P2M_FUZZ_TRACE_CMP:-0}" = 1 ] && TRACE_CMP_FLAG=
+read -r -a BUILD_FLAGS <<<"-s $SANITIZER $TRACE_CMP_FLAG ${P2M_FUZZ_BUILD_FLAGS:-}"
 read -r -a EXTRA_ARGS <<<"${P2M_FUZZ_ARGS:-}"
 # The targets' libFuzzer dictionary (magic frames of the model; see fuzz/p2m.dict), for the
 # main runs and the canaries alike ("" = none).

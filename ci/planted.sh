@@ -12,7 +12,7 @@ export PATH="$HOME/.cargo/bin:$PATH"
 command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
 cargo build --release -q -p harness
 cli=target/release/p2m-fuzz
-(cd fuzz && cargo fuzz build -s none >/dev/null 2>&1)
+(cd fuzz && cargo fuzz build -s none --no-trace-compares >/dev/null 2>&1)
 bin=fuzz/target/x86_64-unknown-linux-gnu/release
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT

@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# Coverage of p2m-core reached by libFuzzer's `mixed` target in a fixed time, with and
+# without the structure-aware parts of the search (issue 13): op-level mutator on / off
+# (`P2M_MUTATOR`) × macro ops on / off (`P2M_MACRO`; off also drops the dictionary's run
+# entries). Each combination fuzzes revision `fixed` from an empty corpus with the
+# dictionary for MINUTES, then `ci/coverage.sh mixed` replays the corpus it grew. Two
+# combinations run at a time (one per core). Prints a markdown table (BENCHMARKS.md,
+# "Time to first divergence: mutator and macro ops").
+# Usage: ci/coverage-matrix.sh [MINUTES (default 10)] [SEED (default 1)]
+# Env: P2M_COVERAGE_COMBOS — MUTATOR:MACRO pairs (default "on:on off:on on:off off:off");
+#      P2M_FUZZ_BUILD_FLAGS — as ci/ttf-matrix.sh; P2M_COVERAGE_SECONDS overrides MINUTES.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+minutes=${1:-10}
+seed=${2:-1}
+secs=${P2M_COVERAGE_SECONDS:-$((minutes * 60))}
+command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
+read -r -a build_flags <<<"${P2M_FUZZ_BUILD_FLAGS:--s none -O --no-trace-compares}"
+(cd fuzz && cargo fuzz build "${build_flags[@]}" mixed >/dev/null 2>&1)
+bin=fuzz/target/x86_64-unknown-linux-gnu/release/mixed
+[ -x "$bin" ] || { echo "coverage-matrix: no fuzz binary at $bin" >&2; exit 2; }
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+grep -v '_run_' fuzz/p2m.dict >"$work/no-runs.dict"
+combos=${P2M_COVERAGE_COMBOS:-on:on off:on on:off off:off}
+
+# fuzz MUTATOR MACRO: grows $work/<m>-<M>/mixed for $secs seconds; its libFuzzer log beside it.
+fuzz() {
+  local d=$work/$1-$2 dict=fuzz/p2m.dict
+  [ "$2" = on ] || dict=$work/no-runs.dict
+  mkdir -p "$d/mixed" "$d/art"
+  P2M_REVISION=fixed P2M_MUTATOR=$1 P2M_MACRO=$2 RUST_BACKTRACE=0 \
+    timeout -k 5 $((secs + 60)) "$bin" -max_total_time="$secs" -seed="$seed" \
+    -dict="$dict" -print_final_stats=1 -artifact_prefix="$d/art/" "$d/mixed" >"$d/log" 2>&1 || true
+}
+
+set -- $combos
+while [ $# -gt 0 ]; do
+  fuzz "${1%:*}" "${1#*:}" &
+  if [ $# -gt 1 ]; then fuzz "${2%:*}" "${2#*:}" & fi
+  wait
+  shift $(($# > 1 ? 2 : 1))
+done
+
+echo "| mutator | macro ops | executions | corpus inputs | libFuzzer cov / ft | crashes | p2m-core lines | p2m-core regions |"
+echo "|---|---|---|---|---|---|---|---|"
+for c in $combos; do
+  d=$work/${c%:*}-${c#*:}
+  execs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$d/log" | tail -1)
+  cf=$(grep -oE 'cov: [0-9]+ ft: [0-9]+' "$d/log" | tail -1 | awk '{print $2 " / " $4}')
+  n=$(find "$d/mixed" -maxdepth 1 -type f | wc -l | tr -d ' ')
+  crashes=$(find "$d/art" -maxdepth 1 -type f | wc -l | tr -d ' ')
+  P2M_COVERAGE_CORPUS=$d P2M_COVERAGE_OUT=$d/cov bash ci/coverage.sh mixed >"$d/cov.out" 2>"$d/cov.err" || true
+  lines=$(sed -n 's/^p2m-core line coverage: \([0-9.]*%\) (\([0-9/]*\) lines.*/\1 (\2)/p' "$d/cov.out" | tail -1)
+  regions=$(sed -n 's/.*regions \([0-9.]*%\)).*/\1/p' "$d/cov.out" | tail -1)
+  echo "| ${c%:*} | ${c#*:} | ${execs:-?} | $n | ${cf:-?} | $crashes | ${lines:-failed} | ${regions:-failed} |"
+done
