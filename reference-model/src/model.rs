@@ -34,7 +34,9 @@ pub struct Extent {
     /// Xen's type here may be either `ram_rw` or `ram_logdirty` (which one depends on
     /// when Xen resolved a mark, a matter of table layout the flat reference does not
     /// keep; see [`crate::logdirty`]): the CPU view accepts both, the device may have
-    /// what either grants.
+    /// what either grants — unless no mark may still cover the page
+    /// (`!maybe_pending`): then Xen never marked its entry and the device reads it as
+    /// written.
     pub either: bool,
 }
 
@@ -389,10 +391,14 @@ impl RefModel {
     }
 
     /// What a device may do through the extent `ext` at frame `mfn`: [`Self::perm_at`],
-    /// or for an [`Extent::either`] extent what `ram_rw` or `ram_logdirty` grants.
+    /// or for an [`Extent::either`] extent that may still hold a mark what `ram_rw` or
+    /// `ram_logdirty` grants.
     fn ext_perm(&self, ext: &Extent, mfn: Mfn) -> IommuPerm {
         let p = self.perm_at(ext.p2mt, ext.access, mfn);
-        if !ext.either {
+        // Models EPT marking and recalculating only present entries: an `either` page no
+        // mark may still cover was not present when marked, so its own r/w bits stay as
+        // written, and only `ept_get_entry` reads its type through a mark above it.
+        if !ext.either || !ext.maybe_pending {
             return p;
         }
         let q = self.perm_at(P2mType::RamRw, ext.access, mfn);
@@ -1113,5 +1119,31 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn either_page_never_marked_grants_its_own_entry() {
+        let w = P2mAccess::W;
+        let wo = IommuPerm {
+            read: false,
+            write: true,
+        };
+        let mut m = model(Mode::Ept, true);
+        // ram_logdirty with access w: r/w/x all clear, so the range op skips it.
+        m.set_entry(0x400, Mfn(0x1000), 0, P2mType::RamLogdirty, w)
+            .unwrap();
+        m.track_dirty_vram(0x3ff, 2);
+        assert!(m.type_either(0x400));
+        assert_eq!(m.device_entry(0x400), (INVALID_MFN, IommuPerm::NONE));
+        // Present when first marked (ram_rw, w): the mark may still be pending when the
+        // range moves away, so the device may keep what ram_rw grants.
+        let mut m = model(Mode::Ept, true);
+        m.set_entry(0x400, Mfn(0x1000), 0, P2mType::RamRw, w)
+            .unwrap();
+        m.track_dirty_vram(0x3ff, 2);
+        assert!(!m.type_either(0x400));
+        m.track_dirty_vram(0x1000, 2);
+        assert!(m.type_either(0x400));
+        assert_eq!(m.device_entry(0x400), (Mfn(0x1000), wo));
     }
 }
