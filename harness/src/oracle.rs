@@ -18,7 +18,8 @@
 //! - **bad-free** (fatal): a structure freed a frame that was not one of its live tables
 //!   (a guest page, another structure's table, or a frame already free);
 //! - **under-permissive** (fatal unless the scenario allows it): the current tables grant
-//!   less than the reference over the ranges the op changed;
+//!   less than the reference over the ranges the op changed (on a page whose type the
+//!   reference cannot tell, less than `RefModel::device_extents_required`);
 //! - **cpu-view**: `set_entry`'s result or the CPU view (`get_entry`, compared as extents over
 //!   the changed ranges) disagrees with the reference;
 //! - **leaked-table** (non-fatal): a table was unlinked from its structure during the op
