@@ -18,7 +18,8 @@
 //! - **bad-free** (fatal): a structure freed a frame that was not one of its live tables
 //!   (a guest page, another structure's table, or a frame already free);
 //! - **under-permissive** (fatal unless the scenario allows it): the current tables grant
-//!   less than the reference over the ranges the op changed;
+//!   less than the reference over the ranges the op changed (on a page whose type the
+//!   reference cannot tell, less than `RefModel::device_extents_required`);
 //! - **cpu-view**: `set_entry`'s result or the CPU view (`get_entry`, compared as extents over
 //!   the changed ranges) disagrees with the reference;
 //! - **leaked-table** (non-fatal): a table was unlinked from its structure during the op
@@ -461,6 +462,15 @@ pub fn check_range(
             return (Some(f), accepted.into_iter().collect());
         }
     }
+    // Under-permission is judged against what the device must have: less than `views`
+    // where the reference cannot tell which type Xen resolved a page to.
+    let fewer;
+    let required: &[RefView] = if refm.type_either_in(range) {
+        fewer = refm.device_extents_required(range);
+        &fewer
+    } else {
+        &views
+    };
     if check_under && !allow_under {
         let current: Vec<&Translation> = dv
             .translations
@@ -468,7 +478,7 @@ pub fn check_range(
             .filter(|(_, s)| *s == ViewSource::Current)
             .map(|(t, _)| t)
             .collect();
-        for v in &views {
+        for v in required {
             let under = under_permissive(v, &current, "current tables", &by_design, &mut accepted);
             if let Some(f) = under {
                 return (Some(f), accepted.into_iter().collect());
@@ -476,7 +486,7 @@ pub fn check_range(
         }
     }
     let mut notes: Vec<Finding> = accepted.into_iter().collect();
-    notes.extend(cached_under_permissive(&dv.translations, &views, range));
+    notes.extend(cached_under_permissive(&dv.translations, required, range));
     (None, notes)
 }
 

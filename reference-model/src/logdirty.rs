@@ -14,9 +14,13 @@
 //!   `invalidate_start < invalidate_end`) but still changes the rangeset: a page a
 //!   previous range op marked may still hold its mark (and will read the new membership)
 //!   or may have been resolved already (keeping the old one);
-//! - EPT never marks a page that is not present (a changeable type with access `n`), yet
-//!   `ept_get_entry` reads it through a marked table entry above it as recalculated until
-//!   `resolve_misconfig` pushes the mark past it.
+//! - EPT never marks a page that is not present (a changeable type with access `n`, or
+//!   `ram_logdirty` with access `w`), yet `ept_get_entry` reads it through a marked table
+//!   entry above it as recalculated until `resolve_misconfig` pushes the mark past it.
+//!   Only the CPU view is ambiguous there: `resolve_misconfig` recalculates present
+//!   entries only, so such an entry keeps the r/w bits it was written with, and a device
+//!   reads them (unless an earlier mark may still be pending on the page: it was present
+//!   then, and may still resolve to the other type).
 //!
 //! Then the rules:
 //! - `track_dirty_vram gfn nr` (HAP only; shadow mode tracks in shadow entries and leaves

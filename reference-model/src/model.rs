@@ -34,7 +34,9 @@ pub struct Extent {
     /// Xen's type here may be either `ram_rw` or `ram_logdirty` (which one depends on
     /// when Xen resolved a mark, a matter of table layout the flat reference does not
     /// keep; see [`crate::logdirty`]): the CPU view accepts both, the device may have
-    /// what either grants.
+    /// what either grants and must have what both grant — unless no mark may still cover
+    /// the page (`!maybe_pending`): then Xen never marked its entry and the device reads
+    /// it as written.
     pub either: bool,
 }
 
@@ -83,6 +85,15 @@ pub struct RefView {
     pub mfn: Mfn,
     /// What a device may do.
     pub perm: IommuPerm,
+}
+
+/// Which end of an [`Extent::either`] page's device permission to take.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Bound {
+    /// What a device may have (the over-permission check).
+    Most,
+    /// What a device must have (the under-permission check).
+    Least,
 }
 
 /// The reference p2m: a flat map of extents keyed by their first gfn, no tables, no caches.
@@ -389,17 +400,24 @@ impl RefModel {
     }
 
     /// What a device may do through the extent `ext` at frame `mfn`: [`Self::perm_at`],
-    /// or for an [`Extent::either`] extent what `ram_rw` or `ram_logdirty` grants.
-    fn ext_perm(&self, ext: &Extent, mfn: Mfn) -> IommuPerm {
+    /// or for an [`Extent::either`] extent that may still hold a mark what `ram_rw` or
+    /// `ram_logdirty` grants ([`Bound::Most`]) or what both grant ([`Bound::Least`]).
+    fn ext_perm(&self, ext: &Extent, mfn: Mfn, bound: Bound) -> IommuPerm {
         let p = self.perm_at(ext.p2mt, ext.access, mfn);
-        if !ext.either {
+        // Models EPT marking and recalculating only present entries: an `either` page no
+        // mark may still cover was not present when marked, so its own r/w bits stay as
+        // written, and only `ept_get_entry` reads its type through a mark above it.
+        if !ext.either || !ext.maybe_pending {
             return p;
         }
         let q = self.perm_at(P2mType::RamRw, ext.access, mfn);
         let r = self.perm_at(P2mType::RamLogdirty, ext.access, mfn);
-        IommuPerm {
-            read: p.read || q.read || r.read,
-            write: p.write || q.write || r.write,
+        match bound {
+            Bound::Most => IommuPerm {
+                read: p.read || q.read || r.read,
+                write: p.write || q.write || r.write,
+            },
+            Bound::Least => p.and(q).and(r),
         }
     }
 
@@ -449,11 +467,12 @@ impl RefModel {
         out
     }
 
-    /// The device view of `gfn`: `(mfn, perm)`, `(INVALID_MFN, none)` when nothing is granted.
+    /// The device view of `gfn`: `(mfn, perm)`, `(INVALID_MFN, none)` when nothing is granted
+    /// (the most a device may have, as in [`Self::device_extents`]).
     pub fn device_entry(&self, gfn: u64) -> (Mfn, IommuPerm) {
         match self.lookup(gfn).filter(|_| self.assigned) {
             Some((off, ext)) => {
-                let perm = self.ext_perm(ext, ext.mfn_at(off));
+                let perm = self.ext_perm(ext, ext.mfn_at(off), Bound::Most);
                 if perm.is_none() {
                     (INVALID_MFN, IommuPerm::NONE)
                 } else {
@@ -466,8 +485,21 @@ impl RefModel {
 
     /// The device view of `range`, in order, covering all of it; gaps and entries granting
     /// nothing appear as `(INVALID_MFN, none)`. Neighbours that continue each other linearly
-    /// with the same permission are merged.
+    /// with the same permission are merged. This is the most a device may have: see
+    /// [`Self::device_extents_required`] for the least it must have.
     pub fn device_extents(&self, range: GfnRange) -> Vec<RefView> {
+        self.device_view(range, Bound::Most)
+    }
+
+    /// [`Self::device_extents`] as the least a device must have: on an [`Extent::either`]
+    /// page that may still hold a mark, what both `ram_rw` and `ram_logdirty` grant (Xen
+    /// may have resolved the mark before the page stopped being present, or not yet).
+    pub fn device_extents_required(&self, range: GfnRange) -> Vec<RefView> {
+        self.device_view(range, Bound::Least)
+    }
+
+    /// [`Self::device_extents`] with the [`Extent::either`] pages at `bound`.
+    fn device_view(&self, range: GfnRange, bound: Bound) -> Vec<RefView> {
         let mut out: Vec<RefView> = Vec::new();
         let mut push = |v: RefView| {
             if let Some(last) = out.last_mut() {
@@ -522,7 +554,7 @@ impl RefModel {
             }
             for (piece, first) in self.frame_pieces(ext.p2mt, clip, ext.mfn_at(clip.start - start))
             {
-                let perm = self.ext_perm(ext, first);
+                let perm = self.ext_perm(ext, first, bound);
                 let mfn = if perm.is_none() { INVALID_MFN } else { first };
                 push(RefView {
                     range: piece,
@@ -1113,5 +1145,45 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn either_page_never_marked_grants_its_own_entry() {
+        let w = P2mAccess::W;
+        let wo = IommuPerm {
+            read: false,
+            write: true,
+        };
+        let mut m = model(Mode::Ept, true);
+        // ram_logdirty with access w: r/w/x all clear, so the range op skips it.
+        m.set_entry(0x400, Mfn(0x1000), 0, P2mType::RamLogdirty, w)
+            .unwrap();
+        m.track_dirty_vram(0x3ff, 2);
+        assert!(m.type_either(0x400));
+        assert_eq!(m.device_entry(0x400), (INVALID_MFN, IommuPerm::NONE));
+        // Present when first marked (ram_rw, w): the mark may still be pending when the
+        // range moves away, so the device may keep what ram_rw grants.
+        let mut m = model(Mode::Ept, true);
+        m.set_entry(0x400, Mfn(0x1000), 0, P2mType::RamRw, w)
+            .unwrap();
+        m.track_dirty_vram(0x3ff, 2);
+        assert!(!m.type_either(0x400));
+        m.track_dirty_vram(0x1000, 2);
+        assert!(m.type_either(0x400));
+        assert_eq!(m.device_entry(0x400), (Mfn(0x1000), wo));
+        // If Xen resolved the first mark before, the page is ram_logdirty with r/w/x
+        // clear and the range op skipped it: the device need not have anything.
+        let page = GfnRange {
+            start: 0x400,
+            end: 0x401,
+        };
+        assert_eq!(
+            m.device_extents_required(page),
+            vec![view(0x400, 0x401, INVALID_MFN, IommuPerm::NONE)]
+        );
+        assert_eq!(
+            m.device_extents(page),
+            vec![view(0x400, 0x401, Mfn(0x1000), wo)]
+        );
     }
 }
