@@ -371,9 +371,8 @@ impl RefModel {
                 self.empty(g);
                 Ok(())
             } else if t == P2mType::MmioDirect {
-                if m != INVALID_MFN {
-                    self.empty(g);
-                }
+                // `clear_mmio_p2m_entry`: any `mmio_direct` entry, whatever its frame.
+                self.empty(g);
                 Ok(())
             } else if m.0 >= MAX_PAGE || t == P2mType::RamShared || !Self::own_page(g, m, t, table)
             {
@@ -442,10 +441,9 @@ impl RefModel {
         if !master && nr > 64 {
             return err(0, PhysmapError::TooBig);
         }
-        let is_mmio = |r: &RefModel, g: u64| {
-            let (m, t, _) = r.get_entry(g);
-            m != INVALID_MFN && t == P2mType::MmioDirect
-        };
+        // `clear_mmio_p2m_entry` clears any `mmio_direct` entry: a present entry never reads
+        // back as `INVALID_MFN` there (its raw frame field, all ones at most).
+        let is_mmio = |r: &RefModel, g: u64| r.get_entry(g).1 == P2mType::MmioDirect;
         if !add {
             let (mut done, mut rc) = (0, Ok(()));
             for i in 0..nr {

@@ -278,8 +278,12 @@ pub fn set_mmio_p2m_entry(
 }
 
 /// `clear_mmio_p2m_entry(d, gfn, mfn, order)` (`p2m.c:1203-1243`): retry smaller when the
-/// entry is; `-EINVAL` unless it is `mmio_direct` with a frame (a different frame is only
-/// warned about); else `INVALID_MFN` / `p2m_invalid` at `order`.
+/// entry is; `-EINVAL` unless it is `mmio_direct` (a different frame is only warned about);
+/// else `INVALID_MFN` / `p2m_invalid` at `order`. Its `mfn_eq(actual_mfn, INVALID_MFN)`
+/// test holds only where nothing is mapped: a present entry reads back its raw frame field
+/// (`p2m_pt_get_entry`'s `l1e_get_mfn`, `ept_get_entry`'s `ept_entry->mfn`), and the
+/// clipped all-ones field is not `INVALID_MFN`; the model's `get_entry` reports that field
+/// as `INVALID_MFN`, so only the type is asked here.
 pub fn clear_mmio_p2m_entry(
     p2m: &mut P2m,
     cx: &mut Cx,
@@ -289,8 +293,8 @@ pub fn clear_mmio_p2m_entry(
     if let Some(k) = retry_smaller(p2m, gfn, order) {
         return Ok(k);
     }
-    let (actual, t) = get_gfn_query(p2m, gfn);
-    if actual == INVALID_MFN || t != P2mType::MmioDirect {
+    let (_, t) = get_gfn_query(p2m, gfn);
+    if t != P2mType::MmioDirect {
         return Err(PhysmapError::Inval);
     }
     p2m_set_entry_chunked(

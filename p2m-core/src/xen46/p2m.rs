@@ -295,11 +295,16 @@ pub fn set_mmio_p2m_entry(
 }
 
 /// `clear_mmio_p2m_entry(d, gfn, mfn)` (`p2m.c:1009-1041`): `-EINVAL` unless the entry is
-/// `mmio_direct` with a frame (another frame is only warned about); else a 4 KiB
-/// `INVALID_MFN` / `p2m_invalid` entry.
+/// `mmio_direct` (another frame is only warned about); else a 4 KiB `INVALID_MFN` /
+/// `p2m_invalid` entry. Its `INVALID_MFN == actual_mfn` test (`:1024`) holds only where
+/// nothing is mapped: a present entry reads back its raw frame field
+/// (`p2m_pt_get_entry`'s `l1e_get_pfn`, `p2m-pt.c:50-56,867-872`; `ept_get_entry`'s
+/// `ept_entry->mfn`), and the clipped all-ones field of frame `2^40 - 1` (or of an
+/// `INVALID_MFN` written through the internal API) is not `~0UL`; so the model's
+/// `get_entry`, which reports that field as `INVALID_MFN`, is not asked for the frame.
 pub fn clear_mmio_p2m_entry(p2m: &mut P2m, cx: &mut Cx, gfn: u64) -> Result<(), PhysmapError> {
-    let (actual, t) = get_gfn_query(p2m, gfn);
-    if actual == INVALID_MFN || t != P2mType::MmioDirect {
+    let (_, t) = get_gfn_query(p2m, gfn);
+    if t != P2mType::MmioDirect {
         return Err(PhysmapError::Inval);
     }
     p2m_set_entry(
