@@ -9,7 +9,10 @@
 # A row is a revision with all its holes open (the first divergence of any of them), or one
 # hole alone when the row names its switch. On the master line the pinned master's own
 # findings (`ci/master-fixes.sh`) are assumed fixed in every revision but `xen-master`
-# (whose holes they are), so that what is found is the revision's own hole.
+# (whose holes they are), so that what is found is the revision's own hole — except a fix
+# that `blame` names as a root cause of the revision's traces too (it would close them).
+# Every find is replayed under the line's clean revision (`fixed` / `master-fixed`): one
+# that diverges there too is a false positive of the harness, counted apart, not a find.
 # Seeds 1..N, median and maximum of the runs that found it; one process at a time.
 # Prints a markdown table (BENCHMARKS.md, "Time to first divergence: mutator and macro ops").
 # Usage: ci/ttf-matrix.sh [SEEDS (default 5)] [BUDGET seconds (default 60)]
@@ -38,21 +41,48 @@ grep -v '_run_' fuzz/p2m.dict >"$work/no-runs.dict"
 master_fixes=$(bash ci/master-fixes.sh "$cli" | tr '\n' ' ')
 "$cli" revisions | awk '/^[^ ]/ && $2 ~ /xen-master/ {print $1}' >"$work/master-line"
 
-# assumed REV SWITCH: the switches assumed fixed for REV (SWITCH, when given, stays open).
+# culprits REV: every switch `blame` names as a root cause of REV's regression traces (a
+# master fix that alone also closes REV's hole stays open, or there would be nothing left).
+culprits() {
+  local f
+  for f in corpus/regressions/"$1"/*.trace; do
+    [ -f "$f" ] || continue
+    { "$cli" blame --revision "$1" "$f" || true; } | sed -n 's/.*root cause: //p' | tr -d ',' | tr ' ' '\n'
+  done | grep . | sort -u
+}
+
+# assumed REV SWITCH: the switches assumed fixed for REV (SWITCH, when given, and REV's
+# culprits stay open).
 assumed() {
   [ "$1" != xen-master ] && grep -qxF "$1" "$work/master-line" || return 0
-  tr ' ' '\n' <<<"$master_fixes" | grep . | grep -vxF "${2:-}" | tr '\n' ' '
+  { echo "${2:-}"; culprits "$1"; } | grep . >"$work/open" || true
+  tr ' ' '\n' <<<"$master_fixes" | grep . | grep -vxF -f "$work/open" | tr '\n' ' '
 }
 
 median() { sort -g | awk '{v[NR] = $1} END { if (NR == 0) print "-"; else if (NR % 2) printf "%.2f\n", v[(NR + 1) / 2]; else printf "%.2f\n", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
 
-# hunt_run REV FIXED MACRO SEED: prints the seconds to the divergence ("" when none).
+# baseline REV: the line's clean revision (`master-fixed` or `fixed`).
+baseline() { if grep -qxF "$1" "$work/master-line"; then echo master-fixed; else echo fixed; fi; }
+
+# genuine REV FILE: FILE (a reproducer) diverges under REV but not under its baseline — a
+# find that the clean revision shares is the harness's own false positive, counted apart.
+genuine() { "$cli" repro --revision "$(baseline "$1")" "$2" >/dev/null 2>&1; }
+
+# hunt_run REV FIXED MACRO SEED: prints the seconds to the divergence ("" when none, "fp"
+# when the reproducer diverges under the baseline too).
 hunt_run() {
-  local args=() f
+  local args=() f t
   for f in $2; do args+=(--assume-fixed "$f"); done
+  rm -rf "$work/h"
   P2M_MACRO=$3 "$cli" hunt --revision "$1" "${args[@]}" --seed "$4" --seconds "$budget" \
     --out "$work/h" >"$work/out" 2>"$work/err" || true
-  sed -n 's/^hunt: divergence after \([0-9.]*\)s.*/\1/p' "$work/err" | head -1
+  t=$(sed -n 's/^hunt: divergence after \([0-9.]*\)s.*/\1/p' "$work/err" | head -1)
+  [ -n "$t" ] || return 0
+  for f in "$work"/h/*; do
+    [ -f "$f" ] || continue
+    genuine "$1" "$f" || { echo fp; return 0; }
+  done
+  echo "$t"
 }
 
 # fuzz_run REV FIXED MUTATOR MACRO SEED: prints the seconds to the first crash ("" when none).
@@ -67,20 +97,24 @@ fuzz_run() {
     -dict="$dict" -artifact_prefix="$work/a/" "$work/c" >"$work/log" 2>&1 || true
   t1=$(date +%s.%N)
   if ls "$work/a"/crash-* >/dev/null 2>&1; then
-    printf '%.2f\n' "$(echo "$t1 - $t0" | bc)"
+    if genuine "$1" "$(ls "$work/a"/crash-* | head -1)"; then
+      printf '%.2f\n' "$(echo "$t1 - $t0" | bc)"
+    else
+      echo fp
+    fi
   fi
 }
 
 # row REV LABEL FIXED SEARCH MUTATOR MACRO: one table row over seeds 1..N.
 row() {
-  local times=() t s med max
+  local times=() t s med max fp=0
   for s in $(seq 1 "$seeds"); do
     if [ "$4" = hunt ]; then t=$(hunt_run "$1" "$3" "$6" "$s"); else t=$(fuzz_run "$1" "$3" "$5" "$6" "$s"); fi
-    [ -z "$t" ] || times+=("$t")
+    if [ "$t" = fp ]; then fp=$((fp + 1)); elif [ -n "$t" ]; then times+=("$t"); fi
   done
   med=$(printf '%s\n' "${times[@]}" | { grep . || true; } | median)
   max=$(printf '%s\n' "${times[@]}" | { grep . || true; } | sort -g | tail -1)
-  echo "| $1 | $2 | $4 | $5 | $6 | ${#times[@]} | $med | ${max:--} |"
+  echo "| $1 | $2 | $4 | $5 | $6 | ${#times[@]} | $med | ${max:--} | $fp |"
 }
 
 default_rows() {
@@ -90,8 +124,8 @@ default_rows() {
   done
 }
 
-echo "| revision | hole | search | mutator | macro ops | found (of $seeds) | median s | max s |"
-echo "|---|---|---|---|---|---|---|---|"
+echo "| revision | hole | search | mutator | macro ops | found (of $seeds) | median s | max s | false positives |"
+echo "|---|---|---|---|---|---|---|---|---|"
 rows=${P2M_TTF_ROWS:-$(default_rows)}
 combos=${P2M_TTF_MIXED:-on:on on:off off:on off:off}
 while read -r rev sw; do
