@@ -280,8 +280,9 @@ pub fn set_mmio_p2m_entry(
 /// `clear_mmio_p2m_entry(d, gfn, mfn, order)` (`p2m.c:1203-1243`): retry smaller when the
 /// entry is; `-EINVAL` unless it is `mmio_direct` (a different frame is only warned about);
 /// else `INVALID_MFN` / `p2m_invalid` at `order`. Its `mfn_eq(actual_mfn, INVALID_MFN)`
-/// test holds only where nothing is mapped: a present entry reads back its raw frame field
-/// (`p2m_pt_get_entry`'s `l1e_get_mfn`, `ept_get_entry`'s `ept_entry->mfn`), and the
+/// test (`:1226`) holds only where nothing is mapped: a present entry reads back its raw
+/// frame field (`p2m_pt_get_entry`'s `l1e_get_mfn`, `p2m-pt.c:928-933`; `ept_get_entry`'s
+/// `ept_entry->mfn`), and the
 /// clipped all-ones field is not `INVALID_MFN`; the model's `get_entry` reports that field
 /// as `INVALID_MFN`, so only the type is asked here.
 pub fn clear_mmio_p2m_entry(
