@@ -28,6 +28,8 @@
 //! whose blocks straddle a run boundary (at most 20) are all that need computing; inside
 //! the run the markers become the prefilled pattern (or 0 when the writes claim nothing).
 
+use std::cell::Cell;
+
 use crate::master::revision::Switches;
 use crate::master::x86_iommu::{IoPte, PgTables};
 use crate::tables::{Pte, Table, ENTRIES};
@@ -273,6 +275,9 @@ fn claims_nothing(kind: PteKind, raw_a: u64, a: u16, shift: u32) -> bool {
     }
 }
 
+/// Memo of a straddling block's claim: not yet computed.
+const UNKNOWN: u8 = 2;
+
 /// The claims after a run, for [`pt_update_contig_markers_run`].
 struct RunClaims<'a> {
     raw: &'a dyn Fn(u16) -> u64,
@@ -283,6 +288,12 @@ struct RunClaims<'a> {
     kind: PteKind,
     nothing: bool,
     slips: Slips,
+    /// Claims of the blocks straddling the run's start (the block of level `k` holding `a`),
+    /// by `k`: 0 false, 1 true, [`UNKNOWN`]. Only the two blocks per level holding `a` or
+    /// `end - 1` straddle the run, so with these memos every claim costs O(levels).
+    memo_a: [Cell<u8>; CONTIG_LEVEL_SHIFT as usize + 1],
+    /// The same for the blocks holding `end - 1`.
+    memo_end: [Cell<u8>; CONTIG_LEVEL_SHIFT as usize + 1],
 }
 
 impl RunClaims<'_> {
@@ -301,8 +312,19 @@ impl RunClaims<'_> {
         if s >= self.a && e <= self.end {
             return true;
         }
+        // The block straddles a run boundary: it holds `a` or `end - 1`.
+        let memo = if s == self.a & !((1 << k) - 1) {
+            &self.memo_a[k as usize]
+        } else {
+            &self.memo_end[k as usize]
+        };
+        if memo.get() != UNKNOWN {
+            return memo.get() == 1;
+        }
         let h = s + (1 << (k - 1));
-        self.claim(s, k - 1) && self.claim(h, k - 1) && self.halves_match(s, h, k - 1)
+        let v = self.claim(s, k - 1) && self.claim(h, k - 1) && self.halves_match(s, h, k - 1);
+        memo.set(v as u8);
+        v
     }
 
     /// `IS_CONTIG` between the first entries of two halves of size `2^b` (true where the
@@ -327,6 +349,37 @@ impl RunClaims<'_> {
         }
         k as u8
     }
+}
+
+/// The first entries of the blocks (of every level) holding `a` or `end - 1`, ascending and
+/// without repeats: the first `.1` elements of `.0`.
+fn boundary_starts(a: u16, end: u16) -> ([u16; 2 * (CONTIG_LEVEL_SHIFT as usize + 1)], usize) {
+    let mut out = [0u16; 2 * (CONTIG_LEVEL_SHIFT as usize + 1)];
+    let mut n = 0;
+    // Both sequences rise as the level falls: merge them from the top level down.
+    let (mut i, mut j) = (CONTIG_LEVEL_SHIFT as i32, CONTIG_LEVEL_SHIFT as i32);
+    let at = |x: u16, k: i32| x & !((1u16 << k) - 1);
+    while i >= 0 || j >= 0 {
+        let next = match (i >= 0, j >= 0) {
+            (true, true) if at(a, i) <= at(end - 1, j) => {
+                i -= 1;
+                at(a, i + 1)
+            }
+            (true, false) => {
+                i -= 1;
+                at(a, i + 1)
+            }
+            _ => {
+                j -= 1;
+                at(end - 1, j + 1)
+            }
+        };
+        if n == 0 || out[n - 1] != next {
+            out[n] = next;
+            n += 1;
+        }
+    }
+    (out, n)
 }
 
 /// The markers that calling [`pt_update_contig_markers`] for each entry of `[a, end)` in
@@ -359,16 +412,19 @@ pub fn pt_update_contig_markers_run_with(
     if a >= end || end > CONTIG_NR {
         return false;
     }
+    if end == a + 1 {
+        // One entry: its write clears its marker, then the per-entry update (the same
+        // result in O(levels)).
+        set_marker(mk, a, 0);
+        return pt_update_contig_markers_with(raw, mk, a, level, kind, slips);
+    }
     let shift = level_shift(level);
     let nothing = claims_nothing(kind, raw(a), a, shift);
     // The only entries whose blocks straddle a run boundary: the block starts above `a`
-    // and above `end - 1`.
-    let mut starts: Vec<u16> = (0..=CONTIG_LEVEL_SHIFT)
-        .flat_map(|k| [a & !((1 << k) - 1), (end - 1) & !((1 << k) - 1)])
-        .collect();
-    starts.sort_unstable();
-    starts.dedup();
-    let values: Vec<(u16, u8)> = {
+    // and above `end - 1`, ascending and without repeats.
+    let (starts, n) = boundary_starts(a, end);
+    let mut values = [0u8; 2 * (CONTIG_LEVEL_SHIFT as usize + 1)];
+    {
         let rc = RunClaims {
             raw,
             mk,
@@ -378,16 +434,22 @@ pub fn pt_update_contig_markers_run_with(
             kind,
             nothing,
             slips,
+            memo_a: std::array::from_fn(|_| Cell::new(UNKNOWN)),
+            memo_end: std::array::from_fn(|_| Cell::new(UNKNOWN)),
         };
-        starts.iter().map(|&s| (s, rc.marker(s as u32))).collect()
-    };
+        for (v, &s) in values.iter_mut().zip(&starts[..n]) {
+            *v = rc.marker(s as u32);
+        }
+    }
     if nothing {
         mk.fill(a, end - a, Marker(0));
     } else {
         mk.fill(a, end - a, Marker::default());
     }
-    for (s, v) in values {
-        set_marker(mk, s, v);
+    for (&s, &v) in starts[..n].iter().zip(&values) {
+        if get_marker(mk, s) != v {
+            set_marker(mk, s, v);
+        }
     }
     !nothing && get_marker(mk, 0) as u32 == CONTIG_LEVEL_SHIFT
 }
@@ -1031,6 +1093,22 @@ mod tests {
                 "the slips {:?} changed too few answers: {slip_only:?}",
                 ALL_SLIPS[sl]
             );
+        }
+    }
+
+    #[test]
+    fn boundary_starts_are_the_sorted_block_starts() {
+        // Every run of a table: the merge equals sorting and deduplicating the block starts.
+        for a in 0..CONTIG_NR {
+            for end in a + 1..=CONTIG_NR {
+                let mut want: Vec<u16> = (0..=CONTIG_LEVEL_SHIFT)
+                    .flat_map(|k| [a & !((1 << k) - 1), (end - 1) & !((1 << k) - 1)])
+                    .collect();
+                want.sort_unstable();
+                want.dedup();
+                let (got, n) = boundary_starts(a, end);
+                assert_eq!(&got[..n], &want[..], "a={a} end={end}");
+            }
         }
     }
 
