@@ -2,6 +2,8 @@
 # Mutation score of the model's decision code, earned by the oracle alone.
 #
 # Usage: ci/mutants.sh [K/N]          run shard K of N (default 0/1: everything)
+#        ci/mutants.sh --check-equivalents   fail when a declared equivalent names no current
+#                                      mutant (an edit moved its line: re-anchor it)
 #        ci/mutants.sh --aggregate DIR...   combine the mutants.out dirs of several shards (or of
 #                                      a run and a later re-run of its survivors)
 #        ci/mutants.sh --list          list the mutant set (no build, no tests)
@@ -42,6 +44,13 @@ for line in sys.stdin:
 '
 }
 
+# stale_equivalents: the declared equivalents that name no mutant cargo-mutants lists now
+# (their line or column moved with an edit): each would silently count as a survivor.
+stale_equivalents() {
+  cargo mutants --workspace --list 2>/dev/null | sort -u >"$OUT/all.names"
+  grep -v '^#' "$EQUIV" | cut -f1 | sed '/^$/d' | sort -u | comm -23 - "$OUT/all.names"
+}
+
 # summarize DIR...: score over the union of the shards' outcome lists.
 summarize() {
   mkdir -p "$OUT"
@@ -70,12 +79,18 @@ summarize() {
   if [ "$total" -lt "$setsize" ]; then
     partial="PARTIAL: $total of the $setsize mutants of the set were tested; the score is over those."
   fi
+  local stale
+  stale=$(stale_equivalents)
   {
     echo "## Mutation score (oracle-only kill)"
     echo
     echo "\`bash ci/mutants.sh\` on $(date -u +%Y-%m-%d): $total mutants of the decision code"
     echo "(\`.cargo/mutants.toml\`); killed only by \`harness/tests/mutation_kill.rs\`."
     if [ -n "$partial" ]; then echo; echo "**$partial**"; fi
+    if [ -n "$stale" ]; then
+      echo; echo "**STALE: $(printf '%s\n' "$stale" | wc -l) declared equivalents name no current mutant (counted as survivors; re-anchor them):**"
+      printf '%s\n' "$stale" | sed 's/^/- `/; s/$/`/'
+    fi
     echo
     echo "| caught | missed | declared equivalent | timeout | unviable | score |"
     echo "|---|---|---|---|---|---|"
@@ -115,6 +130,10 @@ summarize() {
     echo "mutants: $equiv declared equivalent out of $total: more than 10 %" >&2
     exit 3
   fi
+  if [ -n "$stale" ]; then
+    echo "mutants: stale declared equivalents (ci/mutants.sh --check-equivalents)" >&2
+    exit 3
+  fi
   if [ "$score" = "n/a" ] || awk -v s="$score" -v m="$MIN" 'BEGIN { exit !(s < m) }'; then
     echo "mutants: score $score % below $MIN %" >&2
     exit 1
@@ -122,6 +141,17 @@ summarize() {
 }
 
 case "${1:-0/1}" in
+  --check-equivalents)
+    need_mutants
+    mkdir -p "$OUT"
+    stale=$(stale_equivalents)
+    if [ -n "$stale" ]; then
+      echo "mutants: declared equivalents that name no current mutant (re-anchor them to the moved line):" >&2
+      printf '%s\n' "$stale" >&2
+      exit 3
+    fi
+    echo "mutants: all $(grep -v '^#' "$EQUIV" | sed '/^$/d' | wc -l) declared equivalents name current mutants"
+    ;;
   --aggregate)
     shift
     [ "$#" -gt 0 ] || { echo "usage: ci/mutants.sh --aggregate DIR..." >&2; exit 2; }
@@ -143,7 +173,7 @@ case "${1:-0/1}" in
     summarize "$dir"
     ;;
   *)
-    echo "usage: ci/mutants.sh [K/N] | --aggregate DIR... | --list" >&2
+    echo "usage: ci/mutants.sh [K/N] | --aggregate DIR... | --list | --check-equivalents" >&2
     exit 2
     ;;
 esac

@@ -13,7 +13,7 @@
 use harness::exhaustive::{explore, Options};
 use harness::generate::Swarm;
 use harness::scenario::{decode_with_mode, parse_trace};
-use harness::{revision_by_name, run_with, DivergenceClass};
+use harness::{assume_fixed, revision_by_name, run_with, DivergenceClass};
 use p2m_core::{Mode, Revision};
 use rand::rngs::SmallRng;
 use rand::SeedableRng;
@@ -101,7 +101,8 @@ fn corpus_replay() {
 
 /// Replays every trace of `corpus/<sub>/` strictly (unless its `# strict: no` header says
 /// otherwise: a non-fatal note comes first there) under the revision its `# revision:`
-/// header names and checks the class its `# expect:` header records (`none`: clean).
+/// header names (with the switches of an `# assume-fixed:` header fixed) and checks the
+/// class its `# expect:` header records (`none`: clean).
 /// Returns the expected classes, in file order.
 fn replay_headed(sub: &str) -> Vec<Option<DivergenceClass>> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -117,7 +118,15 @@ fn replay_headed(sub: &str) -> Vec<Option<DivergenceClass>> {
     for f in files {
         let text = std::fs::read_to_string(&f).unwrap();
         let s = parse_trace(&text).unwrap();
-        let rev = revision_by_name(header(&text, "revision").unwrap()).unwrap();
+        let base = revision_by_name(header(&text, "revision").unwrap()).unwrap();
+        // `# assume-fixed:` switches of the revision set to the line's reference values
+        // (a hole held alone, e.g. one proposed fix without its companion).
+        let fixes: Vec<String> = header(&text, "assume-fixed")
+            .unwrap_or_default()
+            .split_whitespace()
+            .map(String::from)
+            .collect();
+        let rev = assume_fixed(base, &fixes).unwrap();
         let want = match header(&text, "expect").unwrap() {
             "none" => None,
             c => Some(DivergenceClass::from_name(c).unwrap()),
