@@ -285,8 +285,24 @@ impl IommuCaches {
     /// leaves they touch — except, when `superpage_survives_partial_inval`, leaves larger
     /// than one command — and the non-leaf records touching `inv` when `nonleaf_too`.
     fn invalidate_pages(&mut self, inv: GfnRange, cmd_pages: u64, nonleaf_too: bool) {
-        let mut kept = Vec::with_capacity(self.records.len());
-        for r in self.records.drain(..) {
+        // The records before the first one the commands change stay as they are, in place
+        // (most per-page invalidations change none: nothing is copied then).
+        let hw = self.hw;
+        let changes = |r: &CacheRecord| {
+            r.range.intersect(&inv).is_some()
+                && match r.kind {
+                    RecordKind::NonLeaf { .. } => nonleaf_too,
+                    RecordKind::Leaf { leaf_pages, .. } => {
+                        !(leaf_pages > cmd_pages && hw.superpage_survives_partial_inval)
+                    }
+                }
+        };
+        let Some(first) = self.records.iter().position(changes) else {
+            return;
+        };
+        let rest = self.records.split_off(first);
+        let kept = &mut self.records;
+        for r in rest {
             let Some(hit) = r.range.intersect(&inv) else {
                 kept.push(r);
                 continue;
@@ -335,7 +351,6 @@ impl IommuCaches {
                 }
             }
         }
-        self.records = kept;
     }
 }
 
