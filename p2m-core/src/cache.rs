@@ -174,12 +174,40 @@ impl IommuCaches {
         self.hw
     }
 
-    /// Adds a record (none while no device is attached).
+    /// Adds a record (none while no device is attached). A leaf record that continues the
+    /// last one (same op, permission and leaf size, the next pages mapping the next frames)
+    /// extends it: a per-page loop leaves one record, not one per page.
     pub fn push(&mut self, r: CacheRecord) {
         if self.detached {
             return;
         }
         self.created += 1;
+        if let (
+            Some(last),
+            RecordKind::Leaf {
+                mfn,
+                perm,
+                leaf_pages,
+            },
+        ) = (self.records.last_mut(), r.kind)
+        {
+            if let RecordKind::Leaf {
+                mfn: lmfn,
+                perm: lperm,
+                leaf_pages: lpages,
+            } = last.kind
+            {
+                if last.seq == r.seq
+                    && lperm == perm
+                    && lpages == leaf_pages
+                    && last.range.end == r.range.start
+                    && lmfn.wrapping_add(last.range.len()) == mfn
+                {
+                    last.range.end = r.range.end;
+                    return;
+                }
+            }
+        }
         self.records.push(r);
     }
 
@@ -466,6 +494,43 @@ mod tests {
             },
             seq: 1,
         }
+    }
+
+    #[test]
+    fn push_extends_a_continuing_leaf_record_only() {
+        let mut c = IommuCaches::new(HwSemantics::default());
+        // Three pages of one op mapping the next frames: one record.
+        for k in 0..3 {
+            c.push(leaf(0x10 + k, 1, 0x100 + k, 1));
+        }
+        assert_eq!(c.records(), &[leaf(0x10, 3, 0x100, 1)]);
+        assert_eq!(c.created, 3);
+        // Not continued: a gap, another frame, another leaf size, another op.
+        c.push(leaf(0x14, 1, 0x104, 1));
+        c.push(leaf(0x15, 1, 0x200, 1));
+        c.push(leaf(0x16, 1, 0x201, 512));
+        c.push(CacheRecord {
+            seq: 2,
+            ..leaf(0x17, 1, 0x202, 512)
+        });
+        assert_eq!(c.records().len(), 5);
+        // Invalidating a page in the middle of the joined record keeps its two ends.
+        c.invalidate_pages(
+            GfnRange {
+                start: 0x11,
+                end: 0x12,
+            },
+            1,
+            false,
+        );
+        assert_eq!(
+            &c.records()[..3],
+            &[
+                leaf(0x10, 1, 0x100, 1),
+                leaf(0x12, 1, 0x102, 1),
+                leaf(0x14, 1, 0x104, 1)
+            ]
+        );
     }
 
     #[test]
