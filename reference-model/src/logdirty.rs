@@ -252,13 +252,17 @@ impl RefModel {
     }
 
     /// Every page in `range` whose type `pick` accepts becomes `nt` with access `rwx`
-    /// (`p2m_change_type_one` page by page; failures on other types ignored).
+    /// (`p2m_change_type_one` page by page; failures on other types ignored). Xen writes a
+    /// page whose type it reads as the old one (master `p2m.c:833-837`), and the write's
+    /// `resolve_misconfig` takes any pending mark off it (`p2m-ept.c:829`). A page that may
+    /// read either type may also already read `nt`: then nothing is written and a mark it
+    /// may hold stays pending (it ends `nt` either way, but keeps `maybe_pending`).
     fn retype_all(&mut self, range: GfnRange, pick: impl Fn(P2mType) -> bool, nt: P2mType) {
         self.rewrite(range, &|e: &Extent, _| {
             pick(e.p2mt).then_some(Extent {
                 p2mt: nt,
                 access: P2mAccess::Rwx,
-                maybe_pending: false,
+                maybe_pending: e.either && e.maybe_pending,
                 either: false,
                 ..*e
             })

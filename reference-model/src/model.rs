@@ -191,6 +191,19 @@ impl RefModel {
         p2mt: P2mType,
         access: P2mAccess,
     ) {
+        self.write_run_pending(range, mfn, p2mt, access, false);
+    }
+
+    /// [`Self::write_run`], the written extent marked [`Extent::maybe_pending`] when
+    /// `maybe_pending`.
+    fn write_run_pending(
+        &mut self,
+        range: GfnRange,
+        mfn: Mfn,
+        p2mt: P2mType,
+        access: P2mAccess,
+        maybe_pending: bool,
+    ) {
         self.logdirty.note_written(range, p2mt);
         self.carve(range);
         if writes_real_entry_for(self.policy, self.config.mode, mfn, 0, p2mt) {
@@ -202,7 +215,7 @@ impl RefModel {
                     p2mt,
                     access,
                     hidden_frame: false,
-                    maybe_pending: false,
+                    maybe_pending,
                     either: false,
                 },
             );
@@ -263,8 +276,28 @@ impl RefModel {
                 }
             }
         }
+        // The p2m's type is what Xen reads now; a range op's mark that may still be
+        // pending on a page (`maybe_pending` before the op) may still be there: a
+        // `p2m_change_type_one` that found the type already changed wrote nothing.
         for (piece, mfn, p2mt, access) in writes {
-            self.write_run(piece, mfn, p2mt, access);
+            let mut at = piece.start;
+            let pending: Vec<(u64, u64)> = before
+                .extents()
+                .filter(|&(st, e)| e.maybe_pending && st < piece.end && st + e.len > piece.start)
+                .map(|(st, e)| (st.max(piece.start), (st + e.len).min(piece.end)))
+                .collect();
+            let put = |m: &mut Self, a: u64, b: u64, pend: bool| {
+                if a < b {
+                    let f = frame_at(piece, mfn, a);
+                    m.write_run_pending(GfnRange { start: a, end: b }, f, p2mt, access, pend);
+                }
+            };
+            for (a, b) in pending {
+                put(self, at, a, false);
+                put(self, a, b, true);
+                at = b;
+            }
+            put(self, at, piece.end, false);
         }
     }
 
@@ -1185,5 +1218,23 @@ mod tests {
             m.device_extents(page),
             vec![view(0x400, 0x401, Mfn(0x1000), wo)]
         );
+    }
+
+    #[test]
+    fn rearm_over_an_either_page_keeps_its_pending_mark() {
+        // Master marks no one-page range: after [0, 2) then [0, 1) gfn 0 may read either
+        // type; re-arming [0, 1) leaves it ram_logdirty but possibly still marked, so the
+        // stop (another unmarked one-page change) makes it either again.
+        let mut m = RefModel::new(cfg(Mode::Ept, false), IommuPolicy::Master);
+        m.set_entry(0, Mfn(0x1a0000), 9, P2mType::RamRw, RWX)
+            .unwrap();
+        m.track_dirty_vram(0, 2);
+        m.track_dirty_vram(0, 1);
+        assert!(m.type_either(0));
+        m.track_dirty_vram(0, 1);
+        assert_eq!(m.get_entry(0).1, P2mType::RamLogdirty);
+        assert!(!m.type_either(0));
+        m.track_dirty_vram(0, 0);
+        assert!(m.type_either(0));
     }
 }
