@@ -31,12 +31,14 @@ now() { date +%s.%N; }
 median() { sort -g | awk '{a[NR]=$1} END {if (NR==0) print "n/a"; else if (NR%2) print a[(NR+1)/2]; else printf "%.3f\n", (a[NR/2]+a[NR/2+1])/2}'; }
 
 # --- 1. throughput: each target next to `ceiling`, same seed corpus, 1 job, -s none.
+# The targets check `fixed` (the 4.6 line); `mixed@master` is `mixed` checking `master-fixed`.
 thr=()
-for t in ceiling mixed ept npt shadow; do
-  src=corpus/$t; [ "$t" = ceiling ] && src=corpus/mixed
+for t in ceiling mixed mixed@master ept npt shadow; do
+  target=${t%@*}; rev=fixed; [ "$t" != "$target" ] && rev=${t#*@}-fixed
+  src=corpus/$target; [ "$target" = ceiling ] && src=corpus/mixed
   mkdir -p "$work/c-$t"; cp -r "$src"/. "$work/c-$t"/ 2>/dev/null || true
   log="$work/$t.log"
-  "$bin/$t" -max_total_time="$secs" -print_final_stats=1 "$work/c-$t" >"$log" 2>&1 || true
+  P2M_REVISION=$rev "$bin/$target" -max_total_time="$secs" -print_final_stats=1 "$work/c-$t" >"$log" 2>&1 || true
   execs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -1)
   rate=$(awk -v e="${execs:-0}" -v s="$secs" 'BEGIN {printf "%.0f", e / s}')
   thr+=("$t $rate ${execs:-0}")
