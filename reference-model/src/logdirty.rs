@@ -22,6 +22,13 @@
 //!   reads them (unless an earlier mark may still be pending on the page: it was present
 //!   then, and may still resolve to the other type).
 //!
+//! A page that may read either type ends with one type after `p2m_change_type_one` (a
+//! re-arm, a vCPU's write), but not necessarily without its mark: Xen writes nothing when
+//! the page already reads the new type, and only a write's `resolve_misconfig` takes a
+//! mark off. Such a page keeps `maybe_pending`, and so does a page whose type the
+//! reference takes from the model after an op only the model can decide
+//! (`RefModel::resync`).
+//!
 //! Then the rules:
 //! - `track_dirty_vram gfn nr` (HAP only; shadow mode tracks in shadow entries and leaves
 //!   the p2m alone): a new range moves tracking — the old range `ram_logdirty` →
