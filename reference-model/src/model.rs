@@ -141,7 +141,7 @@ impl RefModel {
         self.policy
     }
 
-    /// The permission column devices see through (see [`column_for`]).
+    /// The permission column devices see through (see [`column_for`](crate::permissions::column_for)).
     pub fn column(&self) -> Column {
         self.column
     }
