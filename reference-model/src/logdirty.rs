@@ -308,7 +308,8 @@ impl RefModel {
     fn rewrite(&mut self, range: GfnRange, f: &dyn Fn(&Extent, u64) -> Option<Extent>) {
         let cuts = self.logdirty.cuts(range);
         let pieces: Vec<(u64, Extent)> = self
-            .extents_overlapping(range)
+            .extents()
+            .filter(|&(s, e)| s < range.end && s + e.len > range.start)
             .map(|(s, e)| (s, *e))
             .collect();
         let mut writes = Vec::new();

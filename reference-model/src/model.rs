@@ -282,8 +282,8 @@ impl RefModel {
         for (piece, mfn, p2mt, access) in writes {
             let mut at = piece.start;
             let pending: Vec<(u64, u64)> = before
-                .extents_overlapping(piece)
-                .filter(|(_, e)| e.maybe_pending)
+                .extents()
+                .filter(|&(st, e)| e.maybe_pending && st < piece.end && st + e.len > piece.start)
                 .map(|(st, e)| (st.max(piece.start), (st + e.len).min(piece.end)))
                 .collect();
             let put = |m: &mut Self, a: u64, b: u64, pend: bool| {
@@ -462,7 +462,15 @@ impl RefModel {
 
     /// Whether some page of `range` is [`Extent::either`].
     pub fn type_either_in(&self, range: GfnRange) -> bool {
-        self.extents_overlapping(range).any(|(_, e)| e.either)
+        let first = self
+            .extents
+            .range(..range.start)
+            .next_back()
+            .filter(|(&s, e)| s + e.len > range.start);
+        first
+            .into_iter()
+            .chain(self.extents.range(range.start..range.end))
+            .any(|(_, e)| e.either)
     }
 
     /// Splits `clip` (frames from `mfn`) where a page's permission may change: at the
@@ -550,8 +558,16 @@ impl RefModel {
                 perm: IommuPerm::NONE,
             }];
         }
+        let first = self
+            .extents
+            .range(..range.start)
+            .next_back()
+            .filter(|(&s, e)| s + e.len > range.start);
         let mut cursor = range.start;
-        for (start, ext) in self.extents_overlapping(range) {
+        for (&start, ext) in first
+            .into_iter()
+            .chain(self.extents.range(range.start..range.end))
+        {
             let ext_range = GfnRange {
                 start,
                 end: start + ext.len,
@@ -602,6 +618,11 @@ impl RefModel {
         if range.is_empty() {
             return out;
         }
+        let first = self
+            .extents
+            .range(..range.start)
+            .next_back()
+            .filter(|(&s, e)| s + e.len > range.start);
         let mut cursor = range.start;
         let gap = |a: u64, b: u64| {
             (
@@ -611,7 +632,10 @@ impl RefModel {
                 P2mAccess::Rwx,
             )
         };
-        for (start, ext) in self.extents_overlapping(range) {
+        for (&start, ext) in first
+            .into_iter()
+            .chain(self.extents.range(range.start..range.end))
+        {
             let ext_range = GfnRange {
                 start,
                 end: start + ext.len,
@@ -639,22 +663,6 @@ impl RefModel {
     /// The stored extents in gfn order, as `(first gfn, extent)`.
     pub fn extents(&self) -> impl Iterator<Item = (u64, &Extent)> + '_ {
         self.extents.iter().map(|(&s, e)| (s, e))
-    }
-
-    /// The stored extents that overlap `range`, in gfn order: O(log n + extents overlapped).
-    pub fn extents_overlapping(
-        &self,
-        range: GfnRange,
-    ) -> impl Iterator<Item = (u64, &Extent)> + '_ {
-        let first = self
-            .extents
-            .range(..range.start)
-            .next_back()
-            .filter(|(&s, e)| s + e.len > range.start);
-        first
-            .into_iter()
-            .chain(self.extents.range(range.start..range.end.max(range.start)))
-            .map(|(&s, e)| (s, e))
     }
 }
 
