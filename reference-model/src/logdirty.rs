@@ -27,7 +27,8 @@
 //! the page already reads the new type, and only a write's `resolve_misconfig` takes a
 //! mark off. Such a page keeps `maybe_pending`, and so does a page whose type the
 //! reference takes from the model after an op only the model can decide
-//! (`RefModel::resync`).
+//! (`RefModel::resync`). An EPT page that is not present keeps `either` through that
+//! resync: the model read it through a mark the next `resolve_misconfig` above it undoes.
 //!
 //! Then the rules:
 //! - `track_dirty_vram gfn nr` (HAP only; shadow mode tracks in shadow entries and leaves
@@ -273,6 +274,22 @@ impl RefModel {
                 either: false,
                 ..*e
             })
+        });
+    }
+
+    /// After [`RefModel::resync`] over `range`, where the reference could not tell a
+    /// page's type: an EPT page that is not present stays [`Extent::either`]. Xen never
+    /// marks such an entry (`ept_invalidate_emt_subtree` and `resolve_misconfig`'s
+    /// level-0 loop skip it, master `p2m-ept.c:389-391,661-662`), so the type the model
+    /// read through a mark still pending above it is undone by the next
+    /// `resolve_misconfig` on that walk: the read is one of the two, not the answer.
+    pub(crate) fn keep_unmarked_either(&mut self, range: GfnRange) {
+        if self.config().mode != Mode::Ept {
+            return;
+        }
+        self.rewrite(range, &|e: &Extent, _| {
+            (changeable(e.p2mt) && !ept_present(e.p2mt, e.access) && !e.either)
+                .then_some(Extent { either: true, ..*e })
         });
     }
 

@@ -240,6 +240,20 @@ impl RefModel {
         access_hint: Option<P2mAccess>,
     ) {
         let with_access = self.config.mode == p2m_core::Mode::Ept;
+        // Where the reference could not tell the type before the op or after its own
+        // reading of it (see `keep_unmarked_either`).
+        let unsure: Vec<GfnRange> = [before, &*self]
+            .iter()
+            .flat_map(|m| {
+                m.extents()
+                    .filter(|&(st, e)| e.either && st < range.end && st + e.len > range.start)
+                    .map(|(st, e)| GfnRange {
+                        start: st.max(range.start),
+                        end: (st + e.len).min(range.end),
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .collect();
         let theirs: Vec<CpuRun> = extents
             .filter_map(|(r, m, t, a)| {
                 r.intersect(&range)
@@ -298,6 +312,9 @@ impl RefModel {
                 at = b;
             }
             put(self, at, piece.end, false);
+        }
+        for r in unsure {
+            self.keep_unmarked_either(r);
         }
     }
 
@@ -1236,5 +1253,40 @@ mod tests {
         assert!(!m.type_either(0));
         m.track_dirty_vram(0, 0);
         assert!(m.type_either(0));
+    }
+
+    #[test]
+    fn resync_keeps_an_unmarked_page_either() {
+        // gfn 2 has access n (not present): tracking never marks it, so it may read either
+        // type. The model's read through the still pending mark above it (ram_logdirty)
+        // is taken over the op's range, but the page stays either: the next
+        // resolve_misconfig on that walk undoes the read. A present page takes the read.
+        let mut m = RefModel::new(cfg(Mode::Ept, false), IommuPolicy::Master);
+        m.set_entry(0, Mfn(0x100000), 0, P2mType::RamRw, RWX)
+            .unwrap();
+        m.set_entry(2, Mfn(0x100002), 0, P2mType::RamRw, P2mAccess::N)
+            .unwrap();
+        m.track_dirty_vram(0, 4);
+        assert!(m.type_either(2));
+        assert!(!m.type_either(0));
+        let before = m.clone();
+        let read = |g: u64| {
+            (
+                GfnRange::of_order(g, 0),
+                Mfn(0x100000 + g),
+                P2mType::RamLogdirty,
+                if g == 2 { P2mAccess::N } else { RWX },
+            )
+        };
+        let range = GfnRange { start: 0, end: 4 };
+        m.resync(range, [read(0), read(2)].into_iter(), &before, None);
+        assert_eq!(m.get_entry(2).1, P2mType::RamLogdirty);
+        assert!(m.type_either(2));
+        assert!(!m.type_either(0));
+        // Written present (the access restored): the read is the answer.
+        let before = m.clone();
+        let present = (GfnRange::of_order(2, 0), Mfn(0x100002), P2mType::RamRw, RWX);
+        m.resync(range, [read(0), present].into_iter(), &before, None);
+        assert!(!m.type_either(2));
     }
 }
