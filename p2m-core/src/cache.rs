@@ -331,25 +331,21 @@ impl IommuCaches {
         let rest = self.records.split_off(first);
         let kept = &mut self.records;
         for r in rest {
-            let Some(hit) = r.range.intersect(&inv) else {
-                kept.push(r);
-                continue;
+            let hit = match r.range.intersect(&inv) {
+                Some(hit) if changes(&r) => hit,
+                _ => {
+                    kept.push(r);
+                    continue;
+                }
             };
             match r.kind {
-                RecordKind::NonLeaf { .. } => {
-                    if !nonleaf_too {
-                        kept.push(r);
-                    }
-                }
+                // A non-leaf record the commands change goes.
+                RecordKind::NonLeaf { .. } => {}
                 RecordKind::Leaf {
                     mfn,
                     perm,
                     leaf_pages,
                 } => {
-                    if leaf_pages > cmd_pages && self.hw.superpage_survives_partial_inval {
-                        kept.push(r);
-                        continue;
-                    }
                     // Drop the whole (naturally aligned) leaves the invalidated range touches.
                     let cut_lo = (hit.start / leaf_pages * leaf_pages).max(r.range.start);
                     let cut_hi = (hit.end.div_ceil(leaf_pages) * leaf_pages).min(r.range.end);

@@ -325,8 +325,7 @@ impl RefModel {
     fn rewrite(&mut self, range: GfnRange, f: &dyn Fn(&Extent, u64) -> Option<Extent>) {
         let cuts = self.logdirty.cuts(range);
         let pieces: Vec<(u64, Extent)> = self
-            .extents()
-            .filter(|&(s, e)| s < range.end && s + e.len > range.start)
+            .extents_overlapping(range)
             .map(|(s, e)| (s, *e))
             .collect();
         let mut writes = Vec::new();

@@ -245,8 +245,8 @@ impl RefModel {
         let unsure: Vec<GfnRange> = [before, &*self]
             .iter()
             .flat_map(|m| {
-                m.extents()
-                    .filter(|&(st, e)| e.either && st < range.end && st + e.len > range.start)
+                m.extents_overlapping(range)
+                    .filter(|(_, e)| e.either)
                     .map(|(st, e)| GfnRange {
                         start: st.max(range.start),
                         end: (st + e.len).min(range.end),
@@ -296,8 +296,8 @@ impl RefModel {
         for (piece, mfn, p2mt, access) in writes {
             let mut at = piece.start;
             let pending: Vec<(u64, u64)> = before
-                .extents()
-                .filter(|&(st, e)| e.maybe_pending && st < piece.end && st + e.len > piece.start)
+                .extents_overlapping(piece)
+                .filter(|(_, e)| e.maybe_pending)
                 .map(|(st, e)| (st.max(piece.start), (st + e.len).min(piece.end)))
                 .collect();
             let put = |m: &mut Self, a: u64, b: u64, pend: bool| {
@@ -479,15 +479,7 @@ impl RefModel {
 
     /// Whether some page of `range` is [`Extent::either`].
     pub fn type_either_in(&self, range: GfnRange) -> bool {
-        let first = self
-            .extents
-            .range(..range.start)
-            .next_back()
-            .filter(|(&s, e)| s + e.len > range.start);
-        first
-            .into_iter()
-            .chain(self.extents.range(range.start..range.end))
-            .any(|(_, e)| e.either)
+        self.extents_overlapping(range).any(|(_, e)| e.either)
     }
 
     /// Splits `clip` (frames from `mfn`) where a page's permission may change: at the
@@ -575,16 +567,8 @@ impl RefModel {
                 perm: IommuPerm::NONE,
             }];
         }
-        let first = self
-            .extents
-            .range(..range.start)
-            .next_back()
-            .filter(|(&s, e)| s + e.len > range.start);
         let mut cursor = range.start;
-        for (&start, ext) in first
-            .into_iter()
-            .chain(self.extents.range(range.start..range.end))
-        {
+        for (start, ext) in self.extents_overlapping(range) {
             let ext_range = GfnRange {
                 start,
                 end: start + ext.len,
@@ -635,11 +619,6 @@ impl RefModel {
         if range.is_empty() {
             return out;
         }
-        let first = self
-            .extents
-            .range(..range.start)
-            .next_back()
-            .filter(|(&s, e)| s + e.len > range.start);
         let mut cursor = range.start;
         let gap = |a: u64, b: u64| {
             (
@@ -649,10 +628,7 @@ impl RefModel {
                 P2mAccess::Rwx,
             )
         };
-        for (&start, ext) in first
-            .into_iter()
-            .chain(self.extents.range(range.start..range.end))
-        {
+        for (start, ext) in self.extents_overlapping(range) {
             let ext_range = GfnRange {
                 start,
                 end: start + ext.len,
@@ -680,6 +656,22 @@ impl RefModel {
     /// The stored extents in gfn order, as `(first gfn, extent)`.
     pub fn extents(&self) -> impl Iterator<Item = (u64, &Extent)> + '_ {
         self.extents.iter().map(|(&s, e)| (s, e))
+    }
+
+    /// The stored extents that overlap `range`, in gfn order: O(log n + extents overlapped).
+    pub fn extents_overlapping(
+        &self,
+        range: GfnRange,
+    ) -> impl Iterator<Item = (u64, &Extent)> + '_ {
+        let first = self
+            .extents
+            .range(..range.start)
+            .next_back()
+            .filter(|(&s, e)| s + e.len > range.start);
+        first
+            .into_iter()
+            .chain(self.extents.range(range.start..range.end.max(range.start)))
+            .map(|(&s, e)| (s, e))
     }
 }
 

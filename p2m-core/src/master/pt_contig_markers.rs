@@ -360,19 +360,12 @@ fn boundary_starts(a: u16, end: u16) -> ([u16; 2 * (CONTIG_LEVEL_SHIFT as usize 
     let (mut i, mut j) = (CONTIG_LEVEL_SHIFT as i32, CONTIG_LEVEL_SHIFT as i32);
     let at = |x: u16, k: i32| x & !((1u16 << k) - 1);
     while i >= 0 || j >= 0 {
-        let next = match (i >= 0, j >= 0) {
-            (true, true) if at(a, i) <= at(end - 1, j) => {
-                i -= 1;
-                at(a, i + 1)
-            }
-            (true, false) => {
-                i -= 1;
-                at(a, i + 1)
-            }
-            _ => {
-                j -= 1;
-                at(end - 1, j + 1)
-            }
+        let next = if i >= 0 && (j < 0 || at(a, i) <= at(end - 1, j)) {
+            i -= 1;
+            at(a, i + 1)
+        } else {
+            j -= 1;
+            at(end - 1, j + 1)
         };
         if n == 0 || out[n - 1] != next {
             out[n] = next;
