@@ -203,6 +203,9 @@ impl RefModel {
                 start,
                 end: end + 1,
             });
+            if let Some(m) = marked {
+                self.pt_set_recalc_range_splits(m, start == 0 && end == max);
+            }
             // A global change marks everything, but only the cut range can change type.
             (marked, (start, end))
         } else {
@@ -275,6 +278,27 @@ impl RefModel {
                 ..*e
             })
         });
+    }
+
+    /// Master p2m-pt: a range change that is not global (`p2m.c` `change_type_range`) goes
+    /// through `p2m_pt_change_entry_type_range` (`p2m-pt.c:976-1011`), which marks the
+    /// range's unaligned ends at level 1: `p2m_pt_set_recalc_range` walks there with
+    /// `p2m_next_level` (`:332-349`), splitting the superpages on the way, so the 2 MiB
+    /// regions holding those ends show their frames ([`Extent::hidden_frame`]).
+    fn pt_set_recalc_range_splits(&mut self, marked: GfnRange, global: bool) {
+        if self.config().mode != Mode::Npt || global {
+            return;
+        }
+        let mut ends = Vec::new();
+        if !marked.start.is_multiple_of(512) {
+            ends.push(marked.start);
+        }
+        if !marked.end.is_multiple_of(512) {
+            ends.push(marked.end - 1);
+        }
+        for g in ends {
+            self.show_frames(GfnRange::of_order(g & !511, 9));
+        }
     }
 
     /// After [`RefModel::resync`] over `range`, where the reference could not tell a

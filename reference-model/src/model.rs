@@ -373,6 +373,23 @@ impl RefModel {
         }
     }
 
+    /// The [`Extent::hidden_frame`] pages of `region` (one 2 MiB region) show their
+    /// frames: Xen split the superpage there down to 4 KiB entries.
+    pub(crate) fn show_frames(&mut self, region: GfnRange) {
+        let hidden: Vec<(u64, Extent)> = self
+            .extents_overlapping(region)
+            .filter(|(_, e)| e.hidden_frame)
+            .map(|(st, e)| (st, *e))
+            .collect();
+        for (st, e) in hidden {
+            let lo = st.max(region.start);
+            let mut part = e.tail(lo - st);
+            part.len = (st + e.len).min(region.end) - lo;
+            part.hidden_frame = false;
+            self.put_extent(lo, part);
+        }
+    }
+
     /// Stores `ext` at `start` in place of whatever covered its frames.
     pub(crate) fn put_extent(&mut self, start: u64, ext: Extent) {
         self.carve(GfnRange {
