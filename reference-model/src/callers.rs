@@ -150,8 +150,14 @@ impl RefModel {
                     return err(0, e);
                 }
                 for i in 0..u64::from(nr) {
-                    // As `get_entry` reads it (a PoD entry has no frame).
-                    let (m, t) = self.batch_read(gfn + i);
+                    // As `get_entry` reads it (a PoD entry has no frame); a hole reads as
+                    // `ept_get_entry`'s default type, `mmio_dm` (master `p2m-ept.c:1023`,
+                    // 4.6 `:877`), whose write leaves the entry empty but still raises
+                    // `max_mapped_pfn` (master `:963-966`, 4.6 `:820-823`).
+                    let (m, t) = match self.batch_read(gfn + i) {
+                        (m, P2mType::Invalid) => (m, P2mType::MmioDm),
+                        read => read,
+                    };
                     if let Err(e) = self.set_entry(gfn + i, m, 0, t, access) {
                         return err(i, PhysmapError::P2m(e));
                     }
