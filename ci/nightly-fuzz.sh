@@ -734,7 +734,16 @@ canary_peel() {
         log "canary $rev/$t step $step: combined root cause: $cause"
       fi
     fi
-    canary_row "$rev" "$t#$step" "found (expected)" "$secs" "$cls" "$cause" \
+    local status="found (expected)"
+    if [ "${#more[@]}" -eq 0 ] &&
+      ! "$P2M_FUZZ" repro --revision "$CANARY_BASELINE" "$d/input.bin" >"$d/repro-baseline.txt" 2>&1; then
+      # No switch explains it because the baseline diverges too: a false positive of the
+      # harness (or a finding no revision has a switch for). Reported, not fatal: the
+      # regression traces decide the canary.
+      status="FALSE POSITIVE? diverges under $CANARY_BASELINE too (repro-baseline.txt)"
+      log "canary $rev/$t step $step: the input diverges under $CANARY_BASELINE too: a false positive of the harness? $d/input.bin"
+    fi
+    canary_row "$rev" "$t#$step" "$status" "$secs" "$cls" "$cause" \
       "canary/$rev-$t/step-$step/artifacts/$(basename "$CANARY_ART")"
     if [ "${#more[@]}" -eq 0 ]; then
       log "canary $rev/$t: cannot peel past '${cause:-no blame output}'"
