@@ -586,8 +586,12 @@ impl Ept {
             // With shared tables the IOTLB may also hold a W a recalc took away unflushed
             // (`ram_logdirty` keeps RW in `p2m_get_iommu_flags`): the flags must agree as
             // well as the bits.
+            // Nor do equal bits clear a `ram_logdirty` leaf: the recalc that made it one
+            // may have taken a W the IOTLB still holds, which equal bits do not show.
+            let shared = cx.cfg.iommu_hap_pt_share;
+            let old_logdirty = cur.sa_p2mt == P2mType::RamLogdirty as u8;
             let same_device_view = old_flags == iommu_flags
-                && (!cx.cfg.iommu_hap_pt_share || (cur.r, cur.w) == (new.r, new.w));
+                && (!shared || ((cur.r, cur.w) == (new.r, new.w) && !old_logdirty));
             cur.is_present() && leaf && same_mfn && same_device_view
         } else {
             same_mfn && (!sw.ept_need_modify_checks_iommu_flags || old_flags == iommu_flags)
