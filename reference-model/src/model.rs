@@ -313,8 +313,78 @@ impl RefModel {
             }
             put(self, at, piece.end, false);
         }
+        self.rehide_unsplit_regions(range, &theirs, before);
         for r in unsure {
             self.keep_unmarked_either(r);
+        }
+    }
+
+    /// Master p2m-pt, after [`Self::resync`]: the reference's own op showed the frames of
+    /// every 2 MiB region its range meets ([`Self::carve`]), but in a region where the
+    /// p2m (`theirs`) still reads as `before` the op failed before splitting the grant
+    /// superpage there (the level-1 table is allocated right before the write,
+    /// `p2m_next_level`), so the region reads as in `before` again, frames hidden.
+    fn rehide_unsplit_regions(&mut self, range: GfnRange, theirs: &[CpuRun], before: &RefModel) {
+        if self.policy != IommuPolicy::Master || self.config.mode == p2m_core::Mode::Ept {
+            return;
+        }
+        let mut region = range.start & !511;
+        while region < range.end {
+            let r = GfnRange {
+                start: region,
+                end: region + 512,
+            };
+            region += 512;
+            if !before.extents_overlapping(r).any(|(_, e)| e.hidden_frame) {
+                continue;
+            }
+            let touched = GfnRange {
+                start: r.start.max(range.start),
+                end: r.end.min(range.end),
+            };
+            let untouched =
+                cut(theirs, &before.cpu_extents(touched))
+                    .iter()
+                    .all(|(piece, t, was)| {
+                        frame_at(t.0, t.1, piece.start) == frame_at(was.0, was.1, piece.start)
+                            && t.2 == was.2
+                    });
+            if untouched {
+                self.copy_region_from(before, r);
+            }
+        }
+    }
+
+    /// Makes `region` hold exactly `before`'s extents there, flags included (no frames
+    /// shown: unlike [`Self::carve`] this is a restore, not a write).
+    fn copy_region_from(&mut self, before: &RefModel, region: GfnRange) {
+        for at in [region.start, region.end] {
+            if let Some((&st, &e)) = self.extents.range(..at).next_back() {
+                if st + e.len > at {
+                    self.extents.insert(st, Extent { len: at - st, ..e });
+                    self.extents.insert(at, e.tail(at - st));
+                }
+            }
+        }
+        let inside: Vec<u64> = self
+            .extents
+            .range(region.start..region.end)
+            .map(|(&st, _)| st)
+            .collect();
+        for st in inside {
+            self.extents.remove(&st);
+        }
+        let parts: Vec<(u64, Extent)> = before
+            .extents_overlapping(region)
+            .map(|(st, e)| {
+                let lo = st.max(region.start);
+                let mut part = e.tail(lo - st);
+                part.len = (st + e.len).min(region.end) - lo;
+                (lo, part)
+            })
+            .collect();
+        for (lo, part) in parts {
+            self.insert_joined(lo, part);
         }
     }
 
@@ -1297,5 +1367,39 @@ mod tests {
         let present = (GfnRange::of_order(2, 0), Mfn(0x100002), P2mType::RamRw, RWX);
         m.resync(range, [read(0), present].into_iter(), &before, None);
         assert!(!m.type_either(2));
+    }
+
+    #[test]
+    fn resync_rehides_a_region_the_failed_op_left_unsplit() {
+        // Master p2m-pt, a 1 GiB grant superpage: the reference's write of gfn 5 shows the
+        // frames of [0, 0x200); the p2m failed before splitting anything (it still reads
+        // as before), so the region reads as before again, frames hidden. Where the p2m
+        // did write (gfn 0x205), its region keeps its frames shown.
+        let mut m = RefModel::new(cfg(Mode::Npt, true), IommuPolicy::Master);
+        m.set_entry(0, Mfn(0x180000), 18, P2mType::GrantMapRo, RWX)
+            .unwrap();
+        let before = m.clone();
+        for g in [5, 0x205] {
+            m.set_entry(g, Mfn(0x5), 0, P2mType::RamRw, RWX).unwrap();
+        }
+        assert!(!m.frame_hidden(0x10) && !m.frame_hidden(0x210));
+        let grant = |r: GfnRange| (r, Mfn(0x180000 + r.start), P2mType::GrantMapRo, RWX);
+        let theirs = [
+            grant(GfnRange {
+                start: 5,
+                end: 0x205,
+            }),
+            (GfnRange::of_order(0x205, 0), Mfn(0x5), P2mType::RamRw, RWX),
+        ];
+        let range = GfnRange {
+            start: 5,
+            end: 0x206,
+        };
+        m.resync(range, theirs.into_iter(), &before, None);
+        assert!(m.frame_hidden(5) && m.frame_hidden(0x10) && m.frame_hidden(0x1ff));
+        assert_eq!(m.get_entry(5).0, Mfn(0x180005));
+        assert!(!m.frame_hidden(0x210));
+        assert_eq!(m.get_entry(0x205).0, Mfn(0x5));
+        assert!(m.frame_hidden(0x400));
     }
 }
