@@ -588,11 +588,7 @@ fn over_permissive(
             continue;
         };
         let t_mfn = t.mfn.wrapping_add(o.start - t.range.start);
-        let v_mfn = if v.mfn == INVALID_MFN {
-            INVALID_MFN.0
-        } else {
-            v.mfn.0.wrapping_add(o.start - v.range.start)
-        };
+        let v_mfn = v.frame_at(o.start);
         let ok = !v.perm.is_none()
             && frame_field(v_mfn) == frame_field(t_mfn)
             && t.perm.is_subset_of(v.perm);
@@ -659,8 +655,7 @@ fn under_permissive(
     // with access `wx` keeps only x in the EPT until its mark resolves).
     let gap = |a: u64, b: u64, accepted: &mut Option<Finding>| {
         let g = GfnRange { start: a, end: b };
-        let frame = v.mfn.0.wrapping_add(a - v.range.start);
-        if !by_design(g, frame, v.perm, IommuPerm::NONE) {
+        if !by_design(g, v.frame_at(a), v.perm, IommuPerm::NONE) {
             return fail(a, format!("{what} map nothing at gfn {a:#x}"));
         }
         if let Some(mut f) = fail(a, format!("{what} map nothing at gfn {g}")) {
@@ -676,7 +671,7 @@ fn under_permissive(
                 return Some(f);
             }
         }
-        let want = v.mfn.0.wrapping_add(o.start - v.range.start);
+        let want = v.frame_at(o.start);
         let got = t.mfn.wrapping_add(o.start - t.range.start);
         if frame_field(got) != frame_field(want) || !v.perm.is_subset_of(t.perm) {
             if by_design(o, got, v.perm, t.perm) {

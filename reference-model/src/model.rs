@@ -87,6 +87,19 @@ pub struct RefView {
     pub perm: IommuPerm,
 }
 
+impl RefView {
+    /// Frame number at `gfn` (in `range`): `INVALID_MFN` stays invalid for every frame
+    /// (an internal-API `mmio_direct` entry written with `INVALID_MFN` holds the same
+    /// all-ones field on every page).
+    pub fn frame_at(&self, gfn: u64) -> u64 {
+        if self.mfn == INVALID_MFN {
+            INVALID_MFN.0
+        } else {
+            self.mfn.0.wrapping_add(gfn - self.range.start)
+        }
+    }
+}
+
 /// Which end of an [`Extent::either`] page's device permission to take.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Bound {

@@ -490,10 +490,13 @@ impl Ept {
                 let leaf = target == 1 || ept_entry.sp;
                 // With shared tables the IOTLB may also hold a W a recalc took away
                 // unflushed (`ram_logdirty` keeps RW in `p2m_get_iommu_flags`): the
-                // flags must agree as well as the bits.
+                // flags must agree as well as the bits, and an old `ram_logdirty` leaf
+                // never counts as unchanged (its bits are those after the recalc).
+                let old_logdirty = ept_entry.p2mt() == P2mType::RamLogdirty;
                 let same_view = old_flags == iommu_flags
                     && (!cx.iommu.shared
-                        || (ept_entry.r, ept_entry.w) == (new_entry.r, new_entry.w));
+                        || ((ept_entry.r, ept_entry.w) == (new_entry.r, new_entry.w)
+                            && !old_logdirty));
                 ept_entry.is_present() && leaf && ept_entry.mfn == new_entry.mfn && same_view
             } else {
                 ept_entry.mfn == new_entry.mfn && same_flags

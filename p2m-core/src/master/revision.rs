@@ -131,7 +131,10 @@ pub struct Switches {
     /// With shared tables the fix asks for the same EPT r/w bits *and* the same
     /// `p2m_get_iommu_flags`: a recalc (`resolve_misconfig`) takes W from a `ram_logdirty`
     /// leaf without a flush, so a later retype of that leaf to `ram_ro` has the same bits
-    /// but must still flush the W the IOTLB may hold.
+    /// but must still flush the W the IOTLB may hold. Nor does an old `ram_logdirty` leaf
+    /// ever count as unchanged: with access `wx` the recalc leaves it `--x`, and a retype
+    /// to `grant_map_rw` with access `n` has the same bits and flags while the IOTLB may
+    /// still hold the W (`corpus/edges/shared-ept-logdirty-wx-retype-flushes-master.trace`).
     pub ept_need_modify_requires_present_leaf: bool,
     /// Not in Xen (closes a hole the harness found on both lines, outside security
     /// support: it needs a non-default p2m access): with shared tables `ept_set_entry`
