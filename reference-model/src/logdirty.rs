@@ -133,7 +133,7 @@ impl LogDirty {
 
 /// Whether a range type change rewrites type `t` (`p2m_is_changeable`; master's
 /// `ioreq_server` keeps its type while a server is mapped, which it always is here).
-fn changeable(t: P2mType) -> bool {
+pub(crate) fn changeable(t: P2mType) -> bool {
     matches!(t, P2mType::RamRw | P2mType::RamLogdirty)
 }
 

@@ -278,9 +278,28 @@ impl RefModel {
                 && x.2 == y.2
                 && (!with_access || x.3 == y.3)
         };
+        // Pages whose type the reference itself cannot tell after its own op: the p2m's
+        // reading of either type (same frame and access) agrees with it, and the page
+        // stays `either` (a mark pending above a page Xen never marks gives ram_rw now
+        // and ram_logdirty once a walk resolves it).
+        let either_now: Vec<GfnRange> = self
+            .extents_overlapping(range)
+            .filter(|(_, e)| e.either)
+            .map(|(st, e)| GfnRange {
+                start: st,
+                end: st + e.len,
+            })
+            .collect();
+        let either_agrees = |x: &CpuRun, y: &CpuRun, g: u64| {
+            either_now.iter().any(|r| r.contains(g))
+                && crate::logdirty::changeable(x.2)
+                && crate::logdirty::changeable(y.2)
+                && frame_at(x.0, x.1, g) == frame_at(y.0, y.1, g)
+                && x.3 == y.3
+        };
         let mut writes = Vec::new();
         for (piece, t, now) in cut(&theirs, &self.cpu_extents(range)) {
-            if same(&t, &now, piece.start) {
+            if same(&t, &now, piece.start) || either_agrees(&t, &now, piece.start) {
                 continue;
             }
             if with_access {
@@ -1351,8 +1370,8 @@ mod tests {
     fn resync_keeps_an_unmarked_page_either() {
         // gfn 2 has access n (not present): tracking never marks it, so it may read either
         // type. The model's read through the still pending mark above it (ram_logdirty)
-        // is taken over the op's range, but the page stays either: the next
-        // resolve_misconfig on that walk undoes the read. A present page takes the read.
+        // agrees with the either page, which stays as it is: the next resolve_misconfig
+        // on that walk undoes the read. A page written present takes the write.
         let mut m = RefModel::new(cfg(Mode::Ept, false), IommuPolicy::Master);
         m.set_entry(0, Mfn(0x100000), 0, P2mType::RamRw, RWX)
             .unwrap();
@@ -1372,7 +1391,9 @@ mod tests {
         };
         let range = GfnRange { start: 0, end: 4 };
         m.resync(range, [read(0), read(2)].into_iter(), &before, None);
-        assert_eq!(m.get_entry(2).1, P2mType::RamLogdirty);
+        // The read agrees with the either page, which keeps the type it was written
+        // with (Xen's stored `sa_p2mt`).
+        assert_eq!(m.get_entry(2).1, P2mType::RamRw);
         assert!(m.type_either(2));
         assert!(!m.type_either(0));
         // Written present (the access restored): the read is the answer.
