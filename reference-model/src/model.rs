@@ -298,6 +298,10 @@ impl RefModel {
                 && x.3 == y.3
         };
         let mut writes = Vec::new();
+        // Pieces the op did not get to in the p2m: `before`'s extents come back as they
+        // were (flags included; a 4 KiB rewrite would not hold e.g. a PoD superpage's
+        // frameless entry).
+        let mut restores = Vec::new();
         for (piece, t, now) in cut(&theirs, &self.cpu_extents(range)) {
             if same(&t, &now, piece.start) || either_agrees(&t, &now, piece.start) {
                 continue;
@@ -311,7 +315,7 @@ impl RefModel {
                 &before.cpu_extents(piece),
             ) {
                 if same(&t, &was, sub.start) {
-                    writes.push((sub, frame_at(was.0, was.1, sub.start), was.2, was.3));
+                    restores.push(sub);
                 } else {
                     writes.push((
                         sub,
@@ -344,6 +348,9 @@ impl RefModel {
                 at = b;
             }
             put(self, at, piece.end, false);
+        }
+        for r in restores {
+            self.copy_from(before, r);
         }
         self.rehide_unsplit_regions(range, &theirs, before);
         for r in unsure {
@@ -382,14 +389,14 @@ impl RefModel {
                             && t.2 == was.2
                     });
             if untouched {
-                self.copy_region_from(before, r);
+                self.copy_from(before, r);
             }
         }
     }
 
     /// Makes `region` hold exactly `before`'s extents there, flags included (no frames
     /// shown: unlike [`Self::carve`] this is a restore, not a write).
-    fn copy_region_from(&mut self, before: &RefModel, region: GfnRange) {
+    fn copy_from(&mut self, before: &RefModel, region: GfnRange) {
         for at in [region.start, region.end] {
             if let Some((&st, &e)) = self.extents.range(..at).next_back() {
                 if st + e.len > at {

@@ -271,17 +271,34 @@ impl Ept {
         };
         self.tables.insert(nt, cl);
         let per = pages_per_entry(cl);
+        // Xen adds `i * trunk` to the 40-bit frame field (`:274`), so the children of a
+        // superpage written with `INVALID_MFN` (the all-ones field) hold frames 0, 1, …
+        // Proposed fix `ept_split_keeps_invalid_mfn` (not Xen): they keep the field (PoD
+        // children, which never reach the IOMMU, stay as Xen makes them).
+        let keep_invalid =
+            cx.sw.ept_split_keeps_invalid_mfn && sp.mfn == PTE_MFN_MASK && !p2m_is_pod(sp.p2mt());
         let child = |k: u64| {
             let mut c = EptEntry {
                 sp: cl > 1,
                 snp: EPT_SNP,
-                mfn: sp.mfn.wrapping_add(k * per) & PTE_MFN_MASK,
+                mfn: if keep_invalid {
+                    PTE_MFN_MASK
+                } else {
+                    sp.mfn.wrapping_add(k * per) & PTE_MFN_MASK
+                },
                 ..sp
             };
             ept_p2m_type_to_flags(&mut c);
             c
         };
-        if cl == target {
+        if cl == target && keep_invalid {
+            // No run: every entry holds the same field (internal API only, so rare).
+            if let Some(tab) = self.tables.get_mut(nt) {
+                for k in 0..512u16 {
+                    tab.set(k, child(k as u64));
+                }
+            }
+        } else if cl == target {
             let ro = [MMIO_RO_FRAMES.start, MMIO_RO_FRAMES.end];
             for (k0, k1) in linear_pieces(sp.mfn, per, 512, &ro) {
                 if let Some(tab) = self.tables.get_mut(nt) {

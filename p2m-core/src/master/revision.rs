@@ -114,6 +114,15 @@ pub struct Switches {
     /// (e.g. a type without r/w/x, or access `n`), so a 4 KiB change inside it drops the
     /// other entries of the superpage. Fix: split it like a present superpage.
     pub ept_split_nonpresent_superpage: bool,
+    /// Not Xen — a proposed fix (`master-fixed`) completing `ept_split_nonpresent_superpage`
+    /// (internal API only, outside security support): `ept_split_super_page` adds `i *
+    /// trunk` to the 40-bit frame field (`p2m-ept.c:274`), so splitting a non-present
+    /// `mmio_direct` superpage written with `INVALID_MFN` (all ones) gives children the
+    /// frames 0, 1, … 510; a later access change (`set_mem_access … rw`) maps such a frame
+    /// in the IOMMU. Xen never splits a non-present non-PoD superpage today (F2 drops it
+    /// instead), so the hole opens only with F2's fix. Fix: children of a frameless
+    /// non-PoD superpage keep the all-ones field.
+    pub ept_split_keeps_invalid_mfn: bool,
     /// Not Xen — a proposed fix (`master-fixed`) of a hole this harness found in master
     /// and in 4.6: the IOMMU step maps `(gfn, mfn, 1 << order)` with
     /// `p2m_get_iommu_flags(...)` even when the p2m wrote an empty entry (`INVALID_MFN`
@@ -233,6 +242,7 @@ const MASTER: Switches = Switches {
     amd_shatter_no_flush_all: true,
     shared_ept_honours_dont_flush: true,
     ept_split_nonpresent_superpage: false,
+    ept_split_keeps_invalid_mfn: false,
     iommu_flags_require_present_entry: false,
     ept_need_modify_requires_present_leaf: false,
     shared_flush_on_valid_old_entry: false,
@@ -248,6 +258,7 @@ const MASTER: Switches = Switches {
 /// The harness's proposed fixes of the holes it found in master (not Xen).
 const MASTER_FIXED: Switches = Switches {
     ept_split_nonpresent_superpage: true,
+    ept_split_keeps_invalid_mfn: true,
     iommu_flags_require_present_entry: true,
     ept_need_modify_requires_present_leaf: true,
     shared_flush_on_valid_old_entry: true,
