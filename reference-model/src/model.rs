@@ -282,16 +282,13 @@ impl RefModel {
         // reading of either type (same frame and access) agrees with it, and the page
         // stays `either` (a mark pending above a page Xen never marks gives ram_rw now
         // and ram_logdirty once a walk resolves it).
-        let either_now: Vec<GfnRange> = self
-            .extents_overlapping(range)
-            .filter(|(_, e)| e.either)
-            .map(|(st, e)| GfnRange {
-                start: st,
-                end: st + e.len,
-            })
-            .collect();
-        let either_agrees = |x: &CpuRun, y: &CpuRun, g: u64| {
-            either_now.iter().any(|r| r.contains(g))
+        let either_now = either_spans(self, range);
+        let either_before = either_spans(before, range);
+        // A page whose type a model cannot tell (`either`) agrees with the p2m's reading
+        // of either type, same frame and access (a mark pending above a page Xen never
+        // marks gives ram_rw now and ram_logdirty once a walk resolves it).
+        let either_agrees = |spans: &[GfnRange], x: &CpuRun, y: &CpuRun, g: u64| {
+            spans.iter().any(|r| r.contains(g))
                 && crate::logdirty::changeable(x.2)
                 && crate::logdirty::changeable(y.2)
                 && frame_at(x.0, x.1, g) == frame_at(y.0, y.1, g)
@@ -300,29 +297,25 @@ impl RefModel {
         let mut writes = Vec::new();
         // Pieces the op did not get to in the p2m: `before`'s extents come back as they
         // were (flags included; a 4 KiB rewrite would not hold e.g. a PoD superpage's
-        // frameless entry).
+        // frameless entry, and a page that was `either` stays so).
         let mut restores = Vec::new();
         for (piece, t, now) in cut(&theirs, &self.cpu_extents(range)) {
-            if same(&t, &now, piece.start) || either_agrees(&t, &now, piece.start) {
-                continue;
-            }
-            if with_access {
-                writes.push((piece, frame_at(t.0, t.1, piece.start), t.2, t.3));
+            if same(&t, &now, piece.start) || either_agrees(&either_now, &t, &now, piece.start) {
                 continue;
             }
             for (sub, t, was) in cut(
                 &[(piece, frame_at(t.0, t.1, piece.start), t.2, t.3)],
                 &before.cpu_extents(piece),
             ) {
-                if same(&t, &was, sub.start) {
+                if same(&t, &was, sub.start) || either_agrees(&either_before, &t, &was, sub.start) {
                     restores.push(sub);
                 } else {
-                    writes.push((
-                        sub,
-                        frame_at(t.0, t.1, sub.start),
-                        t.2,
-                        access_hint.unwrap_or(t.3),
-                    ));
+                    let access = if with_access {
+                        t.3
+                    } else {
+                        access_hint.unwrap_or(t.3)
+                    };
+                    writes.push((sub, frame_at(t.0, t.1, sub.start), t.2, access));
                 }
             }
         }
@@ -803,6 +796,17 @@ impl RefModel {
 
 /// One run of a CPU view: the gfns, the frame of the first, type and access.
 type CpuRun = (GfnRange, Mfn, P2mType, P2mAccess);
+
+/// The [`Extent::either`] extents of `m` meeting `range`, whole.
+fn either_spans(m: &RefModel, range: GfnRange) -> Vec<GfnRange> {
+    m.extents_overlapping(range)
+        .filter(|(_, e)| e.either)
+        .map(|(st, e)| GfnRange {
+            start: st,
+            end: st + e.len,
+        })
+        .collect()
+}
 
 /// The frame at `g` of a run starting at `r.start` with frame `m`.
 fn frame_at(r: GfnRange, m: Mfn, g: u64) -> Mfn {
