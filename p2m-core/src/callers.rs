@@ -367,6 +367,17 @@ pub struct InterleavedOutcome {
     pub second: BatchOutcome,
 }
 
+/// The argument checks of `XEN_DOMCTL_memory_mapping` (master `common/domctl.c:436-439`,
+/// 4.6 `:1040-1043`), before anything else: `-EINVAL` when the frame range wraps or
+/// reaches past `paddr_bits` (52 on the model's machine: frames below 2^40, the width of
+/// the PTE frame field), or the gfn range wraps. `nr == 0` fails too (`mfn_end` is
+/// `mfn - 1`).
+pub fn memory_mapping_args_ok(gfn: u64, mfn: u64, nr: u64) -> bool {
+    let mfn_end = mfn.wrapping_add(nr).wrapping_sub(1);
+    let gfn_end = gfn.wrapping_add(nr).wrapping_sub(1);
+    mfn_end >= mfn && (mfn | mfn_end) >> 40 == 0 && gfn_end >= gfn
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

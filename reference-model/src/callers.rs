@@ -444,6 +444,12 @@ impl RefModel {
         nr: u64,
         add: bool,
     ) -> BatchOutcome {
+        // The domctl's own checks come first (both lines): frames below 2^40 (`paddr_bits`
+        // 52), no wrap of either range, at least one page.
+        let last = |x: u64| x.checked_add(nr.wrapping_sub(1));
+        if nr == 0 || last(mfn).is_none_or(|e| e >> 40 != 0) || last(gfn).is_none() {
+            return err(0, PhysmapError::Inval);
+        }
         if !master && nr > 64 {
             return err(0, PhysmapError::TooBig);
         }
