@@ -383,6 +383,17 @@ mod tests {
     use super::*;
 
     #[test]
+    fn memory_mapping_args_follow_the_domctl_checks() {
+        let top = (1u64 << 40) - 1;
+        assert!(memory_mapping_args_ok(0, top, 1));
+        assert!(memory_mapping_args_ok(0x1000, top - 255, 256));
+        assert!(!memory_mapping_args_ok(0, top - 254, 256));
+        assert!(!memory_mapping_args_ok(0, 0x100, 0));
+        assert!(!memory_mapping_args_ok(u64::MAX, 0x100, 2));
+        assert!(!memory_mapping_args_ok(0, u64::MAX, 2));
+    }
+
+    #[test]
     fn display_names_the_xen_entry_point() {
         let ops = [
             (
