@@ -299,8 +299,27 @@ impl RefModel {
         // were (flags included; a 4 KiB rewrite would not hold e.g. a PoD superpage's
         // frameless entry, and a page that was `either` stays so).
         let mut restores = Vec::new();
+        // Where `before` could not tell the type for sure (a mark may have been pending,
+        // or either type), a p2m reading as before may be Xen's untouched entry even where
+        // it also reads as the reference's own write.
+        let unsure_before: Vec<GfnRange> = before
+            .extents_overlapping(range)
+            .filter(|(_, e)| e.either || e.maybe_pending)
+            .map(|(st, e)| GfnRange {
+                start: st,
+                end: st + e.len,
+            })
+            .collect();
         for (piece, t, now) in cut(&theirs, &self.cpu_extents(range)) {
             if same(&t, &now, piece.start) || either_agrees(&either_now, &t, &now, piece.start) {
+                let mine = (piece, frame_at(t.0, t.1, piece.start), t.2, t.3);
+                for (sub, t, was) in cut(&[mine], &before.cpu_extents(piece)) {
+                    let as_before = same(&t, &was, sub.start)
+                        || either_agrees(&either_before, &t, &was, sub.start);
+                    if as_before && unsure_before.iter().any(|r| r.contains(sub.start)) {
+                        restores.push(sub);
+                    }
+                }
                 continue;
             }
             for (sub, t, was) in cut(
