@@ -285,14 +285,14 @@ impl RefModel {
         let either_now = either_spans(self, range);
         let either_before = either_spans(before, range);
         // A page whose type a model cannot tell (`either`) agrees with the p2m's reading
-        // of either type, same frame and access (a mark pending above a page Xen never
+        // of either type, same frame and (EPT) access (a mark pending above a page Xen never
         // marks gives ram_rw now and ram_logdirty once a walk resolves it).
         let either_agrees = |spans: &[GfnRange], x: &CpuRun, y: &CpuRun, g: u64| {
             spans.iter().any(|r| r.contains(g))
                 && crate::logdirty::changeable(x.2)
                 && crate::logdirty::changeable(y.2)
                 && frame_at(x.0, x.1, g) == frame_at(y.0, y.1, g)
-                && x.3 == y.3
+                && (!with_access || x.3 == y.3)
         };
         let mut writes = Vec::new();
         // Pieces the op did not get to in the p2m: `before`'s extents come back as they
