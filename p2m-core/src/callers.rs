@@ -378,6 +378,24 @@ pub fn memory_mapping_args_ok(gfn: u64, mfn: u64, nr: u64) -> bool {
     mfn_end >= mfn && (mfn | mfn_end) >> 40 == 0 && gfn_end >= gfn
 }
 
+/// `XEN_DOMCTL_memory_mapping` as both lines enter it: the argument checks of
+/// [`memory_mapping_args_ok`] (`-EINVAL`, nothing done), then the line's own `map`.
+pub fn domctl_memory_mapping(
+    gfn: u64,
+    mfn: u64,
+    nr: u64,
+    map: impl FnOnce() -> BatchOutcome,
+) -> BatchOutcome {
+    if memory_mapping_args_ok(gfn, mfn, nr) {
+        map()
+    } else {
+        BatchOutcome {
+            done: 0,
+            rc: Err(crate::physmap::PhysmapError::Inval),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -282,8 +282,8 @@ impl RefModel {
         // reading of either type (same frame and access) agrees with it, and the page
         // stays `either` (a mark pending above a page Xen never marks gives ram_rw now
         // and ram_logdirty once a walk resolves it).
-        let either_now = either_spans(self, range);
-        let either_before = either_spans(before, range);
+        let either_now = spans_where(self, range, |e| e.either);
+        let either_before = spans_where(before, range, |e| e.either);
         // A page whose type a model cannot tell (`either`) agrees with the p2m's reading
         // of either type, same frame and (EPT) access (a mark pending above a page Xen never
         // marks gives ram_rw now and ram_logdirty once a walk resolves it).
@@ -302,14 +302,7 @@ impl RefModel {
         // Where `before` could not tell the type for sure (a mark may have been pending,
         // or either type), a p2m reading as before may be Xen's untouched entry even where
         // it also reads as the reference's own write.
-        let unsure_before: Vec<GfnRange> = before
-            .extents_overlapping(range)
-            .filter(|(_, e)| e.either || e.maybe_pending)
-            .map(|(st, e)| GfnRange {
-                start: st,
-                end: st + e.len,
-            })
-            .collect();
+        let unsure_before = spans_where(before, range, |e| e.either || e.maybe_pending);
         for (piece, t, now) in cut(&theirs, &self.cpu_extents(range)) {
             if same(&t, &now, piece.start) || either_agrees(&either_now, &t, &now, piece.start) {
                 let mine = (piece, frame_at(t.0, t.1, piece.start), t.2, t.3);
@@ -816,10 +809,10 @@ impl RefModel {
 /// One run of a CPU view: the gfns, the frame of the first, type and access.
 type CpuRun = (GfnRange, Mfn, P2mType, P2mAccess);
 
-/// The [`Extent::either`] extents of `m` meeting `range`, whole.
-fn either_spans(m: &RefModel, range: GfnRange) -> Vec<GfnRange> {
+/// The extents of `m` meeting `range` that `pick` accepts, whole.
+fn spans_where(m: &RefModel, range: GfnRange, pick: impl Fn(&Extent) -> bool) -> Vec<GfnRange> {
     m.extents_overlapping(range)
-        .filter(|(_, e)| e.either)
+        .filter(|(_, e)| pick(e))
         .map(|(st, e)| GfnRange {
             start: st,
             end: st + e.len,

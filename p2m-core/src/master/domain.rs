@@ -15,7 +15,7 @@ use crate::master::p2m::{p2m_set_entry, IommuCall, P2mCaps};
 use crate::master::p2m_ept::Ept;
 use crate::master::p2m_pt::P2mPt;
 use crate::master::revision::Switches;
-use crate::physmap::{AddToPhysmapRange, BatchOutcome, PageRefs, PhysmapError};
+use crate::physmap::{AddToPhysmapRange, BatchOutcome, PageRefs};
 use crate::revision::{Revision, Switches as LineSwitches};
 use crate::stats::ModelStats;
 use crate::types::*;
@@ -201,14 +201,9 @@ pub fn caller_op(p2m: &mut P2m, cx: &mut Cx, refs: &mut PageRefs, op: CallerOp) 
             dm::set_mem_type(p2m, cx, gfn, nr.into(), mem_type)
         }
         CallerOp::MemoryMapping { gfn, mfn, nr, add } => {
-            if crate::callers::memory_mapping_args_ok(gfn, mfn, nr.into()) {
+            crate::callers::domctl_memory_mapping(gfn, mfn, nr.into(), || {
                 p2m_typed::memory_mapping(p2m, cx, gfn, mfn, nr.into(), add)
-            } else {
-                BatchOutcome {
-                    done: 0,
-                    rc: Err(PhysmapError::Inval),
-                }
-            }
+            })
         }
         CallerOp::SetMemAccess { gfn, nr, access } => {
             mem_access::p2m_set_mem_access(p2m, cx, gfn, nr.into(), access)

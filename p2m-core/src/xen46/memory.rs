@@ -414,14 +414,9 @@ pub fn caller_op(
             hvm::hvmop_set_mem_type(p2m, cx, gfn, nr.into(), mem_type)
         }
         CallerOp::MemoryMapping { gfn, mfn, nr, add } => {
-            if crate::callers::memory_mapping_args_ok(gfn, mfn, nr.into()) {
+            crate::callers::domctl_memory_mapping(gfn, mfn, nr.into(), || {
                 xp2m::memory_mapping(p2m, cx, gfn, mfn, nr.into(), add)
-            } else {
-                BatchOutcome {
-                    done: 0,
-                    rc: Err(PhysmapError::Inval),
-                }
-            }
+            })
         }
         CallerOp::SetMemAccess { gfn, nr, access } => {
             xp2m::p2m_set_mem_access(p2m, cx, gfn, nr.into(), access)
