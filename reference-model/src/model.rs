@@ -278,15 +278,11 @@ impl RefModel {
                 && x.2 == y.2
                 && (!with_access || x.3 == y.3)
         };
-        // Pages whose type the reference itself cannot tell after its own op: the p2m's
-        // reading of either type (same frame and access) agrees with it, and the page
-        // stays `either` (a mark pending above a page Xen never marks gives ram_rw now
-        // and ram_logdirty once a walk resolves it).
+        // A page whose type a model cannot tell (`either`) agrees with the p2m's reading
+        // of either type, same frame and (EPT) access: a mark pending above a page Xen
+        // never marks gives ram_rw now and ram_logdirty once a walk resolves it.
         let either_now = spans_where(self, range, |e| e.either);
         let either_before = spans_where(before, range, |e| e.either);
-        // A page whose type a model cannot tell (`either`) agrees with the p2m's reading
-        // of either type, same frame and (EPT) access (a mark pending above a page Xen never
-        // marks gives ram_rw now and ram_logdirty once a walk resolves it).
         let either_agrees = |spans: &[GfnRange], x: &CpuRun, y: &CpuRun, g: u64| {
             spans.iter().any(|r| r.contains(g))
                 && crate::logdirty::changeable(x.2)
@@ -294,34 +290,30 @@ impl RefModel {
                 && frame_at(x.0, x.1, g) == frame_at(y.0, y.1, g)
                 && (!with_access || x.3 == y.3)
         };
+        // Where `before` could not tell the type for sure (a mark may have been pending,
+        // or either type), a p2m reading as before may be Xen's untouched entry even where
+        // it also reads as the reference's own write.
+        let unsure_before = spans_where(before, range, |e| e.either || e.maybe_pending);
         let mut writes = Vec::new();
         // Pieces the op did not get to in the p2m: `before`'s extents come back as they
         // were (flags included; a 4 KiB rewrite would not hold e.g. a PoD superpage's
         // frameless entry, and a page that was `either` stays so).
         let mut restores = Vec::new();
-        // Where `before` could not tell the type for sure (a mark may have been pending,
-        // or either type), a p2m reading as before may be Xen's untouched entry even where
-        // it also reads as the reference's own write.
-        let unsure_before = spans_where(before, range, |e| e.either || e.maybe_pending);
+        // Pieces the p2m no longer reads as before (the op got there).
+        let mut changed = Vec::new();
         for (piece, t, now) in cut(&theirs, &self.cpu_extents(range)) {
-            if same(&t, &now, piece.start) || either_agrees(&either_now, &t, &now, piece.start) {
-                let mine = (piece, frame_at(t.0, t.1, piece.start), t.2, t.3);
-                for (sub, t, was) in cut(&[mine], &before.cpu_extents(piece)) {
-                    let as_before = same(&t, &was, sub.start)
-                        || either_agrees(&either_before, &t, &was, sub.start);
-                    if as_before && unsure_before.iter().any(|r| r.contains(sub.start)) {
-                        restores.push(sub);
-                    }
+            let kept =
+                same(&t, &now, piece.start) || either_agrees(&either_now, &t, &now, piece.start);
+            let mine = (piece, frame_at(t.0, t.1, piece.start), t.2, t.3);
+            for (sub, t, was) in cut(&[mine], &before.cpu_extents(piece)) {
+                let as_before =
+                    same(&t, &was, sub.start) || either_agrees(&either_before, &t, &was, sub.start);
+                if !as_before {
+                    changed.push(sub);
                 }
-                continue;
-            }
-            for (sub, t, was) in cut(
-                &[(piece, frame_at(t.0, t.1, piece.start), t.2, t.3)],
-                &before.cpu_extents(piece),
-            ) {
-                if same(&t, &was, sub.start) || either_agrees(&either_before, &t, &was, sub.start) {
+                if as_before && (!kept || unsure_before.iter().any(|r| r.contains(sub.start))) {
                     restores.push(sub);
-                } else {
+                } else if !kept {
                     let access = if with_access {
                         t.3
                     } else {
@@ -357,7 +349,7 @@ impl RefModel {
         for r in restores {
             self.copy_from(before, r);
         }
-        self.rehide_unsplit_regions(range, &theirs, before);
+        self.rehide_unsplit_regions(range, &changed, before);
         for r in unsure {
             self.keep_unmarked_either(r);
         }
@@ -365,10 +357,10 @@ impl RefModel {
 
     /// Master p2m-pt, after [`Self::resync`]: the reference's own op showed the frames of
     /// every 2 MiB region its range meets ([`Self::carve`]), but in a region where the
-    /// p2m (`theirs`) still reads as `before` the op failed before splitting the grant
-    /// superpage there (the level-1 table is allocated right before the write,
+    /// p2m still reads as `before` (no `changed` piece) the op failed before splitting the
+    /// grant superpage there (the level-1 table is allocated right before the write,
     /// `p2m_next_level`), so the region reads as in `before` again, frames hidden.
-    fn rehide_unsplit_regions(&mut self, range: GfnRange, theirs: &[CpuRun], before: &RefModel) {
+    fn rehide_unsplit_regions(&mut self, range: GfnRange, changed: &[GfnRange], before: &RefModel) {
         if self.policy != IommuPolicy::Master || self.config.mode == p2m_core::Mode::Ept {
             return;
         }
@@ -379,21 +371,8 @@ impl RefModel {
                 end: region + 512,
             };
             region += 512;
-            if !before.extents_overlapping(r).any(|(_, e)| e.hidden_frame) {
-                continue;
-            }
-            let touched = GfnRange {
-                start: r.start.max(range.start),
-                end: r.end.min(range.end),
-            };
-            let untouched =
-                cut(theirs, &before.cpu_extents(touched))
-                    .iter()
-                    .all(|(piece, t, was)| {
-                        frame_at(t.0, t.1, piece.start) == frame_at(was.0, was.1, piece.start)
-                            && t.2 == was.2
-                    });
-            if untouched {
+            let hidden = before.extents_overlapping(r).any(|(_, e)| e.hidden_frame);
+            if hidden && !changed.iter().any(|c| c.intersect(&r).is_some()) {
                 self.copy_from(before, r);
             }
         }
