@@ -56,10 +56,22 @@ throughput_table() {
     echo "| $t | $rate | $execs | $pct |"
   done
 }
+# Where an execution's time goes: the committed corpus replayed uninstrumented, per input
+# (`p2m-fuzz bench --corpus`), on each line's fixed revision.
+corpus_cost() {
+  local rev
+  for rev in fixed master-fixed; do
+    echo
+    echo '```'
+    "$cli" bench --corpus corpus/mixed --revision "$rev" --reps 10
+    echo '```'
+  done
+}
 if [ "${BENCH_ONLY:-}" = throughput ]; then
   echo "Fuzz-target throughput: \`BENCH_ONLY=throughput ci/bench.sh $secs\` on $(date -u +%Y-%m-%d), $(git rev-parse --short HEAD) (libFuzzer, \`-s none --no-trace-compares\`, 1 job, ${secs} s each, from the committed seed corpus)"
   echo
   throughput_table
+  corpus_cost
   exit 0
 fi
 
@@ -133,6 +145,7 @@ bash ci/planted.sh 30 >"$work/planted.md" 2>"$work/planted.err" || true
   echo "## Fuzz-target throughput (libFuzzer, \`-s none --no-trace-compares\`, 1 job, ${secs} s each, from the committed seed corpus)"
   echo
   throughput_table
+  corpus_cost
   echo
   echo "## Time to first divergence, per historical hole (median of seeds: $seeds; budget ${budget} s)"
   echo

@@ -141,9 +141,116 @@ pub fn cost_ratio(revision: Revision, budget: Duration) -> Result<Vec<CostRow>, 
     Ok(rows)
 }
 
+/// One input of a corpus, timed: what [`corpus_cost`] reports per input.
+#[derive(Clone, Debug)]
+pub struct InputCost {
+    /// File name of the input.
+    pub name: String,
+    /// Mean wall time of one replay (model, reference and oracle, as a fuzz target
+    /// pays them), µs.
+    pub us: f64,
+    /// Ops of the scenario.
+    pub ops: usize,
+    /// The ops' names, in order (`populate_physmap,decrease_reservation`).
+    pub shape: String,
+}
+
+/// The cost distribution of a corpus: where a fuzz target's time per execution goes.
+#[derive(Clone, Debug, Default)]
+pub struct CorpusCost {
+    /// Every input, heaviest first.
+    pub inputs: Vec<InputCost>,
+}
+
+impl CorpusCost {
+    /// Mean cost per input, µs.
+    pub fn mean_us(&self) -> f64 {
+        self.total_us() / self.inputs.len().max(1) as f64
+    }
+    /// Sum of the inputs' costs, µs.
+    pub fn total_us(&self) -> f64 {
+        self.inputs.iter().map(|i| i.us).sum()
+    }
+    /// The cost at quantile `q` (0.5 = median), µs.
+    pub fn quantile_us(&self, q: f64) -> f64 {
+        let n = self.inputs.len();
+        if n == 0 {
+            return f64::NAN;
+        }
+        // `inputs` is heaviest first: quantile q sits (1 - q) of the way down.
+        let i = (((1.0 - q) * n as f64) as usize).min(n - 1);
+        self.inputs[i].us
+    }
+    /// Share of the total time spent in the heaviest `fraction` of the inputs.
+    pub fn share_of_heaviest(&self, fraction: f64) -> f64 {
+        let k = ((self.inputs.len() as f64 * fraction).ceil() as usize).min(self.inputs.len());
+        let top: f64 = self.inputs[..k].iter().map(|i| i.us).sum();
+        top / self.total_us()
+    }
+    /// Op count at quantile `q` over the inputs.
+    pub fn ops_quantile(&self, q: f64) -> usize {
+        let mut v: Vec<usize> = self.inputs.iter().map(|i| i.ops).collect();
+        v.sort_unstable();
+        v.get(((q * v.len() as f64) as usize).min(v.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or(0)
+    }
+}
+
+/// Replays each `(name, scenario)` `reps` times under `revision` and times it: the
+/// uninstrumented cost a fuzz target's callback pays per execution of that input.
+pub fn corpus_cost(inputs: &[(String, Scenario)], revision: Revision, reps: u32) -> CorpusCost {
+    let mut out = Vec::with_capacity(inputs.len());
+    for (name, s) in inputs {
+        let t = Instant::now();
+        for _ in 0..reps.max(1) {
+            std::hint::black_box(crate::runner::run(s, revision));
+        }
+        let us = t.elapsed().as_secs_f64() * 1e6 / reps.max(1) as f64;
+        let shape = s
+            .ops
+            .iter()
+            .map(|o| {
+                o.to_string()
+                    .split_whitespace()
+                    .next()
+                    .unwrap_or("")
+                    .to_string()
+            })
+            .collect::<Vec<_>>()
+            .join(",");
+        out.push(InputCost {
+            name: name.clone(),
+            us,
+            ops: s.ops.len(),
+            shape,
+        });
+    }
+    out.sort_by(|a, b| b.us.total_cmp(&a.us).then_with(|| a.name.cmp(&b.name)));
+    CorpusCost { inputs: out }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn corpus_cost_orders_heaviest_first_and_sums_shares() {
+        let small = parse_trace("config mode=ept vendor=vtd share=off\nset_entry gfn=0x1 mfn=0x100001 order=0 ram_rw rwx\n").expect("trace");
+        let big = populated(CONFIGS[0]).expect("scenario");
+        let inputs = vec![("small".to_string(), small), ("big".to_string(), big)];
+        let c = corpus_cost(&inputs, Revision::fixed(), 1);
+        assert_eq!(c.inputs[0].name, "big");
+        assert_eq!(c.inputs[0].ops, 512);
+        assert!(c.inputs[0]
+            .shape
+            .starts_with("populate_physmap,populate_physmap"));
+        assert_eq!(c.inputs[1].shape, "set_entry");
+        assert!((c.share_of_heaviest(1.0) - 1.0).abs() < 1e-9);
+        assert!(c.share_of_heaviest(0.5) > 0.5);
+        assert_eq!(c.quantile_us(1.0), c.inputs[0].us);
+        assert_eq!(c.ops_quantile(0.0), 1);
+    }
 
     #[test]
     fn populated_state_is_one_run_per_side() {
