@@ -1,43 +1,20 @@
 //! `p2m-fuzz bench --corpus`: bad paths and revisions are one-line errors; a corpus is
 //! timed input by input, inputs that are not scenarios counted and named.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
-
-/// Runs the CLI with `args`.
-fn p2m_fuzz(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_p2m-fuzz"))
-        .args(args)
-        .output()
-        .expect("run p2m-fuzz")
-}
-
-/// A fresh scratch directory for one test.
-fn scratch(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("p2m-bench-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).expect("scratch dir");
-    d
-}
-
-/// Exit status 2 and exactly one line on stderr, which contains `needle`.
-fn assert_usage_error(o: &Output, needle: &str) {
-    assert_eq!(o.status.code(), Some(2), "{o:?}");
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert_eq!(err.lines().count(), 1, "stderr: {err}");
-    assert!(err.contains(needle), "stderr: {err}");
-}
+mod common;
+use common::{assert_usage_error, p2m_fuzz, scratch};
+use std::path::Path;
 
 #[test]
 fn a_missing_directory_is_a_one_line_error() {
-    let d = scratch("missing").join("nope");
+    let d = scratch("bench", "missing").join("nope");
     let o = p2m_fuzz(&["bench", "--corpus", &d.to_string_lossy()]);
     assert_usage_error(&o, "nope");
 }
 
 #[test]
 fn a_directory_without_scenarios_is_a_one_line_error() {
-    let d = scratch("empty");
+    let d = scratch("bench", "empty");
     std::fs::write(d.join("junk"), b"").expect("write");
     let o = p2m_fuzz(&["bench", "--corpus", &d.to_string_lossy()]);
     assert_usage_error(&o, "no input to time (1 files, none a scenario)");
@@ -45,7 +22,7 @@ fn a_directory_without_scenarios_is_a_one_line_error() {
 
 #[test]
 fn an_unknown_revision_is_a_one_line_error() {
-    let d = scratch("rev");
+    let d = scratch("bench", "rev");
     let o = p2m_fuzz(&[
         "bench",
         "--corpus",
@@ -58,7 +35,7 @@ fn an_unknown_revision_is_a_one_line_error() {
 
 #[test]
 fn a_corpus_is_timed_per_input_heaviest_first() {
-    let d = scratch("timed");
+    let d = scratch("bench", "timed");
     let trace = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../corpus/regressions/patch-v1/george-empty-leaf-no-flush.trace");
     std::fs::copy(&trace, d.join("george.trace")).expect("copy");

@@ -1,15 +1,8 @@
 //! `p2m-fuzz repro --dot`: usage errors, bad output paths and a written picture.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
-
-/// Runs the CLI with `args`.
-fn p2m_fuzz(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_p2m-fuzz"))
-        .args(args)
-        .output()
-        .expect("run p2m-fuzz")
-}
+mod common;
+use common::{assert_usage_error, p2m_fuzz, scratch};
+use std::path::Path;
 
 /// George Dunlap's regression trace.
 fn george() -> String {
@@ -19,25 +12,9 @@ fn george() -> String {
         .into_owned()
 }
 
-/// A fresh scratch directory for one test.
-fn scratch(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("p2m-dot-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).expect("scratch dir");
-    d
-}
-
-/// Exit status 2 and exactly one line on stderr, which contains `needle`.
-fn assert_usage_error(o: &Output, needle: &str) {
-    assert_eq!(o.status.code(), Some(2), "{o:?}");
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert_eq!(err.lines().count(), 1, "stderr: {err}");
-    assert!(err.contains(needle), "stderr: {err}");
-}
-
 #[test]
 fn dot_with_two_inputs_is_a_usage_error() {
-    let dir = scratch("two");
+    let dir = scratch("dot", "two");
     let out = dir.join("out.dot");
     let g = george();
     let o = p2m_fuzz(&["repro", "--dot", out.to_str().unwrap(), &g, &g]);
@@ -47,7 +24,7 @@ fn dot_with_two_inputs_is_a_usage_error() {
 
 #[test]
 fn dot_to_a_bad_path_is_an_error() {
-    let dir = scratch("bad");
+    let dir = scratch("dot", "bad");
     let missing = dir.join("no/such/dir/out.dot");
     let g = george();
     let o = p2m_fuzz(&[
@@ -65,7 +42,7 @@ fn dot_to_a_bad_path_is_an_error() {
 
 #[test]
 fn dot_writes_the_picture_of_the_divergence() {
-    let dir = scratch("ok");
+    let dir = scratch("dot", "ok");
     let out = dir.join("george.dot");
     let o = p2m_fuzz(&[
         "repro",
