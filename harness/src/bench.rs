@@ -155,11 +155,25 @@ pub struct InputCost {
     pub shape: String,
 }
 
+/// The time spent in one kind of op over a whole corpus.
+#[derive(Clone, Debug)]
+pub struct OpKindCost {
+    /// The op's name (`decrease_reservation`).
+    pub name: String,
+    /// Ops of this kind run per pass over the corpus.
+    pub count: u64,
+    /// Their total wall time per pass, µs (model, reference and oracle of each).
+    pub us: f64,
+}
+
 /// The cost distribution of a corpus: where a fuzz target's time per execution goes.
 #[derive(Clone, Debug, Default)]
 pub struct CorpusCost {
     /// Every input, heaviest first.
     pub inputs: Vec<InputCost>,
+    /// Time per kind of op, heaviest first (the rest of an input's time is setting up
+    /// its session).
+    pub by_op: Vec<OpKindCost>,
 }
 
 impl CorpusCost {
@@ -197,37 +211,60 @@ impl CorpusCost {
     }
 }
 
-/// Replays each `(name, scenario)` `reps` times under `revision` and times it: the
+/// The name of `op` as a trace spells it (`populate_physmap`).
+fn op_name(op: &Op) -> String {
+    op.to_string()
+        .split_whitespace()
+        .next()
+        .unwrap_or("")
+        .to_string()
+}
+
+/// Replays each `(name, scenario)` `reps` times under `revision` as [`crate::runner::run`]
+/// does (stopping at a finding or a domain crash) and times it, op by op: the
 /// uninstrumented cost a fuzz target's callback pays per execution of that input.
 pub fn corpus_cost(inputs: &[(String, Scenario)], revision: Revision, reps: u32) -> CorpusCost {
+    let reps = reps.max(1);
     let mut out = Vec::with_capacity(inputs.len());
+    let mut kinds: std::collections::BTreeMap<String, (u64, f64)> = Default::default();
     for (name, s) in inputs {
-        let t = Instant::now();
-        for _ in 0..reps.max(1) {
-            std::hint::black_box(crate::runner::run(s, revision));
+        let names: Vec<String> = s.ops.iter().map(op_name).collect();
+        let mut total = 0.0;
+        for _ in 0..reps {
+            let t = Instant::now();
+            let mut sess = Session::for_scenario(s, revision);
+            total += t.elapsed().as_secs_f64();
+            for (op, n) in s.ops.iter().zip(&names) {
+                let t = Instant::now();
+                let o = std::hint::black_box(sess.step_outcome(op));
+                let dt = t.elapsed().as_secs_f64();
+                total += dt;
+                let k = kinds.entry(n.clone()).or_default();
+                k.0 += 1;
+                k.1 += dt;
+                if o.finding.is_some() || o.crashed.is_some() {
+                    break;
+                }
+            }
         }
-        let us = t.elapsed().as_secs_f64() * 1e6 / reps.max(1) as f64;
-        let shape = s
-            .ops
-            .iter()
-            .map(|o| {
-                o.to_string()
-                    .split_whitespace()
-                    .next()
-                    .unwrap_or("")
-                    .to_string()
-            })
-            .collect::<Vec<_>>()
-            .join(",");
         out.push(InputCost {
             name: name.clone(),
-            us,
+            us: total * 1e6 / reps as f64,
             ops: s.ops.len(),
-            shape,
+            shape: names.join(","),
         });
     }
     out.sort_by(|a, b| b.us.total_cmp(&a.us).then_with(|| a.name.cmp(&b.name)));
-    CorpusCost { inputs: out }
+    let mut by_op: Vec<OpKindCost> = kinds
+        .into_iter()
+        .map(|(name, (n, secs))| OpKindCost {
+            name,
+            count: n / reps as u64,
+            us: secs * 1e6 / reps as f64,
+        })
+        .collect();
+    by_op.sort_by(|a, b| b.us.total_cmp(&a.us).then_with(|| a.name.cmp(&b.name)));
+    CorpusCost { inputs: out, by_op }
 }
 
 #[cfg(test)]
@@ -250,6 +287,13 @@ mod tests {
         assert!(c.share_of_heaviest(0.5) > 0.5);
         assert_eq!(c.quantile_us(1.0), c.inputs[0].us);
         assert_eq!(c.ops_quantile(0.0), 1);
+        // Two kinds of op, counted once per pass, their time within the inputs' total.
+        let names: Vec<&str> = c.by_op.iter().map(|k| k.name.as_str()).collect();
+        assert_eq!(names, ["populate_physmap", "set_entry"]);
+        assert_eq!(c.by_op[0].count, 512);
+        assert_eq!(c.by_op[1].count, 1);
+        let ops_us: f64 = c.by_op.iter().map(|k| k.us).sum();
+        assert!(ops_us <= c.total_us() + 1e-6);
     }
 
     #[test]

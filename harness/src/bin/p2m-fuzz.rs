@@ -640,6 +640,17 @@ fn bench_corpus(dir: &Path, revision: Option<String>, reps: u32) -> ExitCode {
         c.ops_quantile(0.9),
         c.ops_quantile(1.0)
     );
+    let total = c.total_us();
+    println!("time by kind of op (per pass over the corpus):");
+    for k in &c.by_op {
+        println!(
+            "  {:<24} {:>6} ops  {:>5.1} %  {:>9.2} µs per op",
+            k.name,
+            k.count,
+            100.0 * k.us / total,
+            k.us / k.count.max(1) as f64
+        );
+    }
     println!("heaviest inputs:");
     for i in c.inputs.iter().take(10) {
         // The first ops name the shape; a 64-op input would fill the screen.
