@@ -242,7 +242,7 @@ pub fn corpus_cost(inputs: &[(String, Scenario)], revision: Revision, reps: u32)
                 let k = kinds.entry(n.clone()).or_default();
                 k.0 += 1;
                 k.1 += dt;
-                if o.finding.is_some() || o.crashed.is_some() {
+                if o.ends_run() {
                     break;
                 }
             }

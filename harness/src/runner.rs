@@ -905,6 +905,13 @@ pub struct StepOutcome {
     pub crashed: Option<&'static str>,
 }
 
+impl StepOutcome {
+    /// The scenario ends at this op: a fatal finding, or the domain crashed.
+    pub fn ends_run(&self) -> bool {
+        self.finding.is_some() || self.crashed.is_some()
+    }
+}
+
 /// Runs a scenario under a revision, stopping at the first fatal divergence.
 pub fn run(s: &Scenario, revision: Revision) -> RunOutcome {
     run_with(s, revision, false)
@@ -918,12 +925,13 @@ pub fn run_with(s: &Scenario, revision: Revision, strict: bool) -> RunOutcome {
     let mut crashed = None;
     for op in &s.ops {
         let out = sess.step_outcome(op);
+        let ends = out.ends_run();
         if let Some(f) = out.finding {
             divergence = Some(sess.divergence(f));
-            break;
-        }
-        if out.crashed.is_some() {
+        } else {
             crashed = out.crashed;
+        }
+        if ends {
             break;
         }
     }
